@@ -1,0 +1,321 @@
+"""The probe: run a model once, read every target off hooked activations, stop early.
+
+One hook per distinct site is registered for the duration of a call and removed in `finally`, even
+when the forward raises. The forward stops as soon as every hooked site has fired, unless a target
+reads `logits` or the caller needs the model's output. Every target is scored on every row; with
+`row_targets`, row i is also scored by its own target (many targets share one batch).
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> probe = Probe(net, ["0:3", "2:1"])
+    >>> result = probe(torch.randn(5, 4))
+    >>> tuple(result.scores.shape)
+    (5, 2)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dreamy.targets.errors import TargetError
+from dreamy.targets.spec import Site, Target, Term, parse
+from dreamy.targets.units import ResolvedUnit, load_unit
+
+SITES_HINT = "run `dream sites MODEL` (or dreamy.targets.list_sites) to list sites"
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every hooked site has fired; caught by the probe."""
+
+
+@dataclass
+class ProbeResult:
+    """Scores of one probe call.
+
+    `scores` is `[B, n_targets]` (every target on every row); `terms[j]` is `[B, n_terms_j]`;
+    `row_scores` is `[B]` when `row_targets` was given; `output` is the model's output when the
+    forward ran to the end; `activations` maps site strings to raw activations when kept.
+    """
+
+    scores: Tensor
+    terms: list[Tensor]
+    row_scores: Tensor | None = None
+    output: Any | None = None
+    activations: dict[str, Tensor] | None = None
+
+
+def _output_tensor(value: Any, site: Site) -> Tensor:
+    """Pick the tensor a site refers to out of a module's output or input."""
+    if site.index is not None:
+        if not isinstance(value, (tuple, list)):
+            raise TargetError(f"site '{site}' asks for element [{site.index}] but the module gives a {type(value).__name__}, not a tuple")
+        if site.index >= len(value):
+            raise TargetError(f"site '{site}': the tuple has {len(value)} elements; valid indices are 0..{len(value) - 1}")
+        value = value[site.index]
+    if hasattr(value, "logits") and isinstance(getattr(value, "logits"), Tensor):
+        value = value.logits
+    while isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    if not isinstance(value, Tensor):
+        raise TargetError(f"site '{site}' gives a {type(value).__name__}, not a tensor; pick a tuple element with '[k]'")
+    return value
+
+
+def features_last(activation: Tensor) -> Tensor:
+    """Move the feature dimension last: dim 1 of conv maps (`ndim >= 4`), else the last dim.
+
+    Example:
+        >>> tuple(features_last(torch.zeros(2, 8, 5, 5)).shape)
+        (2, 5, 5, 8)
+    """
+    if activation.ndim >= 4:
+        return activation.movedim(1, -1)
+    return activation
+
+
+def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site) -> Tensor:
+    """Reduce `[B, *positions]` to `[B]`."""
+    if values.ndim == 1:
+        return values
+    if reduce is None:
+        reduce = sequence_reduce if values.ndim == 2 else "mean"
+    flat = values.flatten(1)
+    if reduce == "mean":
+        return flat.mean(dim=1)
+    if reduce == "sum":
+        return flat.sum(dim=1)
+    if reduce == "max":
+        return flat.max(dim=1).values
+    if reduce == "center":
+        index = tuple(size // 2 for size in values.shape[1:])
+        return values[(slice(None),) + index]
+    if reduce.startswith("pos="):
+        pos = int(reduce[4:])
+        if not -flat.shape[1] <= pos < flat.shape[1]:
+            raise TargetError(f"reduction pos={pos} out of range for site '{site}' with {flat.shape[1]} positions")
+        return flat[:, pos]
+    raise TargetError(f"unknown reduction '{reduce}'")
+
+
+class _Scorer:
+    """Targets with their units resolved; turns captured activations into scores."""
+
+    def __init__(self, targets: Sequence[Target], sequence_reduce: str) -> None:
+        self.targets = list(targets)
+        self.sequence_reduce = sequence_reduce
+        self.units: dict[Term, ResolvedUnit] = {}
+        for target in self.targets:
+            for term in target.terms:
+                if term not in self.units:
+                    self.units[term] = load_unit(term.unit)
+
+    def term_map(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
+        activation = activations[str(term.site)]
+        return self.units[term].project(features_last(activation), str(term.site))
+
+    def score(self, activations: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        cache: dict[Term, Tensor] = {}
+        per_target: list[Tensor] = []
+        for target in self.targets:
+            values = []
+            for term in target.terms:
+                if term not in cache:
+                    mapped = self.term_map(term, activations)
+                    cache[term] = _reduce(mapped, term.reduce, self.sequence_reduce, term.site)
+                values.append(cache[term])
+            per_target.append(torch.stack(values, dim=1))
+        scores = torch.stack(
+            [
+                (values * torch.tensor([t.coef for t in target.terms], dtype=values.dtype, device=values.device)).sum(dim=1)
+                for values, target in zip(per_target, self.targets)
+            ],
+            dim=1,
+        )
+        return scores, per_target
+
+    def maps(self, activations: dict[str, Tensor]) -> list[Tensor]:
+        result = []
+        for target in self.targets:
+            total = None
+            for term in target.terms:
+                mapped = term.coef * self.term_map(term, activations)
+                if total is not None and total.shape != mapped.shape:
+                    raise TargetError(f"terms of '{target}' have different position shapes {tuple(total.shape)} and {tuple(mapped.shape)}")
+                total = mapped if total is None else total + mapped
+            result.append(total)
+        return result
+
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """Find the module at dotted `path`, or raise `TargetError` naming the closest paths.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> type(resolve_module(net, "0")).__name__
+        'Linear'
+    """
+    modules = dict(model.named_modules())
+    if path in modules and path != "":
+        return modules[path]
+    names = [name for name in modules if name]
+    close = difflib.get_close_matches(path, names, n=3, cutoff=0.5)
+    suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise TargetError(f"unknown site '{path}'{suggestion} {SITES_HINT}")
+
+
+class Probe:
+    """Scores targets on a model's activations; see the module docstring.
+
+    `sequence_reduce` is the default reduction for `[B, T, D]` activations (`"mean"`; the language
+    side uses `"pos=-1"`, the activation at the last token).
+    """
+
+    def __init__(self, model: nn.Module, targets: Sequence["str | Target"], *, sequence_reduce: str = "mean") -> None:
+        if isinstance(targets, (str, Target)):
+            targets = [targets]
+        self.model = model
+        self.targets = [parse(t) for t in targets]
+        if not self.targets:
+            raise TargetError("a probe needs at least one target")
+        self.sequence_reduce = sequence_reduce
+        _reduce(torch.zeros(1, 2), sequence_reduce, sequence_reduce, Site("check"))  # validate early
+        self.sites: list[Site] = list(dict.fromkeys(site for t in self.targets for site in t.sites))
+        self.modules: dict[Site, nn.Module] = {
+            site: (model if site.is_logits else resolve_module(model, site.path)) for site in self.sites
+        }
+        self.reads_logits = any(site.is_logits for site in self.sites)
+        self._scorer = _Scorer(self.targets, sequence_reduce)
+
+    def __repr__(self) -> str:
+        return f"Probe({[str(t) for t in self.targets]})"
+
+    def _register(self, captured: dict[str, Tensor], stop_early: bool) -> list[Any]:
+        remaining = set(self.sites)
+        handles = []
+
+        def make_hook(site: Site):
+            def on_fire(value: Any) -> None:
+                key = str(site)
+                if key in captured:
+                    return  # a module called twice keeps its first activation
+                captured[key] = _output_tensor(value, site)
+                remaining.discard(site)
+                if stop_early and not remaining:
+                    raise _StopForward()
+
+            if site.input:
+                def pre_hook(module, args, kwargs):
+                    on_fire(args if args else tuple(kwargs.values()))
+                return pre_hook
+
+            def hook(module, args, output):
+                on_fire(output)
+            return hook
+
+        for site, module in self.modules.items():
+            if site.input:
+                handles.append(module.register_forward_pre_hook(make_hook(site), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(make_hook(site)))
+        return handles
+
+    def __call__(
+        self,
+        *args: Any,
+        row_targets: "Sequence[int] | Tensor | None" = None,
+        need_output: bool = False,
+        keep_activations: bool = False,
+        **kwargs: Any,
+    ) -> ProbeResult:
+        """Run `model(*args, **kwargs)` and score every target; see `ProbeResult`."""
+        captured: dict[str, Tensor] = {}
+        stop_early = not (need_output or self.reads_logits)
+        output = None
+        handles = self._register(captured, stop_early)
+        try:
+            output = self.model(*args, **kwargs)
+        except _StopForward:
+            output = None
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not need_output:
+            output = None
+        missing = [str(site) for site in self.sites if str(site) not in captured]
+        if missing:
+            raise TargetError(f"sites {missing} never ran in this forward pass; is the module used by the model's forward? {SITES_HINT}")
+        scores, terms = self._scorer.score(captured)
+        row_scores = None
+        if row_targets is not None:
+            index = torch.as_tensor(row_targets, dtype=torch.long, device=scores.device)
+            if index.shape != (scores.shape[0],):
+                raise TargetError(f"row_targets has shape {tuple(index.shape)}; expected one target index per row ({scores.shape[0]},)")
+            if index.min() < 0 or index.max() >= len(self.targets):
+                raise TargetError(f"row_targets values must be in 0..{len(self.targets) - 1}")
+            row_scores = scores.gather(1, index[:, None]).squeeze(1)
+        return ProbeResult(scores, terms, row_scores, output, captured if keep_activations else None)
+
+    def maps(self, activations: dict[str, Tensor]) -> list[Tensor]:
+        """Per-position score maps (`[B, *positions]`) of each target from kept activations."""
+        return self._scorer.maps(activations)
+
+
+def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:
+    """The unreduced per-position score of `target` (`[B, *positions]`, e.g. `[B, T]` or `[B, H, W]`).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+        >>> result = Probe(net, ["0:1"])(torch.randn(1, 3, 8, 8), keep_activations=True)
+        >>> tuple(score_map("0:1", result.activations).shape)
+        (1, 6, 6)
+    """
+    return _Scorer([parse(target)], "mean").maps(activations)[0]
+
+
+def list_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Run `model(*args, **kwargs)` once and list every module path with its output shape.
+
+    Modules whose output is not a tensor (or tuple starting with one) are listed with shape `()`;
+    the model's output is listed last as the pseudo-site `logits`.
+    Hooks are removed even if the forward raises.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> list_sites(net, torch.zeros(2, 4))
+        [('0', (2, 3)), ('1', (2, 3)), ('logits', (2, 3))]
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            if name in shapes:
+                return
+            try:
+                shapes[name] = tuple(_output_tensor(output, Site(name)).shape)
+            except TargetError:
+                shapes[name] = ()
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            output = model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = [name for name, _ in model.named_modules() if name in shapes]
+    listed = [(name, shapes[name]) for name in order]
+    try:
+        listed.append(("logits", tuple(_output_tensor(output, Site("logits")).shape)))
+    except TargetError:
+        pass
+    return listed

@@ -1,0 +1,308 @@
+"""Target specs: the string grammar, its parser, and the frozen dataclasses it produces.
+
+Grammar::
+
+    target := term (("+" | "-") term)*
+    term   := [coef "*"] site [":" unit] ["/" reduce]
+    site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"
+    unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
+    reduce := "mean" | "max" | "sum" | "center" | "pos=" INT
+
+`str()` of a parsed target gives back its canonical spec, and `parse(str(t)) == t`.
+
+Example:
+    >>> t = parse("0.5*layer3:1-layer4:2")
+    >>> str(t)
+    '0.5*layer3:1-layer4:2'
+    >>> [str(term.site) for term in t.terms]
+    ['layer3', 'layer4']
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from dreamy.targets.errors import SpecError
+from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit
+
+REDUCTIONS = ("mean", "max", "sum", "center")
+LOGITS = "logits"
+
+_WS = re.compile(r"\s*")
+_COEF = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*\*\s*")
+_PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+_INDEX = re.compile(r"\[(\d+)\]")
+_INT = re.compile(r"\d+")
+_RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+])")
+_REDUCE = re.compile(r"/(mean|max|sum|center|pos=-?\d+)(?=$|[\s+\-])")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_UNQUOTED_FILE = re.compile(r"[^\s#+]+")
+_KEY = re.compile(r"[^\s+/]+")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where in the model to read: a `named_modules()` path, its input (`@in`), a tuple element.
+
+    Example:
+        >>> str(Site("model.layers.5.mlp.down_proj", input=True))
+        'model.layers.5.mlp.down_proj@in'
+    """
+
+    path: str
+    input: bool = False
+    index: int | None = None
+
+    def __str__(self) -> str:
+        text = self.path + ("@in" if self.input else "")
+        return text if self.index is None else f"{text}[{self.index}]"
+
+    @property
+    def is_logits(self) -> bool:
+        """True for the pseudo-site `logits` (the model's output)."""
+        return self.path == LOGITS and not self.input and self.index is None
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted term of a target: `coef * reduce(unit(site))`.
+
+    Example:
+        >>> str(Term(2.0, Site("conv2"), Neuron(3), "max"))
+        '2*conv2:3/max'
+    """
+
+    coef: float
+    site: Site
+    unit: Unit | None = None
+    reduce: str | None = None
+
+    def body(self) -> str:
+        """The term without its coefficient."""
+        text = str(self.site)
+        if self.unit is not None:
+            text += f":{self.unit}"
+        if self.reduce is not None:
+            text += f"/{self.reduce}"
+        return text
+
+    def __str__(self) -> str:
+        return _format_coef(self.coef) + self.body()
+
+
+def _format_coef(coef: float) -> str:
+    magnitude = abs(coef)
+    sign = "-" if coef < 0 else ""
+    if magnitude == 1.0:
+        return sign
+    text = repr(float(magnitude))
+    if text.endswith(".0"):
+        text = text[:-2]
+    return f"{sign}{text}*"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to maximize: a weighted sum of terms. Frozen; `str()` gives the canonical spec.
+
+    Example:
+        >>> parse("logits:281").terms[0].unit
+        Neuron(index=281)
+    """
+
+    terms: tuple[Term, ...]
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        for i, term in enumerate(self.terms):
+            text = str(term)
+            if i == 0:
+                parts.append(text)
+                continue
+            # a file path before an operator needs spaces so that '-' is not read as part of it
+            loose = isinstance(self.terms[i - 1].unit, (Direction, SAEFeature)) and self.terms[i - 1].reduce is None
+            sep = " " if loose else ""
+            if term.coef < 0:
+                parts.append(f"{sep}-{sep}{text[1:]}")
+            else:
+                parts.append(f"{sep}+{sep}{text}")
+        return "".join(parts)
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The distinct sites this target reads, in order of first use."""
+        return tuple(dict.fromkeys(term.site for term in self.terms))
+
+    @property
+    def reads_logits(self) -> bool:
+        """True when a term reads the model's output (no early exit possible)."""
+        return any(site.is_logits for site in self.sites)
+
+
+class _Parser:
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.pos = 0
+
+    def fail(self, message: str, position: int | None = None) -> SpecError:
+        return SpecError(message, self.spec, self.pos if position is None else position)
+
+    def skip_ws(self) -> None:
+        self.pos = _WS.match(self.spec, self.pos).end()
+
+    def match(self, pattern: re.Pattern) -> re.Match | None:
+        found = pattern.match(self.spec, self.pos)
+        if found:
+            self.pos = found.end()
+        return found
+
+    def peek(self, text: str) -> bool:
+        return self.spec.startswith(text, self.pos)
+
+    def target(self, allow_range: bool) -> tuple[Target, tuple[int, int] | None]:
+        self.skip_ws()
+        if self.pos >= len(self.spec):
+            raise self.fail("empty target spec; expected e.g. 'layer4.1:87' or 'logits:281'")
+        terms: list[Term] = []
+        sign = 1.0
+        if self.peek("-") or self.peek("+"):
+            sign = -1.0 if self.peek("-") else 1.0
+            self.pos += 1
+            self.skip_ws()
+        unit_range = None
+        while True:
+            term, unit_range = self.term(sign, allow_range)
+            terms.append(term)
+            self.skip_ws()
+            if self.pos >= len(self.spec):
+                break
+            if not (self.peek("+") or self.peek("-")):
+                raise self.fail(f"unexpected '{self.spec[self.pos]}'; terms are joined with '+' or '-'")
+            sign = -1.0 if self.peek("-") else 1.0
+            self.pos += 1
+            self.skip_ws()
+            if self.pos >= len(self.spec):
+                raise self.fail("expected a term after the operator")
+        if unit_range is not None and len(terms) > 1:
+            raise self.fail("a unit range like 'layer:0-63' works only in a single-term spec", 0)
+        return Target(tuple(terms)), unit_range
+
+    def term(self, sign: float, allow_range: bool) -> tuple[Term, tuple[int, int] | None]:
+        coef = 1.0
+        found = self.match(_COEF)
+        if found:
+            coef = float(found.group(0).rstrip().rstrip("*"))
+        site = self.site()
+        unit: Unit | None = None
+        unit_range = None
+        if self.peek(":"):
+            self.pos += 1
+            unit, unit_range = self.unit(allow_range)
+        reduce = None
+        found = self.match(_REDUCE)
+        if found:
+            reduce = found.group(1)
+        elif self.peek("/"):
+            raise self.fail(f"unknown reduction; use one of {', '.join(REDUCTIONS)} or pos=N")
+        return Term(sign * coef, site, unit, reduce), unit_range
+
+    def site(self) -> Site:
+        start = self.pos
+        found = self.match(_PATH)
+        if not found:
+            raise self.fail("expected a site name (a dotted module path such as 'layer4.1', or 'logits')")
+        is_input = False
+        if self.peek("@"):
+            if not self.spec.startswith("@in", self.pos):
+                raise self.fail("unknown site modifier; the only one is '@in' (the module's input)")
+            self.pos += 3
+            is_input = True
+        index = None
+        found_index = self.match(_INDEX)
+        if found_index:
+            index = int(found_index.group(1))
+        elif self.peek("["):
+            raise self.fail("expected a tuple index like '[0]'")
+        path = self.spec[start : start + len(found.group(0))]
+        return Site(path, is_input, index)
+
+    def unit(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        start = self.pos
+        found = _RANGE.match(self.spec, self.pos)
+        if found and not re.match(r"\s*[*:.@\[]", self.spec[found.end() :]):
+            if not allow_range:
+                raise self.fail("a unit range expands to many targets; use dreamy.targets.expand() or the CLI", start)
+            low, high = int(found.group(1)), int(found.group(2))
+            if high < low:
+                raise self.fail(f"empty unit range {low}-{high}; write low-high with low <= high", start)
+            self.pos = found.end()
+            return Neuron(low), (low, high)
+        if self.peek("dir=") or self.peek("sae="):
+            kind = self.spec[self.pos : self.pos + 3]
+            self.pos += 4
+            path = self.file_path()
+            key = None
+            if self.peek("#"):
+                self.pos += 1
+                found_key = self.match(_INT if kind == "sae" else _KEY)
+                if not found_key:
+                    raise self.fail("expected a key after '#'" + (" (an SAE feature index)" if kind == "sae" else ""))
+                key = found_key.group(0)
+            if kind == "dir":
+                return Direction(path, key), None
+            if key is None:
+                raise self.fail("an SAE unit needs a feature index: 'sae=FILE#INDEX'")
+            return SAEFeature(path, int(key)), None
+        found = self.match(_INT)
+        if found:
+            return Neuron(int(found.group(0))), None
+        raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]' or 'sae=FILE#INDEX'")
+
+    def file_path(self) -> str:
+        quoted = self.match(_QUOTED)
+        if quoted:
+            return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+        found = _UNQUOTED_FILE.match(self.spec, self.pos)
+        if not found:
+            raise self.fail("expected a file path")
+        text = found.group(0)
+        suffix = re.search(r"/(mean|max|sum|center|pos=-?\d+)$", text)
+        if suffix:
+            text = text[: suffix.start()]
+        self.pos += len(text)
+        return text
+
+
+def parse(spec: "str | Target") -> Target:
+    """Parse a spec string into a `Target` (a `Target` passes through).
+
+    Raises `SpecError` (a `ValueError`) showing the position of a malformed spec.
+
+    Example:
+        >>> str(parse("model.layers.5.mlp.down_proj@in:1234/pos=-1"))
+        'model.layers.5.mlp.down_proj@in:1234/pos=-1'
+    """
+    if isinstance(spec, Target):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"a target spec must be a string, got {type(spec).__name__}: {spec!r}")
+    target, _ = _Parser(spec).target(allow_range=False)
+    return target
+
+
+def expand(spec: "str | Target") -> list[Target]:
+    """Expand a unit range (`layer4.1:0-63`) into one target per unit; other specs give one target.
+
+    Example:
+        >>> [str(t) for t in expand("conv2:0-2")]
+        ['conv2:0', 'conv2:1', 'conv2:2']
+    """
+    if isinstance(spec, Target):
+        return [spec]
+    target, unit_range = _Parser(spec).target(allow_range=True)
+    if unit_range is None:
+        return [target]
+    low, high = unit_range
+    term = target.terms[0]
+    return [Target((replace(term, unit=Neuron(i)),)) for i in range(low, high + 1)]

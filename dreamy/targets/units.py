@@ -1,0 +1,233 @@
+"""Units: what a target reads off the feature dimension of a site's activation.
+
+A unit turns an activation whose features sit on the last dimension (`[..., D]`) into one value per
+position (`[...]`):
+
+- `Neuron(i)`: feature `i` (a neuron, or a channel of a conv map).
+- `Direction(path, key)`: the dot product with a vector stored in a file (a probe, a concept vector,
+  a steering direction). `.pt`, `.npy`, `.npz` and `.safetensors` files work.
+- `SAEFeature(path, index)`: the activation of one feature of a sparse autoencoder's encoder:
+  `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`.
+- no unit (`None`): the mean over all features.
+
+Units are frozen dataclasses that hold only names; `load_unit` reads the file once and returns a
+`ResolvedUnit` that does the arithmetic.
+
+Example:
+    >>> import torch
+    >>> resolved = load_unit(Neuron(2))
+    >>> resolved.project(torch.arange(8.0).reshape(2, 4), site="fc").tolist()
+    [2.0, 6.0]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from dreamy.targets.errors import TargetError
+
+_SAFE_PATH = re.compile(r"^[\w./~]+$")
+_REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
+
+
+def _format_path(path: str) -> str:
+    """Quote a file path unless it can be read back unquoted."""
+    if _SAFE_PATH.match(path) and not _REDUCE_SUFFIX.search(path):
+        return path
+    if "'" not in path:
+        return f"'{path}'"
+    return f'"{path}"'
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """One feature (neuron or channel) by index.
+
+    Example:
+        >>> str(Neuron(87))
+        '87'
+    """
+
+    index: int
+
+    def __str__(self) -> str:
+        return str(self.index)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A direction stored in a file; the score is the dot product with it.
+
+    `key` selects an entry of a dict-like file (`.pt` dict, `.npz`, `.safetensors`) or, when the file
+    holds one 2-D tensor, a row index.
+
+    Example:
+        >>> str(Direction("probes/cat.pt", "w"))
+        'dir=probes/cat.pt#w'
+    """
+
+    path: str
+    key: str | None = None
+
+    def __str__(self) -> str:
+        tail = f"#{self.key}" if self.key is not None else ""
+        return f"dir={_format_path(self.path)}{tail}"
+
+
+@dataclass(frozen=True)
+class SAEFeature:
+    """Feature `index` of a sparse autoencoder stored in a file.
+
+    The file holds `W_enc` (`[D, F]` or `[F, D]`), `b_enc` (`[F]`), and optionally `b_dec` (`[D]`,
+    subtracted before encoding) and `threshold` (`[F]`, JumpReLU). Keys may also be spelled
+    `encoder.weight` / `encoder.bias` / `decoder.bias`.
+
+    Example:
+        >>> str(SAEFeature("sae/layer5.safetensors", 1234))
+        'sae=sae/layer5.safetensors#1234'
+    """
+
+    path: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"sae={_format_path(self.path)}#{self.index}"
+
+
+Unit = Union[Neuron, Direction, SAEFeature]
+
+
+def _read_tensors(path: str) -> dict[str, Tensor] | Tensor:
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise TargetError(f"direction file '{path}' does not exist; give a path to a .pt, .npy, .npz or .safetensors file")
+    suffix = file.suffix.lower()
+    if suffix in (".pt", ".pth", ".bin"):
+        data = torch.load(file, map_location="cpu", weights_only=True)
+        if isinstance(data, Tensor):
+            return data
+        if isinstance(data, dict):
+            return {str(k): v for k, v in data.items() if isinstance(v, Tensor)}
+        raise TargetError(f"'{path}' holds a {type(data).__name__}; expected a tensor or a dict of tensors")
+    if suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(file, allow_pickle=False))
+    if suffix == ".npz":
+        import numpy as np
+
+        with np.load(file, allow_pickle=False) as archive:
+            return {k: torch.from_numpy(archive[k]) for k in archive.files}
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    raise TargetError(f"unsupported file type '{suffix}' for '{path}'; use .pt, .npy, .npz or .safetensors")
+
+
+def _pick(data: dict[str, Tensor] | Tensor, key: str | None, path: str) -> Tensor:
+    if isinstance(data, Tensor):
+        if key is None:
+            return data
+        if data.ndim == 2 and key.lstrip("-").isdigit():
+            row = int(key)
+            if not -data.shape[0] <= row < data.shape[0]:
+                raise TargetError(f"row {row} out of range for '{path}' with {data.shape[0]} rows (0..{data.shape[0] - 1})")
+            return data[row]
+        raise TargetError(f"'{path}' holds a single tensor; key '#{key}' only works as a row index of a 2-D tensor")
+    if key is None:
+        if len(data) == 1:
+            return next(iter(data.values()))
+        raise TargetError(f"'{path}' holds several tensors {sorted(data)}; pick one with '#KEY'")
+    if key not in data:
+        raise TargetError(f"no key '{key}' in '{path}'; keys are {sorted(data)}")
+    return data[key]
+
+
+def _first(data: dict[str, Tensor], names: tuple[str, ...]) -> Tensor | None:
+    for name in names:
+        if name in data:
+            return data[name]
+    return None
+
+
+@dataclass
+class ResolvedUnit:
+    """A unit with its file contents loaded: maps `[..., D]` activations to `[...]` values."""
+
+    unit: Unit | None
+    vector: Tensor | None = None
+    encoder: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None = None
+
+    def project(self, features_last: Tensor, site: str) -> Tensor:
+        """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors."""
+        size = features_last.shape[-1]
+        unit = self.unit
+        if unit is None:
+            return features_last.mean(dim=-1)
+        if isinstance(unit, Neuron):
+            if not 0 <= unit.index < size:
+                raise TargetError(f"unit {unit.index} out of range for site '{site}' with {size} features; valid units are 0..{size - 1}")
+            return features_last[..., unit.index]
+        if isinstance(unit, Direction):
+            vec = self.vector.to(features_last)
+            if vec.numel() != size:
+                raise TargetError(f"direction {unit} has {vec.numel()} values but site '{site}' has {size} features")
+            return features_last @ vec.reshape(-1)
+        w_enc, b_enc, b_dec, threshold = self.encoder
+        if w_enc.shape[0] != size:
+            raise TargetError(f"SAE {unit.path} encodes {w_enc.shape[0]} features but site '{site}' has {size}")
+        x = features_last if b_dec is None else features_last - b_dec.to(features_last)
+        pre = x @ w_enc.to(features_last) + b_enc.to(features_last)
+        gate = pre > (0.0 if threshold is None else threshold.to(features_last))
+        post = torch.where(gate, pre, torch.zeros_like(pre))
+        # straight-through: the value is the SAE's real activation, the gradient is the
+        # pre-activation's, so a dream that starts with the feature off still gets a signal
+        return pre + (post - pre).detach()
+
+
+def load_unit(unit: Unit | None) -> ResolvedUnit:
+    """Load the file behind `unit` (if any) and return a `ResolvedUnit`.
+
+    Example:
+        >>> load_unit(None).unit is None
+        True
+    """
+    if unit is None or isinstance(unit, Neuron):
+        return ResolvedUnit(unit)
+    data = _read_tensors(unit.path)
+    if isinstance(unit, Direction):
+        vector = _pick(data, unit.key, unit.path).float()
+        if vector.ndim != 1:
+            raise TargetError(f"direction {unit} has shape {tuple(vector.shape)}; expected a vector (pick a row with '#N')")
+        return ResolvedUnit(unit, vector=vector)
+    if isinstance(data, Tensor):
+        raise TargetError(f"SAE file '{unit.path}' must hold named tensors W_enc and b_enc")
+    w_enc = _first(data, ("W_enc", "w_enc", "encoder.weight"))
+    b_enc = _first(data, ("b_enc", "encoder.bias"))
+    if w_enc is None or b_enc is None:
+        raise TargetError(f"SAE file '{unit.path}' lacks W_enc/b_enc; keys are {sorted(data)}")
+    w_enc = w_enc.float()
+    if w_enc.shape[1] != b_enc.shape[0]:  # stored as [F, D] (nn.Linear layout)
+        w_enc = w_enc.T
+    n_features = w_enc.shape[1]
+    if not 0 <= unit.index < n_features:
+        raise TargetError(f"SAE feature {unit.index} out of range for '{unit.path}' with {n_features} features; valid 0..{n_features - 1}")
+    b_dec = _first(data, ("b_dec", "decoder.bias"))
+    threshold = _first(data, ("threshold",))
+    i = unit.index
+    return ResolvedUnit(
+        unit,
+        encoder=(
+            w_enc[:, i].contiguous(),
+            b_enc[i].float(),
+            None if b_dec is None else b_dec.float(),
+            None if threshold is None else threshold[i].float(),
+        ),
+    )
