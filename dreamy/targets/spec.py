@@ -172,7 +172,8 @@ class _Parser:
             self.skip_ws()
         unit_range = None
         while True:
-            term, unit_range = self.term(sign, allow_range)
+            term, term_range = self.term(sign, allow_range)
+            unit_range = unit_range or term_range
             terms.append(term)
             self.skip_ws()
             if self.pos >= len(self.spec):
