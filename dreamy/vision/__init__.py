@@ -1,0 +1,17 @@
+"""Vision dreaming: gradient ascent on images with parametrizations, transforms and regularizers.
+
+Example:
+    >>> from dreamy.models import load
+    >>> from dreamy.vision import dream
+    >>> dream(load("tiny:cnn"), ["head:3"], steps=3, progress=False).images.shape
+    torch.Size([1, 3, 32, 32])
+"""
+
+from dreamy.vision.facets import facet_starts, kmeans
+from dreamy.vision.generators import DeepImagePrior, GeneratorParam, deep_image_prior_param
+from dreamy.vision.param import FourierParam, ImageParam, MacoParam, PixelParam, magnitude_of, make_param
+from dreamy.vision.render import DreamResult, dream
+from dreamy.vision.transforms import Transforms
+
+__all__ = ["DeepImagePrior", "DreamResult", "FourierParam", "GeneratorParam", "ImageParam", "MacoParam", "PixelParam",
+           "Transforms", "deep_image_prior_param", "dream", "facet_starts", "kmeans", "magnitude_of", "make_param"]

@@ -1,0 +1,102 @@
+"""Generator priors: dream in the latent space of a generator `z -> image` instead of pixel space.
+
+`GeneratorParam` wraps ANY torch generator (a GAN, a VAE decoder, ...) and optimizes its latent code
+with DGN-AM's latent handling (Nguyen et al., 2016): an L2 decay on the code each step and clipping
+to a box (e.g. the range seen on real data).
+
+`DeepImagePrior` is the one generator that needs no download. It is an UNTRAINED convolutional
+upsampling network with fixed random weights: it knows nothing about natural images, but its
+architecture (upsampling + convolutions) biases dreams toward smooth, spatially coherent structure
+(the "deep image prior" effect of Ulyanov et al., 2018). It is a structural prior, not a learned one.
+
+Example:
+    >>> prior = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
+    >>> param = GeneratorParam(prior, prior.latent_shape, n=2, rng=torch.Generator().manual_seed(1))
+    >>> param.images().shape
+    torch.Size([2, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class DeepImagePrior(nn.Module):
+    """An untrained, seeded upsampling conv net mapping `[n, C, H/8, W/8]` codes to `[n, 3, H, W]` images in [0, 1]."""
+
+    def __init__(self, size: tuple[int, int], *, channels: int = 32, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        h, w = size
+        if h % 8 or w % 8:
+            raise ValueError(f"DeepImagePrior needs a size divisible by 8, got {size}")
+        self.latent_shape = (channels, h // 8, w // 8)
+        layers: list[nn.Module] = []
+        for _ in range(3):
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels, affine=False, track_running_stats=False),
+                       nn.LeakyReLU(0.2)]
+        layers += [nn.Conv2d(channels, 3, 1)]
+        self.net = nn.Sequential(*layers)
+        gen = generator or torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel())) ** 0.5 if p.ndim > 1 else torch.zeros(p.shape))
+        self.requires_grad_(False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(z))
+
+
+class GeneratorParam:
+    """Optimize the latent code of `net` (a generator `z -> images in [0, 1]`).
+
+    `clip=(low, high)` keeps every latent value in a box after each step; `decay` multiplies the code
+    by `1 - decay` after each step (DGN-AM's L2 decay). The render loop calls `after_step()`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.Sigmoid(), nn.Unflatten(1, (3, 8, 8)))
+        >>> p = GeneratorParam(net, (4,), n=2, rng=torch.Generator().manual_seed(0), clip=(-1, 1))
+        >>> p.after_step(); float(p.latent.detach().abs().max()) <= 1.0
+        True
+    """
+
+    def __init__(self, net: nn.Module, latent_shape: Sequence[int], *, n: int, rng: torch.Generator,
+                 clip: tuple[float, float] | None = None, decay: float = 0.0, init_std: float = 1.0,
+                 device: str | torch.device = "cpu") -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.net = net.to(device)
+        self.clip = clip
+        self.decay = decay
+        self.latent = (torch.randn(n, *latent_shape, generator=rng) * init_std).to(device).requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.latent]
+
+    def images(self) -> Tensor:
+        images = self.net(self.latent)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"the generator must return [n, 3, H, W] images, got shape {tuple(images.shape)}")
+        return images
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Apply DGN-AM's latent decay and clipping."""
+        if self.decay:
+            self.latent.mul_(1.0 - self.decay)
+        if self.clip is not None:
+            self.latent.clamp_(*self.clip)
+
+
+def deep_image_prior_param(n: int, size: tuple[int, int], *, rng: torch.Generator, device: str | torch.device = "cpu") -> GeneratorParam:
+    """A `GeneratorParam` over a seeded `DeepImagePrior` (no download needed).
+
+    Example:
+        >>> deep_image_prior_param(1, (16, 16), rng=torch.Generator().manual_seed(0)).images().shape
+        torch.Size([1, 3, 16, 16])
+    """
+    prior = DeepImagePrior(size, generator=rng)
+    return GeneratorParam(prior, prior.latent_shape, n=n, rng=rng, clip=(-3.0, 3.0), decay=1e-3, device=device)

@@ -1,0 +1,216 @@
+"""Image parametrizations: what the optimizer actually changes, and how that becomes an image.
+
+Each parametrization holds a batch of `n` images and exposes `parameters()` (for the optimizer) and
+`images()` (a `[n, 3, H, W]` tensor in [0, 1] that carries gradients).
+
+- `PixelParam`: raw pixels (through a sigmoid).
+- `FourierParam`: a Fourier spectrum scaled by 1/frequency with decorrelated colour (lucid-style), which
+  favours natural-looking low frequencies.
+- `MacoParam`: MACO (Fel et al., 2023): the magnitude spectrum is fixed to a natural-image power law
+  and only the phase is optimized.
+- `ImageParam`: start from given images (feature accentuation); pull back toward them with
+  `regularizers.pull_to(seed)`.
+Generator priors live in `dreamy.vision.generators`.
+
+Example:
+    >>> param = FourierParam(2, (32, 32), generator=torch.Generator().manual_seed(0))
+    >>> param.images().shape
+    torch.Size([2, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+# square root of the colour correlation of natural images (ImageNet statistics, as used by lucid)
+COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+
+
+class ImageParametrization(Protocol):
+    """What the render loop needs from a parametrization."""
+
+    def parameters(self) -> list[Tensor]: ...
+
+    def images(self) -> Tensor: ...
+
+
+def decorrelate_colors(x: Tensor) -> Tensor:
+    """Map decorrelated colour channels `[n, 3, H, W]` to correlated RGB (before the sigmoid).
+
+    Example:
+        >>> decorrelate_colors(torch.zeros(1, 3, 2, 2)).abs().sum().item()
+        0.0
+    """
+    matrix = COLOR_CORRELATION_SQRT.to(x)
+    matrix = matrix / matrix.norm(dim=0).max()
+    return torch.einsum("ij,njhw->nihw", matrix, x)
+
+
+def spectrum_scale(size: tuple[int, int], decay_power: float = 1.0) -> Tensor:
+    """Per-frequency scale `1 / f^decay_power` for a real FFT of an image of `size`, shape `[H, W//2+1]`.
+
+    Example:
+        >>> spectrum_scale((8, 8)).shape
+        torch.Size([8, 5])
+    """
+    h, w = size
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    freqs = torch.sqrt(fy**2 + fx**2)
+    return 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay_power
+
+
+class PixelParam:
+    """Raw pixels through a sigmoid.
+
+    Example:
+        >>> PixelParam(1, (8, 8), generator=torch.Generator().manual_seed(0)).images().shape
+        torch.Size([1, 3, 8, 8])
+    """
+
+    def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, std: float = 0.01,
+                 device: str | torch.device = "cpu") -> None:
+        self.raw = (torch.randn(n, 3, *size, generator=generator) * std).to(device).requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.raw]
+
+    def images(self) -> Tensor:
+        return torch.sigmoid(self.raw)
+
+
+class FourierParam:
+    """A 1/f-scaled Fourier spectrum with decorrelated colour, through a sigmoid (lucid-style).
+
+    Example:
+        >>> p = FourierParam(1, (16, 16), generator=torch.Generator().manual_seed(0))
+        >>> float(p.images().min()) >= 0.0
+        True
+    """
+
+    def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, std: float = 0.01,
+                 decay_power: float = 1.0, decorrelate: bool = True, device: str | torch.device = "cpu") -> None:
+        h, w = size
+        self.size = size
+        self.decorrelate = decorrelate
+        self.scale = spectrum_scale(size, decay_power).to(device)
+        self.spectrum = (torch.randn(n, 3, h, w // 2 + 1, 2, generator=generator) * std).to(device).requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.spectrum]
+
+    def images(self) -> Tensor:
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        x = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0
+        if self.decorrelate:
+            x = decorrelate_colors(x)
+        return torch.sigmoid(x)
+
+
+class MacoParam:
+    """MACO: a fixed natural-image magnitude spectrum; only the phase is optimized.
+
+    `magnitude` (`[3, H, W//2+1]`) defaults to a 1/f power law; pass the mean magnitude spectrum of
+    real images (`magnitude_of(images)`) to match a dataset.
+
+    Example:
+        >>> p = MacoParam(2, (16, 16), generator=torch.Generator().manual_seed(0))
+        >>> len(p.parameters()), p.images().shape
+        (1, torch.Size([2, 3, 16, 16]))
+    """
+
+    def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, magnitude: Tensor | None = None,
+                 decay_power: float = 1.0, device: str | torch.device = "cpu") -> None:
+        h, w = size
+        self.size = size
+        if magnitude is None:
+            magnitude = spectrum_scale(size, decay_power).expand(3, h, w // 2 + 1)
+        self.magnitude = magnitude.to(device)
+        phase = (torch.rand(n, 3, h, w // 2 + 1, generator=generator) * 2 - 1) * math.pi
+        self.phase = phase.to(device).requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.phase]
+
+    def images(self) -> Tensor:
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        x = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-8)
+        return torch.sigmoid(decorrelate_colors(x))
+
+
+def magnitude_of(images: Tensor) -> Tensor:
+    """Mean Fourier magnitude spectrum `[3, H, W//2+1]` of `[n, 3, H, W]` images in [0, 1] (for MACO).
+
+    Example:
+        >>> magnitude_of(torch.rand(4, 3, 8, 8)).shape
+        torch.Size([3, 8, 5])
+    """
+    centered = images - images.mean(dim=(2, 3), keepdim=True)
+    return torch.fft.rfft2(centered, norm="ortho").abs().mean(dim=0)
+
+
+class ImageParam:
+    """Start from given images `[n, 3, H, W]` in [0, 1] (feature accentuation), optimized in logit space.
+
+    Example:
+        >>> seed = torch.full((1, 3, 4, 4), 0.25)
+        >>> torch.allclose(ImageParam(seed).images(), seed, atol=1e-5)
+        True
+    """
+
+    def __init__(self, images: Tensor, *, device: str | torch.device | None = None) -> None:
+        images = images.detach().clamp(1e-4, 1 - 1e-4)
+        if device is not None:
+            images = images.to(device)
+        self.seed = images
+        self.raw = torch.logit(images).clone().requires_grad_(True)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.raw]
+
+    def images(self) -> Tensor:
+        return torch.sigmoid(self.raw)
+
+
+PARAMETRIZATIONS = ("pixel", "fourier", "maco", "dip")
+
+
+def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Generator,
+               device: str | torch.device = "cpu") -> ImageParametrization:
+    """Build a parametrization by name: `pixel`, `fourier`, `maco` or `dip` (deep image prior).
+
+    Example:
+        >>> type(make_param("maco", 1, (8, 8), generator=torch.Generator().manual_seed(0))).__name__
+        'MacoParam'
+    """
+    if name == "pixel":
+        return PixelParam(n, size, generator=generator, device=device)
+    if name == "fourier":
+        return FourierParam(n, size, generator=generator, device=device)
+    if name == "maco":
+        return MacoParam(n, size, generator=generator, device=device)
+    if name == "dip":
+        from dreamy.vision.generators import deep_image_prior_param
+
+        return deep_image_prior_param(n, size, rng=generator, device=device)
+    raise ValueError(f"unknown parametrization '{name}'; use one of {', '.join(PARAMETRIZATIONS)}, "
+                     "or pass an object such as ImageParam(images) or generators.GeneratorParam(...)")
+
+
+def count_parameters(param: ImageParametrization) -> int:
+    """Number of scalars the optimizer changes.
+
+    Example:
+        >>> count_parameters(PixelParam(1, (2, 2), generator=torch.Generator()))
+        12
+    """
+    return sum(p.numel() for p in param.parameters())
+
+
+__all__ = ["FourierParam", "ImageParam", "ImageParametrization", "MacoParam", "PARAMETRIZATIONS", "PixelParam",
+           "count_parameters", "decorrelate_colors", "magnitude_of", "make_param", "spectrum_scale"]

@@ -1,0 +1,56 @@
+"""Every parametrization gives valid images and can raise a target on its own."""
+
+import pytest
+import torch
+
+from dreamy.vision.param import FourierParam, ImageParam, MacoParam, magnitude_of, make_param
+from dreamy.vision.render import dream
+
+
+@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip"])
+def test_parametrization_gives_valid_images(name):
+    param = make_param(name, 3, (32, 32), generator=torch.Generator().manual_seed(0))
+    images = param.images()
+    assert images.shape == (3, 3, 32, 32)
+    assert images.min() >= 0 and images.max() <= 1
+    images.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in param.parameters())
+
+
+@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip"])
+def test_parametrization_raises_its_target(tiny_cnn, name):
+    result = dream(tiny_cnn, ["conv3:5"], param=name, steps=30, lr=0.05, progress=False)
+    assert result.history[-5:].mean() > result.history[:2].mean()
+
+
+def test_maco_optimizes_phase_only():
+    param = MacoParam(2, (16, 16), generator=torch.Generator().manual_seed(0))
+    magnitude = param.magnitude.clone()
+    opt = torch.optim.Adam(param.parameters(), lr=0.1)
+    param.images().mean().backward()
+    opt.step()
+    assert torch.equal(param.magnitude, magnitude) and param.parameters()[0] is param.phase
+
+
+def test_maco_takes_a_dataset_magnitude():
+    photos = torch.rand(4, 3, 16, 16)
+    param = MacoParam(1, (16, 16), generator=torch.Generator().manual_seed(0), magnitude=magnitude_of(photos))
+    assert param.images().shape == (1, 3, 16, 16)
+
+
+def test_fourier_starts_near_grey_and_low_frequency():
+    images = FourierParam(2, (32, 32), generator=torch.Generator().manual_seed(0)).images()
+    assert (images - 0.5).abs().max() < 0.05
+
+
+def test_image_param_starts_from_the_seed(tiny_cnn):
+    seed = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
+    assert torch.allclose(ImageParam(seed).images(), seed, atol=1e-4)
+    result = dream(tiny_cnn, ["conv3:1"], param=ImageParam(seed), steps=10, progress=False,
+                   regularizers={"l2": 0.0})
+    assert (result.images - seed).abs().mean() < 0.2
+
+
+def test_unknown_parametrization_lists_the_choices():
+    with pytest.raises(ValueError, match="pixel, fourier, maco"):
+        make_param("wavelet", 1, (8, 8), generator=torch.Generator())
