@@ -1,0 +1,15 @@
+"""Language dreaming: GCG and EPO prompt search with a fluency Pareto front.
+
+Example:
+    >>> from dreamy.models import load
+    >>> from dreamy.language import epo
+    >>> result = epo(load("tiny:lm"), "logits:7", n_tokens=3, iters=1, population=2, children_per_member=4, progress=False)
+    >>> result.best is not None
+    True
+"""
+
+from dreamy.language.epo import epo
+from dreamy.language.gcg import gcg
+from dreamy.language.result import FrontierPoint, PromptResult
+
+__all__ = ["FrontierPoint", "PromptResult", "epo", "gcg"]

@@ -1,0 +1,28 @@
+"""Per-token attribution of a prompt's activation: gradient x input on the token embeddings.
+
+Example:
+    >>> import torch
+    >>> from dreamy.models import load
+    >>> from dreamy.targets import Probe
+    >>> lm = load("tiny:lm")
+    >>> probe = Probe(lm.model, ["model.layers.1.mlp.down_proj:3"], sequence_reduce="pos=-1")
+    >>> len(token_attribution(lm.model, probe, torch.tensor([0, 5, 6, 7])))
+    4
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dreamy.targets import Probe
+
+
+def token_attribution(model: nn.Module, probe: Probe, ids: Tensor) -> list[float]:
+    """For each token of `ids [T]`: the gradient of the target's score w.r.t. that token's embedding,
+    dotted with the embedding (first-order estimate of the token's contribution)."""
+    embeds = model.get_input_embeddings()(ids[None]).detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = probe(inputs_embeds=embeds).scores[0, 0]
+        (grad,) = torch.autograd.grad(score, embeds)
+    return (grad * embeds).sum(dim=-1)[0].detach().tolist()

@@ -1,0 +1,171 @@
+"""Score candidate prompts fast: target activation and cross-entropy from one forward per token.
+
+Children of one parent differ from it from some position p on. The parent's KV cache already covers
+every position before p, so children are grouped by p and each group runs only positions >= p on
+top of the parent's cache (expanded to the group's batch). Cross-entropy terms before p come from the
+parent's logits. This needs every target to read the last position (`pos=-1`, the language default)
+or the logits; other targets fall back to full forwards. Batches are chunked; on out-of-memory the
+chunk size halves and the chunk is retried.
+
+Example:
+    >>> import torch
+    >>> from dreamy.models import load
+    >>> from dreamy.targets import Probe
+    >>> lm = load("tiny:lm")
+    >>> probe = Probe(lm.model, ["model.layers.1.mlp.down_proj:3"], sequence_reduce="pos=-1")
+    >>> ids = torch.tensor([[0, 5, 6, 7], [0, 5, 9, 7]])
+    >>> out = score_sequences(lm.model, probe, ids, xent_span=(1, 4), parent_ids=ids[0])
+    >>> out.activation.shape, out.xentropy.shape
+    (torch.Size([2, 1]), torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from dreamy.language.fluency import span_xentropy
+from dreamy.targets import Probe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 256
+MIN_GROUP_FOR_CACHE = 4
+
+
+@dataclass
+class SequenceScores:
+    """Target scores `[N, n_targets]` and mean span cross-entropy `[N]` of N sequences."""
+
+    activation: Tensor
+    xentropy: Tensor
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def run_chunked(fn: Callable[[slice], Any], n: int, chunk_size: int) -> list[Any]:
+    """Call `fn(slice)` over `range(n)` in chunks, halving the chunk size on out-of-memory errors.
+
+    Example:
+        >>> run_chunked(lambda s: list(range(10))[s], 10, 4)
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    """
+    results = []
+    start = 0
+    size = max(1, chunk_size)
+    while start < n:
+        try:
+            results.append(fn(slice(start, min(n, start + size))))
+            start += size
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not _is_oom(error) or size == 1:
+                raise
+            size = max(1, size // 2)
+            log.warning("out of memory; retrying with chunks of %d", size)
+    return results
+
+
+def _last_position_only(probe: Probe) -> bool:
+    for target in probe.targets:
+        for term in target.terms:
+            reduce = term.reduce or probe.sequence_reduce
+            if not term.site.is_logits and reduce != "pos=-1":
+                return False
+            if term.site.is_logits and (term.reduce or probe.sequence_reduce) != "pos=-1":
+                return False
+    return True
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The keyword a Hugging Face model takes for its KV cache (`cache` in transformers 5, else `past_key_values`)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a Hugging Face model output, whichever name it has."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _expand_cache(cache: Any, length: int, batch: int) -> Any:
+    from transformers import DynamicCache
+
+    grown = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        keys = layer.keys[:, :, :length].expand(batch, -1, -1, -1).contiguous()
+        values = layer.values[:, :, :length].expand(batch, -1, -1, -1).contiguous()
+        grown.update(keys, values, index)
+    return grown
+
+
+def _full(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], fluency_model: nn.Module | None,
+          chunk_size: int) -> SequenceScores:
+    def one(rows: slice) -> tuple[Tensor, Tensor]:
+        result = probe(input_ids=ids[rows], need_output=True)
+        logits = result.output.logits if fluency_model is None else fluency_model(input_ids=ids[rows]).logits
+        return result.scores, span_xentropy(logits, ids[rows], span)
+
+    parts = run_chunked(one, ids.shape[0], chunk_size)
+    return SequenceScores(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+
+def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], parent: Tensor,
+             chunk_size: int) -> SequenceScores:
+    n, length = ids.shape
+    parent_out = model(input_ids=parent[None], use_cache=True)
+    parent_logits = parent_out.logits
+    cache = output_cache(parent_out)
+    cache_name = cache_kwarg(model)
+    differs = ids != parent[None]
+    first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), torch.full((n,), length, device=ids.device))
+    activation = torch.empty(n, len(probe.targets), device=ids.device)
+    xent = torch.empty(n, device=ids.device)
+    leftovers: list[Tensor] = []  # unchanged rows, changes at position 0, and groups too small to pay off
+    for p in first.unique().tolist():
+        rows = (first == p).nonzero().flatten()
+        if p in (0, length) or len(rows) < MIN_GROUP_FOR_CACHE:
+            leftovers.append(rows)
+            continue
+
+        def one(chunk: slice, rows: Tensor = rows, p: int = p) -> tuple[Tensor, Tensor]:
+            sel = rows[chunk]
+            grown = _expand_cache(cache, p, len(sel))
+            result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: grown})
+            logits = torch.cat([parent_logits[:, :p].expand(len(sel), -1, -1), result.output.logits], dim=1)
+            return result.scores, span_xentropy(logits, ids[sel], span)
+
+        parts = run_chunked(one, len(rows), chunk_size)
+        activation[rows] = torch.cat([q[0] for q in parts])
+        xent[rows] = torch.cat([q[1] for q in parts])
+    if leftovers:
+        rows = torch.cat(leftovers)
+        scored = _full(model, probe, ids[rows], span, None, chunk_size)
+        activation[rows] = scored.activation
+        xent[rows] = scored.xentropy
+    return SequenceScores(activation, xent)
+
+
+@torch.no_grad()
+def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: tuple[int, int],
+                    parent_ids: Tensor | None = None, fluency_model: nn.Module | None = None,
+                    chunk_size: int | None = None) -> SequenceScores:
+    """Score N token sequences `ids [N, T]`: the probe's targets and the mean cross-entropy of `xent_span`.
+
+    With `parent_ids [T]` the parent's KV cache is reused for every row (see the module docstring);
+    the results equal plain full forwards. `fluency_model` (sharing the tokenizer) computes the
+    cross-entropy instead of `model` (then no cache reuse). `chunk_size` bounds rows per forward.
+    """
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
+    chunk = chunk_size or DEFAULT_CHUNK
+    if parent_ids is not None and fluency_model is None and _last_position_only(probe) and ids.shape[0] >= MIN_GROUP_FOR_CACHE:
+        return _grouped(model, probe, ids, xent_span, parent_ids.to(ids.device), chunk)
+    return _full(model, probe, ids, xent_span, fluency_model, chunk)

@@ -1,0 +1,25 @@
+"""The Pareto frontier keeps exactly the non-dominated prompts."""
+
+import random
+
+from dreamy.language.frontier import dominates, pareto_indices
+
+
+def test_frontier_points_are_not_dominated_and_cover_the_rest():
+    rng = random.Random(0)
+    act = [rng.gauss(0, 1) for _ in range(300)]
+    xent = [rng.uniform(2, 10) for _ in range(300)]
+    front = pareto_indices(act, xent)
+    points = list(zip(act, xent))
+    for i in front:
+        assert not any(dominates(p, points[i]) for p in points)
+    for j in set(range(300)) - set(front):
+        assert any(dominates(points[i], points[j]) or points[i] == points[j] for i in front)
+    assert [xent[i] for i in front] == sorted(xent[i] for i in front)
+    assert [act[i] for i in front] == sorted(act[i] for i in front)
+
+
+def test_duplicates_and_ties():
+    assert pareto_indices([1.0, 1.0], [2.0, 2.0]) == [0]
+    assert pareto_indices([1.0, 2.0], [2.0, 2.0]) == [1]
+    assert pareto_indices([], []) == []

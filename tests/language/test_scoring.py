@@ -1,0 +1,109 @@
+"""KV-reuse scoring equals plain full forwards; chunking and OOM halving change nothing."""
+
+import pytest
+import torch
+
+from dreamy.language import scoring
+from dreamy.language.fluency import span_xentropy, xentropy
+from dreamy.language.scoring import run_chunked, score_sequences
+from dreamy.targets import Probe
+
+
+def children_of(parent, n, seed, vocab=300, start=1):
+    gen = torch.Generator().manual_seed(seed)
+    kids = parent.repeat(n, 1)
+    pos = torch.randint(start, len(parent), (n,), generator=gen)
+    kids[torch.arange(n), pos] = torch.randint(0, vocab, (n,), generator=gen)
+    return kids
+
+
+def plain(model, probe, ids, span):
+    result = probe(input_ids=ids, need_output=True)
+    return result.scores, span_xentropy(result.output.logits, ids, span)
+
+
+@pytest.fixture
+def setup(tiny_lm):
+    probe = Probe(tiny_lm.model, ["model.layers.1.mlp.down_proj:3", "model.layers.0.mlp@in:7", "logits:11"],
+                  sequence_reduce="pos=-1")
+    parent = torch.randint(0, 300, (12,), generator=torch.Generator().manual_seed(0))
+    parent[0] = 0
+    return tiny_lm.model, probe, parent
+
+
+def test_kv_reuse_equals_full_forward(setup):
+    model, probe, parent = setup
+    kids = torch.cat([children_of(parent, 40, 1), parent[None]])
+    act, xent = plain(model, probe, kids, (1, 12))
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
+
+
+def test_non_last_position_targets_fall_back_to_full_forwards(tiny_lm, setup):
+    model, _, parent = setup
+    probe = Probe(model, ["model.layers.1.mlp.down_proj:3/mean"], sequence_reduce="pos=-1")
+    kids = children_of(parent, 20, 2)
+    act, xent = plain(model, probe, kids, (1, 12))
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    torch.testing.assert_close(out.activation, act, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_equals_unchunked(setup):
+    model, probe, parent = setup
+    kids = children_of(parent, 30, 3)
+    whole = score_sequences(model, probe, kids, xent_span=(2, 10))
+    chunked = score_sequences(model, probe, kids, xent_span=(2, 10), chunk_size=7)
+    torch.testing.assert_close(whole.activation, chunked.activation, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole.xentropy, chunked.xentropy, atol=1e-5, rtol=1e-5)
+
+
+def test_out_of_memory_halves_the_chunk():
+    sizes = []
+
+    def fn(rows):
+        sizes.append(rows.stop - rows.start)
+        if rows.stop - rows.start > 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return list(range(rows.start, rows.stop))
+
+    parts = run_chunked(fn, 10, 16)
+    assert sum(parts, []) == list(range(10))
+    assert sizes[:3] == [10, 8, 4]
+    with pytest.raises(RuntimeError, match="shape"):
+        run_chunked(lambda rows: (_ for _ in ()).throw(RuntimeError("bad shape")), 4, 2)
+
+
+def test_fluency_model_computes_the_cross_entropy(setup, tiny_lm):
+    model, probe, parent = setup
+    from dreamy.tiny import tiny_lm as build
+
+    other, _ = build(seed=1)
+    other.eval().requires_grad_(False)
+    kids = children_of(parent, 6, 4)
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, fluency_model=other)
+    torch.testing.assert_close(out.xentropy, xentropy(other, kids, (1, 12)))
+    assert not torch.allclose(out.xentropy, xentropy(model, kids, (1, 12)))
+
+
+def test_span_must_be_scorable():
+    with pytest.raises(ValueError, match="start at >= 1"):
+        span_xentropy(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), (0, 3))
+
+
+def test_grouping_really_reuses_the_cache(setup, monkeypatch):
+    model, probe, parent = setup
+    lengths = []
+    original = probe.__call__
+
+    def spy(*args, **kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "__call__", spy)
+    monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: spy(*a, **k))
+    kids = parent.repeat(8, 1)
+    kids[:, 9] = torch.arange(8)
+    score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    assert lengths == [3]  # only positions 9..11 ran for the group
+    assert scoring.MIN_GROUP_FOR_CACHE <= 8

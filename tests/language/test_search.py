@@ -1,0 +1,92 @@
+"""GCG and EPO on the tiny LM: they improve, reproduce, restart correctly and report a frontier."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from dreamy.language import epo, gcg
+from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
+from dreamy.language.frontier import dominates
+
+TARGET = "model.layers.1.mlp.down_proj:3"
+epo_module = sys.modules["dreamy.language.epo"]
+SMALL = dict(n_tokens=5, iters=6, population=3, children_per_member=12, progress=False)
+
+
+def test_epo_improves_and_reports_the_frontier(tiny_lm):
+    result = epo(tiny_lm, TARGET, seed=0, restart_every=None, **SMALL)
+    first = max(r["activation"] for r in result.history if r["iteration"] == 0)
+    assert result.best.activation > first
+    points = [(r["activation"], r["xentropy"]) for r in result.history]
+    front = [(p.activation, p.xentropy) for p in result.frontier]
+    assert all(not any(dominates(q, f) for q in points) for f in front)
+    assert all(len(p.token_attribution) == 5 and len(p.tokens) == 5 for p in result.frontier)
+    json.dumps(result.to_record(include_history=True))
+
+
+def test_epo_is_reproducible(tiny_lm):
+    a = epo(tiny_lm, TARGET, seed=3, **SMALL)
+    torch.randn(10)
+    b = epo(tiny_lm, TARGET, seed=3, **SMALL)
+    c = epo(tiny_lm, TARGET, seed=4, **SMALL)
+    assert [r["token_ids"] for r in a.history] == [r["token_ids"] for r in b.history]
+    assert [r["token_ids"] for r in a.history] != [r["token_ids"] for r in c.history]
+
+
+def test_restarts_draw_random_lambdas_and_collapse_the_population(tiny_lm, monkeypatch):
+    seen = []
+    original = epo_module.token_gradients
+
+    def spy(model, probe, layout, spans, lambdas):
+        seen.append((spans.clone(), lambdas.clone()))
+        return original(model, probe, layout, spans, lambdas)
+
+    monkeypatch.setattr(epo_module, "token_gradients", spy)
+    result = epo(tiny_lm, TARGET, seed=1, restart_every=2, **{**SMALL, "iters": 6})
+    restarts = result.settings["restarts"]
+    assert [r["iteration"] for r in restarts] == [2, 4, 6]
+    assert len({round(r["lambda"], 6) for r in restarts}) == 3  # a fresh random draw each time
+    lambdas = torch.tensor(result.settings["lambdas"])
+    # right after a restart every slot holds the same prompt, and each gets its gradient under its own lambda
+    collapsed = [(s, l) for s, l in seen if len(s) == 3 and (s == s[0]).all()]
+    assert collapsed and all(torch.allclose(l, lambdas) for _, l in collapsed)
+
+
+def test_restart_lambda_is_log_uniform_in_range():
+    gen = torch.Generator().manual_seed(0)
+    draws = [draw_restart_lambda((0.1, 10.0), gen) for _ in range(400)]
+    assert min(draws) >= 0.1 and max(draws) <= 10.0
+    below_one = sum(d < 1.0 for d in draws) / len(draws)
+    assert 0.4 < below_one < 0.6  # log-uniform: half the mass below the geometric middle
+    assert log_uniform_lambdas(5, (0.1, 10.0))[2].item() == pytest.approx(1.0)
+
+
+def test_gcg_with_prefix_and_suffix(tiny_lm):
+    result = gcg(tiny_lm, "logits:9", n_tokens=4, iters=5, batch_size=16, prefix="The cat", suffix=" sat",
+                 progress=False, seed=0)
+    assert result.settings["prefix"].endswith("The cat") and result.settings["suffix"] == " sat"
+    start = result.history[0]["activation"]
+    assert result.best.activation > start
+    assert result.method == "gcg"
+
+
+def test_gcg_reaches_the_top_token_on_the_tiny_lm(tiny_lm):
+    token = 42
+    result = gcg(tiny_lm, f"logits:{token}-logits", n_tokens=4, iters=15, batch_size=32, progress=False, seed=0)
+    ids = torch.tensor([[tiny_lm.tokenizer.bos_token_id] + result.best.token_ids])
+    assert tiny_lm.model(ids).logits[0, -1].argmax().item() == token
+
+
+def test_language_search_needs_a_tokenizer(tiny_cnn):
+    with pytest.raises(ValueError, match="no tokenizer"):
+        epo(tiny_cnn, "head:1", n_tokens=2, iters=1, progress=False)
+
+
+@pytest.mark.real
+def test_bundled_epo_raises_an_mlp_neuron(smollm2):
+    result = epo(smollm2, "model.layers.5.mlp.down_proj@in:100", n_tokens=6, iters=3, population=2,
+                 children_per_member=16, progress=False)
+    first = max(r["activation"] for r in result.history if r["iteration"] == 0)
+    assert result.best.activation > first
