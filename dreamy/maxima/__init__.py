@@ -1,0 +1,24 @@
+"""Dataset maxima: the real inputs that drive each target hardest, found in one streamed pass and cached.
+
+`image_maxima` streams an image set (`dreamy.datasets.open_images`) and `text_maxima` a text corpus
+(`dreamy.datasets.open_text`, 64-token windows) through one early-exiting `Probe` for all targets,
+keeping a streaming top-k per target. Results land in an on-disk cache that the gallery reads with
+`load_cached_maxima(cache_dir, model_name, target)`.
+
+Example:
+    >>> import tempfile
+    >>> from dreamy.models import load
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = image_maxima(load("tiny:cnn"), ["conv3:0"], "photos", k=2, limit=8, cache_dir=folder, progress=False)
+    >>> load_cached_maxima(folder, "tiny:cnn", "conv3:0").dataset
+    'photos[:8]'
+"""
+
+from dreamy.maxima.images import image_maxima
+from dreamy.maxima.records import (Example, Maxima, default_cache_dir, entry_dir, list_cached_maxima, load_cached_maxima,
+                                   save_maxima)
+from dreamy.maxima.text import corpus_xentropy, text_maxima, window_xentropy
+from dreamy.maxima.topk import StreamingTopK, summarize
+
+__all__ = ["Example", "Maxima", "StreamingTopK", "corpus_xentropy", "default_cache_dir", "entry_dir", "image_maxima",
+           "list_cached_maxima", "load_cached_maxima", "save_maxima", "summarize", "text_maxima", "window_xentropy"]

@@ -1,0 +1,211 @@
+"""Dataset maxima as records, and their on-disk cache (what the gallery reads).
+
+Layout: `CACHE/<model>/<dataset>/<target>/` holds `maxima.json` (the record; written last, so its
+presence means the entry is complete), `arrays.npz` (images `[k, H, W, 3]` uint8 and per-position
+score maps `[k, h, w]`, when the target has them) and, for image sets, `example_00.png`, ... Each path
+part is a readable slug plus a short hash of the exact name, so distinct specs never collide. Every
+file is written to a temporary name and renamed into place.
+
+Example:
+    >>> import tempfile
+    >>> record = Maxima("tiny:cnn", "conv2:1", "photos", "image", [Example(0, 3, 2.5, "skimage cat full")], {}, {})
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_maxima(record, folder)
+    >>> load_cached_maxima(folder, "tiny:cnn", "conv2:1").best_activation
+    2.5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreamy.targets import parse
+
+
+@dataclass
+class Example:
+    """One dataset example: `index` is the image index, or for text the corpus position of the window's last token."""
+
+    rank: int
+    index: int
+    activation: float
+    source: str
+    text: str | None = None
+    tokens: list[str] | None = None
+    token_ids: list[int] | None = None
+    token_activations: list[float] | None = None
+    xentropy: float | None = None
+
+
+@dataclass
+class Maxima:
+    """The top-k dataset examples of one target, with dataset-wide statistics.
+
+    `stats["activation"]` summarizes the target over the whole data set (every image, or every
+    non-overlapping text window); text adds `stats["xentropy"]`, the cross-entropy distribution of
+    random corpus windows, and `frontier`, the windows no other re-scored window beats in both
+    activation and cross-entropy. `images` `[k, H, W, 3]` uint8 and `maps` `[k, *positions]` are arrays.
+    """
+
+    model_name: str
+    target: str
+    dataset: str
+    kind: Literal["image", "text"]
+    examples: list[Example]
+    stats: dict[str, Any]
+    settings: dict[str, Any]
+    images: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    frontier: list[Example] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def best_activation(self) -> float | None:
+        """The top example's activation (None when there are no examples)."""
+        return self.examples[0].activation if self.examples else None
+
+    def best_below(self, xentropy: float) -> Example | None:
+        """The most activating text window with cross-entropy <= `xentropy` (among examples and frontier).
+
+        Example:
+            >>> m = Maxima("m", "t", "d", "text", [Example(0, 9, 5.0, "", xentropy=4.0), Example(1, 7, 3.0, "", xentropy=2.0)], {}, {})
+            >>> m.best_below(3.0).activation
+            3.0
+        """
+        eligible = [e for e in self.examples + self.frontier if e.xentropy is not None and e.xentropy <= xentropy]
+        return max(eligible, key=lambda e: e.activation, default=None)
+
+    def image_tensor(self) -> Tensor:
+        """The example images as `[k, 3, H, W]` floats in [0, 1] (e.g. for `dreamy.vision.facet_starts`)."""
+        if self.images is None:
+            raise ValueError(f"maxima of '{self.target}' on '{self.dataset}' hold no images (kind {self.kind})")
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 255.0
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able record (without the arrays)."""
+        return {"model": self.model_name, "target": self.target, "dataset": self.dataset, "kind": self.kind,
+                "best_activation": self.best_activation, "examples": [asdict(e) for e in self.examples],
+                "frontier": [asdict(e) for e in self.frontier], "stats": self.stats, "settings": self.settings}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, path: Path | None = None) -> "Maxima":
+        """Rebuild from `to_record()` output (and the arrays of `arrays.npz`)."""
+        arrays = arrays or {}
+        return cls(record["model"], record["target"], record["dataset"], record["kind"],
+                   [Example(**e) for e in record["examples"]], record.get("stats", {}), record.get("settings", {}),
+                   arrays.get("images"), arrays.get("maps"), [Example(**e) for e in record.get("frontier", [])], path)
+
+
+def default_cache_dir() -> Path:
+    """`<dreamy cache>/maxima` (see `dreamy.models.cache_dir`; `$DREAMY_CACHE` moves it).
+
+    Example:
+        >>> default_cache_dir().name
+        'maxima'
+    """
+    from dreamy.models import cache_dir
+
+    return cache_dir() / "maxima"
+
+
+def slug(name: str) -> str:
+    """A file-name-safe, collision-free form of `name`: readable part + 8 hex digits of its hash.
+
+    Example:
+        >>> slug("bundled:smollm2-135m")
+        'bundled_smollm2-135m-7458d1c7'
+    """
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")[:60] or "x"
+    return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def canonical_target(target: str) -> str:
+    """The canonical spec of a target (so `conv2 : 1` and `conv2:1` share a cache entry)."""
+    return str(parse(target))
+
+
+def entry_dir(cache_dir: str | os.PathLike, model_name: str, dataset: str, target: str) -> Path:
+    """The folder of one cache entry."""
+    return Path(cache_dir) / slug(model_name) / slug(dataset) / slug(canonical_target(target))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_maxima(maxima: Maxima, cache_dir: str | os.PathLike) -> Path:
+    """Write one entry (arrays and PNGs first, `maxima.json` last); returns its folder."""
+    folder = entry_dir(cache_dir, maxima.model_name, maxima.dataset, maxima.target)
+    arrays = {name: value for name, value in (("images", maxima.images), ("maps", maxima.maps)) if value is not None}
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        _atomic_write(folder / "arrays.npz", buffer.getvalue())
+    if maxima.images is not None:
+        for rank, image in enumerate(maxima.images):
+            _atomic_write(folder / f"example_{rank:02d}.png", _png_bytes(image))
+    _atomic_write(folder / "maxima.json", json.dumps(maxima.to_record(), indent=1).encode())
+    maxima.path = folder
+    return folder
+
+
+def _read_entry(folder: Path) -> Maxima | None:
+    record_path = folder / "maxima.json"
+    if not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text())
+    arrays: dict[str, np.ndarray] = {}
+    if (folder / "arrays.npz").exists():
+        with np.load(folder / "arrays.npz") as data:
+            arrays = {name: data[name] for name in data.files}
+    return Maxima.from_record(record, arrays, folder)
+
+
+def load_cached_maxima(cache_dir: str | os.PathLike, model_name: str, target: str, dataset: str | None = None) -> Maxima | None:
+    """The cached maxima of `target` on `model_name` (from `dataset`, else the most recent of any data set), or None."""
+    if dataset is not None:
+        return _read_entry(entry_dir(cache_dir, model_name, dataset, target))
+    model_dir = Path(cache_dir) / slug(model_name)
+    records = sorted(model_dir.glob(f"*/{slug(canonical_target(target))}/maxima.json"), key=lambda p: p.stat().st_mtime)
+    return _read_entry(records[-1].parent) if records else None
+
+
+def list_cached_maxima(cache_dir: str | os.PathLike, model_name: str | None = None) -> list[Maxima]:
+    """Every complete cache entry (of one model, or all), most recent last.
+
+    Example:
+        >>> list_cached_maxima("/nonexistent")
+        []
+    """
+    root = Path(cache_dir)
+    pattern = f"{slug(model_name)}/*/*/maxima.json" if model_name else "*/*/*/maxima.json"
+    found = [_read_entry(p.parent) for p in sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)]
+    return [m for m in found if m is not None]

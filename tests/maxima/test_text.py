@@ -1,0 +1,71 @@
+"""Tests for dreamy.maxima.text: top corpus windows per target with their cross-entropy."""
+
+import pytest
+import torch
+
+from dreamy.datasets import TextCorpus
+from dreamy.language.fluency import span_xentropy
+from dreamy.maxima import corpus_xentropy, load_cached_maxima, text_maxima
+from dreamy.maxima.text import start_token, tokenize_corpus
+from dreamy.targets import Probe
+
+CORPUS = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park and the bird sang in the tree. "
+                           "Paris is the capital of France. Rome is in Italy. The sun is hot and the moon is bright. " * 3)
+TARGET = "model.layers.1.mlp.down_proj@in:7"
+
+
+def _all_windows(tiny_lm, window):
+    ids = tokenize_corpus(tiny_lm.tokenizer, CORPUS)
+    bos = torch.tensor([start_token(tiny_lm.tokenizer)])
+    return torch.stack([torch.cat([bos, ids[e - window + 1:e + 1]]) for e in range(window - 1, len(ids))])
+
+
+def test_exhaustive_candidates_find_the_best_stride_one_window(tiny_lm):
+    window = 6
+    rows = _all_windows(tiny_lm, window)
+    with torch.no_grad():
+        result = Probe(tiny_lm.model, [TARGET], sequence_reduce="pos=-1")(input_ids=rows, need_output=True)
+    manual = result.scores[:, 0]
+    distinct = torch.tensor(sorted({tuple(r.tolist()): float(a) for r, a in zip(rows, manual)}.values(), reverse=True))
+    found = text_maxima(tiny_lm, [TARGET], CORPUS, k=3, window=window, candidates=len(rows), xent_windows=4,
+                        batch_size=5, cache_dir=None, progress=False)[TARGET]
+    # the corpus repeats itself: equal windows are kept once
+    assert [e.activation for e in found.examples] == pytest.approx(distinct[:3].tolist(), abs=1e-5)
+    best = found.examples[0]
+    i = int(manual.argmax())
+    assert best.token_ids == rows[i, 1:].tolist() and best.index == i + window - 1
+    assert best.xentropy == pytest.approx(span_xentropy(result.output.logits[i:i + 1], rows[i:i + 1], (1, window + 1)).item(), abs=1e-5)
+    assert best.token_activations[-1] == pytest.approx(best.activation, abs=1e-5)
+    assert len(best.tokens) == window and best.text == tiny_lm.tokenizer.decode(best.token_ids)
+
+
+def test_frontier_windows_are_not_dominated(tiny_lm):
+    found = text_maxima(tiny_lm, [TARGET], CORPUS, k=4, window=8, candidates=6, xent_windows=4, cache_dir=None,
+                        progress=False)[TARGET]
+    assert found.frontier and found.frontier[0].activation == found.examples[0].activation
+    for point in found.frontier:
+        for other in found.examples + found.frontier:
+            assert not (other.activation > point.activation and other.xentropy < point.xentropy)
+    xents = [p.xentropy for p in found.frontier]
+    assert xents == sorted(xents, reverse=True)
+
+
+def test_stats_cover_every_window_and_the_corpus_xentropy(tiny_lm, tmp_path):
+    n_tokens = len(tokenize_corpus(tiny_lm.tokenizer, CORPUS))
+    found = text_maxima(tiny_lm, [TARGET, "logits:5"], CORPUS, k=2, window=8, xent_windows=5, cache_dir=tmp_path,
+                        progress=False)
+    for maxima in found.values():
+        assert maxima.stats["activation"]["count"] == n_tokens // 8
+        assert maxima.stats["xentropy"]["count"] == 5
+        assert maxima.examples[0].activation >= maxima.stats["activation"]["max"] - 1e-5
+    cached = load_cached_maxima(tmp_path, "tiny:lm", "logits:5")
+    assert cached.dataset == "toy@8tok" and cached.examples == found["logits:5"].examples
+    assert corpus_xentropy(tiny_lm, CORPUS, window=8, n_windows=5)["median"] == pytest.approx(
+        found["logits:5"].stats["xentropy"]["median"])
+
+
+def test_windows_longer_than_the_corpus_are_refused(tiny_lm):
+    with pytest.raises(ValueError, match="fewer than one window"):
+        text_maxima(tiny_lm, [TARGET], TextCorpus("tiny", "The cat"), window=64, cache_dir=None, progress=False)
+    with pytest.raises(ValueError, match="language model"):
+        text_maxima(__import__("tests.fixtures").fixtures.cached("tiny:cnn"), ["conv1:0"], CORPUS, cache_dir=None)
