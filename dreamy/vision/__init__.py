@@ -7,11 +7,13 @@ Example:
     torch.Size([1, 3, 32, 32])
 """
 
-from dreamy.vision.facets import facet_starts, kmeans
+from dreamy.vision.facets import dream_facets, facet_starts, kmeans
 from dreamy.vision.generators import DeepImagePrior, GeneratorParam, deep_image_prior_param
 from dreamy.vision.param import FourierParam, ImageParam, MacoParam, PixelParam, magnitude_of, make_param
+from dreamy.vision.regularizers import pull_to
 from dreamy.vision.render import DreamResult, dream
 from dreamy.vision.transforms import Transforms
 
 __all__ = ["DeepImagePrior", "DreamResult", "FourierParam", "GeneratorParam", "ImageParam", "MacoParam", "PixelParam",
-           "Transforms", "deep_image_prior_param", "dream", "facet_starts", "kmeans", "magnitude_of", "make_param"]
+           "Transforms", "deep_image_prior_param", "dream", "dream_facets", "facet_starts", "kmeans", "magnitude_of",
+           "make_param", "pull_to"]

@@ -7,7 +7,10 @@ to a box (e.g. the range seen on real data).
 `DeepImagePrior` is the one generator that needs no download. It is an UNTRAINED convolutional
 upsampling network with fixed random weights: it knows nothing about natural images, but its
 architecture (upsampling + convolutions) biases dreams toward smooth, spatially coherent structure
-(the "deep image prior" effect of Ulyanov et al., 2018). It is a structural prior, not a learned one.
+(the "deep image prior" effect of Ulyanov et al., 2018). It is a structural prior, not a learned one:
+do not expect the photo-like dreams of a GAN trained on ImageNet (DGN-AM, Nguyen et al., 2016). Every
+image depends only on its own latent code (instance, not batch, normalization), so rows dreaming
+different targets do not interact.
 
 Example:
     >>> prior = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
@@ -36,7 +39,7 @@ class DeepImagePrior(nn.Module):
         layers: list[nn.Module] = []
         for _ in range(3):
             layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                       nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels, affine=False, track_running_stats=False),
+                       nn.Conv2d(channels, channels, 3, padding=1), nn.InstanceNorm2d(channels),
                        nn.LeakyReLU(0.2)]
         layers += [nn.Conv2d(channels, 3, 1)]
         self.net = nn.Sequential(*layers)
@@ -51,10 +54,12 @@ class DeepImagePrior(nn.Module):
 
 
 class GeneratorParam:
-    """Optimize the latent code of `net` (a generator `z -> images in [0, 1]`).
+    """Optimize the latent code of `net` (a generator `z -> [n, 3, H, W]` images).
 
-    `clip=(low, high)` keeps every latent value in a box after each step; `decay` multiplies the code
-    by `1 - decay` after each step (DGN-AM's L2 decay). The render loop calls `after_step()`.
+    `clip=(low, high)` keeps every latent value in a box after each step (DGN-AM clips to the range
+    the code takes on real images); `decay` multiplies the code by `1 - decay` after each step
+    (DGN-AM's L2 decay). The render loop calls `after_step()`. `output_range` is the range of the
+    generator's pixels (`(-1, 1)` for a tanh GAN); images are mapped from it to [0, 1] and clamped.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.Sigmoid(), nn.Unflatten(1, (3, 8, 8)))
@@ -65,13 +70,21 @@ class GeneratorParam:
 
     def __init__(self, net: nn.Module, latent_shape: Sequence[int], *, n: int, rng: torch.Generator,
                  clip: tuple[float, float] | None = None, decay: float = 0.0, init_std: float = 1.0,
-                 device: str | torch.device = "cpu") -> None:
+                 output_range: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "cpu") -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
+        if clip is not None and not clip[0] < clip[1]:
+            raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
+        if not output_range[0] < output_range[1]:
+            raise ValueError(f"output_range must be (low, high) with low < high, got {output_range}")
         self.net = net.to(device)
         self.clip = clip
         self.decay = decay
-        self.latent = (torch.randn(n, *latent_shape, generator=rng) * init_std).to(device).requires_grad_(True)
+        self.output_range = output_range
+        latent = torch.randn(n, *latent_shape, generator=rng, device=rng.device) * init_std
+        if clip is not None:
+            latent = latent.clamp(*clip)
+        self.latent = latent.to(device).requires_grad_(True)
 
     def parameters(self) -> list[Tensor]:
         return [self.latent]
@@ -80,7 +93,10 @@ class GeneratorParam:
         images = self.net(self.latent)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"the generator must return [n, 3, H, W] images, got shape {tuple(images.shape)}")
-        return images
+        low, high = self.output_range
+        if (low, high) != (0.0, 1.0):
+            images = (images - low) / (high - low)
+        return images.clamp(0.0, 1.0)
 
     @torch.no_grad()
     def after_step(self) -> None:

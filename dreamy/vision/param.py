@@ -64,6 +64,15 @@ def spectrum_scale(size: tuple[int, int], decay_power: float = 1.0) -> Tensor:
     return 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay_power
 
 
+def _check_shape(n: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Validate a batch size and an image size; returns the size as a tuple of ints."""
+    if n < 1:
+        raise ValueError(f"a parametrization needs n >= 1 images, got {n}")
+    if len(size) != 2 or min(size) < 2:
+        raise ValueError(f"image size must be (H, W) with both >= 2, got {size}")
+    return int(size[0]), int(size[1])
+
+
 class PixelParam:
     """Raw pixels through a sigmoid.
 
@@ -74,7 +83,9 @@ class PixelParam:
 
     def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, std: float = 0.01,
                  device: str | torch.device = "cpu") -> None:
-        self.raw = (torch.randn(n, 3, *size, generator=generator) * std).to(device).requires_grad_(True)
+        size = _check_shape(n, size)
+        raw = torch.randn(n, 3, *size, generator=generator, device=generator.device) * std
+        self.raw = raw.to(device).requires_grad_(True)
 
     def parameters(self) -> list[Tensor]:
         return [self.raw]
@@ -86,19 +97,23 @@ class PixelParam:
 class FourierParam:
     """A 1/f-scaled Fourier spectrum with decorrelated colour, through a sigmoid (lucid-style).
 
+    The optimizer changes the real and imaginary parts of each channel's spectrum; scaling them by
+    `1 / f^decay_power` equalizes the gradient across frequencies, and the colour channels are
+    decorrelated with the square root of ImageNet's colour covariance.
+
     Example:
         >>> p = FourierParam(1, (16, 16), generator=torch.Generator().manual_seed(0))
-        >>> float(p.images().min()) >= 0.0
+        >>> float(p.images().detach().min()) >= 0.0
         True
     """
 
     def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, std: float = 0.01,
                  decay_power: float = 1.0, decorrelate: bool = True, device: str | torch.device = "cpu") -> None:
-        h, w = size
-        self.size = size
+        h, w = self.size = _check_shape(n, size)
         self.decorrelate = decorrelate
-        self.scale = spectrum_scale(size, decay_power).to(device)
-        self.spectrum = (torch.randn(n, 3, h, w // 2 + 1, 2, generator=generator) * std).to(device).requires_grad_(True)
+        self.scale = spectrum_scale(self.size, decay_power).to(device)
+        spectrum = torch.randn(n, 3, h, w // 2 + 1, 2, generator=generator, device=generator.device) * std
+        self.spectrum = spectrum.to(device).requires_grad_(True)
 
     def parameters(self) -> list[Tensor]:
         return [self.spectrum]
@@ -112,10 +127,13 @@ class FourierParam:
 
 
 class MacoParam:
-    """MACO: a fixed natural-image magnitude spectrum; only the phase is optimized.
+    """MACO (Fel et al., 2023): a fixed natural-image magnitude spectrum; only the phase is optimized.
 
-    `magnitude` (`[3, H, W//2+1]`) defaults to a 1/f power law; pass the mean magnitude spectrum of
-    real images (`magnitude_of(images)`) to match a dataset.
+    Constraining the magnitude keeps the dream's energy spread over frequencies like a photo's, so
+    the optimizer cannot fall back on high-frequency noise. The paper fixes the magnitude to the
+    mean spectrum of ImageNet; `magnitude` (`[3, H, W//2+1]`) defaults here to a 1/f power law (no
+    download), and `magnitude_of(images)` gives the mean spectrum of any photos you have. The image
+    is standardized per channel, colour-decorrelated and squashed into [0, 1] with a sigmoid.
 
     Example:
         >>> p = MacoParam(2, (16, 16), generator=torch.Generator().manual_seed(0))
@@ -125,12 +143,14 @@ class MacoParam:
 
     def __init__(self, n: int, size: tuple[int, int], *, generator: torch.Generator, magnitude: Tensor | None = None,
                  decay_power: float = 1.0, device: str | torch.device = "cpu") -> None:
-        h, w = size
-        self.size = size
+        h, w = self.size = _check_shape(n, size)
         if magnitude is None:
-            magnitude = spectrum_scale(size, decay_power).expand(3, h, w // 2 + 1)
-        self.magnitude = magnitude.to(device)
-        phase = (torch.rand(n, 3, h, w // 2 + 1, generator=generator) * 2 - 1) * math.pi
+            magnitude = spectrum_scale(self.size, decay_power).expand(3, h, w // 2 + 1)
+        if tuple(magnitude.shape) != (3, h, w // 2 + 1):
+            raise ValueError(f"magnitude must have shape (3, {h}, {w // 2 + 1}) for images of size {self.size}, got "
+                             f"{tuple(magnitude.shape)}; compute it with magnitude_of(images) at that size")
+        self.magnitude = magnitude.detach().float().to(device)
+        phase = (torch.rand(n, 3, h, w // 2 + 1, generator=generator, device=generator.device) * 2 - 1) * math.pi
         self.phase = phase.to(device).requires_grad_(True)
 
     def parameters(self) -> list[Tensor]:
@@ -157,6 +177,9 @@ def magnitude_of(images: Tensor) -> Tensor:
 class ImageParam:
     """Start from given images `[n, 3, H, W]` in [0, 1] (feature accentuation), optimized in logit space.
 
+    `start` keeps the starting images; `dream(..., regularizers={"pull": w})` adds an L2 pull of the
+    dream toward them (so the result stays recognisably the photo, only accentuated).
+
     Example:
         >>> seed = torch.full((1, 3, 4, 4), 0.25)
         >>> torch.allclose(ImageParam(seed).images(), seed, atol=1e-5)
@@ -164,11 +187,16 @@ class ImageParam:
     """
 
     def __init__(self, images: Tensor, *, device: str | torch.device | None = None) -> None:
-        images = images.detach().clamp(1e-4, 1 - 1e-4)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"ImageParam needs [n, 3, H, W] images in [0, 1], got shape {tuple(images.shape)}")
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError(f"ImageParam needs images in [0, 1], got values in [{float(images.min()):.3g}, "
+                             f"{float(images.max()):.3g}]; divide uint8 images by 255")
+        images = images.detach().float()
         if device is not None:
             images = images.to(device)
-        self.seed = images
-        self.raw = torch.logit(images).clone().requires_grad_(True)
+        self.start = images
+        self.raw = torch.logit(images.clamp(1e-4, 1 - 1e-4)).clone().requires_grad_(True)
 
     def parameters(self) -> list[Tensor]:
         return [self.raw]

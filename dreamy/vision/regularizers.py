@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,21 +80,27 @@ def center_bias(images: Tensor, center: float = 0.5) -> Tensor:
     return (((images - center) ** 2) * weight).flatten(1).mean(dim=1)
 
 
-def pull_to(seed: Tensor):
-    """A regularizer pulling images toward `seed` images (feature accentuation stays near the photo).
+def pull_to(start: Tensor) -> Callable[[Tensor], Tensor]:
+    """A regularizer: mean squared distance of each image to its `start` image (`[n, 3, H, W]`, or one
+    image for all rows), so feature accentuation stays near the photo it started from.
 
     Example:
-        >>> seed = torch.rand(1, 3, 4, 4)
-        >>> pull_to(seed)(seed).item()
+        >>> start = torch.rand(1, 3, 4, 4)
+        >>> pull_to(start)(start).item()
         0.0
     """
-    def penalty(images: Tensor) -> Tensor:
-        return ((images - seed.to(images)) ** 2).flatten(1).mean(dim=1)
-    return penalty
+    def pull(images: Tensor) -> Tensor:
+        target = start.to(images)
+        if target.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"pull_to: start images are {tuple(target.shape[-2:])} but the dream is "
+                             f"{tuple(images.shape[-2:])}; resize the start images to the dream size")
+        return ((images - target) ** 2).flatten(1).mean(dim=1)
+    return pull
 
 
 def gram(activations: Tensor) -> Tensor:
-    """Normalized Gram matrices `[n, C, C]` of `[n, C, H, W]` maps (or `[n, T, C]` sequences).
+    """Normalized Gram matrices `[n, C, C]` of `[n, C, H, W]` maps, `[n, T, C]` sequences or `[n, C]`
+    vectors (the outer product).
 
     Example:
         >>> gram(torch.rand(2, 4, 3, 3)).shape
@@ -100,8 +108,12 @@ def gram(activations: Tensor) -> Tensor:
     """
     if activations.ndim == 4:
         flat = activations.flatten(2)
-    else:
+    elif activations.ndim == 3:
         flat = activations.transpose(1, 2)
+    elif activations.ndim == 2:
+        flat = activations[:, :, None]
+    else:
+        raise ValueError(f"gram needs [n, C, H, W], [n, T, C] or [n, C] activations, got shape {tuple(activations.shape)}")
     return flat @ flat.transpose(1, 2) / flat.shape[-1]
 
 

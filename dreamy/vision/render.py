@@ -1,7 +1,9 @@
 """The render loop: gradient ascent on images for many targets at once.
 
 All rows of all targets go through ONE batched forward and backward per step: row i is scored by
-its own target (`Probe(..., row_targets)`), transforms are drawn per row, regularizers are per row.
+its own target (`Probe(..., row_targets)`), transforms are drawn per row, regularizers are per row,
+and the diversity term only compares rows that dream the same target. Every random draw comes from
+one `torch.Generator` seeded with `seed`, so the same seed gives the same images on CPU.
 
 Example:
     >>> from dreamy.models import load
@@ -30,14 +32,17 @@ from dreamy.vision.transforms import Transforms
 log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
+Penalty = Callable[[Tensor], Tensor]
 
 
 @dataclass
 class DreamResult:
     """Dreamed images and how strongly they drive their targets.
 
-    `activation[i]` is measured on the un-transformed final image `images[i]` (the number to compare
-    with dataset maxima); `history[s, i]` is the objective under transforms at step s.
+    `images[i]` dreams `targets[row_targets[i]]`; `activation[i]` is measured on the un-transformed
+    final image (just the model's preprocessing: the number to compare with dataset maxima);
+    `history[s, i]` is the objective under transforms at step s; `snapshots[step]` holds the images
+    after that step.
     """
 
     images: Tensor
@@ -50,7 +55,13 @@ class DreamResult:
     seed: int = 0
 
     def rows_of(self, target: int) -> list[int]:
-        """Row indices that dream target number `target`."""
+        """Row indices that dream target number `target`.
+
+        Example:
+            >>> from dreamy.models import load
+            >>> dream(load("tiny:cnn"), ["head:1", "head:2"], steps=1, n_per_target=2, progress=False).rows_of(1)
+            [2, 3]
+        """
         return [i for i, t in enumerate(self.row_targets) if t == target]
 
     def to_record(self, i: int) -> dict[str, Any]:
@@ -59,29 +70,83 @@ class DreamResult:
         Example:
             >>> from dreamy.models import load
             >>> r = dream(load("tiny:cnn"), ["head:1"], steps=2, progress=False)
-            >>> sorted(r.to_record(0))[:3]
-            ['activation', 'history', 'method']
+            >>> r.to_record(0)["target"], r.to_record(0)["kind"]
+            ('head:1', 'image')
         """
+        if not 0 <= i < len(self.row_targets):
+            raise IndexError(f"row {i} out of range; this result has rows 0..{len(self.row_targets) - 1}")
         return {
+            "kind": "image",
             "target": self.targets[self.row_targets[i]],
             "row": i,
-            "method": "image",
             "activation": float(self.activation[i]),
+            "final_objective": float(self.history[-1, i]) if len(self.history) else None,
             "history": [float(v) for v in self.history[:, i]],
+            "snapshot_steps": sorted(self.snapshots),
             "settings": self.settings,
             "seed": self.seed,
         }
 
 
-def _model_and_preprocess(loaded: LoadedModel | nn.Module, preprocess: Preprocess | None) -> tuple[nn.Module, Preprocess | None]:
+def _model_and_preprocess(loaded: LoadedModel | nn.Module,
+                          preprocess: Preprocess | None) -> tuple[nn.Module, Preprocess | None, torch.device]:
     if isinstance(loaded, LoadedModel):
-        return loaded.model, preprocess or loaded.preprocess
-    return loaded, preprocess
+        if loaded.kind != "vision":
+            raise ValueError(f"dream() needs a vision model; '{loaded.name}' is a {loaded.kind} model "
+                             "(use dreamy.language for prompts)")
+        return loaded.model, preprocess or loaded.preprocess, loaded.device
+    if not isinstance(loaded, nn.Module):
+        raise TypeError(f"dream() takes a LoadedModel or a torch.nn.Module, got {type(loaded).__name__}")
+    tensors = list(loaded.parameters()) or list(loaded.buffers())
+    return loaded, preprocess, tensors[0].device if tensors else torch.device("cpu")
+
+
+def _penalties(regularizers: Mapping[str | Penalty, float] | None,
+               param: ImageParametrization) -> list[tuple[str, Penalty, float]]:
+    """Resolve `{"tv": 0.1, "pull": 1.0, callable: w}` into (name, function, weight) triples."""
+    resolved = []
+    for key, weight in (regularizers or {}).items():
+        if key == "pull":
+            start = getattr(param, "start", None)
+            if start is None:
+                raise ValueError("the 'pull' regularizer pulls toward the starting images of an ImageParam; "
+                                 f"this dream uses {type(param).__name__}. Pass param=ImageParam(images)")
+            resolved.append(("pull", regs.pull_to(start), float(weight)))
+        elif isinstance(key, str):
+            if key not in regs.REGULARIZERS:
+                raise ValueError(f"unknown regularizer '{key}'; use one of {', '.join(regs.REGULARIZERS)}, "
+                                 "'pull' or a callable images -> [n] penalty")
+            resolved.append((key, regs.REGULARIZERS[key], float(weight)))
+        elif callable(key):
+            resolved.append((getattr(key, "__name__", type(key).__name__), key, float(weight)))
+        else:
+            raise TypeError(f"regularizer keys are names or callables, got {key!r}")
+    return resolved
+
+
+def _diversity_sites(targets: list[Target], diversity_site: str | None) -> tuple[list[str], list[Target]]:
+    """The site whose activations each target's diversity term compares, and extra targets to hook."""
+    if diversity_site is not None:
+        extra = parse(diversity_site)
+        if len(extra.terms) != 1 or extra.terms[0].unit is not None:
+            raise ValueError(f"diversity_site must be a bare site such as 'layer3', got '{diversity_site}'")
+        return [str(extra.sites[0])] * len(targets), [extra]
+    return [str(t.sites[0]) for t in targets], []
+
+
+def _diversity_loss(activations: dict[str, Tensor], rows: Tensor, row_sites: list[str]) -> Tensor:
+    """Sum over rows of the Gram-similarity to other rows of the same target, at that target's site."""
+    total = torch.zeros((), device=rows.device)
+    for site in dict.fromkeys(row_sites):
+        mask = torch.tensor([row_sites[int(t)] == site for t in rows], device=rows.device)
+        if int(mask.sum()) > 1:
+            total = total + regs.diversity(activations[site][mask], rows[mask]).sum()
+    return total
 
 
 def dream(
     loaded: LoadedModel | nn.Module,
-    targets: Sequence[str | Target],
+    targets: Sequence[str | Target] | str | Target,
     *,
     param: str | ImageParametrization = "fourier",
     steps: int = 256,
@@ -89,8 +154,9 @@ def dream(
     image_size: tuple[int, int] | None = None,
     n_per_target: int = 1,
     transforms: Transforms | None = None,
-    regularizers: Mapping[str | Callable[[Tensor], Tensor], float] | None = None,
+    regularizers: Mapping[str | Penalty, float] | None = None,
     diversity: float = 0.0,
+    diversity_site: str | None = None,
     seed: int = 0,
     optimizer: OptimizerFactory | None = None,
     snapshot_steps: Sequence[int] = (),
@@ -100,15 +166,20 @@ def dream(
 ) -> DreamResult:
     """Dream images that maximize each target (see the module docstring).
 
-    - `param`: `"pixel"`, `"fourier"`, `"maco"`, or a parametrization object of `n_targets *
-      n_per_target` rows (e.g. `ImageParam(photos)`, `GeneratorParam(...)`); rows are target-major.
+    - `param`: `"pixel"`, `"fourier"`, `"maco"`, `"dip"` (deep image prior), or a parametrization
+      object with `n_targets * n_per_target` rows (e.g. `ImageParam(photos)`, `GeneratorParam(...)`);
+      rows are target-major (target 0's rows first).
+    - `image_size`: the dream's (H, W); default the model's input size (the preprocessing resizes).
     - `transforms`: default `Transforms.standard(image_size)`; `Transforms()` for none.
-    - `regularizers`: `{"tv": 0.1, "l2": 0.05, callable: weight}`; names from `regularizers.REGULARIZERS`.
-    - `diversity`: weight of the Gram-matrix diversity term among rows of the same target.
+    - `regularizers`: `{"tv": 0.1, "l2": 0.05, "pull": 1.0, callable: weight}`; names from
+      `regularizers.REGULARIZERS`; `"pull"` pulls an `ImageParam` dream toward its start images.
+    - `diversity`: weight of the Gram-matrix diversity term among rows of the same target, at each
+      target's own site or at `diversity_site` (needed for `logits` targets; e.g. a middle block).
     - `optimizer`: a factory `params -> torch.optim.Optimizer` (default Adam at `lr`).
     - `plateau`: stop early when the mean objective stops improving.
+    - Ctrl-C stops the loop and returns what was dreamed so far (`settings["interrupted"]`).
     """
-    model, preprocess = _model_and_preprocess(loaded, preprocess)
+    model, preprocess, device = _model_and_preprocess(loaded, preprocess)
     if isinstance(targets, (str, Target)):
         targets = [targets]
     parsed = [parse(t) for t in targets]
@@ -118,61 +189,64 @@ def dream(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if n_per_target < 1:
         raise ValueError(f"n_per_target must be >= 1, got {n_per_target}")
-    device = next(model.parameters()).device
+    if diversity < 0:
+        raise ValueError(f"diversity is a weight >= 0, got {diversity}")
     size = tuple(image_size or (preprocess.size if preprocess else (224, 224)))
     n = len(parsed) * n_per_target
     gen = make_generator(seed)
+    param_name = param if isinstance(param, str) else type(param).__name__
     if isinstance(param, str):
-        param_name = param
         param = make_param(param, n, size, generator=gen, device=device)
-    else:
-        param_name = type(param).__name__
     first = param.images()
     if first.shape[0] != n:
-        raise ValueError(f"the parametrization has {first.shape[0]} images but {len(parsed)} targets x {n_per_target} need {n}")
+        raise ValueError(f"the parametrization has {first.shape[0]} images but {len(parsed)} target(s) x "
+                         f"{n_per_target} per target need {n}")
+    size = tuple(first.shape[-2:])
     transforms = Transforms.standard(size) if transforms is None else transforms
-    penalties: list[tuple[Callable[[Tensor], Tensor], float]] = []
-    for key, weight in (regularizers or {}).items():
-        if isinstance(key, str):
-            if key not in regs.REGULARIZERS:
-                raise ValueError(f"unknown regularizer '{key}'; use one of {', '.join(regs.REGULARIZERS)} or a callable")
-            key = regs.REGULARIZERS[key]
-        penalties.append((key, float(weight)))
-    probe = Probe(model, parsed)
+    penalties = _penalties(regularizers, param)
+    row_sites, extra = _diversity_sites(parsed, diversity_site) if diversity > 0 else ([], [])
+    probe = Probe(model, parsed + extra)
     rows = torch.arange(len(parsed), device=device).repeat_interleave(n_per_target)
     opt = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
     normalize = preprocess.normalize if preprocess else (lambda x: x)
     history: list[Tensor] = []
     snapshots: dict[int, Tensor] = {}
-    with loop.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as pbar:
-        for step in range(1, steps + 1):
-            images = param.images()
-            result = probe(normalize(transforms(images, gen)), row_targets=rows, keep_activations=diversity > 0)
-            objective = result.row_scores
-            loss = -objective.sum()
-            for penalty, weight in penalties:
-                loss = loss + weight * penalty(images).sum()
-            if diversity > 0:
-                site = str(parsed[0].sites[0])
-                loss = loss + diversity * regs.diversity(result.activations[site], rows).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if hasattr(param, "after_step"):
-                param.after_step()
-            history.append(objective.detach().cpu())
-            if should_snapshot(step, snapshot_steps):
-                snapshots[step] = images.detach().cpu()
-            pbar.update(1)
-            pbar.set_postfix(objective=f"{objective.mean().item():.3g}")
-            if plateau is not None and plateau.update(objective.mean().item()):
-                log.info("objective plateaued at step %d; stopping early", step)
-                break
+    interrupted = False
+    with loop.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as bar:
+        try:
+            for step in range(1, steps + 1):
+                images = param.images()
+                result = probe(normalize(transforms(images, gen)), row_targets=rows, keep_activations=diversity > 0)
+                objective = result.row_scores
+                loss = -objective.sum()
+                for _, penalty, weight in penalties:
+                    loss = loss + weight * penalty(images).sum()
+                if diversity > 0:
+                    loss = loss + diversity * _diversity_loss(result.activations, rows, row_sites)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if hasattr(param, "after_step"):
+                    param.after_step()
+                history.append(objective.detach().cpu())
+                if should_snapshot(step, snapshot_steps):
+                    with torch.no_grad():
+                        snapshots[step] = param.images().cpu()
+                bar.update(1)
+                bar.set_postfix(objective=f"{objective.mean().item():.3g}")
+                if plateau is not None and plateau.update(objective.mean().item()):
+                    log.info("objective plateaued at step %d; stopping early", step)
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted after %d step(s); returning the images dreamed so far", len(history))
     with torch.no_grad():
         final = param.images()
         activation = probe(normalize(final), row_targets=rows).row_scores.cpu()
-    settings = {"param": param_name, "steps": len(history), "lr": lr, "image_size": list(size),
+    settings = {"param": param_name, "steps": len(history), "max_steps": steps, "lr": lr, "image_size": list(size),
                 "n_per_target": n_per_target, "transforms": repr(transforms), "diversity": diversity,
-                "regularizers": {getattr(k, "__name__", str(k)): w for k, w in penalties}}
+                "diversity_site": diversity_site, "regularizers": {name: w for name, _, w in penalties},
+                "optimizer": type(opt).__name__, "interrupted": interrupted}
+    history_tensor = torch.stack(history) if history else torch.zeros(0, n)
     return DreamResult(final.detach().cpu(), [str(t) for t in parsed], rows.tolist(), activation,
-                       torch.stack(history), snapshots, settings, seed)
+                       history_tensor, snapshots, settings, seed)

@@ -1,8 +1,9 @@
 """Facets start from clusters of the target's top images."""
 
+import pytest
 import torch
 
-from dreamy.vision.facets import facet_starts, kmeans
+from dreamy.vision.facets import dream_facets, facet_starts, kmeans
 from dreamy.vision.param import ImageParam
 from dreamy.vision.render import dream
 
@@ -22,3 +23,19 @@ def test_facets_are_cluster_means_and_dream_on(tiny_cnn):
     assert means[0] < 0.2 and means[1] > 0.8
     result = dream(tiny_cnn, ["conv1:0"], param=ImageParam(starts), n_per_target=2, steps=5, progress=False)
     assert result.images.shape == (2, 3, 32, 32)
+
+
+def test_kmeans_never_leaves_a_cluster_empty():
+    points = torch.cat([torch.zeros(8, 2), torch.ones(1, 2)])  # many duplicates
+    labels = kmeans(points, 3, seed=0)
+    assert sorted(set(labels.tolist())) == [0, 1, 2]
+    with pytest.raises(ValueError, match="k must be in 1..9"):
+        kmeans(points, 10)
+
+
+def test_dream_facets_gives_one_centred_dream_per_facet(tiny_cnn):
+    photos = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = dream_facets(tiny_cnn, "head:3", photos, k=3, steps=10, progress=False)
+    assert result.images.shape == (3, 3, 32, 32) and result.row_targets == [0, 0, 0]
+    assert result.settings["facets"] == 3 and result.settings["regularizers"] == {"center": 1.0}
+    assert (result.history[-1] > result.history[0]).all()

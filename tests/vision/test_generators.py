@@ -1,5 +1,6 @@
 """Generator priors: any generator's latent can be dreamed, with DGN-AM clipping and decay."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -37,3 +38,25 @@ def test_deep_image_prior_is_seeded_and_untrained():
     b = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
     z = torch.randn(1, *a.latent_shape)
     assert torch.equal(a(z), b(z)) and not any(p.requires_grad for p in a.parameters())
+
+
+def test_deep_image_prior_rows_do_not_interact():
+    prior = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, *prior.latent_shape, generator=torch.Generator().manual_seed(1))
+    changed = z.clone()
+    changed[1] = torch.randn(prior.latent_shape, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(prior(z)[0], prior(changed)[0])
+
+
+def test_output_range_maps_a_tanh_generator_into_unit_range():
+    net = nn.Sequential(nn.Linear(4, 3 * 4 * 4), nn.Tanh(), nn.Unflatten(1, (3, 4, 4))).requires_grad_(False)
+    param = GeneratorParam(net, (4,), n=3, rng=torch.Generator().manual_seed(0), output_range=(-1, 1))
+    raw = net(param.latent.detach())
+    torch.testing.assert_close(param.images().detach(), (raw + 1) / 2)
+
+
+def test_bad_generator_settings_are_explained():
+    with pytest.raises(ValueError, match="decay"):
+        GeneratorParam(small_generator(), (8,), n=1, rng=torch.Generator(), decay=1.5)
+    with pytest.raises(ValueError, match=r"\[n, 3, H, W\]"):
+        GeneratorParam(nn.Linear(8, 5), (8,), n=1, rng=torch.Generator()).images()

@@ -43,12 +43,33 @@ def test_fourier_starts_near_grey_and_low_frequency():
     assert (images - 0.5).abs().max() < 0.05
 
 
-def test_image_param_starts_from_the_seed(tiny_cnn):
-    seed = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
-    assert torch.allclose(ImageParam(seed).images(), seed, atol=1e-4)
-    result = dream(tiny_cnn, ["conv3:1"], param=ImageParam(seed), steps=10, progress=False,
-                   regularizers={"l2": 0.0})
-    assert (result.images - seed).abs().mean() < 0.2
+def test_image_param_starts_from_the_photo_and_pull_keeps_it_near(tiny_cnn):
+    start = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
+    assert torch.allclose(ImageParam(start).images(), start, atol=1e-4)
+    kwargs = dict(steps=30, lr=0.1, progress=False)
+    free = dream(tiny_cnn, ["conv3:1"], param=ImageParam(start), **kwargs)
+    pulled = dream(tiny_cnn, ["conv3:1"], param=ImageParam(start), regularizers={"pull": 20.0}, **kwargs)
+    assert free.history[-3:].mean() > free.history[:2].mean()
+    assert (pulled.images - start).pow(2).mean() < 0.5 * (free.images - start).pow(2).mean()
+    assert pulled.settings["regularizers"] == {"pull": 20.0}
+
+
+def test_pull_needs_a_start_image(tiny_cnn):
+    with pytest.raises(ValueError, match="ImageParam"):
+        dream(tiny_cnn, ["head:0"], param="pixel", steps=1, regularizers={"pull": 1.0}, progress=False)
+
+
+@pytest.mark.parametrize("images, match", [(torch.rand(3, 32, 32), "shape"), (torch.rand(1, 3, 8, 8) * 255, "255")])
+def test_image_param_rejects_bad_images(images, match):
+    with pytest.raises(ValueError, match=match):
+        ImageParam(images)
+
+
+def test_bad_sizes_and_magnitudes_are_explained():
+    with pytest.raises(ValueError, match="n >= 1"):
+        make_param("fourier", 0, (8, 8), generator=torch.Generator())
+    with pytest.raises(ValueError, match="magnitude_of"):
+        MacoParam(1, (16, 16), generator=torch.Generator(), magnitude=torch.ones(3, 8, 5))
 
 
 def test_unknown_parametrization_lists_the_choices():

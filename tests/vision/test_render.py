@@ -6,6 +6,8 @@ import torch
 
 from dreamy.loop import Plateau
 from dreamy.targets import Probe
+from dreamy.vision import regularizers as regs
+from dreamy.vision.param import ImageParam
 from dreamy.vision.render import dream
 from dreamy.vision.transforms import Transforms
 
@@ -67,23 +69,97 @@ def test_bad_arguments_are_explained(tiny_cnn):
         dream(tiny_cnn, ["head:0"], steps=0, progress=False)
 
 
+def test_batch_of_targets_equals_separate_runs(tiny_cnn):
+    starts = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    kwargs = dict(steps=6, transforms=Transforms(), progress=False)
+    both = dream(tiny_cnn, ["conv3:0", "head:2"], param=ImageParam(starts), **kwargs)
+    for row, target in enumerate(["conv3:0", "head:2"]):
+        alone = dream(tiny_cnn, [target], param=ImageParam(starts[row:row + 1]), **kwargs)
+        torch.testing.assert_close(both.images[row], alone.images[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(both.history[:, row], alone.history[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_diversity_compares_each_target_at_its_own_site(tiny_cnn, monkeypatch):
+    seen = []
+    original = regs.diversity
+
+    def spy(activations, rows):
+        seen.append((activations.shape[1], rows.tolist()))
+        return original(activations, rows)
+
+    monkeypatch.setattr(regs, "diversity", spy)
+    dream(tiny_cnn, ["conv3:1", "conv2:3"], n_per_target=2, diversity=1.0, steps=1, progress=False)
+    assert sorted(seen) == [(16, [1, 1]), (32, [0, 0])]  # conv2 has 16 channels, conv3 32
+    seen.clear()
+    dream(tiny_cnn, ["logits:1", "conv3:0"], n_per_target=2, diversity=1.0, diversity_site="conv2", steps=1,
+          progress=False)
+    assert seen == [(16, [0, 0, 1, 1])]
+    with pytest.raises(ValueError, match="bare site"):
+        dream(tiny_cnn, ["head:0"], diversity=1.0, diversity_site="conv2:3", steps=1, progress=False)
+
+
+def test_interrupt_returns_what_was_dreamed(tiny_cnn):
+    calls = []
+
+    def stop_on_third_step(images):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return images.new_zeros(images.shape[0])
+
+    result = dream(tiny_cnn, ["head:0"], steps=50, regularizers={stop_on_third_step: 1.0}, progress=False)
+    assert result.settings["interrupted"] and result.history.shape == (2, 1) and result.images.shape == (1, 3, 32, 32)
+    assert result.settings["regularizers"] == {"stop_on_third_step": 1.0}
+
+
+def test_plain_module_without_preprocessing(tiny_cnn):
+    result = dream(tiny_cnn.model, ["conv3:0"], image_size=(24, 24), steps=3, progress=False)
+    assert result.images.shape == (1, 3, 24, 24)
+    direct = Probe(tiny_cnn.model, ["conv3:0"])(result.images).scores[:, 0]
+    torch.testing.assert_close(result.activation, direct)
+
+
+def test_language_models_are_refused(tiny_lm):
+    with pytest.raises(ValueError, match="dreamy.language"):
+        dream(tiny_lm, ["model.layers.0.mlp.down_proj:1"], steps=1, progress=False)
+
+
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                 "colorwheel", "camera", "coins", "brick", "grass", "gravel")
+
+
+def sample_photos(names, size=(224, 224)):
+    """scikit-image sample photos as a `[n, 3, H, W]` batch in [0, 1] (grey ones repeated to RGB)."""
+    import skimage.data
+
+    batch = []
+    for name in names:
+        pixels = np.asarray(getattr(skimage.data, name)())
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=-1)
+        image = torch.tensor(pixels[..., :3], dtype=torch.float32).permute(2, 0, 1)[None] / 255
+        batch.append(torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True))
+    return torch.cat(batch)
+
+
 @pytest.mark.real
-@pytest.mark.parametrize("param", ["fourier", "pixel", "maco"])
+@pytest.mark.parametrize("param", ["fourier", "pixel", "maco", "dip", "image"])
 def test_bundled_cat_logit_dream_is_a_confident_cat(efficientnet, param):
-    result = dream(efficientnet, ["logits:285"], param=param, steps=40, lr=0.05, progress=False, seed=0)
-    probs = efficientnet.model(efficientnet.preprocess.normalize(result.images)).softmax(-1)
+    if param == "image":  # feature accentuation from a photo of coffee (p(cat) ~ 1e-5)
+        param = ImageParam(sample_photos(["coffee"]))
+    result = dream(efficientnet, ["logits:285"], param=param, steps=64, lr=0.05, progress=False, seed=0)
+    with torch.no_grad():
+        probs = efficientnet.model(efficientnet.preprocess.normalize(result.images)).softmax(-1)
     assert probs[0, 285] > 0.9
 
 
 @pytest.mark.real
 def test_bundled_channel_dream_beats_the_sample_photos(efficientnet):
-    import skimage.data
-
-    photos = [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket", "cat")]
-    batch = torch.stack([torch.nn.functional.interpolate(
-        torch.tensor(np.asarray(p), dtype=torch.float32).permute(2, 0, 1)[None] / 255, size=(224, 224),
-        mode="bilinear", antialias=True)[0] for p in photos])
-    target = "_blocks.8:10"
-    natural = Probe(efficientnet.model, [target])(efficientnet.preprocess.normalize(batch)).scores.max()
-    result = dream(efficientnet, [target], steps=40, progress=False)
-    assert result.activation[0] > natural
+    photos = sample_photos(SAMPLE_PHOTOS)
+    site = "_blocks.8"
+    with torch.no_grad():
+        acts = Probe(efficientnet.model, [site])(efficientnet.preprocess.normalize(photos), keep_activations=True)
+    per_channel = acts.activations[site].mean(dim=(2, 3)).max(dim=0).values
+    channel = int(per_channel.argmax())  # the channel the photos drive hardest: the hardest one to beat
+    result = dream(efficientnet, [f"{site}:{channel}"], steps=40, progress=False)
+    assert result.activation[0] > per_channel[channel]
