@@ -1,0 +1,261 @@
+"""What every benchmark script shares: machine info, timing, FLOP counting, matmul peak, tables, JSON results.
+
+A benchmark script builds its parser with `parser(...)` (which adds `--quick` (the default), `--full`
+and `--results-dir`), measures, prints a table with `print_table`, and writes
+`benchmarks/results/NAME.json` with `write_result`; the JSON holds the command, the machine, the date,
+the settings and the figures.
+
+Example:
+    >>> args = parser("demo").parse_args([])
+    >>> args.full, str(args.results_dir).endswith("results")
+    (False, True)
+    >>> print(format_table([{"model": "tiny", "ms": 1.23456}]))
+    model | ms
+    ----- | -----
+    tiny  | 1.235
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark takes: `--quick` (default), `--full`, `--results-dir`."""
+    made = argparse.ArgumentParser(description=description)
+    size = made.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small settings that finish in minutes (the default)")
+    size.add_argument("--full", action="store_true", help="the full-size run")
+    made.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where NAME.json goes (default: %(default)s)")
+    return made
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """CPU count and model, torch threads and version, Python, platform, device, git commit.
+
+    Example:
+        >>> machine_info()["device"]
+        'cpu'
+    """
+    device = torch.device(device)
+    info = {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(device), "git_commit": _git_commit(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]  # other work on the machine slows every figure
+    except OSError:
+        pass
+    return info
+
+
+def command_line() -> str:
+    """The command that ran this process, as one would type it (`python -m benchmarks.NAME ...`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return shlex.join(head + sys.argv[1:])
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median / min / mean wall seconds of `fn()` over `repeats` runs after `warmup` runs.
+
+    Example:
+        >>> time_call(lambda: None, repeats=3)["repeats"]
+        3
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "mean_s": statistics.fmean(times), "repeats": repeats}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn()` as counted by torch's `FlopCounterMode` (matmuls, convolutions, attention).
+
+    Example:
+        >>> count_flops(lambda: torch.ones(4, 8) @ torch.ones(8, 2))
+        128
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def measure_matmul_peak(sizes: Sequence[int] = (512, 1024, 2048), *, dtype: torch.dtype = torch.float32,
+                        seconds: float = 1.0, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Achieved FLOP/s of square matmuls of each size (the machine's practical limit), and the best.
+
+    Each size runs for about `seconds`; a matmul of n x n by n x n counts 2 n^3 FLOPs.
+
+    Example:
+        >>> peak = measure_matmul_peak((64,), seconds=0.05)
+        >>> peak["peak_gflops"] > 0
+        True
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    by_size = {}
+    for n in sizes:
+        a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+        a @ b  # warm-up
+        calls, start = 0, time.perf_counter()
+        while True:
+            a @ b
+            calls += 1
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        by_size[str(n)] = 2 * n ** 3 * calls / elapsed / 1e9
+    return {"peak_gflops": max(by_size.values()), "gflops_by_size": by_size, "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads()}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else ("yes" if value else "no")
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as a plain-text table (Markdown-compatible pipes); floats to 4 significant digits."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             " | ".join("-" * w for w in widths)]
+    lines += [" | ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    """Print `format_table(rows, columns)` under an optional title."""
+    if title:
+        print(f"\n## {title}\n")
+    print(format_table(rows, columns), flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def write_result(name: str, figures: dict[str, Any], *, settings: dict[str, Any] | None = None,
+                 results_dir: str | os.PathLike = RESULTS_DIR, device: str | torch.device = "cpu",
+                 started: float | None = None) -> Path:
+    """Write `results_dir/NAME.json` atomically: command, machine, date, settings, figures (and seconds since `started`).
+
+    Example:
+        >>> import tempfile
+        >>> path = write_result("demo", {"x": 1.0}, results_dir=tempfile.mkdtemp())
+        >>> sorted(json.loads(path.read_text()))
+        ['command', 'date', 'figures', 'machine', 'name', 'settings']
+    """
+    record = {"name": name, "command": command_line(), "machine": machine_info(device),
+              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "settings": settings or {}, "figures": figures}
+    if started is not None:
+        record["seconds"] = time.perf_counter() - started
+    directory = Path(results_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    handle, staging = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=directory)
+    with os.fdopen(handle, "w") as out:
+        json.dump(_jsonable(record), out, indent=1)
+    os.replace(staging, path)
+    return path
+
+
+def block_paths(model: torch.nn.Module) -> list[str]:
+    """The model's sequence of blocks: the elements of its largest `ModuleList`, else its top-level children.
+
+    Example:
+        >>> block_paths(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+        ['0', '1']
+    """
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList) and len(module)]
+    if lists:
+        name, module = max(lists, key=lambda item: len(item[1]))
+        return [f"{name}.{i}" for i in range(len(module))]
+    return [name for name, _ in model.named_children()]
+
+
+def mlp_neuron_targets(model: torch.nn.Module, fractions: Sequence[float] = (0.1, 0.45, 0.8), seed: int = 0) -> list[str]:
+    """MLP neurons of a Llama-style LM at the given depth fractions, one seeded-random neuron per layer.
+
+    A neuron is the input of `down_proj` (the gated activation), read at the last token by the
+    language side: `model.layers.L.mlp.down_proj@in:N`.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> mlp_neuron_targets(load("tiny:lm").model)
+        ['model.layers.0.mlp.down_proj@in:44', 'model.layers.1.mlp.down_proj@in:47']
+    """
+    layers = model.model.layers
+    width = layers[0].mlp.down_proj.in_features
+    gen = torch.Generator().manual_seed(seed)
+    picks = sorted({min(len(layers) - 1, int(f * len(layers))) for f in fractions})
+    return [f"model.layers.{layer}.mlp.down_proj@in:{int(torch.randint(width, (1,), generator=gen))}" for layer in picks]
