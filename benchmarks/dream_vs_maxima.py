@@ -49,7 +49,8 @@ def run_vision(loaded: LoadedModel, settings: dict[str, Any], cache_dir: Any, se
 
     targets = vision_targets(loaded)
     maxima: dict[str, list[Maxima]] = {t: [] for t in targets}
-    for name, limit in (("photos", None), ("fashion-mnist", settings["fashion_mnist_images"])):
+    for name in settings["images"]:
+        limit = settings["fashion_mnist_images"] if name.startswith("fashion-mnist") else None
         for target, found in image_maxima(loaded, targets, name, k=9, limit=limit, cache_dir=cache_dir, progress=False).items():
             maxima[target].append(found)
     start = time.perf_counter()
@@ -112,8 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vision-model", default="bundled:efficientnet-lite0")
     p.add_argument("--lm-model", default="bundled:smollm2-135m")
     p.add_argument("--corpus", default="fortunes", help="text corpus name or path (dreamy.datasets.open_text)")
+    p.add_argument("--images", action="append", help="image set for the maxima (repeatable; default photos and fashion-mnist)")
     p.add_argument("--skip-vision", action="store_true")
     p.add_argument("--skip-text", action="store_true")
+    p.add_argument("--steps", type=int, help="override the dream steps")
     p.add_argument("--epo-iters", type=int, help="override the EPO iterations")
     p.add_argument("--cache-dir", default=str(default_cache_dir()), help="maxima cache ('none' disables; default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -122,8 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     settings = dict(FULL if args.full else QUICK)
     if args.epo_iters:
         settings["epo_iters"] = args.epo_iters
+    if args.steps:
+        settings["steps"] = args.steps
     cache_dir = None if args.cache_dir.lower() == "none" else os.path.expanduser(args.cache_dir)
-    settings.update(vision_model=args.vision_model, lm_model=args.lm_model, corpus=args.corpus, seed=args.seed)
+    settings.update(vision_model=args.vision_model, lm_model=args.lm_model, corpus=args.corpus, seed=args.seed,
+                    images=args.images or ["photos", "fashion-mnist"])
     figures: dict[str, Any] = {}
     if not args.skip_vision:
         vision = run_vision(load(args.vision_model), settings, cache_dir, args.seed)
