@@ -93,6 +93,26 @@ class Maxima:
             raise ValueError(f"maxima of '{self.target}' on '{self.dataset}' hold no images (kind {self.kind})")
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 255.0
 
+    def gallery_items(self) -> list[dict[str, Any]]:
+        """The examples as the gallery's `record["maxima"]` entries: `label` (the source), `activation`, and
+        `image` (the cached PNG's absolute path, once saved) or `text`, `tokens`, `token_activations`, `xentropy`.
+
+        Example:
+            >>> Maxima("m", "t", "d", "text", [Example(0, 5, 1.5, "corpus", text="hi", tokens=["hi"])], {}, {}).gallery_items()[0]["tokens"]
+            ['hi']
+        """
+        items = []
+        for example in self.examples:
+            item: dict[str, Any] = {"label": example.source, "activation": example.activation, "rank": example.rank}
+            if self.kind == "image":
+                if self.path is not None:
+                    item["image"] = str((self.path / f"example_{example.rank:02d}.png").resolve())
+            else:
+                item.update(text=example.text, tokens=example.tokens, token_activations=example.token_activations,
+                            xentropy=example.xentropy)
+            items.append(item)
+        return items
+
     def to_record(self) -> dict[str, Any]:
         """A JSON-able record (without the arrays)."""
         return {"model": self.model_name, "target": self.target, "dataset": self.dataset, "kind": self.kind,

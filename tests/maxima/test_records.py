@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -57,3 +58,10 @@ def test_best_below_picks_the_strongest_fluent_window():
                frontier=[Example(0, 1, 9.0, "", xentropy=6.0), Example(1, 2, 4.0, "", xentropy=3.0)])
     assert m.best_below(5.0).activation == 4.0
     assert m.best_below(1.0) is None
+
+
+def test_gallery_items_point_at_the_cached_pngs(tmp_path):
+    save_maxima(_maxima(), tmp_path)
+    items = load_cached_maxima(tmp_path, "tiny:cnn", "conv2:1").gallery_items()
+    assert [i["activation"] for i in items] == [2.0, 1.0, 0.0]
+    assert all(Path(i["image"]).is_file() and i["label"].startswith("img") for i in items)
