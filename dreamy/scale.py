@@ -1,0 +1,171 @@
+"""Dream many targets: packed into shared batches on one machine, or sharded over a Ray cluster.
+
+Targets are cut into batches of `batch_targets` (image targets of a batch share ONE batched
+optimization, one row per target; prompt targets of a batch run one after another in the worker
+that holds the model). Batch k always holds the same targets and uses seed `seed + k`, so a local
+run and a Ray run of the same list give the same results. Each finished batch is written at once
+(PNGs, then the records, atomically) into `out_dir/results.json` and the gallery, so an interrupted
+run keeps every finished target and `resume=True` skips them. With Ray, each worker loads the model
+once; a worker that dies loses only the batch it was running, which a resumed run completes.
+
+Example:
+    >>> import tempfile
+    >>> records = dream_targets("tiny:cnn", ["head:1", "head:2"], kind="image", settings={"steps": 2},
+    ...                         out_dir=tempfile.mkdtemp(), progress=False)
+    >>> sorted(r["target"] for r in records)
+    ['head:1', 'head:2']
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from dreamy import loop
+from dreamy.targets import expand
+
+log = logging.getLogger(__name__)
+
+KINDS = ("image", "prompt")
+
+
+@dataclass
+class BatchOutput:
+    """What a worker sends back for one batch: a record per target and the PNG bytes it refers to."""
+
+    records: list[dict[str, Any]]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
+    """Dream one batch of targets on an already loaded model; failures become error records."""
+    from dreamy.results import safe_name
+
+    if kind == "image":
+        from dreamy.vision.render import dream
+
+        try:
+            result = dream(loaded, list(specs), seed=seed, progress=False, **settings)
+        except Exception as error:  # one bad target must not sink the batch: retry them one by one
+            if len(specs) == 1:
+                return BatchOutput([{"target": specs[0], "model": loaded.name, "method": "image", "error": f"{type(error).__name__}: {error}"}])
+            outputs = [dream_batch(loaded, kind, [spec], settings, seed) for spec in specs]
+            return BatchOutput([r for o in outputs for r in o.records], {k: v for o in outputs for k, v in o.files.items()})
+        out = BatchOutput([])
+        for t, spec in enumerate(result.targets):
+            rows = result.rows_of(t)
+            record = result.to_record(rows[0])
+            names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
+            for name, row in zip(names, rows):
+                out.files[name] = _png_bytes(result.images[row])
+            activations = [float(result.activation[r]) for r in rows]
+            record.update({"model": loaded.name, "method": "image", "images": names, "activations": activations,
+                           "activation": max(activations)})
+            out.records.append(record)
+        return out
+    if kind == "prompt":
+        from dreamy.language import epo, gcg
+
+        settings = dict(settings)
+        method = settings.pop("method", "epo")
+        search = {"epo": epo, "gcg": gcg}[method]
+        out = BatchOutput([])
+        for spec in specs:
+            try:
+                result = search(loaded, spec, seed=seed, progress=False, **settings)
+                out.records.append({**result.to_record(), "model": loaded.name})
+            except Exception as error:
+                out.records.append({"target": spec, "model": loaded.name, "method": method, "error": f"{type(error).__name__}: {error}"})
+        return out
+    raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
+
+
+def plan_batches(specs: Sequence[str], batch_targets: int) -> list[list[str]]:
+    """Expand ranges and cut the target list into batches (batch k is the same in every mode).
+
+    Example:
+        >>> plan_batches(["conv:0-4"], 2)
+        [['conv:0', 'conv:1'], ['conv:2', 'conv:3'], ['conv:4']]
+    """
+    if batch_targets < 1:
+        raise ValueError(f"batch_targets must be >= 1, got {batch_targets}")
+    expanded = list(dict.fromkeys(str(t) for spec in specs for t in expand(spec)))
+    return [expanded[i : i + batch_targets] for i in range(0, len(expanded), batch_targets)]
+
+
+class _Writer:
+    """Writes finished batches into the output folder: PNGs first, then the records, then the gallery."""
+
+    def __init__(self, out_dir: str | Path | None, title: str) -> None:
+        from dreamy.results import ResultsStore
+
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.store = ResultsStore(self.out_dir) if self.out_dir is not None else None
+        self.title = title
+        self.records: list[dict[str, Any]] = []
+
+    def done(self) -> set[str]:
+        return self.store.done() if self.store else set()
+
+    def write(self, output: BatchOutput) -> None:
+        self.records.extend(output.records)
+        if self.out_dir is None:
+            return
+        from dreamy.gallery import write_index
+        from dreamy.results import write_atomic
+
+        for name, data in output.files.items():
+            write_atomic(self.out_dir / name, data)
+        self.store.add_many(output.records)
+        write_index(self.out_dir, self.store.records, self.title)
+
+
+def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", settings: dict[str, Any] | None = None,
+                  out_dir: str | Path | None = None, resume: bool = False, seed: int = 0, batch_targets: int = 8,
+                  ray_address: str | None = None, use_ray: bool = False, workers: int = 2, device: str = "cpu",
+                  progress: bool = True, on_batch: Callable[[Any, int], None] | None = None) -> list[dict[str, Any]]:
+    """Dream every target of `specs` with model `model`, locally or over Ray, and return the records.
+
+    `settings` go to `vision.dream` (kind "image") or to `language.epo`/`gcg` (kind "prompt"; a
+    `"method"` key picks gcg). With `use_ray` (or a `ray_address`) batches are sharded over `workers`
+    Ray actors (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)`
+    is called after batch k is written (for tests and monitoring).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
+    settings = dict(settings or {})
+    batches = plan_batches(specs, batch_targets)
+    writer = _Writer(out_dir, f"dreamy {kind} dreams: {model}")
+    skip = writer.done() if resume else set()
+    todo = [(k, [s for s in batch if s not in skip]) for k, batch in enumerate(batches)]
+    todo = [(k, batch) for k, batch in todo if batch]
+    if use_ray or ray_address:
+        from dreamy.ray_runner import run_on_ray
+
+        run_on_ray(model, kind, todo, settings, seed, writer, address=ray_address, workers=workers, device=device,
+                   progress=progress, on_batch=on_batch)
+        return writer.records
+    from dreamy.models import load
+
+    loaded = load(model, device)
+    with loop.progress(len(todo), f"{kind} batches", enabled=progress) as bar:
+        for k, batch in todo:
+            writer.write(dream_batch(loaded, kind, batch, settings, seed + k))
+            if on_batch:
+                on_batch(None, k)
+            bar.update(1)
+    return writer.records

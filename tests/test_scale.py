@@ -1,0 +1,97 @@
+"""Many-target runs: batches are deterministic, Ray shards equal a local run, and a dead worker loses only its batch."""
+
+import json
+
+import pytest
+import torch
+
+from dreamy.scale import dream_targets, plan_batches
+
+IMAGE_SETTINGS = {"steps": 3}
+PROMPT_SETTINGS = {"n_tokens": 3, "iters": 1, "population": 2, "children_per_member": 4}
+
+
+def records_by_target(out_dir):
+    data = json.loads((out_dir / "results.json").read_text())["records"]
+    return {r["target"]: r for r in data}
+
+
+def test_batches_are_planned_the_same_way_every_time():
+    assert plan_batches(["a:0-2", "b:1", "a:1"], 2) == [["a:0", "a:1"], ["a:2", "b:1"]]
+    with pytest.raises(ValueError, match="batch_targets"):
+        plan_batches(["a:1"], 0)
+
+
+def test_local_run_writes_records_images_and_gallery(tmp_path):
+    records = dream_targets("tiny:cnn", ["conv3:0-2", "head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path,
+                            batch_targets=3, progress=False)
+    assert len(records) == 4
+    saved = records_by_target(tmp_path)
+    assert set(saved) == {"conv3:0", "conv3:1", "conv3:2", "head:1"}
+    assert all((tmp_path / image).exists() for r in saved.values() for image in r["images"])
+    assert (tmp_path / "index.html").exists()
+
+
+def test_resume_skips_finished_targets(tmp_path):
+    dream_targets("tiny:cnn", ["head:0-1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, progress=False)
+    again = dream_targets("tiny:cnn", ["head:0-3"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1,
+                          resume=True, progress=False)
+    assert sorted(r["target"] for r in again) == ["head:2", "head:3"]
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 4
+
+
+def test_a_failing_target_does_not_lose_the_others(tmp_path):
+    records = dream_targets("tiny:cnn", ["head:1", "head:99"], settings=IMAGE_SETTINGS, out_dir=tmp_path,
+                            batch_targets=2, progress=False)
+    by_target = {r["target"]: r for r in records}
+    assert "error" in by_target["head:99"] and "0..9" in by_target["head:99"]["error"]
+    assert "error" not in by_target["head:1"]
+
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_run_equals_local_run(tmp_path, local_ray):
+    specs = ["conv3:0-3"]
+    local = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "local", batch_targets=1, progress=False)
+    sharded = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "ray", batch_targets=1,
+                            use_ray=True, workers=2, progress=False)
+    a, b = records_by_target(tmp_path / "local"), records_by_target(tmp_path / "ray")
+    assert set(a) == set(b) == {f"conv3:{i}" for i in range(4)}
+    for target in a:
+        assert a[target]["activation"] == pytest.approx(b[target]["activation"], rel=1e-5)
+        assert (tmp_path / "local" / a[target]["images"][0]).read_bytes() == (tmp_path / "ray" / b[target]["images"][0]).read_bytes()
+    prompts = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
+                            batch_targets=1, use_ray=True, workers=2, progress=False)
+    alone = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
+                          batch_targets=1, progress=False)
+    assert {r["target"]: r["activation"] for r in prompts} == pytest.approx({r["target"]: r["activation"] for r in alone})
+
+
+@pytest.mark.ray
+def test_killed_worker_loses_only_its_batch_and_resume_completes(tmp_path, local_ray):
+    specs = ["conv3:0-7"]
+    killed = []
+
+    def kill_second_worker(runner, k):
+        if runner is not None and not killed:
+            ray.kill(runner.workers[1])
+            killed.append(k)
+
+    first = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, use_ray=True,
+                          workers=2, progress=False, on_batch=kill_second_worker)
+    assert killed and 0 < len(first) < 8
+    second = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, use_ray=True,
+                           workers=2, resume=True, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())["records"]
+    targets = [r["target"] for r in saved]
+    assert sorted(targets) == sorted(f"conv3:{i}" for i in range(8)) and len(targets) == len(set(targets))
+    assert len(first) + len(second) == 8
