@@ -33,9 +33,9 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FORTUNES_DIR = "/usr/share/games/fortunes"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
                   "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
-                  "cell", "stereo_motorcycle")
+                  "cell", "stereo_motorcycle")  # skimage.data.cat() is chelsea again
 IMAGE_SETS = ("photos", "fashion-mnist", "fashion-mnist:train", "fashion-mnist:all", "folder:PATH")
 TEXT_CORPORA = ("fortunes", "bible-kjv", "PATH (a text file or folder)")
 
