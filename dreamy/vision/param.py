@@ -8,9 +8,11 @@ Each parametrization holds a batch of `n` images and exposes `parameters()` (for
   favours natural-looking low frequencies.
 - `MacoParam`: MACO (Fel et al., 2023): the magnitude spectrum is fixed to a natural-image power law
   and only the phase is optimized.
-- `ImageParam`: start from given images (feature accentuation); pull back toward them with
-  `regularizers.pull_to(seed)`.
-Generator priors live in `dreamy.vision.generators`.
+- `ImageParam`: start from given images (feature accentuation); `dream(..., regularizers={"pull": w})`
+  pulls the dream back toward them.
+Generator priors (`GeneratorParam`, the deep image prior `"dip"`) live in `dreamy.vision.generators`.
+Any object with `parameters()` and `images()` works; the render loop also calls its `after_step()`
+after every optimizer step when it has one (e.g. to clip a latent code).
 
 Example:
     >>> param = FourierParam(2, (32, 32), generator=torch.Generator().manual_seed(0))

@@ -12,12 +12,16 @@ from dreamy.vision.render import dream
 from dreamy.vision.transforms import Transforms
 
 
-def test_same_seed_same_images(tiny_cnn):
-    a = dream(tiny_cnn, ["conv3:1"], steps=8, seed=5, progress=False)
+@pytest.mark.parametrize("param", ["pixel", "fourier", "maco", "dip"])
+def test_same_seed_same_images(tiny_cnn, param):
+    kwargs = dict(param=param, steps=6, n_per_target=2, progress=False,
+                  transforms=Transforms(pad=2, jitter=2, scale=(0.9, 1.1), rotate=10, crop=0.9, noise=0.02))
+    a = dream(tiny_cnn, ["conv3:1"], seed=5, **kwargs)
     torch.randn(100)  # global RNG use in between must not matter
-    b = dream(tiny_cnn, ["conv3:1"], steps=8, seed=5, progress=False)
-    c = dream(tiny_cnn, ["conv3:1"], steps=8, seed=6, progress=False)
-    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    b = dream(tiny_cnn, ["conv3:1"], seed=5, **kwargs)
+    c = dream(tiny_cnn, ["conv3:1"], seed=6, **kwargs)
+    assert torch.equal(a.images, b.images) and torch.equal(a.history, b.history)
+    assert not torch.equal(a.images, c.images)
 
 
 def test_batch_of_targets_each_row_improves_its_own(tiny_cnn):
