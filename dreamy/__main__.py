@@ -1,0 +1,7 @@
+"""`python -m dreamy` runs the `dream` command."""
+
+import sys
+
+from dreamy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""The `dream` command: list sites, dream images or prompts for many targets, write galleries.
+
+    dream sites [MODEL]
+    dream image  [--model M] [--target SPEC ...] --out DIR [--steps N] [--param fourier] [--resume] [--ray [ADDR]]
+    dream prompt [--model M] --target SPEC [...] --out DIR [--method epo|gcg] [--iters N] [--resume] [--ray [ADDR]]
+
+Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m.
+Bad arguments print one line and exit with code 2; a target that fails is recorded with its error,
+the others go on, and the command exits with 1 at the end.
+
+Example:
+    >>> main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", __import__("tempfile").mkdtemp(), "--quiet"])
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dreamy.targets import SpecError, TargetError, expand
+
+DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
+DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
+
+
+class UsageError(Exception):
+    """A bad command line: one line on stderr and exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(message)
+
+
+def _positive(kind: type):
+    def convert(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `dream` (subcommands sites, image, prompt)."""
+    parser = _Parser(prog="dream", description="Dream the inputs that drive units of vision and language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sites = sub.add_parser("sites", help="list a model's sites with their output shapes")
+    sites.add_argument("model", nargs="?", default=DEFAULT_MODELS["image"])
+    sites.add_argument("--device", default="cpu")
+    for kind in ("image", "prompt"):
+        cmd = sub.add_parser(kind, help=f"dream {'images' if kind == 'image' else 'prompts'} for targets")
+        cmd.add_argument("--model", default=DEFAULT_MODELS[kind], help="model name (default: %(default)s)")
+        cmd.add_argument("--target", action="append", default=[], help="target spec; repeat for more; ranges like layer:0-63 expand")
+        cmd.add_argument("--out", required=True, help="output folder for results.json, index.html and PNGs")
+        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--device", default="cpu")
+        cmd.add_argument("--resume", action="store_true", help="skip targets already finished in --out")
+        cmd.add_argument("--batch-targets", type=_positive(int), default=8, help="targets per shared batch (default %(default)s)")
+        cmd.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                         help="shard over a Ray cluster (no address: start a local one)")
+        cmd.add_argument("--workers", type=_positive(int), default=2, help="Ray workers (default %(default)s)")
+        cmd.add_argument("--maxima", default=None, metavar="DATASET",
+                         help="also find dataset maxima (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file)")
+        cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    image = sub.choices["image"]
+    image.add_argument("--steps", type=_positive(int), default=128)
+    image.add_argument("--param", default="fourier", choices=["fourier", "pixel", "maco", "dip"])
+    image.add_argument("--lr", type=_positive(float), default=0.05)
+    image.add_argument("--size", type=_positive(int), default=None, help="image side (default: the model's input size)")
+    image.add_argument("--per-target", type=_positive(int), default=1, help="images per target (default %(default)s)")
+    image.add_argument("--diversity", type=float, default=0.0)
+    for name in ("tv", "l1", "l2", "blur", "center"):
+        image.add_argument(f"--{name}", type=float, default=0.0, help=f"weight of the {name} regularizer")
+    prompt = sub.choices["prompt"]
+    prompt.add_argument("--method", default="epo", choices=["epo", "gcg"])
+    prompt.add_argument("--iters", type=_positive(int), default=50)
+    prompt.add_argument("--tokens", type=_positive(int), default=10, help="prompt length in tokens")
+    prompt.add_argument("--population", type=_positive(int), default=6, help="EPO slots")
+    prompt.add_argument("--children", type=_positive(int), default=32, help="children per EPO member / GCG batch size")
+    prompt.add_argument("--topk", type=_positive(int), default=64)
+    prompt.add_argument("--prefix", default="")
+    prompt.add_argument("--suffix", default="")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "image":
+        regs = {name: getattr(args, name) for name in ("tv", "l1", "l2", "blur", "center") if getattr(args, name)}
+        return {"steps": args.steps, "param": args.param, "lr": args.lr, "n_per_target": args.per_target,
+                "diversity": args.diversity, "regularizers": regs,
+                **({"image_size": (args.size, args.size)} if args.size else {})}
+    common = {"method": args.method, "n_tokens": args.tokens, "iters": args.iters, "topk": args.topk,
+              "prefix": args.prefix, "suffix": args.suffix}
+    if args.method == "epo":
+        return {**common, "population": args.population, "children_per_member": args.children}
+    return {**common, "batch_size": args.children}
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    specs = args.target
+    if not specs:
+        if args.command == "image" and args.model == DEFAULT_MODELS["image"]:
+            specs = DEMO_TARGETS
+        else:
+            raise UsageError("give at least one --target SPEC (e.g. --target 'model.layers.5.mlp.down_proj@in:100')")
+    try:
+        return [str(t) for spec in specs for t in expand(spec)]
+    except SpecError as error:
+        raise UsageError(str(error).splitlines()[0]) from error
+
+
+def _attach_maxima(args: argparse.Namespace, records: list[dict[str, Any]], out: Path) -> None:
+    """Find (or read cached) dataset maxima for the finished targets and put them in their records."""
+    from dreamy import maxima
+    from dreamy.models import load
+    from dreamy.results import ResultsStore, safe_name
+    from dreamy.gallery import write_index
+
+    store = ResultsStore(out)
+    good = [r["target"] for r in store.records if "error" not in r]
+    if not good:
+        return
+    if args.maxima:
+        loaded = load(args.model, args.device)
+        find = maxima.image_maxima if args.command == "image" else maxima.text_maxima
+        found = find(loaded, good, args.maxima, progress=not args.quiet)
+    else:
+        found = {t: maxima.load_cached_maxima(maxima.default_cache_dir(), args.model, t) for t in good}
+    updated = []
+    for record in store.records:
+        entry = found.get(record["target"])
+        if entry is None or "error" in record:
+            continue
+        items = entry.gallery_items()
+        for j, item in enumerate(items):
+            if "image" in item:
+                name = f"maxima/{safe_name(record['target'])}_{j}.png"
+                (out / "maxima").mkdir(exist_ok=True)
+                shutil.copyfile(item["image"], out / name)
+                item["image"] = name
+        updated.append({**record, "maxima": items, "maxima_dataset": entry.dataset})
+    if updated:
+        store.add_many(updated)
+        write_index(out, store.records, f"dreamy {args.command} dreams: {args.model}")
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from dreamy.models import load
+    from dreamy.targets import list_sites
+
+    loaded = load(args.model, args.device)
+    if loaded.kind == "vision":
+        example = (torch.zeros(1, 3, *loaded.preprocess.size, device=loaded.device),)
+        listed = list_sites(loaded.model, *example)
+    else:
+        ids = loaded.tokenizer("Hello world", return_tensors="pt").input_ids.to(loaded.device)
+        listed = list_sites(loaded.model, input_ids=ids)
+    width = max(len(name) for name, _ in listed)
+    for name, shape in listed:
+        print(f"{name:<{width}}  {list(shape) if shape else '-'}")
+    return 0
+
+
+def _dream(args: argparse.Namespace) -> int:
+    from dreamy.scale import dream_targets
+
+    specs = _targets(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    records = dream_targets(args.model, specs, kind=args.command, settings=_settings(args), out_dir=out,
+                            resume=args.resume, seed=args.seed, batch_targets=args.batch_targets,
+                            use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
+                            device=args.device, progress=not args.quiet)
+    _attach_maxima(args, records, out)
+    failed = [r for r in records if "error" in r]
+    for record in failed:
+        print(f"dream: target {record['target']} failed: {record['error']}", file=sys.stderr)
+    print(f"{len(records) - len(failed)} target(s) dreamed, {len(failed)} failed; gallery: {out / 'index.html'}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `dream` with `argv` (default: the command line); returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "sites":
+            return _sites(args)
+        return _dream(args)
+    except UsageError as error:
+        print(f"dream: error: {error}", file=sys.stderr)
+        return 2
+    except (TargetError, ValueError) as error:
+        print(f"dream: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dream: interrupted; finished targets are saved (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
