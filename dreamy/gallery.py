@@ -1,0 +1,134 @@
+"""Galleries: PNG files for dreamed images and one `index.html` that shows every target's record.
+
+Image targets show their dreams with the activation under each, beside the dataset maxima when the
+record has them. Prompt targets show the Pareto frontier as a table, each token shaded by its
+attribution. All text from records (dreamed prompts above all) is HTML-escaped.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_index(out, [{"target": "x:1", "method": "epo", "model": "tiny:lm", "frontier": [
+    ...     {"text": "<script>", "tokens": ["<script>"], "token_attribution": [1.0], "activation": 2.0, "xentropy": 3.0}]}])
+    >>> "&lt;script&gt;" in (out / "index.html").read_text()
+    True
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamy.results import write_atomic
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:22px} h2{font-size:16px;margin:0 0 8px 0;font-family:monospace}
+.target{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0}
+.row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
+figure{margin:0;text-align:center;font-size:12px} figure img{width:160px;height:160px;image-rendering:auto;border:1px solid #ccc}
+.label{color:#666;font-size:12px;margin:6px 0 2px 0} .error{color:#b00020;font-family:monospace}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
+.tok{font-family:monospace;white-space:pre;border-radius:2px}
+"""
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> None:
+    """Save a `[3, H, W]` image in [0, 1] as PNG (atomically).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.png"; save_png(torch.rand(3, 4, 4), p); p.exists()
+        True
+    """
+    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else _esc(value)
+
+
+def _figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{_esc(src)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
+    if not tokens:
+        return ""
+    scale = max((abs(w) for w in weights), default=0.0) or 1.0
+    spans = []
+    for token, weight in zip(tokens, list(weights) + [0.0] * (len(tokens) - len(weights))):
+        alpha = min(1.0, abs(weight) / scale) * 0.8
+        color = f"rgba(230,80,40,{alpha:.2f})" if weight >= 0 else f"rgba(40,110,230,{alpha:.2f})"
+        spans.append(f'<span class="tok" style="background:{color}" title="{weight:.3g}">{_esc(token)}</span>')
+    return "".join(spans)
+
+
+def _image_section(record: dict[str, Any]) -> str:
+    parts = []
+    images = record.get("images", [])
+    acts = record.get("activations", [record.get("activation")] * len(images))
+    parts.append('<div class="label">dreams</div><div class="row">'
+                 + "".join(_figure(src, f"activation {_fmt(a)}") for src, a in zip(images, acts)) + "</div>")
+    maxima = record.get("maxima") or []
+    if maxima:
+        parts.append(f'<div class="label">dataset maxima ({_esc(record.get("maxima_dataset", "dataset"))})</div><div class="row">'
+                     + "".join(_figure(m["image"], f"{m.get('label', '')} activation {_fmt(m['activation'])}") for m in maxima)
+                     + "</div>")
+    return "".join(parts)
+
+
+def _prompt_section(record: dict[str, Any]) -> str:
+    rows = []
+    for point in sorted(record.get("frontier", []), key=lambda p: p["xentropy"]):
+        tokens = point.get("tokens") or [point.get("text", "")]
+        rows.append(f"<tr><td>{_fmt(point['xentropy'])}</td><td>{_fmt(point['activation'])}</td>"
+                    f"<td>{_shaded_tokens(tokens, point.get('token_attribution', []))}</td></tr>")
+    table = ("<table><tr><th>cross-entropy</th><th>activation</th><th>prompt (shaded by attribution)</th></tr>"
+             + "".join(rows) + "</table>")
+    maxima = record.get("maxima") or []
+    if maxima:
+        table += (f'<div class="label">dataset maxima ({_esc(record.get("maxima_dataset", "corpus"))})</div>'
+                  "<table><tr><th>cross-entropy</th><th>activation</th><th>window</th></tr>"
+                  + "".join(f"<tr><td>{_fmt(m.get('xentropy', ''))}</td><td>{_fmt(m['activation'])}</td>"
+                            f"<td>{_shaded_tokens(m.get('tokens') or [m.get('text', '')], m.get('token_activations', []))}</td></tr>"
+                            for m in maxima) + "</table>")
+    return table
+
+
+def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery") -> str:
+    """The gallery page for `records` (see the module docstring)."""
+    sections = []
+    for record in records:
+        head = f'<h2>{_esc(record["target"])}</h2><div class="label">model {_esc(record.get("model", "?"))} · method {_esc(record.get("method", "?"))}'
+        if record.get("activation") is not None:
+            head += f' · best activation {_fmt(record["activation"])}'
+        head += "</div>"
+        if "error" in record:
+            body = f'<div class="error">failed: {_esc(record["error"])}</div>'
+        elif record.get("method") == "image":
+            body = _image_section(record)
+        else:
+            body = _prompt_section(record)
+        sections.append(f'<div class="target">{head}{body}</div>')
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{STYLE}</style></head>"
+            f"<body><h1>{_esc(title)}</h1><p>{len(records)} target(s)</p>{''.join(sections)}</body></html>")
+
+
+def write_index(directory: str | Path, records: Sequence[dict[str, Any]], title: str = "dreamy gallery") -> Path:
+    """Write `directory/index.html` atomically and return its path."""
+    path = Path(directory) / "index.html"
+    write_atomic(path, render_index(records, title))
+    return path

@@ -1,0 +1,34 @@
+"""The gallery page: dreams, maxima, frontier tables, errors, escaping."""
+
+import torch
+from PIL import Image
+
+from dreamy.gallery import render_index, save_png, write_index
+
+
+def test_image_records_show_dreams_and_maxima(tmp_path):
+    save_png(torch.rand(3, 8, 8), tmp_path / "images" / "a.png")
+    assert Image.open(tmp_path / "images" / "a.png").size == (8, 8)
+    page = render_index([{"target": "conv3:1", "model": "m", "method": "image", "activation": 3.5,
+                          "images": ["images/a.png"], "activations": [3.5],
+                          "maxima": [{"image": "maxima/x.png", "activation": 1.25, "label": "chelsea"}],
+                          "maxima_dataset": "photos"}])
+    assert "images/a.png" in page and "maxima/x.png" in page and "3.5" in page and "1.25" in page
+    assert "dataset maxima (photos)" in page
+
+
+def test_prompt_records_shade_tokens_and_escape_everything(tmp_path):
+    record = {"target": "logits:<b>", "model": "m", "method": "epo", "frontier": [
+        {"text": "a<img src=x>", "tokens": ["a", "<img src=x>"], "token_attribution": [0.1, -2.0],
+         "activation": 2.0, "xentropy": 5.0}],
+        "maxima": [{"text": "</table>", "tokens": ["</table>"], "token_activations": [1.0], "activation": 1.0, "xentropy": 3.0}]}
+    path = write_index(tmp_path, [record])
+    page = path.read_text()
+    assert "<img src=x>" not in page and "&lt;img src=x&gt;" in page and "logits:&lt;b&gt;" in page
+    assert "</table></table>" not in page.replace("&lt;/table&gt;", "")
+    assert "rgba(40,110,230" in page  # negative attribution shaded blue
+
+
+def test_error_records_are_shown():
+    page = render_index([{"target": "x:1", "method": "image", "error": "boom <here>"}])
+    assert "failed: boom &lt;here&gt;" in page
