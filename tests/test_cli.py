@@ -1,0 +1,131 @@
+"""The `dream` command as a user runs it: files, escaping, resume after a kill, and every error path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dreamy.cli import main
+
+DREAM = [sys.executable, "-m", "dreamy"]
+
+
+def run(*args, timeout=120):
+    return subprocess.run(DREAM + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def records(out: Path):
+    return json.loads((out / "results.json").read_text())["records"]
+
+
+def test_image_run_writes_results_gallery_and_pngs(tmp_path):
+    done = run("image", "--model", "tiny:cnn", "--target", "conv3:0-2", "--target", "head:4", "--steps", "3",
+               "--per-target", "2", "--out", str(tmp_path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    saved = records(tmp_path)
+    assert [r["target"] for r in saved] == ["conv3:0", "conv3:1", "conv3:2", "head:4"]
+    for record in saved:
+        assert record["model"] == "tiny:cnn" and record["seed"] == 0 and record["settings"]["steps"] == 3
+        assert len(record["images"]) == 2 and all((tmp_path / p).stat().st_size > 0 for p in record["images"])
+        assert isinstance(record["activation"], float)
+    page = (tmp_path / "index.html").read_text()
+    assert "conv3:1" in page and "images/conv3_1_0.png" in page
+
+
+def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
+    import dreamy.scale as scale
+
+    def fake_batch(loaded, kind, specs, settings, seed):
+        return scale.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
+            {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
+             "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
+            for s in specs])
+
+    monkeypatch.setattr(scale, "dream_batch", fake_batch)
+    assert main(["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", str(tmp_path), "--quiet"]) == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;/script&gt;" in page
+
+
+def test_real_prompt_run_on_the_tiny_lm(tmp_path):
+    done = run("prompt", "--model", "tiny:lm", "--target", "model.layers.1.mlp.down_proj:2", "--iters", "2",
+               "--tokens", "3", "--population", "2", "--children", "4", "--out", str(tmp_path), "--quiet")
+    assert done.returncode == 0, done.stderr
+    (record,) = records(tmp_path)
+    assert record["method"] == "epo" and record["frontier"]
+    assert all({"text", "activation", "xentropy"} <= set(p) for p in record["frontier"])
+    assert "cross-entropy" in (tmp_path / "index.html").read_text()
+
+
+def test_resume_after_a_killed_run_has_no_duplicates_and_no_gaps(tmp_path):
+    args = ["image", "--model", "tiny:cnn", "--target", "conv3:0-11", "--steps", "60", "--batch-targets", "1",
+            "--out", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(DREAM + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        path = tmp_path / "results.json"
+        if path.exists() and len(records(tmp_path)) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = [r["target"] for r in records(tmp_path)]
+    assert 2 <= len(partial) < 12
+    done = run(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    final = [r["target"] for r in records(tmp_path)]
+    assert sorted(final) == sorted(f"conv3:{i}" for i in range(12)) and len(final) == len(set(final))
+    assert final[: len(partial)] == partial  # finished targets were kept, not redone
+    assert all((tmp_path / r["images"][0]).exists() for r in records(tmp_path))
+
+
+def test_a_failing_target_is_recorded_and_the_others_finish(tmp_path):
+    done = run("image", "--model", "tiny:cnn", "--target", "head:1", "--target", "head:50", "--target", "nope:1",
+               "--steps", "2", "--out", str(tmp_path), "--quiet")
+    assert done.returncode == 1
+    by_target = {r["target"]: r for r in records(tmp_path)}
+    assert "error" not in by_target["head:1"]
+    assert "0..9" in by_target["head:50"]["error"] and "unknown site 'nope'" in by_target["nope:1"]["error"]
+    assert "head:50" in done.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["image", "--model", "tiny:cnn", "--target", "conv3:", "--out", "X"], "expected a unit"),
+    (["image", "--model", "tiny:cnn", "--target", "head:1"], "--out"),
+    (["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "0", "--out", "X"], "must be > 0"),
+    (["image", "--model", "tiny:cnn", "--target", "head:1", "--param", "wavelet", "--out", "X"], "invalid choice"),
+    (["image", "--model", "no:such", "--target", "head:1", "--out", "X"], "unknown model"),
+    (["prompt", "--model", "tiny:lm", "--out", "X"], "--target"),
+    (["paint"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, words, tmp_path, capsys):
+    args = [str(tmp_path / "out") if a == "X" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dream: error:") and words in err and len(err.splitlines()) == 1
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--out", str(blocker)]) == 2
+
+
+def test_sites_lists_shapes(capsys):
+    assert main(["sites", "tiny:cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "conv3" in out and "[1, 32, 8, 8]" in out and "logits" in out
+
+
+@pytest.mark.ray
+def test_ray_flag_shards_over_local_workers(tmp_path):
+    done = run("image", "--model", "tiny:cnn", "--target", "head:0-3", "--steps", "2", "--batch-targets", "1",
+               "--ray", "--workers", "2", "--out", str(tmp_path), "--quiet", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["target"] for r in records(tmp_path)) == [f"head:{i}" for i in range(4)]
