@@ -117,7 +117,22 @@ class _Scorer:
 
     def term_map(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
         activation = activations[str(term.site)]
+        if term.site.is_logprobs:
+            activation = activation.log_softmax(dim=-1)
         return self.units[term].project(features_last(activation), str(term.site))
+
+    def reduced_term(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
+        """`term` reduced to `[B]`. A `logprobs` term read at one position of a sequence is sliced before the
+        log-softmax, which then costs one position instead of the whole `[B, T, vocab]` output."""
+        reduce = term.reduce or self.sequence_reduce
+        activation = activations[str(term.site)]
+        if term.site.is_logprobs and activation.ndim == 3 and reduce.startswith("pos="):
+            pos = int(reduce[4:])
+            if not -activation.shape[1] <= pos < activation.shape[1]:
+                raise TargetError(f"reduction pos={pos} out of range for site '{term.site}' with {activation.shape[1]} positions")
+            one = activation[:, pos].log_softmax(dim=-1)
+            return self.units[term].project(one, str(term.site))
+        return _reduce(self.term_map(term, activations), term.reduce, self.sequence_reduce, term.site)
 
     def score(self, activations: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
         cache: dict[Term, Tensor] = {}
@@ -126,8 +141,7 @@ class _Scorer:
             values = []
             for term in target.terms:
                 if term not in cache:
-                    mapped = self.term_map(term, activations)
-                    cache[term] = _reduce(mapped, term.reduce, self.sequence_reduce, term.site)
+                    cache[term] = self.reduced_term(term, activations)
                 values.append(cache[term])
             per_target.append(torch.stack(values, dim=1))
         scores = torch.stack(
@@ -204,7 +218,7 @@ class Probe:
                 key = str(site)
                 if key in captured:
                     return  # a module called twice keeps its first activation
-                captured[key] = _output_tensor(value, site)
+                captured[key] = _output_tensor(value, site)  # `logprobs` keeps the logits; see _Scorer
                 remaining.discard(site)
                 if stop_early and not remaining:
                     raise _StopForward()
@@ -282,13 +296,13 @@ def list_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, t
     """Run `model(*args, **kwargs)` once and list every module path with its output shape.
 
     Modules whose output is not a tensor (or tuple starting with one) are listed with shape `()`;
-    the model's output is listed last as the pseudo-site `logits`.
+    the model's output is listed last as the pseudo-sites `logits` and `logprobs` (its log-softmax).
     Hooks are removed even if the forward raises.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
         >>> list_sites(net, torch.zeros(2, 4))
-        [('0', (2, 3)), ('1', (2, 3)), ('logits', (2, 3))]
+        [('0', (2, 3)), ('1', (2, 3)), ('logits', (2, 3)), ('logprobs', (2, 3))]
     """
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
@@ -315,7 +329,8 @@ def list_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, t
     order = [name for name, _ in model.named_modules() if name in shapes]
     listed = [(name, shapes[name]) for name in order]
     try:
-        listed.append(("logits", tuple(_output_tensor(output, Site("logits")).shape)))
+        shape = tuple(_output_tensor(output, Site("logits")).shape)
+        listed += [("logits", shape), ("logprobs", shape)]
     except TargetError:
         pass
     return listed

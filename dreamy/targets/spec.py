@@ -4,7 +4,7 @@ Grammar::
 
     target := term (("+" | "-") term)*
     term   := [coef "*"] site [":" unit] ["/" reduce]
-    site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"
+    site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"  |  "logprobs"
     unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
     reduce := "mean" | "max" | "sum" | "center" | "pos=" INT
 
@@ -28,6 +28,7 @@ from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit
 
 REDUCTIONS = ("mean", "max", "sum", "center")
 LOGITS = "logits"
+LOGPROBS = "logprobs"  # the model's output after log-softmax over the vocabulary / classes
 
 _WS = re.compile(r"\s*")
 _COEF = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*\*\s*")
@@ -60,8 +61,13 @@ class Site:
 
     @property
     def is_logits(self) -> bool:
-        """True for the pseudo-site `logits` (the model's output)."""
-        return self.path == LOGITS and not self.input and self.index is None
+        """True for the pseudo-sites `logits` and `logprobs` (the model's output, raw or log-softmaxed)."""
+        return self.path in (LOGITS, LOGPROBS) and not self.input and self.index is None
+
+    @property
+    def is_logprobs(self) -> bool:
+        """True for the pseudo-site `logprobs`: log-softmax of the output over its last dimension."""
+        return self.is_logits and self.path == LOGPROBS
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,25 @@ def test_many_targets_share_one_hook_per_site(net, images):
     assert len(probe.sites) == 2
     assert probe(images).scores.shape == (3, 7)
     assert [str(t) for t in probe.targets][-1] == str(parse("3:0-1:1"))
+
+
+def test_logprobs_site_is_the_log_softmax_of_the_output(net, images):
+    logits = net(images)
+    result = Probe(net, ["logprobs:2", "logits:2-0.5*logprobs:1"])(images)
+    expected = logits.log_softmax(dim=-1)
+    torch.testing.assert_close(result.scores[:, 0], expected[:, 2])
+    torch.testing.assert_close(result.scores[:, 1], logits[:, 2] - 0.5 * expected[:, 1])
+    assert str(parse("logprobs:2")) == "logprobs:2" and parse("logprobs:2").reads_logits
+    assert dict(list_sites(net, images))["logprobs"] == (images.shape[0], 5)
+
+
+def test_logprobs_at_one_position_of_a_sequence_equals_the_full_log_softmax():
+    net = nn.Sequential(nn.Linear(4, 7))
+    tokens = torch.randn(2, 5, 4)
+    full = net(tokens).log_softmax(dim=-1)
+    result = Probe(net, ["logprobs:3", "logprobs:3/pos=1", "logprobs:3/mean"], sequence_reduce="pos=-1")(tokens)
+    torch.testing.assert_close(result.scores[:, 0], full[:, -1, 3])
+    torch.testing.assert_close(result.scores[:, 1], full[:, 1, 3])
+    torch.testing.assert_close(result.scores[:, 2], full[:, :, 3].mean(dim=1))
+    with pytest.raises(TargetError, match="pos=9 out of range"):
+        Probe(net, ["logprobs:3/pos=9"])(tokens)
