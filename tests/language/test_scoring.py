@@ -107,3 +107,38 @@ def test_grouping_really_reuses_the_cache(setup, monkeypatch):
     score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
     assert lengths == [3]  # only positions 9..11 ran for the group
     assert scoring.MIN_GROUP_FOR_CACHE <= 8
+
+
+def test_thinly_spread_children_share_merged_groups(setup, monkeypatch):
+    model, probe, parent = setup
+    kids = parent.repeat(11, 1)
+    kids[torch.arange(11), torch.arange(1, 12)] = (parent[1:] + 1) % 300  # one child per position 1..11
+    calls = []
+    original = Probe.__call__
+    monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: calls.append(k["input_ids"].shape) or original(self, *a, **k))
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    assert len(calls) <= 11 // scoring.MIN_GROUP_FOR_CACHE + 1  # groups of one were merged, not run one by one
+    act, xent = plain(model, probe, kids, (1, 12))
+    torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
+
+
+def test_full_forwards_skip_the_output_layer_on_the_prefix(tiny_lm, setup, monkeypatch):
+    model, _, parent = setup
+    probe = Probe(model, ["logprobs:5", "model.layers.1.mlp.down_proj:3"], sequence_reduce="pos=-1")
+    kids = children_of(parent, 6, 5, start=5)
+    shapes = []
+    original = Probe.__call__
+
+    def spy(self, *a, **k):
+        result = original(self, *a, **k)
+        shapes.append(tuple(result.output.logits.shape[:2]))
+        return result
+
+    monkeypatch.setattr(Probe, "__call__", spy)
+    out = score_sequences(model, probe, kids, xent_span=(5, 12))
+    assert shapes == [(6, 8)]  # logits for positions 4..11 only
+    monkeypatch.undo()
+    act, xent = plain(model, probe, kids, (5, 12))
+    torch.testing.assert_close(out.activation, act, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.xentropy, xent, atol=1e-5, rtol=1e-5)
