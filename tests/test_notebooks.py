@@ -1,0 +1,38 @@
+"""The quickstart notebooks run top to bottom offline on the bundled models (small budgets), and are
+in sync with notebooks/make_notebooks.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", ["vision_quickstart.ipynb", "language_quickstart.ipynb"])
+def test_notebook_runs_top_to_bottom(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("DREAMY_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any(o.output_type in ("stream", "execute_result", "display_data") for cell in notebook.cells
+               if cell.cell_type == "code" for o in cell.outputs)
+
+
+def test_committed_notebooks_match_their_sources():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, cells in (("vision_quickstart.ipynb", module.VISION), ("language_quickstart.ipynb", module.LANGUAGE)):
+        committed = nbformat.read(NOTEBOOKS / name, as_version=4)
+        assert [c.source for c in committed.cells] == [c.source for c in cells], f"rerun notebooks/make_notebooks.py ({name})"
+        assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), f"{name} was committed with outputs"
