@@ -30,7 +30,7 @@ data:
 
 # A gallery of six dreams on the bundled EfficientNet-Lite0, beside the most activating sample photos.
 demo: $(STAMP)
-	.venv/bin/dream image --out demo-gallery --steps 96 --maxima photos
+	.venv/bin/dream image --out demo-gallery --maxima photos
 	@echo "open demo-gallery/index.html"
 
 test: $(STAMP)

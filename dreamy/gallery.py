@@ -28,11 +28,14 @@ from dreamy.results import write_atomic
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
-h1{font-size:22px} h2{font-size:16px;margin:0 0 8px 0;font-family:monospace}
+h1{font-size:22px} h2{font-size:16px;margin:0 0 4px 0;font-family:monospace} h2 small{font-family:system-ui;font-weight:normal;color:#555}
 .target{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0}
-.row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
-figure{margin:0;text-align:center;font-size:12px} figure img{width:160px;height:160px;image-rendering:auto;border:1px solid #ccc}
-.label{color:#666;font-size:12px;margin:6px 0 2px 0} .error{color:#b00020;font-family:monospace}
+.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start} .groups{display:flex;flex-wrap:wrap;gap:24px}
+figure{margin:0;text-align:center;font-size:12px;width:160px} figure img{width:160px;height:160px;border:1px solid #ccc}
+.maxima figure{width:88px} .maxima figure img{width:88px;height:88px}
+figcaption b{font-weight:600} figcaption span{display:block;color:#777;font-size:10px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.label{color:#666;font-size:12px;margin:4px 0 4px 0} .error{color:#b00020;font-family:monospace}
+.beats{color:#0a7d32;font-weight:600} .short{color:#b00020;font-weight:600}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 .tok{font-family:monospace;white-space:pre;border-radius:2px}
 """
@@ -60,8 +63,9 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else _esc(value)
 
 
-def _figure(src: str, caption: str) -> str:
-    return f'<figure><img src="{_esc(src)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+def _figure(src: str, value: Any, note: str = "") -> str:
+    caption = f"<b>{_fmt(value)}</b>" + (f'<span title="{_esc(note)}">{_esc(note)}</span>' if note else "")
+    return f'<figure><img src="{_esc(src)}" alt="{_esc(note or value)}"><figcaption>{caption}</figcaption></figure>'
 
 
 def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
@@ -77,17 +81,28 @@ def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
 
 
 def _image_section(record: dict[str, Any]) -> str:
-    parts = []
     images = record.get("images", [])
     acts = record.get("activations", [record.get("activation")] * len(images))
-    parts.append('<div class="label">dreams</div><div class="row">'
-                 + "".join(_figure(src, f"activation {_fmt(a)}") for src, a in zip(images, acts)) + "</div>")
+    groups = ['<div><div class="label">dreams (activation of the final image)</div><div class="row">'
+              + "".join(_figure(src, a) for src, a in zip(images, acts)) + "</div></div>"]
     maxima = record.get("maxima") or []
     if maxima:
-        parts.append(f'<div class="label">dataset maxima ({_esc(record.get("maxima_dataset", "dataset"))})</div><div class="row">'
-                     + "".join(_figure(m["image"], f"{m.get('label', '')} activation {_fmt(m['activation'])}") for m in maxima)
-                     + "</div>")
-    return "".join(parts)
+        groups.append(f'<div class="maxima"><div class="label">most activating images ({_esc(record.get("maxima_dataset", "dataset"))})'
+                      '</div><div class="row">'
+                      + "".join(_figure(m["image"], m["activation"], m.get("label", "")) for m in maxima) + "</div></div>")
+    return '<div class="groups">' + "".join(groups) + "</div>"
+
+
+def _comparison(record: dict[str, Any]) -> str:
+    """' · dream / best dataset example = r' when the record has both numbers."""
+    maxima = record.get("maxima") or []
+    dream = record.get("activation")
+    if not maxima or not isinstance(dream, (int, float)):
+        return ""
+    best = max(m["activation"] for m in maxima)
+    verdict = "beats" if dream > best else "short"
+    ratio = f" ({dream / best:.2g}x)" if best > 0 else ""
+    return f' · <span class="{verdict}">dream {_fmt(dream)} vs best dataset example {_fmt(best)}{ratio}</span>'
 
 
 def _prompt_section(record: dict[str, Any]) -> str:
@@ -112,13 +127,14 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
     """The gallery page for `records` (see the module docstring)."""
     sections = []
     for record in records:
-        head = f'<h2>{_esc(record["target"])}</h2><div class="label">model {_esc(record.get("model", "?"))} · method {_esc(record.get("method", "?"))}'
+        label = f' <small>{_esc(record["label"])}</small>' if record.get("label") else ""
+        head = f'<h2>{_esc(record["target"])}{label}</h2><div class="label">model {_esc(record.get("model", "?"))} · method {_esc(record.get("method", "?"))}'
         if record.get("activation") is not None:
             head += f' · best activation {_fmt(record["activation"])}'
-        head += "</div>"
+        head += _comparison(record) + "</div>"
         if "error" in record:
             body = f'<div class="error">failed: {_esc(record["error"])}</div>'
-        elif record.get("method") == "image":
+        elif record.get("kind", "image" if "images" in record else None) == "image":
             body = _image_section(record)
         else:
             body = _prompt_section(record)

@@ -51,6 +51,24 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def class_label(loaded: Any, spec: str) -> str | None:
+    """The class name a one-term `logits:N` / `logprobs:N` target names, when the model has class names.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> class_label(load("tiny:cnn"), "logits:3") is None  # the tiny CNN has no class names
+        True
+    """
+    from dreamy.targets import Neuron, parse
+
+    names = getattr(loaded, "class_names", None)
+    terms = parse(spec).terms
+    if not names or len(terms) != 1 or not terms[0].site.is_logits or not isinstance(terms[0].unit, Neuron):
+        return None
+    index = terms[0].unit.index
+    return names[index] if 0 <= index < len(names) else None
+
+
 def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
     """Dream one batch of targets on an already loaded model; failures become error records."""
     from dreamy.results import safe_name
@@ -62,7 +80,8 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
             result = dream(loaded, list(specs), seed=seed, progress=False, **settings)
         except Exception as error:  # one bad target must not sink the batch: retry them one by one
             if len(specs) == 1:
-                return BatchOutput([{"target": specs[0], "model": loaded.name, "method": "image", "error": f"{type(error).__name__}: {error}"}])
+                return BatchOutput([{"kind": "image", "target": specs[0], "model": loaded.name, "method": settings.get("param", "fourier"),
+                                     "error": f"{type(error).__name__}: {error}"}])
             outputs = [dream_batch(loaded, kind, [spec], settings, seed) for spec in specs]
             return BatchOutput([r for o in outputs for r in o.records], {k: v for o in outputs for k, v in o.files.items()})
         out = BatchOutput([])
@@ -73,8 +92,11 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
             for name, row in zip(names, rows):
                 out.files[name] = _png_bytes(result.images[row])
             activations = [float(result.activation[r]) for r in rows]
-            record.update({"model": loaded.name, "method": "image", "images": names, "activations": activations,
-                           "activation": max(activations)})
+            record.update({"model": loaded.name, "method": result.settings.get("param", "image"), "images": names,
+                           "activations": activations, "activation": max(activations)})
+            label = class_label(loaded, spec)
+            if label:
+                record["label"] = label
             out.records.append(record)
         return out
     if kind == "prompt":
@@ -89,7 +111,8 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
                 result = search(loaded, spec, seed=seed, progress=False, **settings)
                 out.records.append({**result.to_record(), "model": loaded.name})
             except Exception as error:
-                out.records.append({"target": spec, "model": loaded.name, "method": method, "error": f"{type(error).__name__}: {error}"})
+                out.records.append({"kind": "prompt", "target": spec, "model": loaded.name, "method": method,
+                                    "error": f"{type(error).__name__}: {error}"})
         return out
     raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
 

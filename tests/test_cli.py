@@ -31,6 +31,7 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
     assert [r["target"] for r in saved] == ["conv3:0", "conv3:1", "conv3:2", "head:4"]
     for record in saved:
         assert record["model"] == "tiny:cnn" and record["seed"] == 0 and record["settings"]["steps"] == 3
+        assert record["kind"] == "image" and record["method"] == "fourier"
         assert len(record["images"]) == 2 and all((tmp_path / p).stat().st_size > 0 for p in record["images"])
         assert isinstance(record["activation"], float)
     page = (tmp_path / "index.html").read_text()

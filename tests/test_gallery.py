@@ -9,12 +9,20 @@ from dreamy.gallery import render_index, save_png, write_index
 def test_image_records_show_dreams_and_maxima(tmp_path):
     save_png(torch.rand(3, 8, 8), tmp_path / "images" / "a.png")
     assert Image.open(tmp_path / "images" / "a.png").size == (8, 8)
-    page = render_index([{"target": "conv3:1", "model": "m", "method": "image", "activation": 3.5,
-                          "images": ["images/a.png"], "activations": [3.5],
+    page = render_index([{"kind": "image", "target": "logits:3", "label": "Egyptian <cat>", "model": "m", "method": "fourier",
+                          "activation": 3.5, "images": ["images/a.png"], "activations": [3.5],
                           "maxima": [{"image": "maxima/x.png", "activation": 1.25, "label": "chelsea"}],
                           "maxima_dataset": "photos"}])
     assert "images/a.png" in page and "maxima/x.png" in page and "3.5" in page and "1.25" in page
-    assert "dataset maxima (photos)" in page
+    assert "most activating images (photos)" in page and "chelsea" in page
+    assert "Egyptian &lt;cat&gt;" in page
+    assert 'class="beats">dream 3.5 vs best dataset example 1.25 (2.8x)' in page
+
+
+def test_a_dream_below_the_dataset_maximum_is_marked():
+    page = render_index([{"kind": "image", "target": "c:1", "activation": 1.0, "images": ["a.png"],
+                          "maxima": [{"image": "m.png", "activation": 2.0}]}])
+    assert 'class="short">dream 1 vs best dataset example 2 (0.5x)' in page
 
 
 def test_prompt_records_shade_tokens_and_escape_everything(tmp_path):

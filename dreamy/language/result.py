@@ -48,6 +48,7 @@ class PromptResult:
     def to_record(self, include_history: bool = False) -> dict[str, Any]:
         """A JSON-able record (the history is long; include it on request)."""
         record = {
+            "kind": "prompt",
             "target": self.target,
             "method": self.method,
             "activation": self.best.activation if self.best else None,
