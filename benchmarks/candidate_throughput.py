@@ -104,6 +104,9 @@ def main() -> None:
     target = args.target or common.mlp_neuron_targets(loaded.model, fractions=(0.45,))[0]
     peak = common.measure_matmul_peak((512, 1024, 2048), seconds=1.0)
     rows = measure(loaded, target, settings, peak["peak_gflops"], args.seed)
+    peak = common.stable_peak(peak)
+    for row in rows:
+        row["% of peak"] = 100 * row["GFLOP/s"] / peak["peak_gflops"]
     common.print_table(rows, ["method", "children", "tokens", "s", "candidates/s", "GFLOP", "GFLOP/s", "% of peak",
                               "effective GFLOP/s", "speed-up", "max |diff|"],
                        title=f"{args.model}, target {target}: span {settings['span']} after a {settings['prefix']}-token prefix "

@@ -155,6 +155,23 @@ def measure_matmul_peak(sizes: Sequence[int] = (512, 1024, 2048), *, dtype: torc
             "threads": torch.get_num_threads()}
 
 
+def stable_peak(before: dict[str, Any], seconds: float = 1.0) -> dict[str, Any]:
+    """Measure the matmul peak again (same sizes) and keep the higher of the two runs.
+
+    On a shared VM one measurement can land in a slow spell and make a workload look faster than the
+    machine's limit; the best of a measurement before and one after the workload is the honest yardstick.
+
+    Example:
+        >>> first = measure_matmul_peak((64,), seconds=0.05)
+        >>> stable_peak(first, seconds=0.05)["peak_gflops"] >= first["peak_gflops"]
+        True
+    """
+    sizes = tuple(int(n) for n in before["gflops_by_size"])
+    after = measure_matmul_peak(sizes, seconds=seconds)
+    best = max((before, after), key=lambda p: p["peak_gflops"])
+    return {**best, "runs_gflops": [before["peak_gflops"], after["peak_gflops"]]}
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "-" if value is None else ("yes" if value else "no")

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     datasets: list[tuple[str, int | None]] = [("photos", None), ("fashion-mnist", settings["fashion_mnist_images"])]
     rows = scan_images(load(args.vision_model), datasets, settings["image_batch"], peak["peak_gflops"])
     rows.append(scan_text(load(args.lm_model), args.corpus, settings["corpus_words"], settings["text_batch"], peak["peak_gflops"]))
+    peak = common.stable_peak(peak)
+    for row in rows:
+        row["% of peak"] = 100 * row["GFLOP/s"] / peak["peak_gflops"]
     common.print_table(rows, ["scan", "model", "dataset", "targets", "items", "scan s", "items/s", "GFLOP/item", "GFLOP/s", "% of peak"],
                        title=f"dataset scan throughput (fp32 matmul peak {peak['peak_gflops']:.1f} GFLOP/s; text items are tokens)")
     common.write_result("dataset_scan", {"matmul_peak": peak, "rows": rows}, settings=settings, results_dir=args.results_dir,
