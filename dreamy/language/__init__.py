@@ -1,4 +1,4 @@
-"""Language dreaming: GCG and EPO prompt search with a fluency Pareto front.
+"""Language dreaming: GCG and EPO prompt search with a fluency Pareto front, for one target or many packed.
 
 Example:
     >>> from dreamy.models import load
@@ -8,8 +8,8 @@ Example:
     True
 """
 
-from dreamy.language.epo import epo
-from dreamy.language.gcg import gcg
+from dreamy.language.epo import epo, epo_many
+from dreamy.language.gcg import gcg, gcg_many
 from dreamy.language.result import FrontierPoint, PromptResult
 
-__all__ = ["FrontierPoint", "PromptResult", "epo", "gcg"]
+__all__ = ["FrontierPoint", "PromptResult", "epo", "epo_many", "gcg", "gcg_many"]

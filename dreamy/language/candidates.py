@@ -26,6 +26,8 @@ from dreamy.targets import Probe
 
 log = logging.getLogger(__name__)
 
+GRADIENT_CHUNK = 32  # rows per gradient pass: each holds a [L, vocab] one-hot and its gradient
+
 
 @dataclass(frozen=True)
 class PromptLayout:
@@ -109,38 +111,57 @@ def allowed_tokens(tokenizer: Any, *, ascii_only: bool = True, vocab_size: int |
     return mask
 
 
-def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans: Tensor, lambdas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans: Tensor, lambdas: Tensor,
+                    row_targets: Tensor | None = None, chunk_size: int = GRADIENT_CHUNK) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of `activation - lambda * xentropy` for each row w.r.t. its span's one-hot tokens.
 
     `spans [M, L]`, `lambdas [M]`; returns `(grad [M, L, V], activation [M], xentropy [M])`. Rows are
-    independent, so one backward gives every row's own gradient under its own lambda.
+    independent, so one backward gives every row's own gradient under its own lambda. With
+    `row_targets [M]` row i is scored by the probe's target `row_targets[i]` (many targets packed into
+    one batch), else by its first target. Rows run `chunk_size` at a time (the one-hot is `[rows, L, V]`).
     """
     embedding = model.get_input_embeddings()
     weight = embedding.weight
-    full = layout.full(spans)
-    one_hot = torch.zeros(spans.shape[0], spans.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
-    one_hot.scatter_(2, spans[..., None], 1.0)
-    one_hot.requires_grad_(True)
     start, end = layout.span
-    embeds = embedding(full).detach()
-    embeds = torch.cat([embeds[:, :start], one_hot @ weight, embeds[:, end:]], dim=1)
-    with torch.enable_grad():
-        result = probe(inputs_embeds=embeds, need_output=True)
-        activation = result.scores[:, 0]
-        xent = span_xentropy(result.output.logits, full, layout.span)
-        objective = activation - lambdas.to(activation) * xent
-        (grad,) = torch.autograd.grad(objective.sum(), one_hot)
-    return grad, activation.detach(), xent.detach()
+    owners = torch.zeros(spans.shape[0], dtype=torch.long) if row_targets is None else torch.as_tensor(row_targets)
+
+    def one(rows: slice) -> tuple[Tensor, Tensor, Tensor]:
+        part = spans[rows]
+        full = layout.full(part)
+        one_hot = torch.zeros(part.shape[0], part.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
+        one_hot.scatter_(2, part[..., None], 1.0)
+        one_hot.requires_grad_(True)
+        embeds = embedding(full).detach()
+        embeds = torch.cat([embeds[:, :start], one_hot @ weight, embeds[:, end:]], dim=1)
+        with torch.enable_grad():
+            result = probe(inputs_embeds=embeds, need_output=True, row_targets=owners[rows].to(weight.device))
+            activation = result.row_scores
+            xent = span_xentropy(result.output.logits, full, layout.span)
+            objective = activation - lambdas[rows].to(activation) * xent
+            (grad,) = torch.autograd.grad(objective.sum(), one_hot)
+        return grad, activation.detach(), xent.detach()
+
+    parts = [one(slice(i, i + chunk_size)) for i in range(0, spans.shape[0], max(1, chunk_size))]
+    return tuple(torch.cat([part[j] for part in parts]) for j in range(3))  # type: ignore[return-value]
 
 
-def sample_swaps(spans: Tensor, grad: Tensor, allowed: Tensor, *, n_children: int, topk: int, n_swaps: int = 1,
-                 generator: torch.Generator) -> Tensor:
-    """Children `[M * n_children, L]`: each child of row m swaps `n_swaps` random positions of `spans[m]`
-    to random tokens among the top-k of `grad[m]` at that position (disallowed tokens excluded)."""
-    m, length, vocab = grad.shape
+def top_tokens(grad: Tensor, allowed: Tensor, topk: int) -> Tensor:
+    """The `topk` allowed tokens with the largest gradient at each position: `[M, L, k]` from `grad [M, L, V]`.
+
+    Example:
+        >>> grad = torch.tensor([[[0.0, 3.0, 1.0, 2.0]]])
+        >>> top_tokens(grad, torch.tensor([True, False, True, True]), 2).tolist()
+        [[[3, 2]]]
+    """
+    vocab = grad.shape[2]
     masked = grad.masked_fill(~allowed.to(grad.device)[None, None, :vocab], float("-inf"))
-    k = min(topk, int(allowed.sum()))
-    top = masked.topk(k, dim=2).indices  # [M, L, k]
+    return masked.topk(min(topk, int(allowed[:vocab].sum())), dim=2).indices
+
+
+def swap_children(spans: Tensor, top: Tensor, *, n_children: int, n_swaps: int = 1, generator: torch.Generator) -> Tensor:
+    """Children `[M * n_children, L]`: each child of row m swaps `n_swaps` random positions of `spans[m]`
+    to random tokens of `top[m]` (`[M, L, k]`, see `top_tokens`) at that position."""
+    length, k = top.shape[1], top.shape[2]
     parents = spans.repeat_interleave(n_children, dim=0)
     children = parents.clone()
     rows = torch.arange(children.shape[0])
@@ -150,6 +171,14 @@ def sample_swaps(spans: Tensor, grad: Tensor, allowed: Tensor, *, n_children: in
         pick = torch.randint(k, (children.shape[0],), generator=generator)
         children[rows, pos] = top[owner, pos, pick].to(children.dtype)
     return children
+
+
+def sample_swaps(spans: Tensor, grad: Tensor, allowed: Tensor, *, n_children: int, topk: int, n_swaps: int = 1,
+                 generator: torch.Generator) -> Tensor:
+    """Children `[M * n_children, L]`: each child of row m swaps `n_swaps` random positions of `spans[m]`
+    to random tokens among the top-k of `grad[m]` at that position (disallowed tokens excluded)."""
+    return swap_children(spans, top_tokens(grad, allowed, topk), n_children=n_children, n_swaps=n_swaps,
+                         generator=generator)
 
 
 def survives_retokenization(tokenizer: Any, spans: Tensor) -> Tensor:

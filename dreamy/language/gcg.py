@@ -4,6 +4,11 @@ Each iteration ranks replacement tokens per position by the one-hot gradient of 
 (`activation - fluency_weight * cross-entropy`), scores a batch of single- (or n-) token swaps, and
 moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span.
 
+`gcg_many` searches many targets in lockstep: one gradient pass for all their prompts, one scoring
+call for all their children (rows of different targets that swap the same position share a forward).
+Each target draws from its own generator seeded with `seed`, so its result is the one `gcg` gives
+it alone (up to floating-point differences between batch sizes).
+
 Example:
     >>> from dreamy.models import load
     >>> r = gcg(load("tiny:lm"), "model.layers.1.mlp.down_proj:3", n_tokens=4, iters=2, batch_size=8, progress=False)
@@ -20,9 +25,9 @@ import torch
 from torch import nn
 
 from dreamy import loop
-from dreamy.language.candidates import filter_candidates, initial_spans, sample_swaps, token_gradients
+from dreamy.language.candidates import filter_candidates, initial_spans, swap_children
 from dreamy.language.result import PromptResult
-from dreamy.language.search import SearchSetup, history_rows
+from dreamy.language.search import SearchSetup, history_rows, owner_spans
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
 
@@ -35,27 +40,60 @@ def gcg(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 16, iters:
         fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
         progress: bool = True) -> PromptResult:
     """Maximize `target` over an `n_tokens` prompt span with GCG; see the module docstring."""
-    setup = SearchSetup.build(loaded, target, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
+    return gcg_many(loaded, [target], n_tokens=n_tokens, iters=iters, batch_size=batch_size, topk=topk, n_swaps=n_swaps,
+                    fluency_weight=fluency_weight, prefix=prefix, suffix=suffix, init=init, ascii_only=ascii_only,
+                    retokenize=retokenize, fluency_model=fluency_model, chunk_size=chunk_size, seed=seed,
+                    progress=progress)[0]
+
+
+def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 16, iters: int = 100,
+             batch_size: int = 128, topk: int = 64, n_swaps: int = 1, fluency_weight: float = 0.0, prefix: str = "",
+             suffix: str = "", init: str | Sequence[int] | None = None, ascii_only: bool = True,
+             retokenize: bool = True, fluency_model: nn.Module | None = None, chunk_size: int | None = None,
+             seed: int = 0, progress: bool = True) -> list[PromptResult]:
+    """GCG on every target of `targets` at once, packed into shared batches; one result per target.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> results = gcg_many(load("tiny:lm"), ["logits:3", "logits:4"], n_tokens=3, iters=1, batch_size=8, progress=False)
+        >>> [r.target for r in results]
+        ['logits:3', 'logits:4']
+    """
+    setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
                               fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
-    gen = loop.make_generator(seed)
-    current = initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen).to(loaded.device)
-    scores = setup.score(current)
-    history = history_rows(setup, current, scores, 0)
-    lam = torch.tensor([fluency_weight])
-    with loop.progress(iters, "GCG", enabled=progress) as bar:
+    n_targets = len(setup.targets)
+    gens = [loop.make_generator(seed) for _ in range(n_targets)]
+    current = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen)
+                         for gen in gens]).to(loaded.device)
+    everyone = torch.arange(n_targets)
+    scores = setup.score(current, everyone)
+    histories = [history_rows(setup, current[k : k + 1], scores.take(slice(k, k + 1)), 0) for k in range(n_targets)]
+    lambdas = torch.full((n_targets,), float(fluency_weight))
+    objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
+    with loop.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
-            grad, _, _ = token_gradients(setup.model, setup.probe, setup.layout, current, lam)
-            children = sample_swaps(current, grad, setup.allowed, n_children=batch_size, topk=topk, n_swaps=n_swaps,
-                                    generator=gen)
-            children = filter_candidates(setup.tokenizer, children, retokenize=setup.retokenize)
-            if len(children):
-                scored = setup.score(children, parent=current[0])
-                history += history_rows(setup, children, scored, iteration)
-                objective = scored.activation - fluency_weight * scored.xentropy
-                current = children[objective.argmax()][None]
-            best = max(history, key=lambda r: r["activation"] - fluency_weight * r["xentropy"])
+            top = setup.top_tokens(current, lambdas, topk, everyone)
+            children = [filter_candidates(setup.tokenizer,
+                                          swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size,
+                                                        n_swaps=n_swaps, generator=gens[k]),
+                                          retokenize=setup.retokenize)
+                        for k in range(n_targets)]
+            spans, owners = owner_spans(children)
+            if len(spans):
+                scored = setup.score(spans, owners, parents=current, parent_index=owners)
+                for k in range(n_targets):
+                    rows = (owners == k).nonzero().flatten()
+                    if len(rows) == 0:
+                        continue
+                    own = scored.take(rows)
+                    histories[k] += history_rows(setup, spans[rows], own, iteration)
+                    current[k] = spans[rows[(own.activation - fluency_weight * own.xentropy).argmax()]]
+            bests = [max(history, key=objective_of) for history in histories]
             bar.update(1)
-            bar.set_postfix(best=f"{best['activation']:.3g}", xent=f"{best['xentropy']:.2f}")
+            if n_targets == 1:
+                bar.set_postfix(best=f"{bests[0]['activation']:.3g}", xent=f"{bests[0]['xentropy']:.2f}")
+            else:
+                bar.set_postfix(mean_best=f"{sum(b['activation'] for b in bests) / n_targets:.3g}")
     settings = {"n_tokens": n_tokens, "iters": iters, "batch_size": batch_size, "topk": topk, "n_swaps": n_swaps,
                 "fluency_weight": fluency_weight, "ascii_only": ascii_only}
-    return setup.result(history, settings, seed, "gcg")
+    return [setup.result(histories[k], settings, seed, "gcg", k) for k in range(n_targets)]

@@ -2,8 +2,9 @@
 
 Children of one parent differ from it from some position p on. The parent's KV cache already covers
 every position before p, so children are grouped by p and each group runs only positions >= p on
-top of the parent's cache (expanded to the group's batch). Cross-entropy terms before p come from the
-parent's logits. This needs every target to read the last position (`pos=-1`, the language default)
+top of the parents' caches (each row gathers its own parent's keys and values, so children of many
+parents, e.g. of many packed targets, share one forward per position). Cross-entropy terms before p
+come from the parent's logits. This needs every target to read the last position (`pos=-1`, the language default)
 or the logits; other targets fall back to full forwards. Batches are chunked; on out-of-memory the
 chunk size halves and the chunk is retried.
 
@@ -21,11 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamy.language.fluency import span_xentropy
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 256
 MIN_GROUP_FOR_CACHE = 8
+PARENT_CHUNK = 16  # parents per forward when building the caches children reuse
 
 
 @dataclass
@@ -43,6 +47,10 @@ class SequenceScores:
 
     activation: Tensor
     xentropy: Tensor
+
+    def take(self, rows: "slice | Tensor") -> "SequenceScores":
+        """The scores of some rows."""
+        return SequenceScores(self.activation[rows], self.xentropy[rows])
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -84,8 +92,6 @@ def _last_position_only(probe: Probe) -> bool:
 
 def cache_kwarg(model: nn.Module) -> str:
     """The keyword a Hugging Face model takes for its KV cache (`cache` in transformers 5, else `past_key_values`)."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -95,14 +101,13 @@ def output_cache(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def _expand_cache(cache: Any, length: int, batch: int) -> Any:
+def _gather_cache(layers: list[tuple[Tensor, Tensor]], parents: Tensor, length: int) -> Any:
+    """A cache holding, for each row, the first `length` positions of parent `parents[row]`'s keys and values."""
     from transformers import DynamicCache
 
     grown = DynamicCache()
-    for index, layer in enumerate(cache.layers):
-        keys = layer.keys[:, :, :length].expand(batch, -1, -1, -1).contiguous()
-        values = layer.values[:, :, :length].expand(batch, -1, -1, -1).contiguous()
-        grown.update(keys, values, index)
+    for index, (keys, values) in enumerate(layers):
+        grown.update(keys[parents, :, :length], values[parents, :, :length], index)
     return grown
 
 
@@ -110,8 +115,6 @@ def _keep_kwargs(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, i
     """`logits_to_keep` for a forward whose logits serve only the span's cross-entropy and the last position:
     the output layer then skips the prefix (for a 135M model with a 50k vocabulary, a fifth of its FLOPs per token).
     Returns (extra forward kwargs, logits offset)."""
-    import inspect
-
     if probe.reads_logits and not _last_position_only(probe):
         return {}, 0
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
@@ -161,15 +164,52 @@ def _merged_groups(first: Tensor, length: int) -> list[tuple[int, Tensor]]:
     return sorted(groups, key=lambda group: -group[0])
 
 
-def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], parent: Tensor,
+@dataclass
+class _ParentPass:
+    """What the children of a set of parents reuse: each parent's keys and values per layer, the cross-entropy
+    `[P, L]` of each parent span token, and (per child) the cross-entropy of the child's first changed token
+    under the parent's prediction at the position before it."""
+
+    layers: list[tuple[Tensor, Tensor]]
+    token_xent: Tensor
+    swap_xent: Tensor
+
+
+def _parent_pass(model: nn.Module, parents: Tensor, ids: Tensor, owner: Tensor, first: Tensor, span: tuple[int, int],
+                 chunk_size: int) -> _ParentPass:
+    start, end = span
+    keep, offset = ({}, 0)
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        keep, offset = {"logits_to_keep": parents.shape[1] - (start - 1)}, start - 1
+    swap_xent = torch.zeros(ids.shape[0], device=ids.device)
+    in_span = (first >= start) & (first < end)
+
+    def one(chunk: slice) -> tuple[Any, Tensor]:
+        out = model(input_ids=parents[chunk], use_cache=True, **keep)
+        logprobs = out.logits[:, start - 1 - offset : end - 1 - offset].float().log_softmax(dim=-1)  # predicts span tokens
+        token_xent = -logprobs.gather(2, parents[chunk, start:end, None]).squeeze(2)
+        rows = (in_span & (owner >= chunk.start) & (owner < chunk.stop)).nonzero().flatten()
+        at = first[rows]
+        swap_xent[rows] = -logprobs[owner[rows] - chunk.start, at - start, ids[rows, at]]
+        return output_cache(out), token_xent
+
+    # the [chunk, L, vocab] log-probabilities bound the parent chunk, not the children's chunk size
+    parts = run_chunked(one, parents.shape[0], max(1, min(chunk_size, PARENT_CHUNK)))
+    layers = []
+    for index in range(len(parts[0][0].layers)):
+        layers.append((torch.cat([cache.layers[index].keys for cache, _ in parts]),
+                       torch.cat([cache.layers[index].values for cache, _ in parts])))
+    return _ParentPass(layers, torch.cat([xent for _, xent in parts]), swap_xent)
+
+
+def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], parents: Tensor, owner: Tensor,
              chunk_size: int) -> SequenceScores:
     n, length = ids.shape
-    parent_out = model(input_ids=parent[None], use_cache=True)
-    parent_logits = parent_out.logits
-    cache = output_cache(parent_out)
-    cache_name = cache_kwarg(model)
-    differs = ids != parent[None]
+    start, end = span
+    differs = ids != parents[owner]
     first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), torch.full((n,), length, device=ids.device))
+    reuse = _parent_pass(model, parents, ids, owner, first, span, chunk_size)
+    cache_name = cache_kwarg(model)
     activation = torch.empty(n, len(probe.targets), device=ids.device)
     xent = torch.empty(n, device=ids.device)
     leftovers: list[Tensor] = []  # unchanged rows and changes at position 0
@@ -180,10 +220,19 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
 
         def one(chunk: slice, rows: Tensor = rows, p: int = p) -> tuple[Tensor, Tensor]:
             sel = rows[chunk]
-            grown = _expand_cache(cache, p, len(sel))
-            result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: grown})
-            logits = torch.cat([parent_logits[:, :p].expand(len(sel), -1, -1), result.output.logits], dim=1)
-            return result.scores, span_xentropy(logits, ids[sel], span)
+            cache = _gather_cache(reuse.layers, owner[sel], p)
+            result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: cache})
+            # tokens before p are the parent's (its cross-entropy); the token at p is predicted by the
+            # parent's position p-1; tokens after p by this forward's own logits
+            token_xent = reuse.token_xent[owner[sel]].clone()
+            if start <= p < end:
+                changed_here = first[sel] == p
+                token_xent[changed_here, p - start] = reuse.swap_xent[sel][changed_here]
+            own = max(p + 1, start)
+            if own < end:
+                logits = result.output.logits[:, own - 1 - p : end - 1 - p].float()
+                token_xent[:, own - start:] = F.cross_entropy(logits.transpose(1, 2), ids[sel, own:end], reduction="none")
+            return result.scores, token_xent.mean(dim=1)
 
         parts = run_chunked(one, len(rows), chunk_size)
         activation[rows] = torch.cat([q[0] for q in parts])
@@ -198,17 +247,30 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
 
 @torch.no_grad()
 def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: tuple[int, int],
-                    parent_ids: Tensor | None = None, fluency_model: nn.Module | None = None,
-                    chunk_size: int | None = None) -> SequenceScores:
+                    parent_ids: Tensor | None = None, parent_index: Tensor | None = None,
+                    fluency_model: nn.Module | None = None, chunk_size: int | None = None) -> SequenceScores:
     """Score N token sequences `ids [N, T]`: the probe's targets and the mean cross-entropy of `xent_span`.
 
-    With `parent_ids [T]` the parent's KV cache is reused for every row (see the module docstring);
-    the results equal plain full forwards. `fluency_model` (sharing the tokenizer) computes the
-    cross-entropy instead of `model` (then no cache reuse). `chunk_size` bounds rows per forward.
+    With `parent_ids` (`[T]`, or `[P, T]` with `parent_index [N]` naming each row's parent) each parent's
+    KV cache is reused for its rows, and rows of different parents that change at the same position share
+    one forward (see the module docstring); the results equal plain full forwards. `fluency_model`
+    (sharing the tokenizer) computes the cross-entropy instead of `model` (then no cache reuse).
+    `chunk_size` bounds rows per forward.
     """
     if ids.ndim != 2:
         raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
     chunk = chunk_size or DEFAULT_CHUNK
-    if parent_ids is not None and fluency_model is None and _last_position_only(probe) and ids.shape[0] >= MIN_GROUP_FOR_CACHE:
-        return _grouped(model, probe, ids, xent_span, parent_ids.to(ids.device), chunk)
-    return _full(model, probe, ids, xent_span, fluency_model, chunk)
+    if parent_ids is None or fluency_model is not None or not _last_position_only(probe) or ids.shape[0] < MIN_GROUP_FOR_CACHE:
+        return _full(model, probe, ids, xent_span, fluency_model, chunk)
+    parents = parent_ids.to(ids.device)
+    parents = parents[None] if parents.ndim == 1 else parents
+    if parents.ndim != 2 or parents.shape[1] != ids.shape[1]:
+        raise ValueError(f"parent_ids must be [T] or [P, T] with T = {ids.shape[1]}, got shape {tuple(parent_ids.shape)}")
+    if parent_index is None:
+        if parents.shape[0] != 1:
+            raise ValueError(f"{parents.shape[0]} parents given; say which row belongs to which with parent_index [N]")
+        parent_index = torch.zeros(ids.shape[0], dtype=torch.long)
+    owner = torch.as_tensor(parent_index, dtype=torch.long, device=ids.device)
+    if owner.shape != (ids.shape[0],) or owner.min() < 0 or owner.max() >= parents.shape[0]:
+        raise ValueError(f"parent_index must hold one index in 0..{parents.shape[0] - 1} per row ({ids.shape[0]},)")
+    return _grouped(model, probe, ids, xent_span, parents, owner, chunk)

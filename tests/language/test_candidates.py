@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dreamy.language.candidates import (allowed_tokens, filter_candidates, initial_spans, make_layout, sample_swaps,
-                                        survives_retokenization, token_gradients)
+                                        survives_retokenization, token_gradients, top_tokens)
 from dreamy.language.fluency import span_xentropy
 from dreamy.targets import Probe
 
@@ -107,3 +107,24 @@ def test_initial_spans_from_text_or_random(tiny_lm):
     assert from_text.shape == (2, 5) and torch.equal(from_text[0], from_text[1])
     rand = initial_spans(tiny_lm.tokenizer, allowed, 3, 4, init=None, generator=torch.Generator().manual_seed(0))
     assert allowed[rand].all()
+
+
+def test_each_row_gets_its_own_target_and_chunks_change_nothing(tiny_lm):
+    probe = Probe(tiny_lm.model, [TARGET, "logits:9"], sequence_reduce="pos=-1")
+    layout = make_layout(tiny_lm.tokenizer, 3)
+    spans = torch.tensor([[10, 20, 30], [10, 20, 30], [11, 21, 31]])
+    lambdas = torch.tensor([0.5, 0.5, 1.0])
+    grad, act, _ = token_gradients(tiny_lm.model, probe, layout, spans, lambdas, row_targets=torch.tensor([0, 1, 1]),
+                                   chunk_size=2)
+    second = Probe(tiny_lm.model, ["logits:9"], sequence_reduce="pos=-1")
+    alone, alone_act, _ = token_gradients(tiny_lm.model, second, layout, spans[1:], lambdas[1:])
+    torch.testing.assert_close(grad[1:], alone, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(act[1:], alone_act, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(grad[0], grad[1])
+
+
+def test_top_tokens_skip_disallowed_tokens():
+    grad = torch.tensor([[[5.0, 4.0, 3.0, 2.0], [0.0, 1.0, 2.0, 3.0]]])
+    allowed = torch.tensor([False, True, True, True])
+    assert top_tokens(grad, allowed, 2).tolist() == [[[1, 2], [3, 2]]]
+    assert top_tokens(grad, allowed, 10).shape == (1, 2, 3)  # never more than the allowed tokens

@@ -142,3 +142,28 @@ def test_full_forwards_skip_the_output_layer_on_the_prefix(tiny_lm, setup, monke
     act, xent = plain(model, probe, kids, (5, 12))
     torch.testing.assert_close(out.activation, act, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-5, rtol=1e-5)
+
+
+def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, monkeypatch):
+    model, probe, parent = setup
+    parents = torch.stack([parent, (parent * 7 + 3) % 300, (parent * 5 + 1) % 300])
+    parents[:, 0] = 0
+    kids = torch.cat([children_of(p, 24, 10 + i) for i, p in enumerate(parents)] + [parents[1:2]])
+    owner = torch.cat([torch.full((24,), i) for i in range(3)] + [torch.tensor([1])])
+    act, xent = plain(model, probe, kids, (1, 12))
+    mixed = []
+    original = scoring._gather_cache
+    monkeypatch.setattr(scoring, "_gather_cache", lambda layers, rows, length: mixed.append(len(rows.unique())) or original(layers, rows, length))
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner)
+    torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
+    assert max(mixed) == 3  # a forward ran the children of all three parents together
+
+
+def test_many_parents_need_a_parent_index(setup):
+    model, probe, parent = setup
+    kids = children_of(parent, 10, 1)
+    with pytest.raises(ValueError, match="parent_index"):
+        score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent.repeat(2, 1))
+    with pytest.raises(ValueError, match="parent_index"):
+        score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent.repeat(2, 1), parent_index=torch.full((10,), 2))

@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from dreamy.language import epo, gcg
+from dreamy.language import epo, epo_many, gcg, gcg_many
 from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
 from dreamy.language.frontier import dominates
 
 TARGET = "model.layers.1.mlp.down_proj:3"
-epo_module = sys.modules["dreamy.language.epo"]
+search_module = sys.modules["dreamy.language.search"]
 SMALL = dict(n_tokens=5, iters=6, population=3, children_per_member=12, progress=False)
 
 
@@ -37,13 +37,13 @@ def test_epo_is_reproducible(tiny_lm):
 
 def test_restarts_draw_random_lambdas_and_collapse_the_population(tiny_lm, monkeypatch):
     seen = []
-    original = epo_module.token_gradients
+    original = search_module.token_gradients
 
-    def spy(model, probe, layout, spans, lambdas):
+    def spy(model, probe, layout, spans, lambdas, **kwargs):
         seen.append((spans.clone(), lambdas.clone()))
-        return original(model, probe, layout, spans, lambdas)
+        return original(model, probe, layout, spans, lambdas, **kwargs)
 
-    monkeypatch.setattr(epo_module, "token_gradients", spy)
+    monkeypatch.setattr(search_module, "token_gradients", spy)
     result = epo(tiny_lm, TARGET, seed=1, restart_every=2, **{**SMALL, "iters": 6})
     restarts = result.settings["restarts"]
     assert [r["iteration"] for r in restarts] == [2, 4, 6]
@@ -90,3 +90,37 @@ def test_bundled_epo_raises_an_mlp_neuron(smollm2):
                  children_per_member=16, progress=False)
     first = max(r["activation"] for r in result.history if r["iteration"] == 0)
     assert result.best.activation > first
+
+
+PACK = ["model.layers.1.mlp.down_proj:3", "logits:9", "model.layers.0.mlp.down_proj@in:5"]
+
+
+def test_packed_epo_gives_each_target_its_own_search(tiny_lm, monkeypatch):
+    calls = []
+    original = search_module.score_sequences
+    monkeypatch.setattr(search_module, "score_sequences", lambda *a, **k: calls.append(a[2].shape[0]) or original(*a, **k))
+    packed = epo_many(tiny_lm, PACK, seed=2, restart_every=3, **SMALL)
+    assert len(calls) == SMALL["iters"] + 1  # one scoring call per iteration for all targets (+ the start)
+    for spec, result in zip(PACK, packed):
+        alone = epo(tiny_lm, spec, seed=2, restart_every=3, **SMALL)
+        assert result.target == spec
+        assert [r["token_ids"] for r in result.history] == [r["token_ids"] for r in alone.history]
+        assert result.settings["restarts"] == alone.settings["restarts"]
+        for mine, theirs in zip(result.history, alone.history):
+            assert mine["activation"] == pytest.approx(theirs["activation"], rel=1e-4, abs=1e-5)
+        flat = lambda r: [a for p in r.frontier for a in p.token_attribution]
+        assert flat(result) == pytest.approx(flat(alone), rel=1e-3, abs=1e-5)  # attributed to its own target
+
+
+def test_packed_gcg_gives_each_target_its_own_search(tiny_lm):
+    settings = dict(n_tokens=4, iters=4, batch_size=16, progress=False, seed=1, fluency_weight=0.1)
+    packed = gcg_many(tiny_lm, PACK[:2], **settings)
+    for spec, result in zip(PACK[:2], packed):
+        alone = gcg(tiny_lm, spec, **settings)
+        assert [r["token_ids"] for r in result.history] == [r["token_ids"] for r in alone.history]
+        assert result.best.activation == pytest.approx(alone.best.activation, rel=1e-4, abs=1e-5)
+
+
+def test_packed_search_needs_targets(tiny_lm):
+    with pytest.raises(ValueError, match="no targets"):
+        epo_many(tiny_lm, [], n_tokens=2, iters=1, progress=False)
