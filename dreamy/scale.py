@@ -1,8 +1,8 @@
 """Dream many targets: packed into shared batches on one machine, or sharded over a Ray cluster.
 
-Targets are cut into batches of `batch_targets` (image targets of a batch share ONE batched
-optimization, one row per target; prompt targets of a batch run one after another in the worker
-that holds the model). Batch k always holds the same targets and uses seed `seed + k`, so a local
+Targets are cut into batches of `batch_targets`; the targets of a batch share ONE batched
+optimization (images: one row per target; prompts: `epo_many`/`gcg_many` run them in lockstep, one
+gradient pass and one scoring call per iteration for all of them). Batch k always holds the same targets and uses seed `seed + k`, so a local
 run and a Ray run of the same list give the same results. Each finished batch is written at once
 (PNGs, then the records, atomically) into `out_dir/results.json` and the gallery, so an interrupted
 run keeps every finished target and `resume=True` skips them. With Ray, each worker loads the model
@@ -100,20 +100,19 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
             out.records.append(record)
         return out
     if kind == "prompt":
-        from dreamy.language import epo, gcg
+        from dreamy.language import epo_many, gcg_many
 
         settings = dict(settings)
         method = settings.pop("method", "epo")
-        search = {"epo": epo, "gcg": gcg}[method]
-        out = BatchOutput([])
-        for spec in specs:
-            try:
-                result = search(loaded, spec, seed=seed, progress=False, **settings)
-                out.records.append({**result.to_record(), "model": loaded.name})
-            except Exception as error:
-                out.records.append({"kind": "prompt", "target": spec, "model": loaded.name, "method": method,
-                                    "error": f"{type(error).__name__}: {error}"})
-        return out
+        search = {"epo": epo_many, "gcg": gcg_many}[method]
+        try:
+            results = search(loaded, list(specs), seed=seed, progress=False, **settings)
+        except Exception as error:  # as for images: retry one by one so only the bad target fails
+            if len(specs) == 1:
+                return BatchOutput([{"kind": "prompt", "target": specs[0], "model": loaded.name, "method": method,
+                                     "error": f"{type(error).__name__}: {error}"}])
+            return BatchOutput([r for spec in specs for r in dream_batch(loaded, kind, [spec], {**settings, "method": method}, seed).records])
+        return BatchOutput([{**result.to_record(), "model": loaded.name} for result in results])
     raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
 
 

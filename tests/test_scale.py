@@ -48,6 +48,31 @@ def test_a_failing_target_does_not_lose_the_others(tmp_path):
     assert "error" not in by_target["head:1"]
 
 
+def test_prompt_targets_of_a_batch_are_packed_and_equal_one_at_a_time(tmp_path, monkeypatch):
+    import dreamy.language as language
+
+    calls = []
+    original = language.epo_many
+    monkeypatch.setattr(language, "epo_many", lambda loaded, specs, **k: calls.append(list(specs)) or original(loaded, specs, **k))
+    packed = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-3"], kind="prompt", settings=PROMPT_SETTINGS,
+                           batch_targets=3, progress=False)
+    assert calls == [[f"model.layers.1.mlp.down_proj:{i}" for i in (1, 2, 3)]]
+    from tests.fixtures import cached
+
+    alone = {spec: original(cached("tiny:lm"), [spec], seed=0, progress=False, **PROMPT_SETTINGS)[0].best.activation
+             for spec in calls[0]}  # batch 0 runs with seed 0
+    assert {r["target"]: r["activation"] for r in packed} == pytest.approx(alone, rel=1e-4)
+
+
+def test_a_failing_prompt_target_does_not_lose_the_others():
+    records = dream_targets("tiny:lm", ["logits:3", "logits:99999"], kind="prompt",
+                            settings={"n_tokens": 3, "iters": 1, "method": "gcg", "batch_size": 4},
+                            batch_targets=2, progress=False)
+    by_target = {r["target"]: r for r in records}
+    assert "error" in by_target["logits:99999"] and "error" not in by_target["logits:3"]
+    assert by_target["logits:3"]["method"] == "gcg"
+
+
 ray = pytest.importorskip("ray")
 
 
