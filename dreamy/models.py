@@ -104,6 +104,13 @@ def _freeze(model: nn.Module, device: str | torch.device) -> nn.Module:
     return model.to(device)
 
 
+def _freeze_vision(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """Freeze an image model and store its weights channels-last: convolutions then run on NHWC data,
+    which on CPU makes a batch of 16 EfficientNet dreams 1.6x cheaper per image than contiguous NCHW
+    (see benchmarks/many_targets.py); the results are the same."""
+    return _freeze(model, device).to(memory_format=torch.channels_last)
+
+
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet class names (from torchvision's metadata; works offline).
 
@@ -132,7 +139,7 @@ def _efficientnet_lite0(device: str | torch.device) -> LoadedModel:
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     preprocess = Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (224, 224))
-    return LoadedModel("bundled:efficientnet-lite0", "vision", _freeze(model, device), preprocess=preprocess,
+    return LoadedModel("bundled:efficientnet-lite0", "vision", _freeze_vision(model, device), preprocess=preprocess,
                        class_names=imagenet_class_names())
 
 
@@ -207,7 +214,7 @@ def _torchvision(name: str, arch: str, device: str | torch.device) -> LoadedMode
     size = getattr(transforms, "crop_size", [224])
     preprocess = Preprocess(tuple(getattr(transforms, "mean", IMAGENET_MEAN)), tuple(getattr(transforms, "std", IMAGENET_STD)),
                             (size[0], size[-1]))
-    return LoadedModel(name, "vision", _freeze(model, device), preprocess=preprocess,
+    return LoadedModel(name, "vision", _freeze_vision(model, device), preprocess=preprocess,
                        class_names=list(weights.meta.get("categories", [])) or None)
 
 
@@ -232,7 +239,7 @@ def _lucent(name: str, arch: str, device: str | torch.device) -> LoadedModel:
     model = inceptionv1(pretrained=True)
     # lucent's InceptionV1 takes [0, 1] images and normalizes inside the model
     preprocess = Preprocess((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (224, 224))
-    return LoadedModel(name, "vision", _freeze(model, device), preprocess=preprocess)
+    return LoadedModel(name, "vision", _freeze_vision(model, device), preprocess=preprocess)
 
 
 def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bool = False) -> LoadedModel:
@@ -252,7 +259,7 @@ def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bo
     if name == "bundled:gemma3-270m":
         return _gemma3(device)
     if name == "tiny:cnn":
-        return LoadedModel(name, "vision", _freeze(tiny.tiny_cnn(), device), preprocess=Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (32, 32)),
+        return LoadedModel(name, "vision", _freeze_vision(tiny.tiny_cnn(), device), preprocess=Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (32, 32)),
                            class_names=[f"class {i}" for i in range(10)])
     if name == "tiny:lm":
         model, tokenizer = tiny.tiny_lm()
