@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamy.language.fluency import span_xentropy
+from dreamy.language.scoring import run_chunked
 from dreamy.targets import Probe
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
     `spans [M, L]`, `lambdas [M]`; returns `(grad [M, L, V], activation [M], xentropy [M])`. Rows are
     independent, so one backward gives every row's own gradient under its own lambda. With
     `row_targets [M]` row i is scored by the probe's target `row_targets[i]` (many targets packed into
-    one batch), else by its first target. Rows run `chunk_size` at a time (the one-hot is `[rows, L, V]`).
+    one batch), else by its first target. Rows run `chunk_size` at a time (the one-hot is `[rows, L, V]`;
+    the chunk halves on out-of-memory errors).
     """
     embedding = model.get_input_embeddings()
     weight = embedding.weight
@@ -141,7 +143,7 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
             (grad,) = torch.autograd.grad(objective.sum(), one_hot)
         return grad, activation.detach(), xent.detach()
 
-    parts = [one(slice(i, i + chunk_size)) for i in range(0, spans.shape[0], max(1, chunk_size))]
+    parts = run_chunked(one, spans.shape[0], chunk_size)
     return tuple(torch.cat([part[j] for part in parts]) for j in range(3))  # type: ignore[return-value]
 
 

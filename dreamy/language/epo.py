@@ -7,7 +7,8 @@ ITS OWN lambda); each slot then keeps the best of all members and children under
 onto the best prompt seen so far under a lambda drawn at random (really at random: a fresh draw from
 the seeded generator each restart), and each slot's new gradient is again computed with its own
 lambda. Token rankings (from the gradients) of members that survive unchanged are reused. The result's
-Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed into shared batches.
+Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed
+into shared batches.
 
 Example:
     >>> from dreamy.models import load
@@ -148,10 +149,9 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
             if restart_every and iteration % restart_every == 0:
                 for pop in pops:
                     pop.restart(iteration, lambda_range)
-            _refresh_top_tokens(setup, pops, lambdas, topk)
+            tables = _refresh_top_tokens(setup, pops, lambdas, topk)
             children: list[Tensor] = []  # per (target, member), in that order
-            for pop in pops:
-                top = torch.stack([pop.top_cache[key] for key in pop.keys(lambdas)])
+            for pop, top in zip(pops, tables):
                 made = swap_children(pop.members, top, n_children=children_per_member, n_swaps=n_swaps,
                                      generator=pop.generator)
                 children += [filter_candidates(setup.tokenizer, made[m * children_per_member:(m + 1) * children_per_member],
@@ -185,9 +185,10 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     return results
 
 
-def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, topk: int) -> None:
+def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, topk: int) -> list[Tensor]:
     """Rank replacement tokens, in one packed gradient pass, for every member (of every target) whose
-    (prompt, lambda) has no ranking yet; keep only the current members' rankings."""
+    (prompt, lambda) has no ranking yet; keep only the current members' rankings and return them, one
+    `[population, L, k]` table per target."""
     keys = [pop.keys(lambdas) for pop in pops]
     missing = [(k, i) for k, pop in enumerate(pops) for i, key in enumerate(keys[k]) if key not in pop.top_cache]
     if missing:
@@ -197,3 +198,4 @@ def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Te
             pops[k].top_cache[keys[k][i]] = top[row]
     for pop, own in zip(pops, keys):
         pop.top_cache = {key: pop.top_cache[key] for key in own}
+    return [torch.stack([pop.top_cache[key] for key in own]) for pop, own in zip(pops, keys)]

@@ -4,8 +4,8 @@ Children of one parent differ from it from some position p on. The parent's KV c
 every position before p, so children are grouped by p and each group runs only positions >= p on
 top of the parents' caches (each row gathers its own parent's keys and values, so children of many
 parents, e.g. of many packed targets, share one forward per position). Cross-entropy terms before p
-come from the parent's logits. This needs every target to read the last position (`pos=-1`, the language default)
-or the logits; other targets fall back to full forwards. Batches are chunked; on out-of-memory the
+come from the parent's logits. This needs every target to read the last position (`pos=-1`, the
+language default) or the logits; other targets fall back to full forwards. Batches are chunked; on out-of-memory the
 chunk size halves and the chunk is retried.
 
 Example:
@@ -111,16 +111,21 @@ def _gather_cache(layers: list[tuple[Tensor, Tensor]], parents: Tensor, length: 
     return grown
 
 
-def _keep_kwargs(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int]) -> tuple[dict[str, int], int]:
-    """`logits_to_keep` for a forward whose logits serve only the span's cross-entropy and the last position:
-    the output layer then skips the prefix (for a 135M model with a 50k vocabulary, a fifth of its FLOPs per token).
-    Returns (extra forward kwargs, logits offset)."""
-    if probe.reads_logits and not _last_position_only(probe):
-        return {}, 0
+def _span_logits(model: nn.Module, length: int, span: tuple[int, int]) -> tuple[dict[str, int], int]:
+    """`logits_to_keep` for a forward of `length` tokens whose logits serve only the span's cross-entropy and
+    the last position: the output layer then skips the prefix (for a 135M model with a 50k vocabulary, a fifth
+    of its FLOPs per token). Returns (extra forward kwargs, logits offset); nothing when the model lacks it."""
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         return {}, 0
     offset = span[0] - 1
-    return {"logits_to_keep": ids.shape[1] - offset}, offset
+    return {"logits_to_keep": length - offset}, offset
+
+
+def _keep_kwargs(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int]) -> tuple[dict[str, int], int]:
+    """`_span_logits` for a probed forward, unless a target reads the logits at other positions."""
+    if probe.reads_logits and not _last_position_only(probe):
+        return {}, 0
+    return _span_logits(model, ids.shape[1], span)
 
 
 def _full(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], fluency_model: nn.Module | None,
@@ -178,9 +183,7 @@ class _ParentPass:
 def _parent_pass(model: nn.Module, parents: Tensor, ids: Tensor, owner: Tensor, first: Tensor, span: tuple[int, int],
                  chunk_size: int) -> _ParentPass:
     start, end = span
-    keep, offset = ({}, 0)
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        keep, offset = {"logits_to_keep": parents.shape[1] - (start - 1)}, start - 1
+    keep, offset = _span_logits(model, parents.shape[1], span)
     swap_xent = torch.zeros(ids.shape[0], device=ids.device)
     in_span = (first >= start) & (first < end)
 

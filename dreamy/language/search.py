@@ -20,7 +20,7 @@ from dreamy.language.candidates import (GRADIENT_CHUNK, PromptLayout, allowed_to
                                         top_tokens)
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.result import FrontierPoint, PromptResult
-from dreamy.language.scoring import SequenceScores, score_sequences
+from dreamy.language.scoring import SequenceScores, run_chunked, score_sequences
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
 
@@ -61,11 +61,6 @@ class SearchSetup:
         allowed = allowed_tokens(loaded.tokenizer, ascii_only=ascii_only, vocab_size=vocab)
         return cls(loaded.model, loaded.tokenizer, parsed, probe, layout, allowed, fluency_model, chunk_size, retokenize)
 
-    @property
-    def target(self) -> Target:
-        """The first (for a one-target search, the only) target."""
-        return self.targets[0]
-
     def _owners(self, owners: Tensor | None, n: int) -> Tensor:
         return torch.zeros(n, dtype=torch.long) if owners is None else torch.as_tensor(owners, dtype=torch.long)
 
@@ -85,13 +80,13 @@ class SearchSetup:
         gradient of `activation - lambda * xentropy` under target `owners[i]`. Gradients (`[rows, L, V]`)
         are reduced chunk by chunk, so many packed prompts never hold all their gradients at once."""
         owners = self._owners(owners, spans.shape[0])
-        tables = []
-        for i in range(0, spans.shape[0], GRADIENT_CHUNK):
-            rows = slice(i, i + GRADIENT_CHUNK)
+
+        def one(rows: slice) -> Tensor:
             grad, _, _ = token_gradients(self.model, self.probe, self.layout, spans[rows], lambdas[rows],
                                          row_targets=owners[rows])
-            tables.append(top_tokens(grad, self.allowed, topk))
-        return torch.cat(tables)
+            return top_tokens(grad, self.allowed, topk)
+
+        return torch.cat(run_chunked(one, spans.shape[0], GRADIENT_CHUNK))
 
     def text(self, span: Tensor) -> str:
         """Decoded span text."""
