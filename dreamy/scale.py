@@ -2,10 +2,11 @@
 
 Targets are cut into batches of `batch_targets`; the targets of a batch share ONE batched
 optimization (images: one row per target; prompts: `epo_many`/`gcg_many` run them in lockstep, one
-gradient pass and one scoring call per iteration for all of them). Batch k always holds the same targets and uses seed `seed + k`, so a local
-run and a Ray run of the same list give the same results. Each finished batch is written at once
-(PNGs, then the records, atomically) into `out_dir/results.json` and the gallery, so an interrupted
-run keeps every finished target and `resume=True` skips them. With Ray, each worker loads the model
+gradient pass and one scoring call per iteration for all of them). Batch k always holds the same
+targets and uses seed `seed + k`, so a local run and a Ray run of the same list give the same
+results. Each finished batch is written at once (PNGs, then the records, atomically) into
+`out_dir/results.json` and the gallery, so an interrupted run keeps every finished target and
+`resume=True` skips them. With Ray, each worker loads the model
 once; a worker that dies loses only the batch it was running, which a resumed run completes.
 
 Example:
@@ -56,8 +57,9 @@ def class_label(loaded: Any, spec: str) -> str | None:
 
     Example:
         >>> from dreamy.models import load
-        >>> class_label(load("tiny:cnn"), "logits:3") is None  # the tiny CNN has no class names
-        True
+        >>> tiny = load("tiny:cnn")
+        >>> class_label(tiny, "logits:3"), class_label(tiny, "conv3:1") is None
+        ('class 3', True)
     """
     from dreamy.targets import Neuron, parse
 
@@ -69,51 +71,57 @@ def class_label(loaded: Any, spec: str) -> str | None:
     return names[index] if 0 <= index < len(names) else None
 
 
-def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
-    """Dream one batch of targets on an already loaded model; failures become error records."""
-    from dreamy.results import safe_name
-
+def _packed_run(kind: str, settings: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any], str]:
+    """The function that dreams a whole batch of `kind`, its keyword settings, and the method name records carry."""
     if kind == "image":
         from dreamy.vision.render import dream
 
-        try:
-            result = dream(loaded, list(specs), seed=seed, progress=False, **settings)
-        except Exception as error:  # one bad target must not sink the batch: retry them one by one
-            if len(specs) == 1:
-                return BatchOutput([{"kind": "image", "target": specs[0], "model": loaded.name, "method": settings.get("param", "fourier"),
-                                     "error": f"{type(error).__name__}: {error}"}])
-            outputs = [dream_batch(loaded, kind, [spec], settings, seed) for spec in specs]
-            return BatchOutput([r for o in outputs for r in o.records], {k: v for o in outputs for k, v in o.files.items()})
-        out = BatchOutput([])
-        for t, spec in enumerate(result.targets):
-            rows = result.rows_of(t)
-            record = result.to_record(rows[0])
-            names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
-            for name, row in zip(names, rows):
-                out.files[name] = _png_bytes(result.images[row])
-            activations = [float(result.activation[r]) for r in rows]
-            record.update({"model": loaded.name, "method": result.settings.get("param", "image"), "images": names,
-                           "activations": activations, "activation": max(activations)})
-            label = class_label(loaded, spec)
-            if label:
-                record["label"] = label
-            out.records.append(record)
-        return out
+        return dream, settings, settings.get("param", "fourier")
     if kind == "prompt":
         from dreamy.language import epo_many, gcg_many
 
-        settings = dict(settings)
-        method = settings.pop("method", "epo")
-        search = {"epo": epo_many, "gcg": gcg_many}[method]
-        try:
-            results = search(loaded, list(specs), seed=seed, progress=False, **settings)
-        except Exception as error:  # as for images: retry one by one so only the bad target fails
-            if len(specs) == 1:
-                return BatchOutput([{"kind": "prompt", "target": specs[0], "model": loaded.name, "method": method,
-                                     "error": f"{type(error).__name__}: {error}"}])
-            return BatchOutput([r for spec in specs for r in dream_batch(loaded, kind, [spec], {**settings, "method": method}, seed).records])
-        return BatchOutput([{**result.to_record(), "model": loaded.name} for result in results])
+        options = {key: value for key, value in settings.items() if key != "method"}
+        method = settings.get("method", "epo")
+        return {"epo": epo_many, "gcg": gcg_many}[method], options, method
     raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
+
+
+def _image_output(loaded: Any, result: Any) -> BatchOutput:
+    from dreamy.results import safe_name
+
+    out = BatchOutput([])
+    for t, spec in enumerate(result.targets):
+        rows = result.rows_of(t)
+        record = result.to_record(rows[0])
+        names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
+        for name, row in zip(names, rows):
+            out.files[name] = _png_bytes(result.images[row])
+        activations = [float(result.activation[r]) for r in rows]
+        record.update({"model": loaded.name, "method": result.settings.get("param", "image"), "images": names,
+                       "activations": activations, "activation": max(activations)})
+        label = class_label(loaded, spec)
+        if label:
+            record["label"] = label
+        out.records.append(record)
+    return out
+
+
+def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
+    """Dream one batch of targets, packed, on an already loaded model (images: `vision.dream`; prompts:
+    `epo_many`/`gcg_many`). One bad target must not sink the batch: if the packed run fails, its targets
+    are retried one by one, and a target that fails alone becomes an error record."""
+    run, options, method = _packed_run(kind, settings)
+    try:
+        result = run(loaded, list(specs), seed=seed, progress=False, **options)
+    except Exception as error:
+        if len(specs) == 1:
+            return BatchOutput([{"kind": kind, "target": specs[0], "model": loaded.name, "method": method,
+                                 "error": f"{type(error).__name__}: {error}"}])
+        outputs = [dream_batch(loaded, kind, [spec], settings, seed) for spec in specs]
+        return BatchOutput([r for o in outputs for r in o.records], {k: v for o in outputs for k, v in o.files.items()})
+    if kind == "image":
+        return _image_output(loaded, result)
+    return BatchOutput([{**one.to_record(), "model": loaded.name} for one in result])
 
 
 def plan_batches(specs: Sequence[str], batch_targets: int) -> list[list[str]]:
