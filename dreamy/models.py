@@ -105,9 +105,9 @@ def _freeze(model: nn.Module, device: str | torch.device) -> nn.Module:
 
 
 def _freeze_vision(model: nn.Module, device: str | torch.device) -> nn.Module:
-    """Freeze an image model and store its weights channels-last: convolutions then run on NHWC data,
-    which on CPU makes a batch of 16 EfficientNet dreams 1.6x cheaper per image than contiguous NCHW
-    (see benchmarks/many_targets.py); the results are the same."""
+    """Freeze an image model and store its weights channels-last: convolutions then run on NHWC data.
+    On this project's 2-core CPU a batch of 16 EfficientNet dreams cost 45 ms per image-step this way
+    against 72 ms in contiguous NCHW (66 ms for a batch of one); the results are the same."""
     return _freeze(model, device).to(memory_format=torch.channels_last)
 
 
