@@ -9,7 +9,8 @@ Bad arguments print one line and exit with code 2; a target that fails is record
 the others go on, and the command exits with 1 at the end.
 
 Example:
-    >>> main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", __import__("tempfile").mkdtemp(), "--quiet"])
+    >>> main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", __import__("tempfile").mkdtemp(), "--quiet"])  # doctest: +ELLIPSIS
+    1 target(s) dreamed, 0 failed; gallery: .../index.html
     0
 """
 
