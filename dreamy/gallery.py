@@ -41,6 +41,20 @@ table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;paddi
 """
 
 
+def png_bytes(image: torch.Tensor | np.ndarray) -> bytes:
+    """PNG bytes of a `[3, H, W]` tensor in [0, 1], or of an `[H, W, 3]` uint8 array.
+
+    Example:
+        >>> png_bytes(torch.rand(3, 4, 4))[:4]
+        b'\\x89PNG'
+    """
+    if isinstance(image, torch.Tensor):
+        image = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Save a `[3, H, W]` image in [0, 1] as PNG (atomically).
 
@@ -49,10 +63,7 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.png"; save_png(torch.rand(3, 4, 4), p); p.exists()
         True
     """
-    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, png_bytes(image))
 
 
 def _esc(value: Any) -> str:

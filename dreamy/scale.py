@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +40,6 @@ class BatchOutput:
 
     records: list[dict[str, Any]]
     files: dict[str, bytes] = field(default_factory=dict)
-
-
-def _png_bytes(image: torch.Tensor) -> bytes:
-    from PIL import Image
-
-    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def class_label(loaded: Any, spec: str) -> str | None:
@@ -87,6 +77,7 @@ def _packed_run(kind: str, settings: dict[str, Any]) -> tuple[Callable[..., Any]
 
 
 def _image_output(loaded: Any, result: Any) -> BatchOutput:
+    from dreamy.gallery import png_bytes
     from dreamy.results import safe_name
 
     out = BatchOutput([])
@@ -95,7 +86,7 @@ def _image_output(loaded: Any, result: Any) -> BatchOutput:
         record = result.to_record(rows[0])
         names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
         for name, row in zip(names, rows):
-            out.files[name] = _png_bytes(result.images[row])
+            out.files[name] = png_bytes(result.images[row])
         activations = [float(result.activation[r]) for r in rows]
         record.update({"model": loaded.name, "method": result.settings.get("param", "image"), "images": names,
                        "activations": activations, "activation": max(activations)})

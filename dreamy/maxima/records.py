@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamy.gallery import png_bytes
+from dreamy.results import write_atomic
 from dreamy.targets import parse
 
 
@@ -161,26 +162,6 @@ def entry_dir(cache_dir: str | os.PathLike, model_name: str, dataset: str, targe
     return Path(cache_dir) / slug(model_name) / slug(dataset) / slug(canonical_target(target))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def save_maxima(maxima: Maxima, cache_dir: str | os.PathLike) -> Path:
     """Write one entry (arrays and PNGs first, `maxima.json` last); returns its folder."""
     folder = entry_dir(cache_dir, maxima.model_name, maxima.dataset, maxima.target)
@@ -188,11 +169,11 @@ def save_maxima(maxima: Maxima, cache_dir: str | os.PathLike) -> Path:
     if arrays:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        _atomic_write(folder / "arrays.npz", buffer.getvalue())
+        write_atomic(folder / "arrays.npz", buffer.getvalue())
     if maxima.images is not None:
         for rank, image in enumerate(maxima.images):
-            _atomic_write(folder / f"example_{rank:02d}.png", _png_bytes(image))
-    _atomic_write(folder / "maxima.json", json.dumps(maxima.to_record(), indent=1).encode())
+            write_atomic(folder / f"example_{rank:02d}.png", png_bytes(image))
+    write_atomic(folder / "maxima.json", json.dumps(maxima.to_record(), indent=1).encode())
     maxima.path = folder
     return folder
 
