@@ -73,13 +73,12 @@ def test_a_failing_prompt_target_does_not_lose_the_others():
     assert by_target["logits:3"]["method"] == "gcg"
 
 
-ray = pytest.importorskip("ray")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
+    """A two-CPU local Ray cluster; the Ray tests skip without Ray (the tests above run either way)."""
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield ray
     ray.shutdown()
 
 
@@ -108,7 +107,7 @@ def test_killed_worker_loses_only_its_batch_and_resume_completes(tmp_path, local
 
     def kill_second_worker(runner, k):
         if runner is not None and not killed:
-            ray.kill(runner.workers[1])
+            local_ray.kill(runner.workers[1])
             killed.append(k)
 
     first = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, use_ray=True,
