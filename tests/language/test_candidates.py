@@ -55,7 +55,7 @@ def test_each_row_gets_its_own_lambda(tiny_lm):
     grad, _, _ = token_gradients(tiny_lm.model, probe, layout, spans, torch.tensor([0.0, 5.0]))
     alone, _, _ = token_gradients(tiny_lm.model, probe, layout, spans[:1], torch.tensor([5.0]))
     assert not torch.allclose(grad[0], grad[1])
-    torch.testing.assert_close(grad[1], alone[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad[1], alone[0], rtol=1e-4, atol=1e-5 * alone.abs().max().item())  # fp32 noise scales with |grad|
 
 
 def test_swaps_use_top_k_allowed_tokens_at_one_position(tiny_lm):
@@ -118,8 +118,8 @@ def test_each_row_gets_its_own_target_and_chunks_change_nothing(tiny_lm):
                                    chunk_size=2)
     second = Probe(tiny_lm.model, ["logits:9"], sequence_reduce="pos=-1")
     alone, alone_act, _ = token_gradients(tiny_lm.model, second, layout, spans[1:], lambdas[1:])
-    torch.testing.assert_close(grad[1:], alone, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(act[1:], alone_act, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad[1:], alone, rtol=1e-4, atol=1e-5 * alone.abs().max().item())  # fp32 noise scales with |grad|
+    torch.testing.assert_close(act[1:], alone_act, rtol=1e-4, atol=1e-5 * alone_act.abs().max().item())
     assert not torch.allclose(grad[0], grad[1])
 
 
