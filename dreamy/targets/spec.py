@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -31,7 +32,7 @@ LOGITS = "logits"
 LOGPROBS = "logprobs"  # the model's output after log-softmax over the vocabulary / classes
 
 _WS = re.compile(r"\s*")
-_COEF = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*\*\s*")
+_COEF = re.compile(r"((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*")
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _INDEX = re.compile(r"\[(\d+)\]")
 _INT = re.compile(r"\d+")
@@ -40,6 +41,7 @@ _REDUCE = re.compile(r"/(mean|max|sum|center|pos=-?\d+)(?=$|[\s+\-])")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _UNQUOTED_FILE = re.compile(r"[^\s#+]+")
 _KEY = re.compile(r"[^\s+/]+")
+_MAX_DIGITS = 18  # no index (unit, tuple element, SAE feature, position) on any model has more digits
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,13 @@ class _Parser:
     def peek(self, text: str) -> bool:
         return self.spec.startswith(text, self.pos)
 
+    def integer(self, text: str, position: int) -> int:
+        """`int(text)` for an index read at `position`; an absurdly long one is a SpecError, not a ValueError."""
+        if len(text.lstrip("-")) > _MAX_DIGITS:
+            shown = text if len(text) <= 24 else text[:20] + "..."
+            raise self.fail(f"index '{shown}' is too large (at most {_MAX_DIGITS} digits)", position)
+        return int(text)
+
     def target(self, allow_range: bool) -> tuple[Target, tuple[int, int] | None]:
         self.skip_ws()
         if self.pos >= len(self.spec):
@@ -197,9 +206,12 @@ class _Parser:
 
     def term(self, sign: float, allow_range: bool) -> tuple[Term, tuple[int, int] | None]:
         coef = 1.0
+        start = self.pos
         found = self.match(_COEF)
         if found:
-            coef = float(found.group(0).rstrip().rstrip("*"))
+            coef = float(found.group(1))
+            if not math.isfinite(coef):  # '1e999' overflows to inf, which no spec can print back
+                raise self.fail(f"coefficient '{found.group(1)}' is too large for a float; use a smaller weight", start)
         site = self.site()
         unit: Unit | None = None
         unit_range = None
@@ -207,9 +219,12 @@ class _Parser:
             self.pos += 1
             unit, unit_range = self.unit(allow_range)
         reduce = None
+        reduce_at = self.pos
         found = self.match(_REDUCE)
         if found:
             reduce = found.group(1)
+            if reduce.startswith("pos="):  # canonical: 'pos=007' and 'pos=-0' are 'pos=7' and 'pos=0'
+                reduce = f"pos={self.integer(reduce[4:], reduce_at + 5)}"
         elif self.peek("/"):
             raise self.fail(f"unknown reduction; use one of {', '.join(REDUCTIONS)} or pos=N")
         return Term(sign * coef, site, unit, reduce), unit_range
@@ -228,7 +243,7 @@ class _Parser:
         index = None
         found_index = self.match(_INDEX)
         if found_index:
-            index = int(found_index.group(1))
+            index = self.integer(found_index.group(1), found_index.start(1))
         elif self.peek("["):
             raise self.fail("expected a tuple index like '[0]'")
         path = self.spec[start : start + len(found.group(0))]
@@ -240,7 +255,7 @@ class _Parser:
         if found and not re.match(r"\s*[*:.@\[]", self.spec[found.end() :]):
             if not allow_range:
                 raise self.fail("a unit range expands to many targets; use dreamy.targets.expand() or the CLI", start)
-            low, high = int(found.group(1)), int(found.group(2))
+            low, high = self.integer(found.group(1), found.start(1)), self.integer(found.group(2), found.start(2))
             if high < low:
                 raise self.fail(f"empty unit range {low}-{high}; write low-high with low <= high", start)
             self.pos = found.end()
@@ -260,10 +275,10 @@ class _Parser:
                 return Direction(path, key), None
             if key is None:
                 raise self.fail("an SAE unit needs a feature index: 'sae=FILE#INDEX'")
-            return SAEFeature(path, int(key)), None
+            return SAEFeature(path, self.integer(key, self.pos - len(key))), None
         found = self.match(_INT)
         if found:
-            return Neuron(int(found.group(0))), None
+            return Neuron(self.integer(found.group(0), found.start())), None
         raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]' or 'sae=FILE#INDEX'")
 
     def file_path(self) -> str:
@@ -274,9 +289,11 @@ class _Parser:
         if not found:
             raise self.fail("expected a file path")
         text = found.group(0)
-        suffix = re.search(r"/(mean|max|sum|center|pos=-?\d+)$", text)
+        suffix = _REDUCE.search(text)  # an unquoted path ends at the first '/REDUCE' (before '-' or the end)
         if suffix:
             text = text[: suffix.start()]
+        if "'" in text and '"' in text:  # no quoting could print it back
+            raise self.fail("a file path cannot hold both ' and \"; rename the file")
         self.pos += len(text)
         return text
 

@@ -117,3 +117,134 @@ def test_non_string_spec_is_a_type_error():
 def test_parse_passes_targets_through():
     target = parse("a:1")
     assert parse(target) is target and isinstance(target, Target)
+
+
+def test_an_overflowing_coefficient_is_refused_and_quoted_as_typed():
+    for spec in ["1e999*conv3:1", "conv2:0 - 1e400*conv3:1"]:
+        with pytest.raises(SpecError, match="too large") as info:
+            parse(spec)
+        assert f"spec '{spec}'" in str(info.value) and "inf" not in str(info.value)
+    with pytest.raises(SpecError, match="too large"):
+        expand("1e999*conv3:0-3")
+
+
+@pytest.mark.parametrize("spec", ["a:" + "1" * 5000, "a[" + "1" * 5000 + "]:1", "a:sae=s.pt#" + "9" * 30, "a:1/pos=-" + "1" * 40])
+def test_absurdly_long_indices_are_spec_errors(spec):
+    with pytest.raises(SpecError, match="too large"):
+        parse(spec)
+
+
+def test_positions_print_canonically():
+    assert str(parse("a:1/pos=007")) == "a:1/pos=7" and parse("a:1/pos=-0") == parse("a:1/pos=0")
+
+
+def test_a_path_with_both_quote_characters_is_refused():
+    with pytest.raises(SpecError, match="both"):
+        parse("a:dir=x'y\"z.pt")
+
+
+# Property-based: every string either parses and round-trips, or is refused with the grammar's own SpecError.
+# Specs come from random text over the grammar's alphabet and from the grammar itself (README's
+# `target := term (("+"|"-") term)*`), the latter checked against the target they were built from.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from dreamy.targets import Term  # noqa: E402
+
+PROPERTY = settings(max_examples=400, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+ALPHABET = "ab019._@[]:/=#'\"+-*eE \t\u00a0\u0663"
+WORDS = ["a", "x", "0", "1", "12", ".", "@in", "[0]", "[", "]", ":", "/", "#", "'", '"', "+", "-", "*", " ", "e", "e-5",
+         "0.5", ".5", "1e999", "9" * 25, "dir=", "sae=", "mean", "max", "sum", "center", "pos=", "pos=-1", "logits",
+         "logprobs", "p.pt", "#w", "p-q", "a b"]
+RANDOM_TEXT = st.one_of(st.text(ALPHABET, max_size=30), st.lists(st.sampled_from(WORDS), max_size=12).map("".join))
+
+
+def assert_round_trips(target):
+    text = str(target)
+    assert parse(text) == target, text
+    assert str(parse(text)) == text
+
+
+@PROPERTY
+@given(RANDOM_TEXT)
+def test_random_text_parses_and_round_trips_or_is_a_spec_error(spec):
+    try:
+        target = parse(spec)
+    except SpecError:
+        return
+    assert_round_trips(target)
+
+
+@PROPERTY
+@given(RANDOM_TEXT.filter(lambda s: "99999" not in s.replace(" ", "")))  # no million-unit ranges
+def test_random_text_expands_or_is_a_spec_error(spec):
+    try:
+        targets = expand(spec)
+    except SpecError:
+        return
+    for target in targets:
+        assert_round_trips(target)
+
+
+NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True)
+INDEX = st.integers(0, 10**6)
+SAFE_FILE = st.from_regex(r"[A-Za-z0-9_~][A-Za-z0-9_.~/]{0,8}\.pt", fullmatch=True)
+ODD_FILE = st.text("ab.-+#/ *:@'", min_size=1, max_size=10).filter(lambda p: not ("'" in p and '"' in p))
+REDUCE = st.one_of(st.sampled_from(["mean", "max", "sum", "center"]), st.integers(-99, 99).map(lambda n: f"pos={n}"))
+
+
+@st.composite
+def spec_and_target(draw):
+    """A spec written the way README documents it, and the target it should parse to."""
+    texts, terms = [], []
+    for i in range(draw(st.integers(1, 4))):
+        sign = -1.0 if draw(st.booleans()) else 1.0
+        if i or sign < 0:
+            loose = isinstance(terms[-1].unit, (Direction, SAEFeature)) if terms else False
+            space = " " if loose or draw(st.booleans()) else ""  # spaces are needed after an unquoted file
+            texts.append(f"{space}{'-' if sign < 0 else '+'}{space}")
+        coef = 1.0
+        if draw(st.booleans()):
+            coef = draw(st.floats(0.0, 1e30, allow_nan=False, allow_infinity=False))
+            written = draw(st.sampled_from([repr(coef), f"{coef:g}", f"{coef:.3e}"]))
+            coef = float(written)
+            texts.append(written + draw(st.sampled_from(["*", " * "])))
+        if draw(st.integers(0, 4)) == 0:
+            path, is_input, index = draw(st.sampled_from(["logits", "logprobs"])), False, None
+        else:
+            path = ".".join(draw(st.lists(NAME, min_size=1, max_size=3)))
+            is_input = draw(st.booleans())
+            index = draw(st.none() | st.integers(0, 9))
+        site = Site(path, is_input, index)
+        texts.append(str(site))
+        unit, kind = None, draw(st.integers(0, 4))
+        if kind == 1:
+            unit = Neuron(draw(INDEX))
+            texts.append(f":{unit.index}")
+        elif kind in (2, 3):
+            quoted = draw(st.booleans())
+            file = draw(ODD_FILE if quoted else SAFE_FILE)
+            quote = '"' if "'" in file else "'"
+            written = f"{quote}{file}{quote}" if quoted else file
+            if kind == 2:
+                key = draw(st.none() | NAME)
+                unit = Direction(file, key)
+                texts.append(f":dir={written}" + (f"#{key}" if key is not None else ""))
+            else:
+                unit = SAEFeature(file, draw(INDEX))
+                texts.append(f":sae={written}#{unit.index}")
+        reduce = draw(st.none() | REDUCE)
+        if reduce is not None:
+            texts.append(f"/{reduce}")
+        terms.append(Term(sign * coef, site, unit, reduce))
+    return "".join(texts), Target(tuple(terms))
+
+
+@PROPERTY
+@given(spec_and_target())
+def test_specs_written_by_the_grammar_parse_to_their_target_and_round_trip(case):
+    spec, expected = case
+    assert parse(spec) == expected
+    assert_round_trips(expected)
