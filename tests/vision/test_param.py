@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dreamy.vision.param import FourierParam, ImageParam, MacoParam, magnitude_of, make_param
+from dreamy.vision.param import COLOR_CORRELATION_SQRT, FourierParam, ImageParam, MacoParam, magnitude_of, make_param
 from dreamy.vision.render import dream
 
 
@@ -23,13 +23,28 @@ def test_parametrization_raises_its_target(tiny_cnn, name):
     assert result.history[-5:].mean() > result.history[:2].mean()
 
 
-def test_maco_optimizes_phase_only():
-    param = MacoParam(2, (16, 16), generator=torch.Generator().manual_seed(0))
-    magnitude = param.magnitude.clone()
+def spectrum_before_the_sigmoid(images: torch.Tensor) -> torch.Tensor:
+    """|rfft2| of a MACO image undone back to its standardized signal (inverse sigmoid, inverse colour mixing)."""
+    matrix = COLOR_CORRELATION_SQRT / COLOR_CORRELATION_SQRT.norm(dim=0).max()
+    signal = torch.einsum("ij,njhw->nihw", torch.linalg.inv(matrix.double()), torch.logit(images.double()))
+    return torch.fft.rfft2(signal, norm="ortho").abs()
+
+
+def test_maco_images_keep_the_fixed_magnitude_spectrum_while_the_phase_moves():
+    h, w = 16, 16
+    magnitude = torch.rand(3, h, w // 2 + 1, generator=torch.Generator().manual_seed(1)) + 0.5  # not a power law
+    param = MacoParam(2, (h, w), generator=torch.Generator().manual_seed(0), magnitude=magnitude)
+    phase = param.phase.detach().clone()
     opt = torch.optim.Adam(param.parameters(), lr=0.1)
-    param.images().mean().backward()
-    opt.step()
-    assert torch.equal(param.magnitude, magnitude) and param.parameters()[0] is param.phase
+    for _ in range(3):
+        opt.zero_grad()
+        param.images()[:, 0, :4].mean().neg().backward()  # brighten the top rows of the red channel
+        opt.step()
+    assert param.parameters() == [param.phase] and (param.phase - phase).abs().max() > 0.1
+    # columns 1..W/2-1 of a real FFT are untouched by irfft2's symmetry; the standardization only
+    # rescales each image channel, so the spectrum there is the fixed magnitude times one number each
+    ratio = spectrum_before_the_sigmoid(param.images().detach())[..., 1:w // 2] / magnitude[..., 1:w // 2]
+    torch.testing.assert_close(ratio / ratio.mean(dim=(2, 3), keepdim=True), torch.ones_like(ratio), atol=1e-3, rtol=0)
 
 
 def test_maco_takes_a_dataset_magnitude():
