@@ -20,9 +20,10 @@ from dreamy.targets import Probe
 
 def token_attribution(model: nn.Module, probe: Probe, ids: Tensor, target_index: int = 0) -> list[float]:
     """For each token of `ids [T]`: the gradient of the score of the probe's target `target_index` w.r.t.
-    that token's embedding, dotted with the embedding (first-order estimate of the token's contribution)."""
-    embeds = model.get_input_embeddings()(ids[None]).detach().requires_grad_(True)
-    with torch.enable_grad():
+    that token's embedding, dotted with the embedding (first-order estimate of the token's contribution).
+    Works under `torch.no_grad()` and `torch.inference_mode()` (gradients are enabled here)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        embeds = model.get_input_embeddings()(ids[None].clone()).detach().clone().requires_grad_(True)
         score = probe(inputs_embeds=embeds).scores[0, target_index]
         (grad,) = torch.autograd.grad(score, embeds)
     return (grad * embeds).sum(dim=-1)[0].detach().tolist()

@@ -28,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from dreamy import loop
-from dreamy.language.candidates import filter_candidates, initial_spans, swap_children
 from dreamy.language.frontier import pareto_indices
+from dreamy.language.proposals import initial_spans, swap_children
 from dreamy.language.result import PromptResult
-from dreamy.language.search import SearchSetup, history_rows, owner_spans
+from dreamy.language.search import SearchSetup, check_iters, history_rows
+from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
 
@@ -85,10 +86,12 @@ def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters:
 
 
 class _Population:
-    """One target's EPO state: its members, their scores, its generator, history, token rankings and restarts."""
+    """One target's EPO state: its members (on the device, and as host token lists), their scores, its generator,
+    history, token rankings and restarts."""
 
-    def __init__(self, members: Tensor, act: Tensor, xent: Tensor, generator: torch.Generator, history: list[dict]) -> None:
-        self.members, self.act, self.xent = members, act, xent
+    def __init__(self, members: Tensor, ids: list[tuple[int, ...]], act: Tensor, xent: Tensor,
+                 generator: torch.Generator, history: list[dict]) -> None:
+        self.members, self.ids, self.act, self.xent = members, ids, act, xent
         self.generator = generator
         self.history = history
         self.top_cache: dict[tuple[tuple[int, ...], float], Tensor] = {}  # (prompt, lambda) -> top tokens [L, k]
@@ -98,14 +101,16 @@ class _Population:
         """Collapse onto the best prompt so far under a lambda drawn at random."""
         lam_star = draw_restart_lambda(lambda_range, self.generator)
         best = max(self.history, key=lambda r: r["activation"] - lam_star * r["xentropy"])
-        self.members = torch.tensor(best["token_ids"], device=self.members.device)[None].repeat(len(self.members), 1)
-        self.act.fill_(best["activation"])
-        self.xent.fill_(best["xentropy"])
+        n, device = len(self.ids), self.members.device
+        self.ids = [tuple(best["token_ids"])] * n
+        self.members = torch.tensor(best["token_ids"], device=device)[None].repeat(n, 1)
+        self.act = torch.full((n,), best["activation"], device=device)
+        self.xent = torch.full((n,), best["xentropy"], device=device)
         self.restarts.append({"iteration": iteration, "lambda": lam_star, "text": best["text"]})
         log.info("restart at %d onto %r (lambda %.3g)", iteration, best["text"], lam_star)
 
-    def keys(self, lambdas: Tensor) -> list[tuple[tuple[int, ...], float]]:
-        return [(tuple(m.tolist()), float(lam)) for m, lam in zip(self.members, lambdas)]
+    def keys(self, lambdas: list[float]) -> list[tuple[tuple[int, ...], float]]:
+        return list(zip(self.ids, lambdas))
 
 
 def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 12, iters: int = 100,
@@ -128,51 +133,40 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
         >>> [r.target for r in results]
         ['logits:3', 'logits:4']
     """
-    setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
-                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
+    check_iters(iters)
     if population < 1:
         raise ValueError(f"population must be >= 1, got {population}")
+    setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
+                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
     n_targets = len(setup.targets)
     lambdas = log_uniform_lambdas(population, lambda_range)
+    lambda_list = lambdas.tolist()
     gens = [loop.make_generator(seed) for _ in range(n_targets)]
-    starts = [initial_spans(setup.tokenizer, setup.allowed, population, n_tokens, init=init, generator=gen).to(loaded.device)
-              for gen in gens]
-    spans, owners = owner_spans(starts)
-    scores = setup.score(spans, owners)
+    starts = [initial_spans(setup.tokenizer, setup.allowed, population, n_tokens, init=init, generator=gen)
+              for gen in gens]  # on the host
+    start_ids = [[tuple(row) for row in start.tolist()] for start in starts]
+    spans = torch.cat(starts).to(loaded.device)
+    scores = setup.score(spans, torch.arange(n_targets).repeat_interleave(population))
+    host = torch.stack([scores.activation, scores.xentropy]).tolist()  # one transfer
     pops = []
     for k, gen in enumerate(gens):
-        own = scores.take(slice(k * population, (k + 1) * population))
-        pops.append(_Population(starts[k], own.activation.clone(), own.xentropy.clone(), gen,
-                                history_rows(setup, starts[k], own, 0)))
+        rows = slice(k * population, (k + 1) * population)
+        pops.append(_Population(spans[rows], start_ids[k], scores.activation[rows].clone(), scores.xentropy[rows].clone(),
+                                gen, history_rows(setup, start_ids[k], host[0][rows], host[1][rows], 0)))
     with loop.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             if restart_every and iteration % restart_every == 0:
                 for pop in pops:
                     pop.restart(iteration, lambda_range)
-            tables = _refresh_top_tokens(setup, pops, lambdas, topk)
-            children: list[Tensor] = []  # per (target, member), in that order
-            for pop, top in zip(pops, tables):
-                made = swap_children(pop.members, top, n_children=children_per_member, n_swaps=n_swaps,
-                                     generator=pop.generator)
-                children += [filter_candidates(setup.tokenizer, made[m * children_per_member:(m + 1) * children_per_member],
-                                               retokenize=setup.retokenize) for m in range(population)]
-            spans, parent_index = owner_spans(children)
-            scored = setup.score(spans, parent_index // population, parents=torch.cat([p.members for p in pops]),
-                                 parent_index=parent_index) if len(spans) else None
-            for k, pop in enumerate(pops):
-                pool_spans, pool_act, pool_xent = [pop.members], [pop.act], [pop.xent]
-                for m in range(population):
-                    rows = (parent_index == k * population + m).nonzero().flatten()
-                    if len(rows) == 0:
-                        continue
-                    own = scored.take(rows)
-                    pop.history += history_rows(setup, spans[rows], own, iteration, m, float(lambdas[m]))
-                    pool_spans.append(spans[rows])
-                    pool_act.append(own.activation)
-                    pool_xent.append(own.xentropy)
-                all_spans, act, xent = torch.cat(pool_spans), torch.cat(pool_act), torch.cat(pool_xent)
-                choice = (act[None, :] - lambdas[:, None].to(act) * xent[None, :]).argmax(dim=1)
-                pop.members, pop.act, pop.xent = all_spans[choice].clone(), act[choice].clone(), xent[choice].clone()
+            tables = _refresh_top_tokens(setup, pops, lambdas, lambda_list, topk)
+            made = torch.cat([swap_children(pop.members, top, n_children=children_per_member, n_swaps=n_swaps,
+                                            generator=pop.generator) for pop, top in zip(pops, tables)])
+            made_ids = made.tolist()  # one transfer: token bookkeeping is host work
+            groups = filter_candidates(setup.tokenizer, [made_ids[g * children_per_member:(g + 1) * children_per_member]
+                                                         for g in range(n_targets * population)],
+                                       retokenize=setup.retokenize,
+                                       parents=[ids for pop in pops for ids in pop.ids])  # per (target, member)
+            _select(setup, pops, groups, lambdas, lambda_list, iteration)
             bar.update(1)
             bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
                             f"{n_targets} targets, mean best {sum(max(r['activation'] for r in p.history) for p in pops) / n_targets:.3g}")
@@ -185,11 +179,53 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     return results
 
 
-def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, topk: int) -> list[Tensor]:
+def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple[int, ...]]], lambdas: Tensor,
+            lambda_list: list[float], iteration: int) -> None:
+    """Score every kept child (of every member of every target) in one call; each slot keeps the best of its
+    population and their children under its own lambda (chosen on the device); then one transfer brings the
+    scores and choices to the host for the history and the members' token lists."""
+    population = len(lambda_list)
+    flat = [span for group in groups for span in group]
+    if not flat:
+        return
+    parent_index = torch.tensor([g for g, group in enumerate(groups) for _ in group])
+    device = pops[0].members.device
+    spans = torch.tensor(flat, dtype=torch.long, device=device)
+    scored = setup.score(spans, (parent_index // population).to(device), parents=torch.cat([p.members for p in pops]),
+                         parent_index=parent_index.to(device))
+    bounds = [0]
+    for k in range(len(pops)):
+        bounds.append(bounds[-1] + sum(len(g) for g in groups[k * population:(k + 1) * population]))
+    weights = lambdas[:, None].to(device)
+    choices = []
+    for k, pop in enumerate(pops):
+        lo, hi = bounds[k], bounds[k + 1]
+        act = torch.cat([pop.act, scored.activation[lo:hi]])
+        xent = torch.cat([pop.xent, scored.xentropy[lo:hi]])
+        choice = (act[None, :] - weights.to(act) * xent[None, :]).argmax(dim=1)
+        pop.members = torch.cat([pop.members, spans[lo:hi]])[choice]
+        pop.act, pop.xent = act[choice], xent[choice]
+        choices.append(choice)
+    host = torch.cat([scored.activation.float(), scored.xentropy.float(), torch.cat(choices).float()]).tolist()
+    n = len(flat)
+    act_host, xent_host, choice_host = host[:n], host[n:2 * n], [int(c) for c in host[2 * n:]]
+    row = 0
+    for k, pop in enumerate(pops):
+        for m in range(population):
+            group = groups[k * population + m]
+            pop.history += history_rows(setup, group, act_host[row:row + len(group)], xent_host[row:row + len(group)],
+                                        iteration, m, lambda_list[m])
+            row += len(group)
+        pool = pop.ids + flat[bounds[k]:bounds[k + 1]]
+        pop.ids = [pool[c] for c in choice_host[k * population:(k + 1) * population]]
+
+
+def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, lambda_list: list[float],
+                        topk: int) -> list[Tensor]:
     """Rank replacement tokens, in one packed gradient pass, for every member (of every target) whose
     (prompt, lambda) has no ranking yet; keep only the current members' rankings and return them, one
     `[population, L, k]` table per target."""
-    keys = [pop.keys(lambdas) for pop in pops]
+    keys = [pop.keys(lambda_list) for pop in pops]
     missing = [(k, i) for k, pop in enumerate(pops) for i, key in enumerate(keys[k]) if key not in pop.top_cache]
     if missing:
         spans = torch.stack([pops[k].members[i] for k, i in missing])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def span_xentropy(logits: Tensor, ids: Tensor, span: tuple[int, int], logits_offset: int = 0) -> Tensor:
@@ -31,14 +31,25 @@ def span_xentropy(logits: Tensor, ids: Tensor, span: tuple[int, int], logits_off
     return ce.view(tokens.shape).mean(dim=1)
 
 
-@torch.no_grad()
-def xentropy(model: nn.Module, ids: Tensor, span: tuple[int, int]) -> Tensor:
-    """Mean cross-entropy `[N]` of `ids[:, start:end]` under `model` (e.g. a second fluency model sharing the tokenizer).
+def relaxed_span_xentropy(logits: Tensor, labels: Tensor, span: tuple[int, int], logits_offset: int = 0) -> Tensor:
+    """Mean cross-entropy `[N]` of the span with relaxed labels: `-mean_i sum_v labels[:, i, v] * log p(v | < i)`.
+
+    `labels [N, L, V]` are the span's (one-hot or relaxed) token rows, `L = end - start`; at one-hot rows
+    this equals `span_xentropy` of those tokens. Gradients reach both the logits and the labels (EPO's token
+    gradient, see `dreamy.language.gradients`). `logits` and `logits_offset` as in `span_xentropy`.
 
     Example:
-        >>> from dreamy.models import load
-        >>> lm = load("tiny:lm")
-        >>> xentropy(lm.model, torch.tensor([[0, 5, 6, 7]]), (1, 4)).shape
-        torch.Size([1])
+        >>> logits = torch.zeros(1, 4, 10)
+        >>> labels = torch.nn.functional.one_hot(torch.tensor([[2, 3, 4]]), 10).float()
+        >>> round(relaxed_span_xentropy(logits, labels, (1, 4)).item(), 4)
+        2.3026
     """
-    return span_xentropy(model(input_ids=ids).logits, ids, span)
+    start, end = span
+    if start < 1:
+        raise ValueError(f"the cross-entropy span must start at >= 1 (got {start}); prepend a BOS or prefix token")
+    pred = logits[:, start - 1 - logits_offset : end - 1 - logits_offset]
+    if pred.shape[1] != end - start or labels.shape[1] != end - start:
+        raise ValueError(f"logits ({pred.shape[1]} positions, offset {logits_offset}) or labels ({labels.shape[1]} rows) "
+                         f"do not cover span {span}")
+    logprobs = pred.to(torch.promote_types(pred.dtype, torch.float32)).log_softmax(dim=-1)
+    return -(labels.to(logprobs.dtype) * logprobs).sum(dim=-1).mean(dim=1)

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from dreamy import loop
-from dreamy.language.candidates import filter_candidates, initial_spans, swap_children
+from dreamy.language.proposals import initial_spans, swap_children
 from dreamy.language.result import PromptResult
-from dreamy.language.search import SearchSetup, history_rows, owner_spans
+from dreamy.language.search import SearchSetup, check_iters, history_rows
+from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
 
@@ -59,35 +60,49 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
         >>> [r.target for r in results]
         ['logits:3', 'logits:4']
     """
+    check_iters(iters)
     setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
                               fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
     n_targets = len(setup.targets)
     gens = [loop.make_generator(seed) for _ in range(n_targets)]
-    current = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen)
-                         for gen in gens]).to(loaded.device)
+    start = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen) for gen in gens])
+    current_ids = [tuple(row) for row in start.tolist()]  # host copy of the current prompts
+    current = start.to(loaded.device)
     everyone = torch.arange(n_targets)
     scores = setup.score(current, everyone)
-    histories = [history_rows(setup, current[k : k + 1], scores.take(slice(k, k + 1)), 0) for k in range(n_targets)]
+    act, xent = torch.stack([scores.activation, scores.xentropy]).tolist()
+    histories = [history_rows(setup, start[k : k + 1].tolist(), act[k : k + 1], xent[k : k + 1], 0) for k in range(n_targets)]
     lambdas = torch.full((n_targets,), float(fluency_weight))
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
     with loop.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             top = setup.top_tokens(current, lambdas, topk, everyone)
-            children = [filter_candidates(setup.tokenizer,
-                                          swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size,
-                                                        n_swaps=n_swaps, generator=gens[k]),
-                                          retokenize=setup.retokenize)
-                        for k in range(n_targets)]
-            spans, owners = owner_spans(children)
-            if len(spans):
+            made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size, n_swaps=n_swaps,
+                                            generator=gens[k]) for k in range(n_targets)])
+            made_ids = made.tolist()  # one transfer: token bookkeeping is host work
+            groups = filter_candidates(setup.tokenizer, [made_ids[k * batch_size:(k + 1) * batch_size]
+                                                         for k in range(n_targets)], retokenize=setup.retokenize,
+                                       parents=current_ids)
+            flat = [span for group in groups for span in group]
+            if flat:
+                owners = torch.tensor([k for k, group in enumerate(groups) for _ in group], device=current.device)
+                spans = torch.tensor(flat, dtype=torch.long, device=current.device)
                 scored = setup.score(spans, owners, parents=current, parent_index=owners)
+                objective = scored.activation - fluency_weight * scored.xentropy
+                bounds = [0]
+                for group in groups:
+                    bounds.append(bounds[-1] + len(group))
+                picks = torch.stack([objective[lo:hi].argmax() + lo if hi > lo else torch.tensor(-1, device=objective.device)
+                                     for lo, hi in zip(bounds[:-1], bounds[1:])])
+                host = torch.cat([scored.activation.float(), scored.xentropy.float(), picks.float()]).tolist()  # one transfer
+                n = len(flat)
                 for k in range(n_targets):
-                    rows = (owners == k).nonzero().flatten()
-                    if len(rows) == 0:
+                    lo, hi = bounds[k], bounds[k + 1]
+                    if hi == lo:
                         continue
-                    own = scored.take(rows)
-                    histories[k] += history_rows(setup, spans[rows], own, iteration)
-                    current[k] = spans[rows[(own.activation - fluency_weight * own.xentropy).argmax()]]
+                    histories[k] += history_rows(setup, flat[lo:hi], host[lo:hi], host[n + lo:n + hi], iteration)
+                    current_ids[k] = flat[int(host[2 * n + k])]
+                current = torch.where((picks >= 0)[:, None], spans[picks.clamp(min=0)], current)
             bests = [max(history, key=objective_of) for history in histories]
             bar.update(1)
             if n_targets == 1:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dreamy.language import scoring
-from dreamy.language.fluency import span_xentropy, xentropy
+from dreamy.language.fluency import span_xentropy
 from dreamy.language.scoring import run_chunked, score_sequences
 from dreamy.targets import Probe
 
@@ -72,6 +72,11 @@ def test_out_of_memory_halves_the_chunk():
     assert sizes[:3] == [10, 8, 4]
     with pytest.raises(RuntimeError, match="shape"):
         run_chunked(lambda rows: (_ for _ in ()).throw(RuntimeError("bad shape")), 4, 2)
+
+
+def xentropy(model, ids, span):
+    with torch.no_grad():
+        return span_xentropy(model(input_ids=ids).logits, ids, span)
 
 
 def test_fluency_model_computes_the_cross_entropy(setup, tiny_lm):

@@ -124,3 +124,25 @@ def test_packed_gcg_gives_each_target_its_own_search(tiny_lm):
 def test_packed_search_needs_targets(tiny_lm):
     with pytest.raises(ValueError, match="no targets"):
         epo_many(tiny_lm, [], n_tokens=2, iters=1, progress=False)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_searches_work_under_no_grad_and_inference_mode(tiny_lm, mode):
+    with mode():
+        a = epo(tiny_lm, TARGET, n_tokens=3, iters=2, population=2, children_per_member=4, progress=False)
+        b = gcg(tiny_lm, TARGET, n_tokens=3, iters=2, batch_size=8, progress=False)
+        c = epo_many(tiny_lm, [TARGET, "logits:4"], n_tokens=3, iters=2, population=2, children_per_member=4, progress=False)
+        d = gcg_many(tiny_lm, [TARGET, "logits:4"], n_tokens=3, iters=2, batch_size=8, progress=False)
+    plain = epo(tiny_lm, TARGET, n_tokens=3, iters=2, population=2, children_per_member=4, progress=False)
+    assert [r["token_ids"] for r in a.history] == [r["token_ids"] for r in plain.history]
+    assert all(len(r.history) > 1 for r in [a, b, *c, *d])
+
+
+@pytest.mark.parametrize("iters", [0, -3])
+def test_searches_of_no_iterations_are_refused(tiny_lm, iters):
+    for search in (lambda: epo(tiny_lm, TARGET, iters=iters, progress=False),
+                   lambda: gcg(tiny_lm, TARGET, iters=iters, progress=False),
+                   lambda: epo_many(tiny_lm, [TARGET], iters=iters, progress=False),
+                   lambda: gcg_many(tiny_lm, [TARGET], iters=iters, progress=False)):
+        with pytest.raises(ValueError, match=f"iters must be >= 1.*got {iters}"):
+            search()
