@@ -6,6 +6,7 @@ import torch
 from dreamy.vision.facets import dream_facets, facet_starts, kmeans
 from dreamy.vision.param import ImageParam
 from dreamy.vision.render import dream
+from dreamy.vision.regularizers import center_bias
 
 
 def test_kmeans_separates_clear_clusters():
@@ -39,3 +40,7 @@ def test_dream_facets_gives_one_centred_dream_per_facet(tiny_cnn):
     assert result.images.shape == (3, 3, 32, 32) and result.row_targets == [0, 0, 0]
     assert result.settings["facets"] == 3 and result.settings["regularizers"] == {"center": 1.0}
     assert (result.history[-1] > result.history[0]).all()
+    free = dream_facets(tiny_cnn, "head:3", photos, k=3, steps=10, center=0.0, progress=False)
+    assert free.settings["regularizers"] == {"center": 0.0}
+    # same starts, seeds and steps: only the centre bias differs, and it pulls every facet's energy inward
+    assert (center_bias(result.images) < center_bias(free.images)).all()
