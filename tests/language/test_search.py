@@ -146,3 +146,20 @@ def test_searches_of_no_iterations_are_refused(tiny_lm, iters):
                    lambda: gcg_many(tiny_lm, [TARGET], iters=iters, progress=False)):
         with pytest.raises(ValueError, match=f"iters must be >= 1.*got {iters}"):
             search()
+
+
+def test_an_epo_iteration_synchronizes_the_host_a_few_times_not_per_element(tiny_lm):
+    # host syncs (`.item()`, `int(tensor)`, ...) show as aten::item / aten::_local_scalar_dense; the
+    # difference between a 3- and a 1-iteration run is what two iterations cost
+    from torch.profiler import ProfilerActivity, profile
+
+    population = 4
+
+    def syncs(iters):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            epo(tiny_lm, TARGET, n_tokens=6, iters=iters, population=population, children_per_member=16,
+                restart_every=None, progress=False)
+        return sum(e.name in ("aten::item", "aten::_local_scalar_dense") for e in prof.events())
+
+    per_iteration = (syncs(3) - syncs(1)) / 2
+    assert per_iteration <= 4 * population, per_iteration
