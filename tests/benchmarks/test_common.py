@@ -1,6 +1,7 @@
 """Tests for benchmarks/common.py: what every benchmark script relies on."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -9,13 +10,15 @@ from benchmarks import common
 
 
 def test_write_result_records_command_machine_date_settings_and_figures(tmp_path):
+    started = time.perf_counter()
     path = common.write_result("demo", {"value": torch.tensor(2.5), "nan": float("nan")}, settings={"k": 3},
-                               results_dir=tmp_path, started=0.0)
+                               results_dir=tmp_path, started=started)
+    elapsed = time.perf_counter() - started
     record = json.loads(path.read_text())
     assert record["figures"] == {"value": 2.5, "nan": None}
     assert record["settings"] == {"k": 3} and record["command"].startswith("python")
     assert record["machine"]["device"] == "cpu" and record["machine"]["cpu_count"] >= 1
-    assert "T" in record["date"] and record["seconds"] > 0
+    assert "T" in record["date"] and 0 < record["seconds"] <= elapsed
     assert [p.name for p in tmp_path.iterdir()] == ["demo.json"]
 
 

@@ -12,4 +12,7 @@ def test_dataset_scan_runs_on_tiny_models(run_script, tmp_path, monkeypatch):
         pytest.skip("Debian dataset-fashion-mnist is not installed")
     rows = run_script("dataset_scan", "--vision-model", "tiny:cnn", "--lm-model", "tiny:lm", "--corpus", str(corpus))["figures"]["rows"]
     assert [r["scan"] for r in rows] == ["images", "images", "text"]
-    assert all(r["items/s"] > 0 and r["GFLOP/s"] > 0 for r in rows)
+    for row in rows:
+        assert 0 < row["scan s"] <= row["total s"] and row["GFLOP/item"] > 0
+        assert row["items/s"] == pytest.approx(row["items"] / row["scan s"])
+        assert row["GFLOP/s"] == pytest.approx(row["items/s"] * row["GFLOP/item"])

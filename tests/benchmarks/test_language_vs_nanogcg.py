@@ -11,8 +11,11 @@ def test_language_vs_nanogcg_runs_small(run_script):
                          "--n-tokens", "3")["figures"]
     assert [r["method"] for r in figures["rows"]] == ["nanoGCG", "dreamy GCG", "dreamy EPO"]
     assert all(r["s/iter"] > 0 for r in figures["rows"])
-    ours = figures["rows"][1]
+    ours, epo = figures["rows"][1:]
     assert ours["logprob"] < 0 and ours["xent"] > 0 and figures["corpus_median_xent"] > 0
+    assert epo["frontier"] and epo["logprob"] == max(p["logprob"] for p in epo["frontier"])  # the best is on the frontier
+    if epo["best fluent logprob"] is not None:
+        assert epo["best fluent logprob"] <= epo["logprob"]
 
 
 def test_chat_layout_puts_the_span_where_the_template_has_it(tiny_lm):

@@ -1,10 +1,16 @@
 """benchmarks/many_targets.py runs on the tiny models."""
 
+import pytest
+
 
 def test_many_targets_runs_on_tiny_cnn(run_script):
     record = run_script("many_targets", "--kind", "image", "--model", "tiny:cnn", "--site", "conv3", "--targets", "2",
                         "--steps", "2", "--size", "32")
-    assert record["figures"]["image"]["speedup"] > 0 and "prompt" not in record["figures"]
+    image = record["figures"]["image"]
+    packed, single = image["rows"]
+    assert "prompt" not in record["figures"] and packed["targets"] == single["targets"] == 2
+    assert image["speedup"] == pytest.approx(single["seconds"] / packed["seconds"])
+    assert packed["s_per_target"] == pytest.approx(packed["seconds"] / 2)
 
 
 def test_many_targets_packs_prompts_on_tiny_lm(run_script):

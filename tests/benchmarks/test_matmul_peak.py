@@ -3,4 +3,6 @@
 
 def test_matmul_peak_runs(run_script):
     record = run_script("matmul_peak")
-    assert record["figures"]["peak_gflops"] > 0
+    fp32 = record["figures"]["float32"]
+    assert [int(n) for n in fp32["gflops_by_size"]] == list(record["settings"]["sizes"])
+    assert record["figures"]["peak_gflops"] == fp32["peak_gflops"] == max(fp32["gflops_by_size"].values()) > 0

@@ -1,0 +1,38 @@
+"""benchmarks/epo_vs_reference.py runs on tiny:lm (2 iterations, 4 children) when the reference EPO is present."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REFERENCE = os.environ.get("DREAMY_REFERENCE_SRC", "/tmp/dreamy-ref")
+
+
+@pytest.mark.skipif(not (Path(REFERENCE) / "dreamy" / "epo.py").exists(),
+                    reason="no reference EPO (fetch Confirm-Solutions/dreamy to /tmp/dreamy-ref or set DREAMY_REFERENCE_SRC)")
+def test_epo_vs_reference_runs_small(run_script):
+    figures = run_script("epo_vs_reference", "--reference-src", REFERENCE, "--model", "tiny:lm", "--iters", "2",
+                         "--children", "4")["figures"]
+    assert len(figures["rows"]) == 4 and figures["ours_s_per_iter"] > 0 and figures["reference_s_per_iter"] > 0
+    row = figures["rows"][0]
+    assert set(row["ours"]) >= {"4.5", "5.0", "6.0", "7.0", "max"} and row["reference"]["max"] is not None
+    assert set(figures["summary"]) == {"4.5", "5.0", "6.0", "7.0"}
+
+
+def test_epo_vs_reference_skips_without_the_reference(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from benchmarks import epo_vs_reference
+
+    monkeypatch.delenv("DREAMY_REFERENCE_SRC", raising=False)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/epo_vs_reference.py", "--results-dir", str(tmp_path)])
+    epo_vs_reference.main()
+    assert "skipped" in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_neurons_are_drawn_one_per_depth_range(tiny_lm):
+    from benchmarks.epo_vs_reference import pick_neurons
+
+    picks = pick_neurons(tiny_lm, 4, 0)
+    assert picks == pick_neurons(tiny_lm, 4, 0) and len(picks) == 4
+    assert [layer for layer, _ in picks] == sorted(layer for layer, _ in picks)
