@@ -5,8 +5,12 @@
     dream prompt [--model M] --target SPEC [...] --out DIR [--method epo|gcg] [--iters N] [--resume] [--ray [ADDR]]
 
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m.
-Bad arguments print one line and exit with code 2; a target that fails is recorded with its error,
-the others go on, and the command exits with 1 at the end.
+Everything that can be checked before the work is checked first: the arguments, the device, the
+output folder (a non-empty one needs `--resume`, for the same run only, or `--overwrite`), the
+`--maxima` dataset, an image batch's memory, and every target against the loaded model. A bad one
+prints one line and exits with code 2, with nothing written. A target that fails mid-run is recorded
+with its error, the others go on, and the command exits with 1 at the end. Ctrl-C or SIGTERM stops
+the run (exit 130); finished targets are saved and `--resume` completes the rest.
 
 Example:
     >>> main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", __import__("tempfile").mkdtemp(), "--quiet"])  # doctest: +ELLIPSIS
@@ -18,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from dreamy.targets import SpecError, TargetError, expand
+from dreamy.targets import TargetError, expand
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
 DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
@@ -40,13 +46,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+MIN_IMAGE_SIDE = 16
+# Image memory estimate: bytes per input value (3 x H x W per image) that a forward + backward keeps
+# (activations of every layer, the parametrization, Adam's state); measured EfficientNet-Lite0 needs
+# about a third of this, so the estimate refuses only sizes that cannot fit.
+BYTES_PER_INPUT_VALUE = 1200
+MAX_SEED = 2**63 - 1
+
+
 def _positive(kind: type):
     def convert(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
         return value
     return convert
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--out", required=True, help="output folder for results.json, index.html and PNGs")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--device", default="cpu")
-        cmd.add_argument("--resume", action="store_true", help="skip targets already finished in --out")
+        cmd.add_argument("--resume", action="store_true", help="skip targets already finished in --out (same run only)")
+        cmd.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
         cmd.add_argument("--batch-targets", type=_positive(int), default=8, help="targets per shared batch (default %(default)s)")
         cmd.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                          help="shard over a Ray cluster (no address: start a local one)")
@@ -77,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--lr", type=_positive(float), default=0.05)
     image.add_argument("--size", type=_positive(int), default=None, help="image side (default: the model's input size)")
     image.add_argument("--per-target", type=_positive(int), default=1, help="images per target (default %(default)s)")
-    image.add_argument("--diversity", type=float, default=0.0)
+    image.add_argument("--diversity", type=_finite, default=0.0)
     for name in ("tv", "l1", "l2", "blur", "center"):
-        image.add_argument(f"--{name}", type=float, default=0.0, help=f"weight of the {name} regularizer")
+        image.add_argument(f"--{name}", type=_finite, default=0.0, help=f"weight of the {name} regularizer")
     prompt = sub.choices["prompt"]
     prompt.add_argument("--method", default="epo", choices=["epo", "gcg"])
     prompt.add_argument("--iters", type=_positive(int), default=50)
@@ -107,15 +135,78 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _targets(args: argparse.Namespace) -> list[str]:
     specs = args.target
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip() or spec.strip() == "--":
+            shown = spec if isinstance(spec, str) else "--"
+            raise UsageError(f"--target {shown!r} is not a target spec; give one like --target 'conv3:1' (see `dream sites MODEL`)")
     if not specs:
         if args.command == "image" and args.model == DEFAULT_MODELS["image"]:
             specs = DEMO_TARGETS
         else:
             raise UsageError("give at least one --target SPEC (e.g. --target 'model.layers.5.mlp.down_proj@in:100')")
     try:
-        return [str(t) for spec in specs for t in expand(spec)]
-    except SpecError as error:
+        return list(dict.fromkeys(str(t) for spec in specs for t in expand(spec)))
+    except TargetError as error:
         raise UsageError(str(error).splitlines()[0]) from error
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_image_memory(args: argparse.Namespace, n_targets: int, size: tuple[int, int], device: torch.device) -> None:
+    """Refuse an image batch whose estimated memory exceeds what the device has free."""
+    images = min(args.batch_targets, n_targets) * args.per_target
+    need = images * 3 * size[0] * size[1] * BYTES_PER_INPUT_VALUE
+    free = _available_bytes(device)
+    if free is not None and need > free:
+        raise UsageError(f"{images} image(s) of {size[0]}x{size[1]} need about {need / 2**30:.1f} GiB but "
+                         f"{free / 2**30:.1f} GiB is free; lower --size, --batch-targets or --per-target")
+
+
+def _check_dataset(args: argparse.Namespace) -> None:
+    from dreamy.datasets import DatasetError, open_images, open_text
+
+    if args.maxima is None:
+        return
+    try:
+        if args.command == "image":
+            open_images(args.maxima, limit=1)
+        else:
+            open_text(args.maxima, max_words=1)
+    except DatasetError as error:
+        raise UsageError(f"--maxima: {str(error).splitlines()[0]}") from error
+
+
+def _check_arguments(args: argparse.Namespace) -> torch.device:
+    """Everything about a dream command that is known before loading the model."""
+    from dreamy.models import ModelLoadError, check_device, kind_of
+
+    wanted = "vision" if args.command == "image" else "language"
+    kind = kind_of(args.model)
+    if kind is not None and kind != wanted:
+        other = "prompt" if args.command == "image" else "image"
+        raise UsageError(f"--model {args.model} is a {kind} model; `{args.command}` needs a {wanted} model "
+                         f"(use `dream {other}`, or e.g. --model {DEFAULT_MODELS[args.command]})")
+    try:
+        device = check_device(args.device)
+    except ModelLoadError as error:
+        raise UsageError(f"--device: {error}") from error
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
+    if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
+        raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
+    _check_dataset(args)
+    return device
 
 
 def _attach_maxima(args: argparse.Namespace, records: list[dict[str, Any]], out: Path) -> None:
@@ -171,16 +262,34 @@ def _sites(args: argparse.Namespace) -> int:
 
 
 def _dream(args: argparse.Namespace) -> int:
+    from dreamy.batches import plan_batches, unusable_targets
+    from dreamy.models import load
+    from dreamy.results import OutDirError, prepare_out_dir, run_info
     from dreamy.scale import dream_targets
 
+    device = _check_arguments(args)
     specs = _targets(args)
+    if args.seed + len(plan_batches(specs, args.batch_targets)) > MAX_SEED:
+        raise UsageError(f"--seed {args.seed} is too large: batch k uses seed + k, which must stay <= {MAX_SEED}")
+    settings = _settings(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    records = dream_targets(args.model, specs, kind=args.command, settings=_settings(args), out_dir=out,
-                            resume=args.resume, seed=args.seed, batch_targets=args.batch_targets,
-                            use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
-                            device=args.device, progress=not args.quiet)
+    try:
+        prepare_out_dir(args.out, run_info(args.model, args.command, settings, args.seed), resume=args.resume,
+                        overwrite=args.overwrite)
+    except OutDirError as error:
+        raise UsageError(str(error)) from error
+    loaded = load(args.model, device)
+    if args.command == "image":
+        _check_image_memory(args, len(specs), tuple(settings.get("image_size") or loaded.preprocess.size), device)
+    bad = unusable_targets(loaded, args.command, specs, settings)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
+        raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
+    records = dream_targets(args.model, specs, kind=args.command, settings=settings, out_dir=out,
+                            resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+                            batch_targets=args.batch_targets, use_ray=args.ray is not None,
+                            ray_address=args.ray or None, workers=args.workers, device=str(device),
+                            progress=not args.quiet, loaded=loaded)
     _attach_maxima(args, records, out)
     failed = [r for r in records if "error" in r]
     for record in failed:
@@ -189,9 +298,22 @@ def _dream(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM stops a run the way Ctrl-C does (finished targets saved, the current batch not recorded).
+    Returns the previous handler (None when SIGTERM cannot be set here, off the main thread)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dream` with `argv` (default: the command line); returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
+    previous = _interrupt_on_sigterm()
     try:
         args = build_parser().parse_args(argv)
         if args.command == "sites":
@@ -206,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dream: interrupted; finished targets are saved (rerun with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

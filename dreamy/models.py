@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 NAMES = ("bundled:efficientnet-lite0", "bundled:smollm2-135m", "bundled:gemma3-270m", "tiny:cnn", "tiny:lm")
 PREFIXES = ("torchvision:", "hf:", "lucent:")
+KINDS_BY_NAME = {"bundled:efficientnet-lite0": "vision", "tiny:cnn": "vision", "torchvision:": "vision", "lucent:": "vision",
+                 "bundled:smollm2-135m": "language", "bundled:gemma3-270m": "language", "tiny:lm": "language",
+                 "hf:": "language"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -242,6 +245,46 @@ def _lucent(name: str, arch: str, device: str | torch.device) -> LoadedModel:
     return LoadedModel(name, "vision", _freeze_vision(model, device), preprocess=preprocess)
 
 
+def kind_of(name: str) -> str | None:
+    """"vision" or "language" for a model name, known without loading it (None for an unknown name).
+
+    Example:
+        >>> kind_of("tiny:lm"), kind_of("torchvision:resnet50"), kind_of("nope")
+        ('language', 'vision', None)
+    """
+    for key, kind in KINDS_BY_NAME.items():
+        if name == key or (key.endswith(":") and name.startswith(key) and len(name) > len(key)):
+            return kind
+    return None
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """The torch device `name` names, if this machine has it; `ModelLoadError` otherwise.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"unknown device {str(name)!r}; use cpu, cuda, cuda:N or mps") from error
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"device {str(name)!r}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ModelLoadError(f"device {str(name)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {str(name)!r}: MPS is not available here; use --device cpu")
+        return device
+    raise ModelLoadError(f"device {str(name)!r} cannot run dreams (it holds no data or is not supported); use cpu, cuda or mps")
+
+
 def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bool = False) -> LoadedModel:
     """Load a model by name (see the module docstring for the names).
 
@@ -252,6 +295,7 @@ def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bo
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    device = check_device(device)
     if name == "bundled:efficientnet-lite0":
         return _efficientnet_lite0(device)
     if name == "bundled:smollm2-135m":

@@ -28,7 +28,7 @@ class RayRunner:
             import ray
         except ImportError as error:
             raise RuntimeError("--ray needs Ray: pip install 'ray' (or the project's [ray] extra)") from error
-        from dreamy.scale import dream_batch
+        from dreamy.batches import dream_batch
 
         @ray.remote(num_cpus=1, max_restarts=0)
         class Worker:

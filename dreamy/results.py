@@ -1,7 +1,11 @@
 """Results on disk: atomic writes and a results.json of one record per target, safe to resume.
 
 Every write goes to a temporary file in the same folder and is renamed over the old one, so a kill
-at any moment leaves either the old or the new file, never half of one.
+at any moment leaves either the old or the new file, never half of one. Files get the usual
+permissions (0666 less the umask), and JSON never holds a bare NaN or Infinity (they become null).
+
+A results.json also records the run that made it (`run_info`: model, kind, settings, seed and a
+fingerprint of them), so a resumed run with other settings is refused instead of mixed in.
 
 Example:
     >>> import tempfile
@@ -13,12 +17,28 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+# What a dreamy run writes into its output folder (removed by `prepare_out_dir(..., overwrite=True)`).
+OUTPUT_NAMES = ("results.json", "index.html", "images", "maxima")
+
+
+class OutDirError(ValueError):
+    """The output folder cannot be used for this run (unwritable, holds another run, not a results file)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
@@ -38,6 +58,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a served gallery must be readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,40 +66,197 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, +-inf) replaced by None, so the JSON is standard.
+
+    Example:
+        >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
+        {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically.
+    """Write `obj` as indented standard JSON (non-finite floats become null), atomically.
 
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"; write_json_atomic(p, {"a": 1}); json.loads(p.read_text())
         {'a': 1}
     """
-    write_atomic(path, json.dumps(obj, indent=1, allow_nan=True))
+    write_atomic(path, json.dumps(json_safe(obj), indent=1, allow_nan=False))
+
+
+def short_hash(text: str, length: int = 8) -> str:
+    """The first `length` hex digits of the SHA-256 of `text`.
+
+    Example:
+        >>> short_hash("conv3:1")
+        '74bf4bd9'
+    """
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def safe_name(spec: str) -> str:
-    """A file-name-safe version of a target spec.
+    """A file-name-safe, collision-free name for a target spec: a readable slug plus a short hash of
+    the whole spec (specs that differ only in characters the slug drops, or after its first 80
+    characters, still get different names).
 
     Example:
         >>> safe_name("0.5*layer3:1-layer4:2")
-        '0.5_layer3_1-layer4_2'
+        '0.5_layer3_1-layer4_2-ee9085d2'
     """
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")
-    return name[:120] or "target"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_.")[:80] or "target"
+    return f"{slug}-{short_hash(spec)}"
+
+
+def run_info(model: str, kind: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What identifies a run's results: model, kind, settings and seed, with a fingerprint of all four.
+
+    Example:
+        >>> info = run_info("tiny:cnn", "image", {"steps": 4}, 0)
+        >>> info["fingerprint"] == run_info("tiny:cnn", "image", {"steps": 4}, 0)["fingerprint"]
+        True
+    """
+    info = json.loads(json.dumps({"model": model, "kind": kind, "settings": settings, "seed": seed}, sort_keys=True))
+    info["fingerprint"] = short_hash(json.dumps(info, sort_keys=True), 16)
+    return info
+
+
+def run_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two `run_info`s (empty when they match).
+
+    Example:
+        >>> run_differences(run_info("m", "image", {"steps": 4}, 0), run_info("m", "image", {"steps": 50}, 0))
+        ['steps: 4 there, 50 now']
+    """
+    if old.get("fingerprint") == new.get("fingerprint"):
+        return []
+    found = [f"{key}: {old.get(key)!r} there, {new.get(key)!r} now" for key in ("model", "kind", "seed")
+             if old.get(key) != new.get(key)]
+    if old.get("kind") != new.get("kind"):
+        return found  # other settings of another kind differ by nature
+    before, after = old.get("settings") or {}, new.get("settings") or {}
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            found.append(f"{key}: {_shown(before, key)} there, {_shown(after, key)} now")
+    return found or ["settings fingerprint differs"]
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    return json.dumps(settings[key]) if key in settings else "unset"
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse a folder this process cannot create or write into, without leaving anything behind."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutDirError(f"--out {directory}: '{existing}' is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".dreamy-write-test-", dir=existing)).rmdir()
+    except OSError as error:
+        raise OutDirError(f"--out {directory} is not writable ({error.strerror or error}); choose another folder") from error
+
+
+def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
+    """Check, before any work, that `directory` can take the results of `run` (see `run_info`).
+
+    Refused (`OutDirError`): an empty path, a path that is a file, a folder that cannot be written, a
+    non-empty folder without `resume` or `overwrite`, a `resume` into results of another run (the message
+    names what differs) or into a broken results.json. `overwrite` lets any folder through (the caller
+    clears the old outputs with `clear_outputs` once its own checks pass). Nothing is created or removed here.
+
+    Example:
+        >>> import tempfile
+        >>> prepare_out_dir(tempfile.mkdtemp(), run_info("tiny:cnn", "image", {}, 0))
+    """
+    if str(directory).strip() == "":
+        raise OutDirError("--out is empty; name an output folder, e.g. --out dreams/")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutDirError(f"--out {directory} exists and is not a folder")
+    _check_writable(directory)
+    if not directory.exists() or not any(directory.iterdir()):
+        return
+    if overwrite:
+        return
+    if not resume:
+        raise OutDirError(f"--out {directory} is not empty; add --resume to continue its run, --overwrite to replace it, "
+                          "or choose another folder")
+    store = ResultsStore(directory)
+    if store.run is None:
+        if store.records or (directory / "results.json").exists():
+            raise OutDirError(f"{store.path} records no run settings (an older dreamy made it), so --resume cannot "
+                              "check it is the same run; use --overwrite or another --out")
+        return
+    different = run_differences(store.run, run)
+    if different:
+        raise OutDirError(f"--resume: {store.path} holds another run ({'; '.join(different)}); "
+                          "use the same settings, --overwrite, or another --out")
+
+
+def clear_outputs(directory: str | Path) -> None:
+    """Remove what a dreamy run wrote into `directory` (`OUTPUT_NAMES`); other files stay.
+
+    Example:
+        >>> import tempfile
+        >>> clear_outputs(tempfile.mkdtemp())
+    """
+    for name in OUTPUT_NAMES:
+        path = Path(directory) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The run and records of a results.json; `OutDirError` for anything that is not one."""
+    def refuse(why: str) -> OutDirError:
+        return OutDirError(f"{path} is not a dreamy results file ({why}); choose another --out or use --overwrite")
+
+    if path.is_dir():
+        raise refuse("it is a folder")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refuse(str(error)) from error
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise refuse('expected {"records": [...]}')
+    for i, record in enumerate(data["records"]):
+        if not isinstance(record, dict) or not isinstance(record.get("target"), str):
+            raise refuse(f"record {i} has no string 'target'")
+    run = data.get("run")
+    if run is not None and not isinstance(run, dict):
+        raise refuse("'run' is not an object")
+    return run, data["records"]
 
 
 class ResultsStore:
-    """`DIR/results.json`: a list of records keyed by their `target`; re-adding a target replaces it."""
+    """`DIR/results.json`: a list of records keyed by their `target`; re-adding a target replaces it.
 
-    def __init__(self, directory: str | Path) -> None:
+    `run` (see `run_info`) is written beside the records; a store opened with a `run` refuses a file
+    that holds another run's records.
+    """
+
+    def __init__(self, directory: str | Path, run: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / "results.json"
         self.records: list[dict[str, Any]] = []
-        if self.path.exists():
-            try:
-                self.records = json.loads(self.path.read_text())["records"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{self.path} is not a dreamy results file ({error}); choose another --out") from error
+        self.run = run
+        if self.path.exists() or self.path.is_symlink():
+            saved_run, self.records = _read_results(self.path)
+            if run is not None and saved_run is not None and run_differences(saved_run, run):
+                raise OutDirError(f"{self.path} holds another run ({'; '.join(run_differences(saved_run, run))})")
+            self.run = run or saved_run
 
     def done(self, include_errors: bool = False) -> set[str]:
         """Targets with a finished record (failed ones only with `include_errors`)."""
@@ -93,4 +271,4 @@ class ResultsStore:
         new = list(records)
         replaced = {r["target"] for r in new}
         self.records = [r for r in self.records if r["target"] not in replaced] + new
-        write_json_atomic(self.path, {"records": self.records})
+        write_json_atomic(self.path, {**({"run": self.run} if self.run else {}), "records": self.records})

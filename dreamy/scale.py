@@ -9,6 +9,11 @@ results. Each finished batch is written at once (PNGs, then the records, atomica
 `resume=True` skips them. With Ray, each worker loads the model
 once; a worker that dies loses only the batch it was running, which a resumed run completes.
 
+Before any dreaming, every target is checked against the model (`batches.unusable_targets`): a target
+that cannot be scored is recorded with its error at once and never dreamed. results.json records
+the run (model, kind, settings, seed); resuming it with anything else is refused (`results.OutDirError`).
+Ctrl-C or SIGTERM stops the run: finished batches are kept, the interrupted one is not recorded.
+
 Example:
     >>> import tempfile
     >>> records = dream_targets("tiny:cnn", ["head:1", "head:2"], kind="image", settings={"steps": 2},
@@ -20,122 +25,25 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
-from dreamy import loop
-from dreamy.targets import expand
+from dreamy import batches, loop
+from dreamy.batches import KINDS, BatchOutput, plan_batches
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "prompt")
-
-
-@dataclass
-class BatchOutput:
-    """What a worker sends back for one batch: a record per target and the PNG bytes it refers to."""
-
-    records: list[dict[str, Any]]
-    files: dict[str, bytes] = field(default_factory=dict)
-
-
-def class_label(loaded: Any, spec: str) -> str | None:
-    """The class name a one-term `logits:N` / `logprobs:N` target names, when the model has class names.
-
-    Example:
-        >>> from dreamy.models import load
-        >>> tiny = load("tiny:cnn")
-        >>> class_label(tiny, "logits:3"), class_label(tiny, "conv3:1") is None
-        ('class 3', True)
-    """
-    from dreamy.targets import Neuron, parse
-
-    names = getattr(loaded, "class_names", None)
-    terms = parse(spec).terms
-    if not names or len(terms) != 1 or not terms[0].site.is_logits or not isinstance(terms[0].unit, Neuron):
-        return None
-    index = terms[0].unit.index
-    return names[index] if 0 <= index < len(names) else None
-
-
-def _packed_run(kind: str, settings: dict[str, Any]) -> tuple[Callable[..., Any], dict[str, Any], str]:
-    """The function that dreams a whole batch of `kind`, its keyword settings, and the method name records carry."""
-    if kind == "image":
-        from dreamy.vision.render import dream
-
-        return dream, settings, settings.get("param", "fourier")
-    if kind == "prompt":
-        from dreamy.language import epo_many, gcg_many
-
-        options = {key: value for key, value in settings.items() if key != "method"}
-        method = settings.get("method", "epo")
-        return {"epo": epo_many, "gcg": gcg_many}[method], options, method
-    raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
-
-
-def _image_output(loaded: Any, result: Any) -> BatchOutput:
-    from dreamy.gallery import png_bytes
-    from dreamy.results import safe_name
-
-    out = BatchOutput([])
-    for t, spec in enumerate(result.targets):
-        rows = result.rows_of(t)
-        record = result.to_record(rows[0])
-        names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
-        for name, row in zip(names, rows):
-            out.files[name] = png_bytes(result.images[row])
-        activations = [float(result.activation[r]) for r in rows]
-        record.update({"model": loaded.name, "method": result.settings.get("param", "image"), "images": names,
-                       "activations": activations, "activation": max(activations)})
-        label = class_label(loaded, spec)
-        if label:
-            record["label"] = label
-        out.records.append(record)
-    return out
-
-
-def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
-    """Dream one batch of targets, packed, on an already loaded model (images: `vision.dream`; prompts:
-    `epo_many`/`gcg_many`). One bad target must not sink the batch: if the packed run fails, its targets
-    are retried one by one, and a target that fails alone becomes an error record."""
-    run, options, method = _packed_run(kind, settings)
-    try:
-        result = run(loaded, list(specs), seed=seed, progress=False, **options)
-    except Exception as error:
-        if len(specs) == 1:
-            return BatchOutput([{"kind": kind, "target": specs[0], "model": loaded.name, "method": method,
-                                 "error": f"{type(error).__name__}: {error}"}])
-        outputs = [dream_batch(loaded, kind, [spec], settings, seed) for spec in specs]
-        return BatchOutput([r for o in outputs for r in o.records], {k: v for o in outputs for k, v in o.files.items()})
-    if kind == "image":
-        return _image_output(loaded, result)
-    return BatchOutput([{**one.to_record(), "model": loaded.name} for one in result])
-
-
-def plan_batches(specs: Sequence[str], batch_targets: int) -> list[list[str]]:
-    """Expand ranges and cut the target list into batches (batch k is the same in every mode).
-
-    Example:
-        >>> plan_batches(["conv:0-4"], 2)
-        [['conv:0', 'conv:1'], ['conv:2', 'conv:3'], ['conv:4']]
-    """
-    if batch_targets < 1:
-        raise ValueError(f"batch_targets must be >= 1, got {batch_targets}")
-    expanded = list(dict.fromkeys(str(t) for spec in specs for t in expand(spec)))
-    return [expanded[i : i + batch_targets] for i in range(0, len(expanded), batch_targets)]
+__all__ = ["BatchOutput", "KINDS", "dream_targets", "plan_batches"]
 
 
 class _Writer:
     """Writes finished batches into the output folder: PNGs first, then the records, then the gallery."""
 
-    def __init__(self, out_dir: str | Path | None, title: str) -> None:
+    def __init__(self, out_dir: str | Path | None, title: str, run: dict[str, Any]) -> None:
         from dreamy.results import ResultsStore
 
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.store = ResultsStore(self.out_dir) if self.out_dir is not None else None
+        self.store = ResultsStore(self.out_dir, run) if self.out_dir is not None else None
         self.title = title
         self.records: list[dict[str, Any]] = []
 
@@ -144,7 +52,7 @@ class _Writer:
 
     def write(self, output: BatchOutput) -> None:
         self.records.extend(output.records)
-        if self.out_dir is None:
+        if self.out_dir is None or not output.records:
             return
         from dreamy.gallery import write_index
         from dreamy.results import write_atomic
@@ -156,23 +64,41 @@ class _Writer:
 
 
 def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", settings: dict[str, Any] | None = None,
-                  out_dir: str | Path | None = None, resume: bool = False, seed: int = 0, batch_targets: int = 8,
-                  ray_address: str | None = None, use_ray: bool = False, workers: int = 2, device: str = "cpu",
-                  progress: bool = True, on_batch: Callable[[Any, int], None] | None = None) -> list[dict[str, Any]]:
+                  out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False, seed: int = 0,
+                  batch_targets: int = 8, ray_address: str | None = None, use_ray: bool = False, workers: int = 2,
+                  device: str = "cpu", progress: bool = True, on_batch: Callable[[Any, int], None] | None = None,
+                  loaded: Any = None) -> list[dict[str, Any]]:
     """Dream every target of `specs` with model `model`, locally or over Ray, and return the records.
 
     `settings` go to `vision.dream` (kind "image") or to `language.epo`/`gcg` (kind "prompt"; a
     `"method"` key picks gcg). With `use_ray` (or a `ray_address`) batches are sharded over `workers`
     Ray actors (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)`
-    is called after batch k is written (for tests and monitoring).
+    is called after batch k is written (for tests and monitoring). A non-empty `out_dir` needs
+    `resume` (same run only) or `overwrite`. `loaded`: the model already loaded (else it is loaded
+    here; with Ray it is still loaded once here, to check the targets).
     """
+    from dreamy.results import clear_outputs, prepare_out_dir, run_info
+
     if kind not in KINDS:
         raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
     settings = dict(settings or {})
-    batches = plan_batches(specs, batch_targets)
-    writer = _Writer(out_dir, f"dreamy {kind} dreams: {model}")
+    run = run_info(model, kind, settings, seed)
+    if out_dir is not None:
+        prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)
+    planned = plan_batches(specs, batch_targets)
+    if loaded is None:
+        from dreamy.models import load
+
+        loaded = load(model, device)
+    if out_dir is not None and overwrite:
+        clear_outputs(out_dir)
+    writer = _Writer(out_dir, f"dreamy {kind} dreams: {model}", run)
     skip = writer.done() if resume else set()
-    todo = [(k, [s for s in batch if s not in skip]) for k, batch in enumerate(batches)]
+    _, _, method = batches._packed_run(kind, settings)
+    unusable = batches.unusable_targets(loaded, kind, [s for batch in planned for s in batch if s not in skip], settings)
+    writer.write(BatchOutput([batches.error_record(loaded, kind, spec, method, error) for spec, error in unusable]))
+    skip |= {spec for spec, _ in unusable}
+    todo = [(k, [s for s in batch if s not in skip]) for k, batch in enumerate(planned)]
     todo = [(k, batch) for k, batch in todo if batch]
     if use_ray or ray_address:
         from dreamy.ray_runner import run_on_ray
@@ -180,12 +106,9 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
         run_on_ray(model, kind, todo, settings, seed, writer, address=ray_address, workers=workers, device=device,
                    progress=progress, on_batch=on_batch)
         return writer.records
-    from dreamy.models import load
-
-    loaded = load(model, device)
     with loop.progress(len(todo), f"{kind} batches", enabled=progress) as bar:
         for k, batch in todo:
-            writer.write(dream_batch(loaded, kind, batch, settings, seed + k))
+            writer.write(batches.dream_batch(loaded, kind, batch, settings, seed + k))
             if on_batch:
                 on_batch(None, k)
             bar.update(1)

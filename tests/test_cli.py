@@ -35,19 +35,19 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
         assert len(record["images"]) == 2 and all((tmp_path / p).stat().st_size > 0 for p in record["images"])
         assert isinstance(record["activation"], float)
     page = (tmp_path / "index.html").read_text()
-    assert "conv3:1" in page and "images/conv3_1_0.png" in page
+    assert "conv3:1" in page and "images/conv3_1-" in page
 
 
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
-    import dreamy.scale as scale
+    import dreamy.batches as batches
 
     def fake_batch(loaded, kind, specs, settings, seed):
-        return scale.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
+        return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
             for s in specs])
 
-    monkeypatch.setattr(scale, "dream_batch", fake_batch)
+    monkeypatch.setattr(batches, "dream_batch", fake_batch)
     assert main(["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", str(tmp_path), "--quiet"]) == 0
     page = (tmp_path / "index.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;/script&gt;" in page
@@ -85,14 +85,32 @@ def test_resume_after_a_killed_run_has_no_duplicates_and_no_gaps(tmp_path):
     assert all((tmp_path / r["images"][0]).exists() for r in records(tmp_path))
 
 
-def test_a_failing_target_is_recorded_and_the_others_finish(tmp_path):
-    done = run("image", "--model", "tiny:cnn", "--target", "head:1", "--target", "head:50", "--target", "nope:1",
-               "--steps", "2", "--out", str(tmp_path), "--quiet")
-    assert done.returncode == 1
+def test_a_target_failing_mid_run_is_recorded_and_the_others_finish(tmp_path, monkeypatch, capsys):
+    import dreamy.vision.render as render
+
+    real = render.dream
+
+    def dream(loaded, specs, **kwargs):
+        if "head:2" in specs:
+            raise RuntimeError("diverged")
+        return real(loaded, specs, **kwargs)
+
+    monkeypatch.setattr(render, "dream", dream)
+    code = main(["image", "--model", "tiny:cnn", "--target", "head:1-3", "--steps", "2", "--out", str(tmp_path), "--quiet"])
+    assert code == 1
     by_target = {r["target"]: r for r in records(tmp_path)}
-    assert "error" not in by_target["head:1"]
-    assert "0..9" in by_target["head:50"]["error"] and "unknown site 'nope'" in by_target["nope:1"]["error"]
-    assert "head:50" in done.stderr
+    assert "error" not in by_target["head:1"] and "error" not in by_target["head:3"]
+    assert by_target["head:2"]["error"] == "RuntimeError: diverged"
+    assert "head:2" in capsys.readouterr().err
+
+
+def test_targets_known_bad_up_front_are_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["image", "--model", "tiny:cnn", "--target", "head:1", "--target", "head:50", "--target", "nope:1",
+                 "--steps", "2", "--out", str(out), "--quiet"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "head:50" in err and "0..9" in err and "1 more bad target" in err
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,10 +1,13 @@
 """Atomic writes and the results store."""
 
 import json
+import os
+import stat
 
 import pytest
 
-from dreamy.results import ResultsStore, safe_name, write_atomic, write_json_atomic
+from dreamy.results import (OutDirError, ResultsStore, clear_outputs, prepare_out_dir, run_differences, run_info, safe_name,
+                            write_atomic, write_json_atomic)
 
 
 def test_store_adds_replaces_and_reloads(tmp_path):
@@ -21,7 +24,6 @@ def test_store_adds_replaces_and_reloads(tmp_path):
 def test_atomic_write_leaves_no_temp_files_and_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
     write_json_atomic(path, {"v": 1})
-    import os
 
     def broken(src, dst):
         raise OSError("disk full")
@@ -39,6 +41,78 @@ def test_a_foreign_results_file_is_refused(tmp_path):
         ResultsStore(tmp_path)
 
 
-def test_safe_names():
-    assert safe_name("model.layers.5.mlp.down_proj@in:12") == "model.layers.5.mlp.down_proj_in_12"
-    assert safe_name("***") == "target"
+def test_safe_names_are_readable_and_never_collide():
+    assert safe_name("model.layers.5.mlp.down_proj@in:12").startswith("model.layers.5.mlp.down_proj_in_12-")
+    assert safe_name("***").startswith("target-")
+    assert safe_name("conv1:dir='a b.pt'") != safe_name("conv1:dir=a_b.pt")
+    long = "0.5*" + "+".join(["layer1.0.conv1:1"] * 10)
+    assert safe_name(long + "+conv1:1") != safe_name(long + "+conv1:2")
+    assert len(safe_name(long)) <= 90
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "index.html", "<html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "index.html").stat().st_mode) == 0o644
+
+
+def test_json_never_holds_bare_nan(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.add({"target": "a:1", "activation": float("nan"), "activations": [float("inf"), 1.0]})
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["records"][0]["activation"] is None
+
+
+@pytest.mark.parametrize("content, why", [
+    ('{"records": null}', "records"),
+    ('{"records": [1, 2]}', "record 0"),
+    ('{"records": [{"foo": 1}]}', "record 0"),
+    ('{"records": [{"target": 5}]}', "record 0"),
+    ('[1, 2]', "records"),
+    ('{"records": [], "run": 3}', "run"),
+])
+def test_structurally_bad_results_files_are_refused_clearly(tmp_path, content, why):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(OutDirError, match=f"not a dreamy results file.*{why}"):
+        ResultsStore(tmp_path)
+    assert (tmp_path / "results.json").read_text() == content
+
+
+def test_a_results_json_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "results.json").mkdir()
+    with pytest.raises(OutDirError, match="it is a folder"):
+        ResultsStore(tmp_path)
+
+
+def test_run_differences_name_what_changed():
+    old = run_info("tiny:cnn", "image", {"steps": 4, "lr": 0.05}, 0)
+    assert run_differences(old, run_info("tiny:cnn", "image", {"steps": 4, "lr": 0.05}, 0)) == []
+    assert run_differences(old, run_info("tiny:cnn", "image", {"steps": 50, "lr": 0.05}, 0)) == ["steps: 4 there, 50 now"]
+    assert run_differences(old, run_info("tiny:lm", "prompt", {}, 0)) == [
+        "model: 'tiny:cnn' there, 'tiny:lm' now", "kind: 'image' there, 'prompt' now"]
+    assert run_differences(old, run_info("tiny:cnn", "image", {"steps": 4, "lr": 0.05}, 1)) == ["seed: 0 there, 1 now"]
+
+
+def test_out_dir_rules(tmp_path):
+    run = run_info("tiny:cnn", "image", {"steps": 4}, 0)
+    with pytest.raises(OutDirError, match="empty"):
+        prepare_out_dir("", run)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    with pytest.raises(OutDirError, match="not empty.*--resume.*--overwrite"):
+        prepare_out_dir(full, run)
+    store = ResultsStore(full, run)
+    store.add({"target": "a:1"})
+    (full / "images").mkdir()
+    prepare_out_dir(full, run, resume=True)
+    with pytest.raises(OutDirError, match="steps: 4 there, 5 now"):
+        prepare_out_dir(full, run_info("tiny:cnn", "image", {"steps": 5}, 0), resume=True)
+    prepare_out_dir(full, run_info("tiny:cnn", "image", {"steps": 5}, 0), overwrite=True)
+    assert (full / "results.json").exists()  # checking removes nothing
+    clear_outputs(full)
+    assert sorted(p.name for p in full.iterdir()) == ["notes.txt"]  # only dreamy's own outputs go

@@ -73,6 +73,75 @@ def test_a_failing_prompt_target_does_not_lose_the_others():
     assert by_target["logits:3"]["method"] == "gcg"
 
 
+def test_a_non_empty_out_needs_resume_or_overwrite(tmp_path):
+    from dreamy.results import OutDirError
+
+    dream_targets("tiny:cnn", ["head:0"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+    with pytest.raises(OutDirError, match="not empty"):
+        dream_targets("tiny:cnn", ["head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+    with pytest.raises(OutDirError, match="steps: 3 there, 4 now"):
+        dream_targets("tiny:cnn", ["head:1"], settings={"steps": 4}, out_dir=tmp_path, resume=True, progress=False)
+    dream_targets("tiny:cnn", ["head:1"], settings={"steps": 4}, out_dir=tmp_path, overwrite=True, progress=False)
+    assert set(records_by_target(tmp_path)) == {"head:1"}
+
+
+def test_an_interrupted_batch_is_not_recorded(tmp_path, monkeypatch):
+    import dreamy.vision.render as render
+
+    real = render.dream
+
+    def interrupted_second_batch(loaded, specs, **kwargs):
+        result = real(loaded, specs, **kwargs)
+        if specs == ["head:1"]:
+            result.settings["interrupted"] = True  # what dream() returns after Ctrl-C
+        return result
+
+    monkeypatch.setattr(render, "dream", interrupted_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        dream_targets("tiny:cnn", ["head:0-2"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1,
+                      progress=False)
+    assert set(records_by_target(tmp_path)) == {"head:0"}
+
+
+def test_a_packed_batch_reruns_only_the_targets_that_failed(monkeypatch):
+    import dreamy.batches as batches
+    import dreamy.vision.render as render
+    from tests.fixtures import cached
+
+    runs = []
+    real = render.dream
+    monkeypatch.setattr(render, "dream", lambda loaded, specs, **k: runs.append(list(specs)) or real(loaded, specs, **k))
+    real_output = batches._image_target
+
+    def failing_output(loaded, result, t, spec):
+        if spec == "head:2" and len(result.targets) > 1:
+            raise OSError("disk hiccup")
+        return real_output(loaded, result, t, spec)
+
+    monkeypatch.setattr(batches, "_image_target", failing_output)
+    output = batches.dream_batch(cached("tiny:cnn"), "image", ["head:1", "head:2", "head:3"], IMAGE_SETTINGS, seed=0)
+    assert runs == [["head:1", "head:2", "head:3"], ["head:2"]]
+    assert [r["target"] for r in output.records] == ["head:1", "head:2", "head:3"]
+    assert not any("error" in r for r in output.records) and len(output.files) == 3
+
+
+def test_a_diverged_dream_is_an_error_record_with_null_activation(tmp_path, monkeypatch):
+    import dreamy.vision.render as render
+
+    real = render.dream
+
+    def diverged(loaded, specs, **kwargs):
+        result = real(loaded, specs, **kwargs)
+        result.activation[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(render, "dream", diverged)
+    (record,) = dream_targets("tiny:cnn", ["head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+    assert "not finite" in record["error"] and record["activation"] is None
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and json.loads(text)["records"][0]["activation"] is None
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A two-CPU local Ray cluster; the Ray tests skip without Ray (the tests above run either way)."""

@@ -107,14 +107,32 @@ def _read_tensors(path: str) -> dict[str, Tensor] | Tensor:
     file = Path(path).expanduser()
     if not file.exists():
         raise TargetError(f"direction file '{path}' does not exist; give a path to a .pt, .npy, .npz or .safetensors file")
+    if not file.is_file():
+        raise TargetError(f"direction file '{path}' is not a file")
     suffix = file.suffix.lower()
+    if suffix not in (".pt", ".pth", ".bin", ".npy", ".npz", ".safetensors"):
+        raise TargetError(f"unsupported file type '{suffix}' for '{path}'; use .pt, .npy, .npz or .safetensors")
+    try:
+        data = _read_file(file, suffix)
+    except TargetError:
+        raise
+    except Exception as error:  # torch/numpy/safetensors each raise their own types for a broken file
+        why = str(error).splitlines()[0] if str(error).strip() else "the file is empty or truncated"
+        raise TargetError(f"cannot read '{path}' as a {suffix} file ({type(error).__name__}: {why}); "
+                          "save tensors with torch.save, numpy.save or safetensors") from error
+    if isinstance(data, dict) and not data:
+        raise TargetError(f"'{path}' holds no tensors; save a tensor or a dict of tensors")
+    return data
+
+
+def _read_file(file: Path, suffix: str) -> dict[str, Tensor] | Tensor:
     if suffix in (".pt", ".pth", ".bin"):
         data = torch.load(file, map_location="cpu", weights_only=True)
         if isinstance(data, Tensor):
             return data
         if isinstance(data, dict):
             return {str(k): v for k, v in data.items() if isinstance(v, Tensor)}
-        raise TargetError(f"'{path}' holds a {type(data).__name__}; expected a tensor or a dict of tensors")
+        raise TargetError(f"'{file}' holds a {type(data).__name__}; expected a tensor or a dict of tensors")
     if suffix == ".npy":
         import numpy as np
 
@@ -124,11 +142,18 @@ def _read_tensors(path: str) -> dict[str, Tensor] | Tensor:
 
         with np.load(file, allow_pickle=False) as archive:
             return {k: torch.from_numpy(archive[k]) for k in archive.files}
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        return load_file(str(file))
-    raise TargetError(f"unsupported file type '{suffix}' for '{path}'; use .pt, .npy, .npz or .safetensors")
+    return load_file(str(file))
+
+
+def _finite(tensor: Tensor, what: str) -> Tensor:
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise TargetError(f"{what} has {bad} non-finite value(s) (NaN or inf); fix the file")
+    return tensor
 
 
 def _pick(data: dict[str, Tensor] | Tensor, key: str | None, path: str) -> Tensor:
@@ -203,7 +228,7 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
         return ResolvedUnit(unit)
     data = _read_tensors(unit.path)
     if isinstance(unit, Direction):
-        vector = _pick(data, unit.key, unit.path).float()
+        vector = _finite(_pick(data, unit.key, unit.path), f"direction {unit}").float()
         if vector.ndim != 1:
             raise TargetError(f"direction {unit} has shape {tuple(vector.shape)}; expected a vector (pick a row with '#N')")
         return ResolvedUnit(unit, vector=vector)
@@ -213,7 +238,11 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     b_enc = _first(data, ("b_enc", "encoder.bias"))
     if w_enc is None or b_enc is None:
         raise TargetError(f"SAE file '{unit.path}' lacks W_enc/b_enc; keys are {sorted(data)}")
-    w_enc = w_enc.float()
+    w_enc = _finite(w_enc, f"SAE {unit.path} W_enc").float()
+    b_enc = _finite(b_enc, f"SAE {unit.path} b_enc")
+    if w_enc.ndim != 2 or b_enc.ndim != 1 or b_enc.shape[0] not in w_enc.shape:
+        raise TargetError(f"SAE {unit.path}: W_enc {tuple(w_enc.shape)} and b_enc {tuple(b_enc.shape)} do not fit; "
+                          "expected W_enc [d_in, d_sae] and b_enc [d_sae]")
     if w_enc.shape[1] != b_enc.shape[0]:  # stored as [F, D] (nn.Linear layout)
         w_enc = w_enc.T
     n_features = w_enc.shape[1]

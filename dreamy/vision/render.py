@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -150,6 +151,16 @@ def _channels_last(images: Tensor) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
 
 
+def _with_gradients(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `function` with autograd on, even when called under `torch.no_grad()` or `torch.inference_mode()`."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+@_with_gradients
 def dream(
     loaded: LoadedModel | nn.Module,
     targets: Sequence[str | Target] | str | Target,
@@ -184,6 +195,7 @@ def dream(
     - `optimizer`: a factory `params -> torch.optim.Optimizer` (default Adam at `lr`).
     - `plateau`: stop early when the mean objective stops improving.
     - Ctrl-C stops the loop and returns what was dreamed so far (`settings["interrupted"]`).
+    - Works under `torch.no_grad()` and `torch.inference_mode()` (gradients are switched on inside).
     """
     model, preprocess, device = _model_and_preprocess(loaded, preprocess)
     if isinstance(targets, (str, Target)):

@@ -167,3 +167,12 @@ def test_bundled_channel_dream_beats_the_sample_photos(efficientnet):
     channel = int(per_channel.argmax())  # the channel the photos drive hardest: the hardest one to beat
     result = dream(efficientnet, [f"{site}:{channel}"], steps=40, progress=False)
     assert result.activation[0] > per_channel[channel]
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_dream_works_under_no_grad_and_inference_mode(tiny_cnn, context):
+    plain = dream(tiny_cnn, ["head:1"], steps=3, progress=False)
+    with context():
+        inside = dream(tiny_cnn, ["head:1"], steps=3, progress=False)
+    torch.testing.assert_close(inside.images, plain.images)  # the same three gradient steps were taken
+    assert inside.settings["steps"] == 3 and not torch.equal(inside.images, dream(tiny_cnn, ["head:1"], steps=1, progress=False).images)

@@ -1,0 +1,153 @@
+"""Check targets against a model before any optimization: one forward pass on an example input.
+
+Every error that can be known up front is found here, so a run never starts (or records a failure
+hours later) for a target that cannot be scored: an unknown site, a unit out of range, a direction
+file that is unreadable, of the wrong size or not finite, an SAE that does not fit the site, terms
+whose shapes do not combine. Targets that differ only in a neuron index are scored once, so a range
+of 100,000 units costs one forward and one cheap index check each.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    >>> [spec for spec, error in check_targets(net, ["0:3", "0:8", "2:1"], torch.zeros(2, 3, 8, 8))]
+    ['0:8', '2:1']
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dreamy.targets.errors import TargetError
+from dreamy.targets.probe import _output_tensor, _Scorer, features_last, resolve_module
+from dreamy.targets.spec import Site, Target, parse
+from dreamy.targets.units import Neuron
+
+
+def _capture(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: dict) -> tuple[dict[Site, Any], Any]:
+    """Run `model` once and keep the raw output (or input, for `@in` sites) of each site's module."""
+    raw: dict[Site, Any] = {}
+    handles = []
+    for site in sites:
+        module = resolve_module(model, site.path)
+        if site.input:
+            def pre_hook(module, hook_args, hook_kwargs, site=site):
+                raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+            def hook(module, hook_args, output, site=site):
+                raw.setdefault(site, output)
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            output = model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return raw, output
+
+
+def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict) -> tuple[dict[str, Tensor], dict[Site, str]]:
+    """The activation of every site the targets name (by site string), and an error for each site that has none."""
+    sites = list(dict.fromkeys(site for target in targets for site in target.sites))
+    errors: dict[Site, str] = {}
+    modules = []
+    for site in sites:
+        if site.is_logits:
+            continue
+        try:
+            resolve_module(model, site.path)
+            modules.append(site)
+        except TargetError as error:
+            errors[site] = str(error)
+    raw, output = _capture(model, modules, args, kwargs)
+    rows = _batch_rows(args, kwargs)
+    tensors: dict[str, Tensor] = {}
+    for site in sites:
+        if site in errors:
+            continue
+        value = output if site.is_logits else raw.get(site)
+        if value is None and not site.is_logits:
+            errors[site] = f"site '{site}' never ran in the model's forward pass; is the module used? run `dream sites MODEL`"
+            continue
+        try:
+            tensor = _output_tensor(value, site)
+        except TargetError as error:
+            errors[site] = str(error)
+            continue
+        if rows is not None and (tensor.ndim == 0 or tensor.shape[0] != rows):
+            errors[site] = (f"site '{site}' gives shape {tuple(tensor.shape)}, not one row per input ({rows} inputs); "
+                            "it is shared across the batch (e.g. a positional table): pick a site inside the layers")
+            continue
+        tensors[str(site)] = tensor
+    return tensors, errors
+
+
+def _batch_rows(args: tuple, kwargs: dict) -> int | None:
+    """The batch size of the example input: the first tensor argument's first dimension."""
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, Tensor) and value.ndim > 0:
+            return value.shape[0]
+    return None
+
+
+def _neuron_error(target: Target, tensors: dict[str, Tensor]) -> str | None:
+    for term in target.terms:
+        if isinstance(term.unit, Neuron):
+            size = features_last(tensors[str(term.site)]).shape[-1]
+            if not 0 <= term.unit.index < size:
+                return (f"unit {term.unit.index} out of range for site '{term.site}' with {size} features; "
+                        f"valid units are 0..{size - 1}")
+    return None
+
+
+def _shape_key(target: Target) -> tuple:
+    """Targets with equal keys score alike up to the neuron index (checked apart)."""
+    return tuple((term.site, term.reduce, "neuron" if isinstance(term.unit, Neuron) else term.unit) for term in target.terms)
+
+
+def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any, sequence_reduce: str = "mean",
+                  **kwargs: Any) -> list[tuple[str, str]]:
+    """Score every target on one example forward of `model(*args, **kwargs)`; return `(spec, error)` for
+    each target that cannot be scored (an empty list when all are fine), in the order given.
+
+    The example input should have the shape the run will use (e.g. the prompt's full length, so a
+    `/pos=N` reduction is checked against the real sequence) and at least two rows (a site whose
+    output does not follow the batch is refused). Scores must be finite on the example.
+    """
+    parsed: list[tuple[str, Target | None, str | None]] = []
+    for spec in targets:
+        try:
+            parsed.append((str(spec), parse(spec), None))
+        except TargetError as error:
+            parsed.append((str(spec), None, str(error).splitlines()[0]))
+    good = [target for _, target, _ in parsed if target is not None]
+    tensors, site_errors = _site_tensors(model, good, args, kwargs) if good else ({}, {})
+    shape_errors: dict[tuple, str | None] = {}
+    failures = []
+    for spec, target, error in parsed:
+        if error is None:
+            bad_sites = [site_errors[site] for site in target.sites if site in site_errors]
+            error = bad_sites[0] if bad_sites else _neuron_error(target, tensors)
+        if error is None:
+            key = _shape_key(target)
+            if key not in shape_errors:
+                shape_errors[key] = _score_error(target, tensors, sequence_reduce)
+            error = shape_errors[key]
+        if error is not None:
+            failures.append((spec, error))
+    return failures
+
+
+def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str) -> str | None:
+    try:
+        scores, _ = _Scorer([target], sequence_reduce).score(tensors)
+    except TargetError as error:
+        return str(error).splitlines()[0]
+    except (RuntimeError, ValueError, IndexError) as error:  # shapes that do not combine, odd activations
+        return f"target '{target}' cannot be scored on this model: {type(error).__name__}: {str(error).splitlines()[0]}"
+    if not bool(torch.isfinite(scores).all()):
+        return f"target '{target}' scores {scores.flatten()[0].item()} on an example input; is a direction or SAE file broken?"
+    return None

@@ -1,0 +1,35 @@
+"""Targets checked against a model before any optimization."""
+
+import torch
+
+from dreamy.targets import check_targets
+
+
+def test_every_kind_of_bad_target_is_named_and_good_ones_pass(tiny_cnn, tmp_path):
+    torch.save(torch.ones(32), tmp_path / "good.pt")
+    torch.save(torch.ones(7), tmp_path / "short.pt")
+    specs = ["conv3:0", "conv3:31", "conv3:32", "nope:1", f"conv3:dir={tmp_path}/good.pt", f"conv3:dir={tmp_path}/short.pt",
+             "0.5*conv3:1-head:2", "conv3:1/pos=999", "conv3:1/pos=3"]
+    images = torch.zeros(2, 3, 32, 32)
+    failures = dict(check_targets(tiny_cnn.model, specs, images))
+    assert set(failures) == {"conv3:32", "nope:1", f"conv3:dir={tmp_path}/short.pt", "conv3:1/pos=999"}
+    assert "valid units are 0..31" in failures["conv3:32"]
+    assert "unknown site 'nope'" in failures["nope:1"]
+    assert "has 7 values but site 'conv3' has 32" in failures[f"conv3:dir={tmp_path}/short.pt"]
+
+
+def test_a_long_range_costs_one_forward(tiny_cnn, monkeypatch):
+    calls = []
+    forward = tiny_cnn.model.forward
+    monkeypatch.setattr(tiny_cnn.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    failures = check_targets(tiny_cnn.model, [f"conv1:{i}" for i in range(5000)], torch.zeros(2, 3, 32, 32))
+    assert len(calls) == 1 and len(failures) == 5000 - 8 and failures[0][0] == "conv1:8"
+
+
+def test_prompt_positions_are_checked_against_the_prompt_length(tiny_lm):
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    failures = dict(check_targets(tiny_lm.model, ["model.layers.1.mlp.down_proj:3/pos=5",
+                                                  "model.layers.1.mlp.down_proj:3/pos=6"], input_ids=ids,
+                                  sequence_reduce="pos=-1"))
+    assert list(failures) == ["model.layers.1.mlp.down_proj:3/pos=6"] and "pos=6 out of range" in failures[
+        "model.layers.1.mlp.down_proj:3/pos=6"]
