@@ -130,7 +130,7 @@ def error_record(loaded: Any, kind: str, spec: str, method: str, error: str) -> 
 
 
 def _image_target(loaded: Any, result: Any, t: int, spec: str) -> BatchOutput:
-    from dreamy.gallery import png_bytes
+    from dreamy.png import png_bytes
     from dreamy.results import safe_name
 
     rows = result.rows_of(t)

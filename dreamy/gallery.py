@@ -16,13 +16,8 @@ Example:
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 from typing import Any, Sequence
-
-import numpy as np
-import torch
-from PIL import Image
 
 from dreamy.results import write_atomic
 
@@ -39,31 +34,6 @@ figcaption b{font-weight:600} figcaption span{display:block;color:#777;font-size
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 .tok{font-family:monospace;white-space:pre;border-radius:2px}
 """
-
-
-def png_bytes(image: torch.Tensor | np.ndarray) -> bytes:
-    """PNG bytes of a `[3, H, W]` tensor in [0, 1], or of an `[H, W, 3]` uint8 array.
-
-    Example:
-        >>> png_bytes(torch.rand(3, 4, 4))[:4]
-        b'\\x89PNG'
-    """
-    if isinstance(image, torch.Tensor):
-        image = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save_png(image: torch.Tensor, path: str | Path) -> None:
-    """Save a `[3, H, W]` image in [0, 1] as PNG (atomically).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.png"; save_png(torch.rand(3, 4, 4), p); p.exists()
-        True
-    """
-    write_atomic(path, png_bytes(image))
 
 
 def _esc(value: Any) -> str:

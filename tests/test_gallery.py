@@ -3,11 +3,13 @@
 import torch
 from PIL import Image
 
-from dreamy.gallery import render_index, save_png, write_index
+from dreamy.gallery import render_index, write_index
+from dreamy.png import png_bytes
+from dreamy.results import write_atomic
 
 
 def test_image_records_show_dreams_and_maxima(tmp_path):
-    save_png(torch.rand(3, 8, 8), tmp_path / "images" / "a.png")
+    write_atomic(tmp_path / "images" / "a.png", png_bytes(torch.rand(3, 8, 8)))  # as batches and the CLI write them
     assert Image.open(tmp_path / "images" / "a.png").size == (8, 8)
     page = render_index([{"kind": "image", "target": "logits:3", "label": "Egyptian <cat>", "model": "m", "method": "fourier",
                           "activation": 3.5, "images": ["images/a.png"], "activations": [3.5],

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamy.gallery import png_bytes
+from dreamy.png import png_bytes
 from dreamy.results import write_atomic
 from dreamy.targets import parse
 

@@ -232,15 +232,5 @@ def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Gen
                      "or pass an object such as ImageParam(images) or generators.GeneratorParam(...)")
 
 
-def count_parameters(param: ImageParametrization) -> int:
-    """Number of scalars the optimizer changes.
-
-    Example:
-        >>> count_parameters(PixelParam(1, (2, 2), generator=torch.Generator()))
-        12
-    """
-    return sum(p.numel() for p in param.parameters())
-
-
 __all__ = ["FourierParam", "ImageParam", "ImageParametrization", "MacoParam", "PARAMETRIZATIONS", "PixelParam",
-           "count_parameters", "decorrelate_colors", "magnitude_of", "make_param", "spectrum_scale"]
+           "decorrelate_colors", "magnitude_of", "make_param", "spectrum_scale"]
