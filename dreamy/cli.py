@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -209,19 +208,18 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def _attach_maxima(args: argparse.Namespace, records: list[dict[str, Any]], out: Path) -> None:
+def _attach_maxima(args: argparse.Namespace, loaded: Any, out: Path) -> None:
     """Find (or read cached) dataset maxima for the finished targets and put them in their records."""
     from dreamy import maxima
-    from dreamy.models import load
-    from dreamy.results import ResultsStore, safe_name
     from dreamy.gallery import write_index
+    from dreamy.results import ResultsStore, safe_name, write_atomic
+    from dreamy.scale import gallery_title
 
     store = ResultsStore(out)
     good = [r["target"] for r in store.records if "error" not in r]
     if not good:
         return
     if args.maxima:
-        loaded = load(args.model, args.device)
         find = maxima.image_maxima if args.command == "image" else maxima.text_maxima
         found = find(loaded, good, args.maxima, progress=not args.quiet)
     else:
@@ -235,13 +233,12 @@ def _attach_maxima(args: argparse.Namespace, records: list[dict[str, Any]], out:
         for j, item in enumerate(items):
             if "image" in item:
                 name = f"maxima/{safe_name(record['target'])}_{j}.png"
-                (out / "maxima").mkdir(exist_ok=True)
-                shutil.copyfile(item["image"], out / name)
+                write_atomic(out / name, Path(item["image"]).read_bytes())
                 item["image"] = name
         updated.append({**record, "maxima": items, "maxima_dataset": entry.dataset})
     if updated:
         store.add_many(updated)
-        write_index(out, store.records, f"dreamy {args.command} dreams: {args.model}")
+        write_index(out, store.records, gallery_title(args.command, args.model))
 
 
 def _sites(args: argparse.Namespace) -> int:
@@ -290,7 +287,7 @@ def _dream(args: argparse.Namespace) -> int:
                             batch_targets=args.batch_targets, use_ray=args.ray is not None,
                             ray_address=args.ray or None, workers=args.workers, device=str(device),
                             progress=not args.quiet, loaded=loaded)
-    _attach_maxima(args, records, out)
+    _attach_maxima(args, loaded, out)
     failed = [r for r in records if "error" in r]
     for record in failed:
         print(f"dream: target {record['target']} failed: {record['error']}", file=sys.stderr)

@@ -33,7 +33,17 @@ from dreamy.batches import KINDS, BatchOutput, plan_batches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchOutput", "KINDS", "dream_targets", "plan_batches"]
+__all__ = ["BatchOutput", "KINDS", "dream_targets", "gallery_title", "plan_batches"]
+
+
+def gallery_title(kind: str, model: str) -> str:
+    """The title of a run's gallery page.
+
+    Example:
+        >>> gallery_title("image", "tiny:cnn")
+        'dreamy image dreams: tiny:cnn'
+    """
+    return f"dreamy {kind} dreams: {model}"
 
 
 class _Writer:
@@ -92,7 +102,7 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
         loaded = load(model, device)
     if out_dir is not None and overwrite:
         clear_outputs(out_dir)
-    writer = _Writer(out_dir, f"dreamy {kind} dreams: {model}", run)
+    writer = _Writer(out_dir, gallery_title(kind, model), run)
     skip = writer.done() if resume else set()
     _, _, method = batches._packed_run(kind, settings)
     unusable = batches.unusable_targets(loaded, kind, [s for batch in planned for s in batch if s not in skip], settings)
