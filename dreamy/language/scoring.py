@@ -79,17 +79,6 @@ def run_chunked(fn: Callable[[slice], Any], n: int, chunk_size: int) -> list[Any
     return results
 
 
-def _last_position_only(probe: Probe) -> bool:
-    for target in probe.targets:
-        for term in target.terms:
-            reduce = term.reduce or probe.sequence_reduce
-            if not term.site.is_logits and reduce != "pos=-1":
-                return False
-            if term.site.is_logits and (term.reduce or probe.sequence_reduce) != "pos=-1":
-                return False
-    return True
-
-
 def cache_kwarg(model: nn.Module) -> str:
     """The keyword a Hugging Face model takes for its KV cache (`cache` in transformers 5, else `past_key_values`)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -123,7 +112,7 @@ def _span_logits(model: nn.Module, length: int, span: tuple[int, int]) -> tuple[
 
 def _keep_kwargs(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int]) -> tuple[dict[str, int], int]:
     """`_span_logits` for a probed forward, unless a target reads the logits at other positions."""
-    if probe.reads_logits and not _last_position_only(probe):
+    if probe.reads_logits and not probe.reads_last_position_only():
         return {}, 0
     return _span_logits(model, ids.shape[1], span)
 
@@ -263,7 +252,7 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
     if ids.ndim != 2:
         raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
     chunk = chunk_size or DEFAULT_CHUNK
-    if parent_ids is None or fluency_model is not None or not _last_position_only(probe) or ids.shape[0] < MIN_GROUP_FOR_CACHE:
+    if parent_ids is None or fluency_model is not None or not probe.reads_last_position_only() or ids.shape[0] < MIN_GROUP_FOR_CACHE:
         return _full(model, probe, ids, xent_span, fluency_model, chunk)
     parents = parent_ids.to(ids.device)
     parents = parents[None] if parents.ndim == 1 else parents

@@ -35,10 +35,10 @@ import os
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dreamy.datasets import TextCorpus, open_text
+from dreamy.language.fluency import span_xentropy
 from dreamy.loop import make_generator
 from dreamy.maxima.images import cached_or_todo
 from dreamy.maxima.records import Example, Maxima, canonical_target, default_cache_dir, entry_dir, save_maxima, slug
@@ -69,21 +69,6 @@ def tokenize_corpus(tokenizer: Any, corpus: TextCorpus) -> Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def window_xentropy(logits: Tensor, rows: Tensor) -> Tensor:
-    """Mean cross-entropy `[B]` of tokens `rows[:, 1:]`, each predicted by the logits one position earlier.
-
-    Example:
-        >>> round(window_xentropy(torch.zeros(1, 3, 10), torch.tensor([[0, 1, 2]])).item(), 4)
-        2.3026
-    """
-    pred = logits[:, :-1].float()
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), rows[:, 1:].reshape(-1), reduction="none").view(rows.shape[0], -1).mean(1)
-
-
-def _reads_last_token(probe: Probe, j: int) -> bool:
-    return all((term.reduce or probe.sequence_reduce) == "pos=-1" for term in probe.targets[j].terms)
-
-
 @torch.no_grad()
 def _full_scores(probe: Probe, rows: Tensor, batch_size: int) -> tuple[Tensor, list[Tensor], Tensor]:
     """Scores `[N, n_targets]`, per-target per-token maps (BOS dropped) and cross-entropies `[N]`."""
@@ -93,7 +78,7 @@ def _full_scores(probe: Probe, rows: Tensor, batch_size: int) -> tuple[Tensor, l
         result = probe(input_ids=chunk, need_output=True, keep_activations=True)
         scores.append(result.scores.float().cpu())
         maps.append([m[:, 1:].float().cpu() for m in probe.maps(result.activations)])
-        xents.append(window_xentropy(result.output.logits, chunk).cpu())
+        xents.append(span_xentropy(result.output.logits, chunk, (1, chunk.shape[1])).cpu())  # every token after the start
     per_target = [torch.cat([m[j] for m in maps]) for j in range(len(probe.targets))]
     return torch.cat(scores), per_target, torch.cat(xents)
 
@@ -126,7 +111,7 @@ def _random_window_xentropy(loaded: LoadedModel, ids: Tensor, window: int, n_win
     with torch.no_grad():
         for first in range(0, len(rows), batch_size):
             chunk = rows[first:first + batch_size].to(loaded.device)
-            xents.append(window_xentropy(loaded.model(input_ids=chunk).logits, chunk).cpu())
+            xents.append(span_xentropy(loaded.model(input_ids=chunk).logits, chunk, (1, chunk.shape[1])).cpu())
     return torch.cat(xents)
 
 
@@ -168,7 +153,7 @@ def text_maxima(
         raise ValueError(f"corpus '{corpus.name}' has {len(ids)} tokens, fewer than one window of {window}")
     bos = torch.tensor([start_token(loaded.tokenizer)])
     probe = Probe(loaded.model, todo, sequence_reduce="pos=-1")
-    last_only = [_reads_last_token(probe, j) for j in range(len(todo))]
+    last_only = [probe.reads_last_position_only(j) for j in range(len(todo))]
     device = loaded.device
 
     def rows_ending(ends: Sequence[int]) -> Tensor:

@@ -279,6 +279,18 @@ class Probe:
         """Per-position score maps (`[B, *positions]`) of each target from kept activations."""
         return self._scorer.maps(activations)
 
+    def reads_last_position_only(self, j: int | None = None) -> bool:
+        """True when target `j` (every target when `None`) reads a sequence only at its last position
+        (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed.
+
+        Example:
+            >>> probe = Probe(nn.Linear(4, 4), ["logits:1", "logits:2/mean"], sequence_reduce="pos=-1")
+            >>> probe.reads_last_position_only(0), probe.reads_last_position_only()
+            (True, False)
+        """
+        targets = self.targets if j is None else [self.targets[j]]
+        return all((term.reduce or self.sequence_reduce) == "pos=-1" for target in targets for term in target.terms)
+
 
 def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:
     """The unreduced per-position score of `target` (`[B, *positions]`, e.g. `[B, T]` or `[B, H, W]`).

@@ -243,3 +243,12 @@ def test_logprobs_at_one_position_of_a_sequence_equals_the_full_log_softmax():
     torch.testing.assert_close(result.scores[:, 2], full[:, :, 3].mean(dim=1))
     with pytest.raises(TargetError, match="pos=9 out of range"):
         Probe(net, ["logprobs:3/pos=9"])(tokens)
+
+
+def test_reads_last_position_only_follows_each_terms_reduction():
+    net = nn.Sequential(nn.Linear(4, 6))
+    probe = Probe(net, ["0:1", "0:1/pos=-1-0:2/mean", "logits:3"], sequence_reduce="pos=-1")
+    assert [probe.reads_last_position_only(j) for j in range(3)] == [True, False, True]
+    assert not probe.reads_last_position_only()
+    assert not Probe(net, ["0:1"]).reads_last_position_only()  # default sequence reduction is the mean
+    assert Probe(net, ["0:1/pos=-1", "logits:2/pos=-1"]).reads_last_position_only()
