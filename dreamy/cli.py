@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--size", type=_positive(int), default=None, help="image side (default: the model's input size)")
     image.add_argument("--per-target", type=_positive(int), default=1, help="images per target (default %(default)s)")
     image.add_argument("--diversity", type=_finite, default=0.0)
+    image.add_argument("--judge", action="append", default=[], metavar="MODEL",
+                       help="a classifier never optimized against that judges each class dream (repeatable), "
+                            "e.g. bundled:efficientnet-lite1")
     for name in ("tv", "l1", "l2", "blur", "center"):
         image.add_argument(f"--{name}", type=_finite, default=0.0, help=f"weight of the {name} regularizer")
     prompt = sub.choices["prompt"]
@@ -204,6 +207,10 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
+    for judge in getattr(args, "judge", []):
+        if kind_of(judge) != "vision":
+            what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
+            raise UsageError(f"--judge {judge} is {what}; a judge is an image classifier, e.g. --judge bundled:efficientnet-lite1")
     _check_dataset(args)
     return device
 
@@ -238,6 +245,34 @@ def _attach_maxima(args: argparse.Namespace, loaded: Any, out: Path) -> None:
         updated.append({**record, "maxima": items, "maxima_dataset": entry.dataset})
     if updated:
         store.add_many(updated)
+        write_index(out, store.records, gallery_title(args.command, args.model))
+
+
+def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) -> list[Any]:
+    """Load the --judge models and check that each classifies the dreamed model's classes."""
+    from dreamy.models import load
+    from dreamy.vision.judges import JudgeError, check_judge
+
+    judges = [load(name, device) for name in dict.fromkeys(getattr(args, "judge", []))]
+    for judge in judges:
+        try:
+            check_judge(judge, len(loaded.class_names) if loaded.class_names else None)
+        except JudgeError as error:
+            raise UsageError(f"--judge: {error}") from error
+    return judges
+
+
+def _attach_judges(args: argparse.Namespace, judges: list[Any], out: Path) -> None:
+    """Add the judges' verdicts to every finished class-logit record and rewrite the gallery."""
+    from dreamy.gallery import write_index
+    from dreamy.results import ResultsStore
+    from dreamy.scale import gallery_title
+    from dreamy.vision.judges import judge_records
+
+    store = ResultsStore(out)
+    updated = {r["target"]: r for r in judge_records(judges, store.records, out)}
+    if updated:
+        store.add_many([updated.get(r["target"], r) for r in store.records])  # keeps the gallery's order
         write_index(out, store.records, gallery_title(args.command, args.model))
 
 
@@ -282,11 +317,14 @@ def _dream(args: argparse.Namespace) -> int:
     if bad:
         more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
         raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
+    judges = _load_judges(args, loaded, device)
     records = dream_targets(args.model, specs, kind=args.command, settings=settings, out_dir=out,
                             resume=args.resume, overwrite=args.overwrite, seed=args.seed,
                             batch_targets=args.batch_targets, use_ray=args.ray is not None,
                             ray_address=args.ray or None, workers=args.workers, device=str(device),
                             progress=not args.quiet, loaded=loaded)
+    if judges:
+        _attach_judges(args, judges, out)
     _attach_maxima(args, loaded, out)
     failed = [r for r in records if "error" in r]
     for record in failed:

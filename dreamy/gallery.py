@@ -33,6 +33,7 @@ figcaption b{font-weight:600} figcaption span{display:block;color:#777;font-size
 .beats{color:#0a7d32;font-weight:600} .short{color:#b00020;font-weight:600}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 .tok{font-family:monospace;white-space:pre;border-radius:2px}
+.top5{color:#777;font-size:11px}
 """
 
 
@@ -86,6 +87,19 @@ def _comparison(record: dict[str, Any]) -> str:
     return f' · <span class="{verdict}">dream {_fmt(dream)} vs best dataset example {_fmt(best)}{ratio}</span>'
 
 
+def _judges(record: dict[str, Any]) -> str:
+    """' · judge: p(class) and rank' per judge (green when the class is in its top-5), top-5 on hover and below."""
+    parts = []
+    for verdict in record.get("judges") or []:
+        name = str(verdict.get("judge", "judge")).split(":", 1)[-1]
+        top5 = ", ".join(str(c) for c in verdict.get("top5", []))
+        mark = "beats" if verdict.get("rank", 10**9) <= 5 else "short"
+        parts.append(f' · <span class="{mark}" title="top-5 of {_esc(name)}: {_esc(top5)}">{_esc(name)}: '
+                     f'p={_fmt(verdict.get("probability"))}, rank {_esc(verdict.get("rank"))}</span>'
+                     f'<span class="top5"> (top-5: {_esc(top5)})</span>')
+    return "".join(parts)
+
+
 def _prompt_section(record: dict[str, Any]) -> str:
     rows = []
     for point in sorted(record.get("frontier", []), key=lambda p: p["xentropy"]):
@@ -112,7 +126,7 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
         head = f'<h2>{_esc(record["target"])}{label}</h2><div class="label">model {_esc(record.get("model", "?"))} · method {_esc(record.get("method", "?"))}'
         if record.get("activation") is not None:
             head += f' · best activation {_fmt(record["activation"])}'
-        head += _comparison(record) + "</div>"
+        head += _comparison(record) + _judges(record) + "</div>"
         if "error" in record:
             body = f'<div class="error">failed: {_esc(record["error"])}</div>'
         elif record.get("kind", "image" if "images" in record else None) == "image":

