@@ -6,9 +6,10 @@ Grammar::
     term   := [coef "*"] site [":" unit] ["/" reduce]
     site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"  |  "logprobs"
     unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
-    reduce := "mean" | "max" | "sum" | "center" | "pos=" INT
+    reduce := "mean" | "max" | "sum" | "center" | "cls" | "pos=" INT | "tokens=" INT
 
-`str()` of a parsed target gives back its canonical spec, and `parse(str(t)) == t`.
+`cls` reads the class token and `tokens=N` patch token N of a vision transformer's `[B, tokens, D]` site (see
+`Probe(patch_tokens=...)`). `str()` of a parsed target gives back its canonical spec, and `parse(str(t)) == t`.
 
 Example:
     >>> t = parse("0.5*layer3:1-layer4:2")
@@ -27,7 +28,7 @@ from dataclasses import dataclass, replace
 from dreamy.targets.errors import SpecError
 from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit
 
-REDUCTIONS = ("mean", "max", "sum", "center")
+REDUCTIONS = ("mean", "max", "sum", "center", "cls")
 LOGITS = "logits"
 LOGPROBS = "logprobs"  # the model's output after log-softmax over the vocabulary / classes
 
@@ -37,7 +38,7 @@ _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _INDEX = re.compile(r"\[(\d+)\]")
 _INT = re.compile(r"\d+")
 _RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+])")
-_REDUCE = re.compile(r"/(mean|max|sum|center|pos=-?\d+)(?=$|[\s+\-])")
+_REDUCE = re.compile(r"/(mean|max|sum|center|cls|pos=-?\d+|tokens=-?\d+)(?=$|[\s+\-])")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _UNQUOTED_FILE = re.compile(r"[^\s#+]+")
 _KEY = re.compile(r"[^\s+/]+")
@@ -223,10 +224,11 @@ class _Parser:
         found = self.match(_REDUCE)
         if found:
             reduce = found.group(1)
-            if reduce.startswith("pos="):  # canonical: 'pos=007' and 'pos=-0' are 'pos=7' and 'pos=0'
-                reduce = f"pos={self.integer(reduce[4:], reduce_at + 5)}"
+            if "=" in reduce:  # canonical: 'pos=007' and 'tokens=-0' are 'pos=7' and 'tokens=0'
+                key, _, number = reduce.partition("=")
+                reduce = f"{key}={self.integer(number, reduce_at + len(key) + 2)}"
         elif self.peek("/"):
-            raise self.fail(f"unknown reduction; use one of {', '.join(REDUCTIONS)} or pos=N")
+            raise self.fail(f"unknown reduction; use one of {', '.join(REDUCTIONS)}, pos=N or tokens=N")
         return Term(sign * coef, site, unit, reduce), unit_range
 
     def site(self) -> Site:

@@ -156,7 +156,7 @@ PROPERTY = settings(max_examples=400, deadline=None, database=None, derandomize=
                     suppress_health_check=[HealthCheck.too_slow])
 ALPHABET = "ab019._@[]:/=#'\"+-*eE \t\u00a0\u0663"
 WORDS = ["a", "x", "0", "1", "12", ".", "@in", "[0]", "[", "]", ":", "/", "#", "'", '"', "+", "-", "*", " ", "e", "e-5",
-         "0.5", ".5", "1e999", "9" * 25, "dir=", "sae=", "mean", "max", "sum", "center", "pos=", "pos=-1", "logits",
+         "0.5", ".5", "1e999", "9" * 25, "dir=", "sae=", "mean", "max", "sum", "center", "pos=", "pos=-1", "cls", "tokens=", "tokens=-1", "logits",
          "logprobs", "p.pt", "#w", "p-q", "a b"]
 RANDOM_TEXT = st.one_of(st.text(ALPHABET, max_size=30), st.lists(st.sampled_from(WORDS), max_size=12).map("".join))
 
@@ -192,7 +192,8 @@ NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True)
 INDEX = st.integers(0, 10**6)
 SAFE_FILE = st.from_regex(r"[A-Za-z0-9_~][A-Za-z0-9_.~/]{0,8}\.pt", fullmatch=True)
 ODD_FILE = st.text("ab.-+#/ *:@'", min_size=1, max_size=10).filter(lambda p: not ("'" in p and '"' in p))
-REDUCE = st.one_of(st.sampled_from(["mean", "max", "sum", "center"]), st.integers(-99, 99).map(lambda n: f"pos={n}"))
+REDUCE = st.one_of(st.sampled_from(["mean", "max", "sum", "center", "cls"]), st.integers(-99, 99).map(lambda n: f"pos={n}"),
+                   st.integers(-99, 99).map(lambda n: f"tokens={n}"))
 
 
 @st.composite
@@ -248,3 +249,16 @@ def test_specs_written_by_the_grammar_parse_to_their_target_and_round_trip(case)
     spec, expected = case
     assert parse(spec) == expected
     assert_round_trips(expected)
+
+
+@pytest.mark.parametrize("spec, reduce", [("blocks.3:7/cls", "cls"), ("blocks.3/tokens=5", "tokens=5"),
+                                          ("blocks.3:7/tokens=-1", "tokens=-1"), ("blocks.3:1/cls-blocks.2:1/tokens=0", "cls")])
+def test_token_reductions_parse_and_round_trip(spec, reduce):
+    target = parse(spec)
+    assert target.terms[0].reduce == reduce and str(target) == spec and parse(str(target)) == target
+
+
+def test_token_reductions_print_canonically_and_bad_ones_point_at_the_slash():
+    assert str(parse("b:1/tokens=007")) == "b:1/tokens=7" and parse("b:1/tokens=-0") == parse("b:1/tokens=0")
+    with pytest.raises(SpecError, match="cls, pos=N or tokens=N"):
+        parse("b:1/token=3")
