@@ -7,7 +7,9 @@ position (`[...]`):
 - `Direction(path, key)`: the dot product with a vector stored in a file (a probe, a concept vector,
   a steering direction). `.pt`, `.npy`, `.npz` and `.safetensors` files work.
 - `SAEFeature(path, index)`: the activation of one feature of a sparse autoencoder's encoder:
-  `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`.
+  `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`. `path` is one tensor file or a folder in the SAELens
+  layout (`cfg.json` + `sae_weights.safetensors`, see `dreamy.targets.saelens`); a TopK feature of a
+  folder reads as its pre-activation after ReLU (the per-row top-k choice is no function of one feature).
 - no unit (`None`): the mean over all features.
 
 Units are frozen dataclasses that hold only names; `load_unit` reads the file once and returns a
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from dreamy.targets.errors import TargetError
+from dreamy.targets.saelens import is_sae_folder, read_sae_folder
 
 _SAFE_PATH = re.compile(r"^[\w./~]+$")
 _REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
@@ -207,7 +210,8 @@ class ResolvedUnit:
             return features_last @ vec.reshape(-1)
         w_enc, b_enc, b_dec, threshold = self.encoder
         if w_enc.shape[0] != size:
-            raise TargetError(f"SAE {unit.path} encodes {w_enc.shape[0]} features but site '{site}' has {size}")
+            raise TargetError(f"SAE {unit.path} reads d_in={w_enc.shape[0]} features but site '{site}' has {size}; "
+                              "use the site the SAE was trained on")
         x = features_last if b_dec is None else features_last - b_dec.to(features_last)
         pre = x @ w_enc.to(features_last) + b_enc.to(features_last)
         gate = pre > (0.0 if threshold is None else threshold.to(features_last))
@@ -215,6 +219,22 @@ class ResolvedUnit:
         # straight-through: the value is the SAE's real activation, the gradient is the
         # pre-activation's, so a dream that starts with the feature off still gets a signal
         return pre + (post - pre).detach()
+
+
+def _load_sae_folder_feature(unit: SAEFeature) -> ResolvedUnit:
+    """Feature `unit.index` of an SAE folder in the SAELens layout (see `dreamy.targets.saelens`).
+
+    ReLU and JumpReLU features read as the SAE computes them. A TopK feature reads as its pre-activation
+    after ReLU: which `k` features a row keeps depends on all the others, so it is no function of one feature.
+    `b_dec` is subtracted from the input only when the folder's `apply_b_dec_to_input` is true (the default).
+    """
+    weights = read_sae_folder(unit.path)
+    if not 0 <= unit.index < weights.d_sae:
+        raise TargetError(f"SAE feature {unit.index} out of range for '{unit.path}' with {weights.d_sae} features; valid 0..{weights.d_sae - 1}")
+    i = unit.index
+    threshold = weights.threshold[i] if weights.threshold is not None else None
+    return ResolvedUnit(unit, encoder=(weights.W_enc[:, i].contiguous(), weights.b_enc[i],
+                                       weights.b_dec if weights.apply_b_dec_to_input else None, threshold))
 
 
 def load_unit(unit: Unit | None) -> ResolvedUnit:
@@ -226,6 +246,8 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     """
     if unit is None or isinstance(unit, Neuron):
         return ResolvedUnit(unit)
+    if isinstance(unit, SAEFeature) and is_sae_folder(unit.path):
+        return _load_sae_folder_feature(unit)
     data = _read_tensors(unit.path)
     if isinstance(unit, Direction):
         vector = _finite(_pick(data, unit.key, unit.path), f"direction {unit}").float()

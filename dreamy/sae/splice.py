@@ -1,0 +1,74 @@
+"""Replace a site's activation during a forward: splice in an SAE reconstruction, zero it, add a direction.
+
+`edit_site(model, site, fn)` is a context manager: while it is open, every forward calls `fn(activation)`
+on the site's tensor (`[B, T, D]`, the module's output, or its first input for `@in` sites, or tuple
+element `[k]`) and the model continues with what `fn` returns. The hook is removed on exit, even on errors.
+
+Example:
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    >>> with edit_site(net, "0", lambda a: torch.zeros_like(a)):
+    ...     net(torch.ones(1, 2)).tolist()
+    [[0.0, 0.0]]
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from dreamy.targets import parse, resolve_module
+from dreamy.targets.spec import Site
+
+
+def _replace(value: Any, index: int | None, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)) and value:
+        position = 0 if index is None else index
+        items = list(value)
+        items[position] = _replace(items[position], None, fn)
+        return type(value)(items) if isinstance(value, tuple) else items
+    raise TypeError(f"cannot edit a site that gives a {type(value).__name__}")
+
+
+def _site(site: str | Site) -> Site:
+    if isinstance(site, Site):
+        return site
+    return parse(site).terms[0].site
+
+
+@contextmanager
+def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """While open, the model's forward uses `fn(activation)` in place of the site's activation."""
+    where = _site(site)
+    module = resolve_module(model, where.path)
+    if where.input:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                return _replace(args, where.index, fn), kwargs
+            name = next(iter(kwargs))
+            return args, {**kwargs, name: _replace(kwargs[name], where.index, fn)}
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            return _replace(output, where.index, fn)
+        handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def after_start(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """`fn` applied to every position but the first (the start token keeps its activation) of `[B, T, D]`.
+
+    Example:
+        >>> after_start(torch.zeros_like)(torch.ones(1, 3, 2))[0].tolist()
+        [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    """
+    def edited(activation: Tensor) -> Tensor:
+        return torch.cat([activation[:, :1], fn(activation[:, 1:]).to(activation.dtype)], dim=1)
+    return edited

@@ -1,0 +1,361 @@
+"""Train a TopK sparse autoencoder on a language model's site, as in Gao et al., "Scaling and evaluating
+sparse autoencoders" (2024).
+
+- Data: windows of `window` tokens from one or more text corpora (`dreamy.datasets.open_text` names or
+  paths), pooled and shuffled by `seed`; `heldout_tokens` worth of windows are held out for the figures.
+  Each step runs one batch of `batch_tokens // window` windows through the LM, stopping at the site
+  (the probe's early exit), and takes one Adam step on its activations (start position dropped).
+- Model: TopK activation (ReLU, then the `k` largest per token); decoder rows initialised unit-norm with
+  the encoder their transpose; `b_dec` initialised at the mean of the first batch; inputs scaled by one
+  number (fixed on the first batch) so that their mean squared distance to the mean is `d_in`, folded
+  back into the biases when the SAE is saved, so the saved SAE reads the raw site.
+- Loss: normalised MSE (`|x - x_hat|^2 / |x - mean|^2`, = 1 - FVE) plus `aux_coef` (1/32) times the AuxK
+  loss: the `aux_k` (default `d_in // 2`) largest pre-activations among dead features (no firing over
+  the last `aux_dead_tokens`) reconstruct the residual error `x - x_hat`.
+- After each step the decoder rows are renormalised to unit norm, and before it their gradients lose
+  the component parallel to the rows. Learning rate: linear warm-up over the first 5% of steps, linear
+  decay to 0 over the last 20%.
+- Checkpoints (`checkpoint.pt`, atomic) every `checkpoint_every` steps and at the end; `resume=True`
+  continues from the last one and ends equal to an uninterrupted run (same settings required).
+- At the end the SAE is saved in the SAELens layout (`cfg.json`, `sae_weights.safetensors`) and the
+  figures (`dreamy.sae.metrics`) are written to `metrics.json` and returned.
+
+Example:
+    >>> import tempfile
+    >>> from dreamy.models import load
+    >>> from dreamy.datasets import TextCorpus
+    >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park. " * 40)
+    >>> result = train_sae(load("tiny:lm"), "model.layers.0", [corpus], features=128, k=8, tokens=2048,
+    ...                    batch_tokens=256, window=16, heldout_tokens=64, out_dir=tempfile.mkdtemp(), progress=False)
+    >>> result.sae.d_sae, result.metrics["train_tokens"], 0 <= result.metrics["dead_fraction"] <= 1
+    (128, 2048, True)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamy.datasets import TextCorpus
+from dreamy.loop import make_generator, progress as progress_bar
+from dreamy.models import LoadedModel
+from dreamy.results import write_atomic, write_json_atomic
+from dreamy.sae.activations import corpus_windows, site_activations, site_probe
+from dreamy.sae.files import save
+from dreamy.sae.metrics import DEAD_WINDOW_TOKENS, dead_fraction, evaluate
+from dreamy.sae.model import SAE
+from dreamy.targets.saelens import CFG_NAME, WEIGHTS_NAME
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+AUX_COEF = 1 / 32
+WARMUP_SHARE = 0.05
+DECAY_SHARE = 0.2
+
+
+class SAERunError(ValueError):
+    """The output folder or the checkpoint does not fit this training run."""
+
+
+@dataclass
+class TrainResult:
+    """A trained SAE (reading the raw site), its figures (as in `metrics.json`) and its folder."""
+
+    sae: SAE
+    metrics: dict[str, Any]
+    out_dir: Path
+
+
+def default_lr(features: int) -> float:
+    """The default Adam learning rate: 2e-3 at 4096 features, scaled by `1/sqrt(features / 4096)`.
+
+    Example:
+        >>> default_lr(4096), default_lr(16384)
+        (0.002, 0.001)
+    """
+    return 2e-3 / math.sqrt(features / 4096)
+
+
+def lr_factor(step: int, n_steps: int) -> float:
+    """The learning-rate multiplier at `step` (0-based) of `n_steps`: warm-up, constant, linear decay to 0.
+
+    Example:
+        >>> [round(lr_factor(s, 100), 2) for s in (0, 4, 50, 90, 99)]
+        [0.2, 1.0, 1.0, 0.5, 0.05]
+    """
+    warmup = max(1, round(WARMUP_SHARE * n_steps))
+    decay = max(1, round(DECAY_SHARE * n_steps))
+    return min(1.0, (step + 1) / warmup, (n_steps - step) / decay)
+
+
+def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
+    """The output folder, refused when it holds files of another SAE run and `resume` is off.
+
+    Example:
+        >>> import tempfile
+        >>> check_out_dir(tempfile.mkdtemp(), resume=False).is_dir()
+        True
+    """
+    folder = Path(out_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SAERunError(f"--out '{out_dir}' is a file; give a folder")
+    taken = [name for name in (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME) if (folder / name).exists()]
+    if taken and not resume:
+        raise SAERunError(f"--out '{out_dir}' already holds an SAE run ({', '.join(taken)}); "
+                          "pass --resume to continue it, or choose another folder")
+    return folder
+
+
+def _sparse_decode(indices: Tensor, values: Tensor, w_dec: Tensor) -> Tensor:
+    """`sum_j values[:, j] * w_dec[indices[:, j]]` without the dense `[B, d_sae]` matrix."""
+    return F.embedding_bag(indices, w_dec, per_sample_weights=values, mode="sum")
+
+
+class _SelectedPre(torch.autograd.Function):
+    """`pre.gather(1, indices)` for a dense pre-activation `pre = (x - b_dec) @ W_enc + b_enc` computed without
+    autograd, with a sparse backward: the gradient reaches only the selected columns of `W_enc`, so the
+    backward costs `B * k * d_in` instead of the dense `B * d_sae * d_in`."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, x: Tensor, w_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indices: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w_enc, b_dec, indices)
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, w_enc, b_dec, indices = ctx.saved_tensors
+        n, k = indices.shape
+        features = w_enc.shape[1]
+        columns = indices.reshape(-1)
+        rows = torch.arange(n, device=x.device).repeat_interleave(k)
+        values = grad.reshape(-1)
+        selected = torch.sparse_coo_tensor(torch.stack([columns, rows]), values, (features, n))
+        grad_w_enc = torch.sparse.mm(selected, x - b_dec).T
+        per_feature = torch.zeros(features, dtype=grad.dtype, device=grad.device).index_add_(0, columns, values)
+        return None, None, grad_w_enc, per_feature, -(w_enc @ per_feature), None
+
+
+def sae_step(sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor, since_fired: Tensor, *, aux_k: int,
+             aux_coef: float, aux_dead_tokens: int) -> dict[str, float]:
+    """One Adam step of a TopK `sae` on activations `x` `[n, d_in]`; updates `since_fired` in place.
+
+    Returns the batch's `fve`, `l0`, `aux_loss` and `dead` (features counted dead for AuxK).
+
+    Example:
+        >>> sae = SAE.initialized(8, 32, 2, generator=torch.Generator().manual_seed(0))
+        >>> optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        >>> since = torch.zeros(32, dtype=torch.long)
+        >>> stats = sae_step(sae, optimizer, torch.randn(64, 8), since, aux_k=4, aux_coef=1/32, aux_dead_tokens=1000)
+        >>> stats["l0"] <= 2, torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32))
+        (True, True)
+    """
+    with torch.no_grad():
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        indices = pre.topk(sae.k, dim=-1).indices
+    values = _SelectedPre.apply(pre, x, sae.W_enc, sae.b_enc, sae.b_dec, indices).clamp(min=0)
+    recon = _sparse_decode(indices, values, sae.W_dec) + sae.b_dec
+    error = x - recon
+    total_var = (x - x.mean(dim=0)).pow(2).sum().clamp(min=1e-12)
+    mse = error.pow(2).sum() / total_var
+    dead = since_fired >= aux_dead_tokens
+    n_dead = int(dead.sum())
+    aux = torch.zeros((), device=x.device)
+    if n_dead and aux_coef > 0:
+        masked = pre.masked_fill(~dead.to(pre.device), float("-inf"))
+        aux_indices = masked.topk(min(aux_k, n_dead), dim=-1, sorted=False).indices
+        aux_values = _SelectedPre.apply(pre, x, sae.W_enc, sae.b_enc, sae.b_dec, aux_indices)
+        target = error.detach()
+        aux_recon = _sparse_decode(aux_indices, aux_values, sae.W_dec)
+        aux = ((target - aux_recon).pow(2).sum() / (target - target.mean(dim=0)).pow(2).sum().clamp(min=1e-12)).nan_to_num(0.0)
+    loss = mse + aux_coef * aux
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        w_dec = sae.W_dec
+        if w_dec.grad is not None:  # keep only the gradient that turns each unit-norm row
+            w_dec.grad -= (w_dec.grad * w_dec).sum(dim=1, keepdim=True) * w_dec
+        optimizer.step()
+        w_dec /= w_dec.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+        fired[indices[values > 0]] = True
+        since_fired += x.shape[0]
+        since_fired[fired.to(since_fired.device)] = 0
+    return {"fve": 1 - float(mse.detach()), "l0": float((values > 0).sum(dim=1).float().mean()), "aux_loss": float(aux.detach()),
+            "dead": n_dead}
+
+
+def _window_order(n_windows: int, epoch: int, seed: int) -> Tensor:
+    return torch.randperm(n_windows, generator=make_generator(seed + 1 + epoch))
+
+
+class _Batches:
+    """The training windows of each step: epoch after epoch of seeded permutations, cut into equal batches."""
+
+    def __init__(self, windows: Tensor, per_step: int, seed: int) -> None:
+        self.windows, self.per_step, self.seed = windows, per_step, seed
+        self._orders: dict[int, Tensor] = {}
+
+    def __call__(self, step: int) -> Tensor:
+        n = len(self.windows)
+        picks = []
+        for flat in range(step * self.per_step, (step + 1) * self.per_step):
+            epoch, position = divmod(flat, n)
+            if epoch not in self._orders:
+                self._orders = {epoch: _window_order(n, epoch, self.seed)}
+            picks.append(int(self._orders[epoch][position]))
+        return self.windows[picks]
+
+
+def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(folder / CHECKPOINT_NAME, buffer.getvalue())
+
+
+def _load_checkpoint(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    path = folder / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise SAERunError(f"cannot read the checkpoint '{path}' ({type(error).__name__}); delete it to start over") from error
+    old = state.get("settings", {})
+    changed = [f"{key}: {old.get(key)!r} -> {settings[key]!r}" for key in settings if old.get(key) != settings[key]]
+    if changed:
+        raise SAERunError(f"--resume: '{folder}' holds a run with other settings ({'; '.join(changed)}); "
+                          "use the same settings or another --out")
+    return state
+
+
+def _raw_scale_sae(sae: SAE, scale: float, cfg: dict[str, Any]) -> SAE:
+    """A copy of `sae` (trained on `x * scale`) that reads raw activations: biases divided by `scale`."""
+    weights = sae.weights()
+    raw = SAE(type(weights)(weights.architecture, W_enc=weights.W_enc, b_enc=weights.b_enc / scale,
+                            W_dec=weights.W_dec, b_dec=weights.b_dec / scale, k=weights.k,
+                            apply_b_dec_to_input=True, cfg=cfg))
+    return raw.requires_grad_(False).eval()
+
+
+def train_sae(
+    loaded: LoadedModel,
+    site: str,
+    corpora: Sequence[str | TextCorpus],
+    *,
+    features: int,
+    k: int,
+    tokens: int,
+    out_dir: str | os.PathLike,
+    batch_tokens: int = 2048,
+    lr: float | None = None,
+    window: int = 64,
+    seed: int = 0,
+    resume: bool = False,
+    checkpoint_every: int = 50,
+    aux_k: int | None = None,
+    aux_coef: float = AUX_COEF,
+    aux_dead_tokens: int = 50_000,
+    heldout_tokens: int = 8192,
+    max_words: int | None = None,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a TopK SAE with `features` latents on `tokens` activations of `site`; see the module docstring.
+
+    `callback(step, stats)` runs after every step (1-based, after any checkpoint); an exception it raises
+    stops training (the last checkpoint stays for `resume`).
+    """
+    if loaded.tokenizer is None:
+        raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
+    for name, value in (("features", features), ("k", k), ("tokens", tokens), ("batch_tokens", batch_tokens),
+                        ("window", window), ("checkpoint_every", checkpoint_every), ("heldout_tokens", heldout_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if k > features:
+        raise ValueError(f"k={k} must be <= features={features}")
+    lr = default_lr(features) if lr is None else lr
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be > 0 and finite, got {lr}")
+    folder = check_out_dir(out_dir, resume)
+    probe = site_probe(loaded, site)
+    per_step = max(1, batch_tokens // window)
+    step_tokens = per_step * window
+    n_steps = math.ceil(tokens / step_tokens)
+    heldout_windows = max(1, math.ceil(heldout_tokens / window))
+    split = corpus_windows(loaded.tokenizer, corpora, window=window, heldout_windows=heldout_windows, seed=seed,
+                           max_words=max_words)
+    batches = _Batches(split.train, per_step, seed)
+    settings = {"model": loaded.name, "site": site, "corpora": list(split.corpora), "features": features, "k": k,
+                "tokens": tokens, "batch_tokens": step_tokens, "lr": lr, "window": window, "seed": seed,
+                "aux_k": aux_k, "aux_coef": aux_coef, "aux_dead_tokens": aux_dead_tokens,
+                "heldout_tokens": heldout_windows * window, "max_words": max_words}
+    state = _load_checkpoint(folder, settings) if resume else None
+    device = loaded.device
+    if state is None:
+        x0 = site_activations(loaded, site, batches(0), probe=probe)
+        mean = x0.mean(dim=0)
+        scale = float(math.sqrt(x0.shape[1] / float((x0 - mean).pow(2).sum(dim=1).mean().clamp(min=1e-12))))
+        sae = SAE.initialized(x0.shape[1], features, k, generator=make_generator(seed)).to(device)
+        with torch.no_grad():
+            sae.b_dec.copy_(mean * scale)
+        since_fired = torch.zeros(features, dtype=torch.long)
+        step, train_seconds = 0, 0.0
+    else:
+        scale = float(state["scale"])
+        weights = {name: tensor for name, tensor in state["sae"].items()}
+        sae = SAE.initialized(weights["W_enc"].shape[0], features, k, generator=make_generator(seed)).to(device)
+        sae.load_state_dict(weights)
+        since_fired = state["since_fired"].clone()
+        step, train_seconds = int(state["step"]), float(state["train_seconds"])
+    sae.train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    aux_k = aux_k or max(1, sae.d_in // 2)
+    cfg = {"hook_name": site, "model_name": loaded.name, "training": settings}
+
+    def checkpoint() -> None:
+        _save_checkpoint(folder, {"settings": settings, "step": step, "scale": scale, "train_seconds": train_seconds,
+                                  "sae": {name: t.detach().cpu() for name, t in sae.state_dict().items()},
+                                  "optimizer": optimizer.state_dict(), "since_fired": since_fired})
+
+    bar = progress_bar(n_steps * step_tokens, f"sae {site}", enabled=progress)
+    bar.unit, bar.unit_scale = "tok", True
+    bar.update(step * step_tokens)
+    try:
+        while step < n_steps:
+            started = time.perf_counter()
+            x = site_activations(loaded, site, batches(step), probe=probe) * scale
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(step, n_steps)
+            stats = sae_step(sae, optimizer, x, since_fired, aux_k=aux_k, aux_coef=aux_coef, aux_dead_tokens=aux_dead_tokens)
+            train_seconds += time.perf_counter() - started
+            step += 1
+            stats["dead_fraction"] = dead_fraction(since_fired, step * step_tokens)
+            bar.update(step_tokens)
+            bar.set_postfix(FVE=f"{stats['fve']:.3f}", L0=f"{stats['l0']:.1f}", dead=f"{stats['dead_fraction']:.1%}", refresh=False)
+            if step % checkpoint_every == 0 or step == n_steps:
+                checkpoint()
+            if callback is not None:
+                callback(step, stats)
+    finally:
+        bar.close()
+    trained = _raw_scale_sae(sae, scale, cfg)
+    save(trained, folder)
+    figures = evaluate(loaded, site, trained, split.heldout)
+    train_tokens = n_steps * step_tokens
+    figures.update(dead_fraction=dead_fraction(since_fired, train_tokens), dead_window_tokens=min(DEAD_WINDOW_TOKENS, train_tokens),
+                   train_tokens=train_tokens, train_steps=n_steps, train_seconds=train_seconds,
+                   tokens_per_second=train_tokens / train_seconds if train_seconds > 0 else float("nan"),
+                   site=site, model=loaded.name, features=features, k=k)
+    write_json_atomic(folder / METRICS_NAME, figures)
+    return TrainResult(trained, figures, folder)

@@ -1,0 +1,25 @@
+"""Small SAEs of each architecture with hand-set values, shared by the SAE tests."""
+
+from __future__ import annotations
+
+import torch
+
+from dreamy.sae.model import SAE
+from dreamy.targets.saelens import SAEWeights
+
+
+def small_sae(architecture: str, *, d_in: int = 4, d_sae: int = 6, apply_b_dec_to_input: bool = True, seed: int = 0) -> SAE:
+    """A seeded random SAE of `architecture` (relu, jumprelu, topk with k=2)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = SAEWeights(
+        architecture,
+        W_enc=torch.randn(d_in, d_sae, generator=gen),
+        b_enc=torch.randn(d_sae, generator=gen) * 0.1,
+        W_dec=torch.randn(d_sae, d_in, generator=gen),
+        b_dec=torch.randn(d_in, generator=gen),
+        threshold=torch.rand(d_sae, generator=gen) * 0.5 if architecture == "jumprelu" else None,
+        k=2 if architecture == "topk" else None,
+        apply_b_dec_to_input=apply_b_dec_to_input,
+        cfg={"hook_name": "0", "model_name": "test"},
+    )
+    return SAE(weights).requires_grad_(False)
