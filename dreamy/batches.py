@@ -82,8 +82,11 @@ def example_input(loaded: Any, kind: str, settings: dict[str, Any]) -> dict[str,
     if kind == "image":
         if loaded.kind != "vision":
             raise ValueError(f"model '{loaded.name}' is a {loaded.kind} model; `image` needs a vision model")
+        from dreamy.vision.render import patch_tokens
+
         size = loaded.preprocess.size if loaded.preprocess else (224, 224)
-        return {"args": (torch.zeros(2, 3, *size, device=loaded.device),), "sequence_reduce": "mean"}
+        return {"args": (torch.zeros(2, 3, *size, device=loaded.device),), "sequence_reduce": "mean",
+                "patch_tokens": patch_tokens(loaded.model)}
     if loaded.kind != "language":
         raise ValueError(f"model '{loaded.name}' is a {loaded.kind} model; `prompt` needs a language model")
     from dreamy.language.layout import make_layout

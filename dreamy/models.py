@@ -11,6 +11,8 @@ Names:
     torchvision:NAME             torchvision.models.get_model(NAME) with its default weights (downloads)
     hf:ID_OR_PATH                any Hugging Face causal LM (a local path works offline)
     lucent:inceptionv1           lucent's InceptionV1 (needs `pip install torch-lucent`)
+    timm:NAME, timm:NAME:random  any timm model (ViTs included) with its pretrained weights (downloaded once
+                                 from the Hugging Face hub), or with random weights (offline); `pip install timm`
     tiny:cnn, tiny:lm            small seeded random models for tests and smoke runs
 
 Example:
@@ -40,9 +42,9 @@ log = logging.getLogger(__name__)
 
 NAMES = ("bundled:efficientnet-lite0", "bundled:efficientnet-lite1", "bundled:efficientnet-lite2", "bundled:smollm2-135m",
          "bundled:gemma3-270m", "tiny:cnn", "tiny:lm")
-PREFIXES = ("torchvision:", "hf:", "lucent:")
+PREFIXES = ("torchvision:", "hf:", "lucent:", "timm:")
 KINDS_BY_NAME = {"bundled:efficientnet-lite0": "vision", "bundled:efficientnet-lite1": "vision",
-                 "bundled:efficientnet-lite2": "vision", "tiny:cnn": "vision", "torchvision:": "vision", "lucent:": "vision",
+                 "bundled:efficientnet-lite2": "vision", "tiny:cnn": "vision", "torchvision:": "vision", "lucent:": "vision", "timm:": "vision",
                  "bundled:smollm2-135m": "language", "bundled:gemma3-270m": "language", "tiny:lm": "language",
                  "hf:": "language"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -259,6 +261,69 @@ def _lucent(name: str, arch: str, device: str | torch.device) -> LoadedModel:
     return LoadedModel(name, "vision", _freeze_vision(model, device), preprocess=preprocess)
 
 
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether `host` resolves (a fast offline test: an offline download would retry for a minute)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _timm_pretrained(arch: str) -> nn.Module:
+    """`timm.create_model(arch, pretrained=True)`; offline, only from the local Hugging Face cache, without retries."""
+    import timm
+
+    online = _hub_reachable()
+    constants = None
+    if not online:
+        try:
+            import huggingface_hub.constants as constants
+        except ImportError:
+            constants = None
+    saved = getattr(constants, "HF_HUB_OFFLINE", None)
+    try:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
+        return timm.create_model(arch, pretrained=True)
+    except Exception as error:  # network and cache errors come in many types
+        why = "they are not in the local cache and huggingface.co cannot be reached" if not online else \
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise ModelLoadError(f"could not get the pretrained weights of timm:{arch} ({why}); they download once with "
+                             f"internet; timm:{arch}:random builds the model with random weights offline") from None
+    finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved
+
+
+def _timm(name: str, rest: str, device: str | torch.device) -> LoadedModel:
+    """A timm model by name: `timm:ARCH` (pretrained) or `timm:ARCH:random` (random init, works offline)."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ModelLoadError(f"{name} needs timm: pip install 'dreamy-toolkit[timm]' (or pip install timm)") from error
+    arch, _, option = rest.partition(":")
+    if option not in ("", "random"):
+        raise ModelLoadError(f"{name}: unknown option '{option}'; use timm:{arch} (pretrained) or timm:{arch}:random")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr('timm:' + c) for c in close)}? " if close else ""
+        raise ModelLoadError(f"unknown timm model '{arch}'; {hint}see timm.list_models()")
+    if option == "random":
+        with torch.random.fork_rng(devices=[]):  # seeded: the same random model in every process
+            torch.manual_seed(0)
+            model = timm.create_model(arch, pretrained=False)
+    else:
+        model = _timm_pretrained(arch)
+    config = timm.data.resolve_data_config({}, model=model)
+    _, height, width = config["input_size"]
+    preprocess = Preprocess(tuple(config["mean"]), tuple(config["std"]), (height, width))
+    names = imagenet_class_names() if option != "random" and getattr(model, "num_classes", 0) == 1000 else None
+    return LoadedModel(name, "vision", _freeze_vision(model, device), preprocess=preprocess, class_names=names)
+
+
 def kind_of(name: str) -> str | None:
     """"vision" or "language" for a model name, known without loading it (None for an unknown name).
 
@@ -329,6 +394,8 @@ def load(name: str, device: str | torch.device = "cpu", *, trust_remote_code: bo
         return _hf(name, rest, device, trust_remote_code)
     if prefix == "lucent" and rest:
         return _lucent(name, rest, device)
+    if prefix == "timm" and rest:
+        return _timm(name, rest, device)
     close = difflib.get_close_matches(name, NAMES, n=2, cutoff=0.5)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     raise ModelLoadError(f"unknown model '{name}'; {hint}known names: {', '.join(NAMES)}, or a prefix {', '.join(p + 'NAME' for p in PREFIXES)}")

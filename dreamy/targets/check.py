@@ -109,13 +109,14 @@ def _shape_key(target: Target) -> tuple:
 
 
 def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any, sequence_reduce: str = "mean",
-                  **kwargs: Any) -> list[tuple[str, str]]:
+                  patch_tokens: int | None = None, **kwargs: Any) -> list[tuple[str, str]]:
     """Score every target on one example forward of `model(*args, **kwargs)`; return `(spec, error)` for
     each target that cannot be scored (an empty list when all are fine), in the order given.
 
     The example input should have the shape the run will use (e.g. the prompt's full length, so a
     `/pos=N` reduction is checked against the real sequence) and at least two rows (a site whose
-    output does not follow the batch is refused). Scores must be finite on the example.
+    output does not follow the batch is refused). Scores must be finite on the example. `sequence_reduce`
+    and `patch_tokens` are the run's probe options (see `Probe`).
     """
     parsed: list[tuple[str, Target | None, str | None]] = []
     for spec in targets:
@@ -134,16 +135,17 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
         if error is None:
             key = _shape_key(target)
             if key not in shape_errors:
-                shape_errors[key] = _score_error(target, tensors, sequence_reduce)
+                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens)
             error = shape_errors[key]
         if error is not None:
             failures.append((spec, error))
     return failures
 
 
-def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str) -> str | None:
+def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str,
+                 patch_tokens: int | None = None) -> str | None:
     try:
-        scores, _ = _Scorer([target], sequence_reduce).score(tensors)
+        scores, _ = _Scorer([target], sequence_reduce, patch_tokens).score(tensors)
     except TargetError as error:
         return str(error).splitlines()[0]
     except (RuntimeError, ValueError, IndexError) as error:  # shapes that do not combine, odd activations

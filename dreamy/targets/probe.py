@@ -79,12 +79,34 @@ def features_last(activation: Tensor) -> Tensor:
     return activation
 
 
-def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site) -> Tensor:
-    """Reduce `[B, *positions]` to `[B]`."""
+def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site, patch_tokens: int | None = None) -> Tensor:
+    """Reduce `[B, *positions]` to `[B]`.
+
+    With `patch_tokens` (a vision transformer's patch count), a `[B, T]` token map with T > patch_tokens
+    holds T - patch_tokens prefix tokens (class, registers) first: `mean`/`max`/`sum` (and the default)
+    read only the patch tokens, `tokens=i` is patch token i, `cls` is token 0; `pos=N` indexes all T.
+    """
     if values.ndim == 1:
         return values
     if reduce is None:
         reduce = sequence_reduce if values.ndim == 2 else "mean"
+    if reduce == "cls" or reduce.startswith("tokens="):
+        if values.ndim != 2:
+            raise TargetError(f"reduction {reduce} reads a token site [B, tokens, D]; site '{site}' has positions "
+                              f"{tuple(values.shape[1:])}; use mean, max or center")
+    prefix = values.shape[1] - patch_tokens if values.ndim == 2 and patch_tokens and values.shape[1] > patch_tokens else 0
+    if reduce == "cls":
+        if patch_tokens is not None and prefix == 0:
+            raise TargetError(f"site '{site}' has no class token: its {values.shape[1]} tokens are all patch tokens; "
+                              "use mean or tokens=N")
+        return values[:, 0]
+    if reduce.startswith("tokens="):
+        index, patches = int(reduce[7:]), values[:, prefix:]
+        if not -patches.shape[1] <= index < patches.shape[1]:
+            raise TargetError(f"reduction {reduce} out of range for site '{site}' with {patches.shape[1]} patch tokens")
+        return patches[:, index]
+    if reduce in ("mean", "sum", "max"):
+        values = values[:, prefix:]
     flat = values.flatten(1)
     if reduce == "mean":
         return flat.mean(dim=1)
@@ -106,9 +128,10 @@ def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site
 class _Scorer:
     """Targets with their units resolved; turns captured activations into scores."""
 
-    def __init__(self, targets: Sequence[Target], sequence_reduce: str) -> None:
+    def __init__(self, targets: Sequence[Target], sequence_reduce: str, patch_tokens: int | None = None) -> None:
         self.targets = list(targets)
         self.sequence_reduce = sequence_reduce
+        self.patch_tokens = patch_tokens
         self.units: dict[Term, ResolvedUnit] = {}
         for target in self.targets:
             for term in target.terms:
@@ -132,7 +155,7 @@ class _Scorer:
                 raise TargetError(f"reduction pos={pos} out of range for site '{term.site}' with {activation.shape[1]} positions")
             one = activation[:, pos].log_softmax(dim=-1)
             return self.units[term].project(one, str(term.site))
-        return _reduce(self.term_map(term, activations), term.reduce, self.sequence_reduce, term.site)
+        return _reduce(self.term_map(term, activations), term.reduce, self.sequence_reduce, term.site, self.patch_tokens)
 
     def score(self, activations: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
         cache: dict[Term, Tensor] = {}
@@ -187,10 +210,13 @@ class Probe:
     """Scores targets on a model's activations; see the module docstring.
 
     `sequence_reduce` is the default reduction for `[B, T, D]` activations (`"mean"`; the language
-    side uses `"pos=-1"`, the activation at the last token).
+    side uses `"pos=-1"`, the activation at the last token). `patch_tokens`: a vision transformer's
+    number of patch tokens; `[B, T, D]` sites with more tokens than that hold prefix tokens (class,
+    registers) first, which `mean`, `max`, `sum` and `tokens=i` skip and `cls` reads (see `_reduce`).
     """
 
-    def __init__(self, model: nn.Module, targets: Sequence["str | Target"], *, sequence_reduce: str = "mean") -> None:
+    def __init__(self, model: nn.Module, targets: Sequence["str | Target"], *, sequence_reduce: str = "mean",
+                 patch_tokens: int | None = None) -> None:
         if isinstance(targets, (str, Target)):
             targets = [targets]
         self.model = model
@@ -204,7 +230,7 @@ class Probe:
             site: (model if site.is_logits else resolve_module(model, site.path)) for site in self.sites
         }
         self.reads_logits = any(site.is_logits for site in self.sites)
-        self._scorer = _Scorer(self.targets, sequence_reduce)
+        self._scorer = _Scorer(self.targets, sequence_reduce, patch_tokens)
 
     def __repr__(self) -> str:
         return f"Probe({[str(t) for t in self.targets]})"

@@ -145,6 +145,27 @@ def _diversity_loss(activations: dict[str, Tensor], rows: Tensor, row_sites: lis
     return total
 
 
+def patch_tokens(model: nn.Module) -> int | None:
+    """How many patch tokens a vision transformer's `[B, tokens, D]` sites hold (None for other models).
+
+    Token sites with more tokens hold prefix tokens (the class token, registers) first; the probe's
+    default reduction averages the patch tokens only, `/cls` reads the class token, `/tokens=i` patch
+    token i. Knows timm models (`patch_embed.num_patches`) and torchvision's ViTs.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> patch_tokens(load("tiny:cnn").model) is None
+        True
+    """
+    count = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    if isinstance(count, int):
+        return count
+    if hasattr(model, "class_token") and isinstance(getattr(model, "patch_size", None), int) \
+            and isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
+        return (model.image_size // model.patch_size) ** 2
+    return None
+
+
 def _channels_last(images: Tensor) -> Tensor:
     """NHWC memory layout for the model's input: convolutions skip layout conversions and, on CPU, big
     batches stay as cheap per image as small ones (the values are unchanged)."""
@@ -223,7 +244,7 @@ def dream(
     transforms = Transforms.standard(size) if transforms is None else transforms
     penalties = _penalties(regularizers, param)
     row_sites, extra = _diversity_sites(parsed, diversity_site) if diversity > 0 else ([], [])
-    probe = Probe(model, parsed + extra)
+    probe = Probe(model, parsed + extra, patch_tokens=patch_tokens(model))
     rows = torch.arange(len(parsed), device=device).repeat_interleave(n_per_target)
     opt = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
     normalize = preprocess.normalize if preprocess else (lambda x: x)
