@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
+from dreamy.sae import command as sae_command
 from dreamy.targets import TargetError, expand
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--topk", type=_positive(int), default=64)
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
+    sae_command.add_parser(sub)
     return parser
 
 
@@ -353,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sites":
             return _sites(args)
+        if args.command == "sae-train":
+            return sae_command.run(args)
         return _dream(args)
     except UsageError as error:
         print(f"dream: error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The `dream sae-train` command: its arguments and what it runs.
 
     dream sae-train --model bundled:smollm2-135m --site model.layers.9 --corpus fortunes --corpus bible-kjv \\
-        --features 4096 --k 32 --tokens 1000000 --out sae-l9/ [--resume] [--seed N] [--batch-tokens N] [--lr X] [--quiet]
+        --features 4096 --k 32 --tokens 1000000 --out sae-l9/ [--resume] [--seed N] [--batch-tokens N] [--lr X]
+        [--window N] [--heldout-tokens N] [--device D] [--quiet]
 
 Every argument is checked before the model loads (bad ones: one line, exit 2); then the site is checked
 against the loaded model, the SAE trains (progress bar: tokens/s, FVE, L0, dead fraction), and its folder
@@ -66,6 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cmd.add_argument("--batch-tokens", type=_positive_int, default=2048, help="tokens per step (default %(default)s)")
     cmd.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: 2e-3 at 4096 features)")
     cmd.add_argument("--window", type=_positive_int, default=64, help="tokens per text window (default %(default)s)")
+    cmd.add_argument("--heldout-tokens", type=_positive_int, default=8192,
+                     help="tokens held out of training for the figures (default %(default)s)")
     cmd.add_argument("--device", default="cpu")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     return cmd
@@ -149,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
         raise SAEUsageError(f"--site: {str(error).splitlines()[0]}") from error
     result = train_sae(loaded, args.site, args.corpus, features=args.features, k=args.k, tokens=args.tokens,
                        out_dir=args.out, batch_tokens=args.batch_tokens, lr=args.lr, window=args.window, seed=args.seed,
-                       resume=args.resume, progress=not args.quiet)
+                       heldout_tokens=args.heldout_tokens, resume=args.resume, progress=not args.quiet)
     print(summary(result.metrics, result.out_dir))
     return 0

@@ -138,7 +138,7 @@ class _SelectedPre(torch.autograd.Function):
         columns = indices.reshape(-1)
         rows = torch.arange(n, device=x.device).repeat_interleave(k)
         values = grad.reshape(-1)
-        selected = torch.sparse_coo_tensor(torch.stack([columns, rows]), values, (features, n))
+        selected = torch.sparse_coo_tensor(torch.stack([columns, rows]), values, (features, n), check_invariants=False)
         grad_w_enc = torch.sparse.mm(selected, x - b_dec).T
         per_feature = torch.zeros(features, dtype=grad.dtype, device=grad.device).index_add_(0, columns, values)
         return None, None, grad_w_enc, per_feature, -(w_enc @ per_feature), None

@@ -1,0 +1,118 @@
+"""dreamy/sae/train.py: the TopK training step, AuxK, checkpoints and resume, the output folder."""
+
+import json
+
+import pytest
+import torch
+
+from dreamy.datasets import TextCorpus
+from dreamy.sae import load, train_sae
+from dreamy.sae.model import SAE
+from dreamy.sae.train import SAERunError, lr_factor, sae_step
+
+CORPUS = TextCorpus("toy", " ".join(f"The cat {i} sat on the mat and the dog ran in park {i % 7}." for i in range(120)))
+SMALL = dict(features=64, k=4, tokens=768, batch_tokens=128, window=16, heldout_tokens=64, progress=False)
+
+
+def _sparse_data(gen, truth, n=256):
+    picks = torch.randint(len(truth), (n, 2), generator=gen)
+    return (torch.rand(n, 2, 1, generator=gen) * 3 * truth[picks]).sum(dim=1)
+
+
+def _train_with_a_dead_latent(aux_coef):
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randn(24, 16, generator=gen)
+    truth /= truth.norm(dim=1, keepdim=True)
+    sae = SAE.initialized(16, 24, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.b_enc[0] = -3.0  # latent 0 never makes the top 2
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    since_fired = torch.zeros(24, dtype=torch.long)
+    since_fired[0] = 10**6
+    for _ in range(150):
+        sae_step(sae, optimizer, _sparse_data(gen, truth), since_fired, aux_k=8, aux_coef=aux_coef, aux_dead_tokens=1000)
+    return int((sae.encode(_sparse_data(gen, truth, 1024))[:, 0] > 0).sum())
+
+
+def test_auxk_revives_a_latent_forced_dead():
+    assert _train_with_a_dead_latent(aux_coef=1 / 32) > 0
+    assert _train_with_a_dead_latent(aux_coef=0.0) == 0  # without AuxK it stays dead
+
+
+def test_step_keeps_decoder_rows_unit_norm_and_counts_firing():
+    sae = SAE.initialized(8, 32, 3, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    since_fired = torch.full((32,), 5, dtype=torch.long)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fired = sae.encode(x).ne(0).any(dim=0)
+    stats = sae_step(sae, optimizer, x, since_fired, aux_k=4, aux_coef=1 / 32, aux_dead_tokens=1000)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-6)
+    assert torch.equal(since_fired == 0, fired) and bool((since_fired[~fired] == 69).all())
+    assert stats["l0"] <= 3 and stats["fve"] < 1
+
+
+def test_training_reduces_the_error_on_sparse_data():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.randn(16, 12, generator=gen)
+    truth /= truth.norm(dim=1, keepdim=True)
+    sae = SAE.initialized(12, 32, 2, generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    since_fired = torch.zeros(32, dtype=torch.long)
+    first = sae_step(sae, optimizer, _sparse_data(gen, truth), since_fired, aux_k=6, aux_coef=1 / 32, aux_dead_tokens=10**6)
+    for _ in range(200):
+        last = sae_step(sae, optimizer, _sparse_data(gen, truth), since_fired, aux_k=6, aux_coef=1 / 32, aux_dead_tokens=10**6)
+    assert last["fve"] > 0.8 > first["fve"]
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero():
+    factors = [lr_factor(step, 200) for step in range(200)]
+    assert factors[0] < factors[9] == 1.0 == factors[159]
+    assert factors[-1] == pytest.approx(1 / 40) and all(a >= b for a, b in zip(factors[100:], factors[101:]))
+
+
+def test_train_writes_a_saelens_folder_and_metrics(tiny_lm, tmp_path):
+    result = train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, **SMALL)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_tokens"] == 768 and metrics["heldout_tokens"] == 64
+    for key in ("fve", "l0", "dead_fraction", "xentropy_clean", "xentropy_spliced", "xentropy_zero", "loss_recovered"):
+        assert metrics[key] == pytest.approx(result.metrics[key])
+    assert 0 < metrics["l0"] <= 4 and metrics["xentropy_zero"] != metrics["xentropy_clean"]
+    sae = load(tmp_path)
+    assert sae.architecture == "topk" and sae.k == 4 and sae.cfg["hook_name"] == "model.layers.0"
+    assert sae.cfg["model_name"] == "tiny:lm" and sae.cfg["training"]["corpora"] == ["toy"]
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+
+
+def test_resume_after_a_crash_ends_equal_to_an_uninterrupted_run(tiny_lm, tmp_path):
+    whole = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "whole", checkpoint_every=2, **SMALL)
+
+    def crash(step, stats):
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", checkpoint_every=2, callback=crash, **SMALL)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 2
+    steps = []
+    resumed = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", checkpoint_every=2, resume=True,
+                        callback=lambda step, stats: steps.append(step), **SMALL)
+    assert steps == [3, 4, 5, 6]
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(resumed.sae, name), getattr(whole.sae, name), atol=1e-6), name
+    assert resumed.metrics["fve"] == pytest.approx(whole.metrics["fve"], abs=1e-6)
+    assert resumed.metrics["dead_fraction"] == whole.metrics["dead_fraction"]
+
+
+def test_out_dir_of_another_run_is_refused(tiny_lm, tmp_path):
+    train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, **SMALL)
+    with pytest.raises(SAERunError, match="already holds an SAE run"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, **SMALL)
+    with pytest.raises(SAERunError, match=r"other settings \(k: 4 -> 8"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, resume=True, **{**SMALL, "k": 8})
+
+
+def test_seeded_runs_are_equal(tiny_lm, tmp_path):
+    a = train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "a", **SMALL)
+    b = train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "b", **SMALL)
+    assert torch.equal(a.sae.W_enc, b.sae.W_enc)
