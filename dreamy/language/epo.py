@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Sequence
 
 import torch
@@ -153,6 +154,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
         rows = slice(k * population, (k + 1) * population)
         pops.append(_Population(spans[rows], start_ids[k], scores.activation[rows].clone(), scores.xentropy[rows].clone(),
                                 gen, history_rows(setup, start_ids[k], host[0][rows], host[1][rows], 0)))
+    started = time.perf_counter()
     with loop.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             if restart_every and iteration % restart_every == 0:
@@ -170,11 +172,13 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
             bar.update(1)
             bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
                             f"{n_targets} targets, mean best {sum(max(r['activation'] for r in p.history) for p in pops) / n_targets:.3g}")
+    loop_seconds = time.perf_counter() - started
     results = []
     for k, pop in enumerate(pops):
         settings = {"n_tokens": n_tokens, "iters": iters, "population": population, "lambdas": lambdas.tolist(),
                     "lambda_range": list(lambda_range), "children_per_member": children_per_member, "topk": topk,
-                    "n_swaps": n_swaps, "restart_every": restart_every, "restarts": pop.restarts, "ascii_only": ascii_only}
+                    "n_swaps": n_swaps, "restart_every": restart_every, "restarts": pop.restarts, "ascii_only": ascii_only,
+                    "loop_seconds": loop_seconds}
         results.append(setup.result(pop.history, settings, seed, "epo", k))
     return results
 

@@ -1,0 +1,300 @@
+"""dreamy's EPO against the authors' reference EPO (Confirm-Solutions/dreamy, `dreamy/epo.py`), side by side.
+
+Same model, same MLP neurons (drawn with a seeded generator, one per depth quarter), same budget: a 12-token
+span, population 8, 32 children per member, 30 iterations, seed 0, random starts. The reference is imported
+from a fetched copy given with `--reference-src PATH` (the folder holding its `dreamy/epo.py`, or the file;
+default: `$DREAMY_REFERENCE_SRC`); its code is never copied here, and without it the script says so and
+exits. Its package is also named `dreamy`, so its `epo.py` is loaded under another module name.
+
+One yardstick for both. The reference sees the span with the model's BOS token in front (its `cache_run`,
+written here, prepends it), so both optimize the same activation: the neuron's value (`down_proj` input)
+at the span's last token. Its own cross-entropy skips the first span token (it pairs `logits[:, :-1]` with
+`ids[:, 1:]`: 11 terms for 12 tokens); "prompt cross-entropy" here is dreamy's, the mean over all 12 span
+tokens, the first predicted from BOS. The reference's evaluated prompts are rescored with it (exactly:
+since dreamy's value is at least 11/12 of the reference's, only prompts whose own cross-entropy is at most
+12/11 of a cut-off can pass it; those are rescored from the highest activation down until one passes).
+The reference draws from the whole vocabulary (special and non-ASCII tokens included, no retokenization
+check); dreamy keeps its defaults (printable-ASCII tokens whose text re-encodes to the same tokens).
+
+Reported per neuron: the best activation at prompt cross-entropy <= 4.5, 5, 6 and 7 for each method, and
+s/iter (wall time of the whole call / iterations; the two runs of a neuron run back to back, their order
+alternating between neurons). `--device cuda` adds timing-only runs on random-init Llama models of the
+SmolLM2-135M and SmolLM2-1.7B shapes.
+
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref            # CPU, 4 neurons, 30 iterations
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --device cuda
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --model tiny:lm --iters 2 --children 4   # smoke
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks import common
+from dreamy.language import epo
+from dreamy.language.search import SearchSetup
+from dreamy.models import LoadedModel, load
+
+CUTOFFS = (4.5, 5.0, 6.0, 7.0)
+BUDGET = {"n_tokens": 12, "population": 8, "children": 32, "iters": 30, "seed": 0, "neurons": 4}
+SHAPES = {  # random-init Llama models for GPU timing (SmolLM2 shapes)
+    "llama-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                             num_key_value_heads=3),
+    "llama-1.7b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                             num_key_value_heads=32),
+}
+
+
+def load_reference(src: str | os.PathLike) -> Any:
+    """The reference's `epo.py` as a module named `reference_epo` (its package name `dreamy` is ours)."""
+    path = Path(src)
+    if path.is_dir():
+        path = path / "dreamy" / "epo.py" if (path / "dreamy" / "epo.py").exists() else path / "epo.py"
+    if not path.is_file():
+        raise SystemExit(f"no reference epo.py under {src!r}; fetch Confirm-Solutions/dreamy and pass its folder")
+    spec = importlib.util.spec_from_file_location("reference_epo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def pick_neurons(loaded: LoadedModel, n: int, seed: int) -> list[tuple[int, int]]:
+    """(layer, neuron) pairs: one layer drawn in each of `n` equal depth ranges, a neuron drawn in it (seeded).
+
+    Example:
+        >>> pick_neurons(load("tiny:lm"), 4, 0)[0][0] in (0, 1)
+        True
+    """
+    layers = len(loaded.model.model.layers)
+    width = loaded.model.config.intermediate_size
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for q in range(n):
+        low, high = q * layers // n, max(q * layers // n + 1, (q + 1) * layers // n)
+        layer = int(torch.randint(low, high, (1,), generator=gen))
+        picks.append((layer, int(torch.randint(width, (1,), generator=gen))))
+    return picks
+
+
+def reference_cache_run(model: torch.nn.Module, layer: int, neuron: int, bos: int) -> Callable[..., dict[str, Any]]:
+    """The reference's `cache_run`: BOS + span in, {"target": neuron at the last token, "logits": one per span token}."""
+    module = model.model.layers[layer].mlp.down_proj
+
+    def run(input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> dict[str, Any]:
+        captured: dict[str, torch.Tensor] = {}
+        handle = module.register_forward_hook(lambda mod, args, out: captured.__setitem__("x", args[0]))
+        try:
+            n = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+            start = torch.full((n, 1), bos, dtype=torch.long, device=model.device)
+            if input_ids is not None:
+                out = model(input_ids=torch.cat([start, input_ids], dim=1))
+            else:
+                embeds = model.get_input_embeddings()(start).to(inputs_embeds.dtype)
+                out = model(inputs_embeds=torch.cat([embeds, inputs_embeds], dim=1))
+        finally:
+            handle.remove()
+        return {"target": captured["x"][:, -1, neuron], "logits": out.logits[:, 1:]}
+
+    return run
+
+
+def run_reference(reference: Any, loaded: LoadedModel, layer: int, neuron: int, budget: dict[str, Any]) -> dict[str, Any]:
+    """One reference EPO run; its evaluated prompts (unique) with its own activation and cross-entropy."""
+    bos = loaded.tokenizer.bos_token_id if loaded.tokenizer.bos_token_id is not None else loaded.tokenizer.eos_token_id
+    run = reference_cache_run(loaded.model, layer, neuron, bos)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints every restart and (with its callback) every step
+        history = reference.epo(run, loaded.model, loaded.tokenizer, seq_len=budget["n_tokens"],
+                                population_size=budget["population"], iters=budget["iters"],
+                                explore_per_pop=budget["children"], seed=budget["seed"],
+                                topk=min(512, loaded.model.get_input_embeddings().weight.shape[0]),  # its default, capped
+                                callback=lambda *args, **kwargs: False)  # callback=False would stop it at once
+    seconds = time.perf_counter() - start
+    ids = history.ids.reshape(-1, history.ids.shape[-1])
+    seen: dict[tuple[int, ...], tuple[float, float]] = {}
+    for row, act, xent in zip(ids.tolist(), history.target.reshape(-1).tolist(), history.xentropy.reshape(-1).tolist()):
+        seen.setdefault(tuple(row), (act, xent))
+    return {"seconds": seconds, "prompts": seen}
+
+
+def reference_bests(setup: SearchSetup, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[str, Any]:
+    """Best activation at each cut-off of dreamy's cross-entropy among the reference's prompts (see the module
+    docstring: exact, rescoring only prompts that can pass)."""
+    n = setup.layout.n_tokens
+    ranked = sorted(prompts.items(), key=lambda item: -item[1][0])
+    scored: dict[tuple[int, ...], tuple[float, float]] = {}
+    bests: dict[str, Any] = {}
+    for cut in CUTOFFS:
+        bound = cut * n / (n - 1) + 1e-3
+        pool = [ids for ids, (_, own_xent) in ranked if own_xent <= bound]
+        best = None
+        for at in range(0, len(pool), 64):
+            batch = [ids for ids in pool[at:at + 64] if ids not in scored]
+            if batch:
+                out = setup.score(torch.tensor(batch, device=setup.layout.prefix.device))
+                for ids, a, x in zip(batch, out.activation.tolist(), out.xentropy.tolist()):
+                    scored[ids] = (a, x)
+            passing = [scored[ids] for ids in pool[at:at + 64] if scored[ids][1] <= cut]
+            if passing:
+                best = max(passing)
+                # later batches hold lower reference activations; stop once they cannot beat this one
+                if at + 64 >= len(pool) or prompts[pool[at + 64]][0] < best[0] - 1e-2:
+                    break
+        bests[str(cut)] = None if best is None else best[0]
+    top = max(prompts.items(), key=lambda item: item[1][0])
+    bests["max"] = top[1][0]
+    bests["rescored"] = len(scored)
+    return bests
+
+
+def our_bests(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best activation at each cut-off of cross-entropy among our evaluated prompts, and the highest."""
+    out: dict[str, Any] = {}
+    for cut in CUTOFFS:
+        out[str(cut)] = max((r["activation"] for r in history if r["xentropy"] <= cut), default=None)
+    out["max"] = max(r["activation"] for r in history)
+    return out
+
+
+def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per cut-off: on how many neurons ours >= reference (no point on either side counts as a tie), and sums."""
+    summary = {}
+    for cut in map(str, CUTOFFS):
+        wins, ours_sum, ref_sum = 0, 0.0, 0.0
+        for row in rows:
+            a, b = row["ours"][cut], row["reference"][cut]
+            wins += (a is None and b is None) or (a is not None and (b is None or a >= b))
+            ours_sum += a if a is not None else 0.0
+            ref_sum += b if b is not None else 0.0
+        summary[cut] = {"ours_at_least_reference": wins, "neurons": len(rows), "ours_sum": ours_sum, "reference_sum": ref_sum}
+    return summary
+
+
+def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """Both methods on every drawn neuron, back to back (order alternating)."""
+    rows = []
+    for index, (layer, neuron) in enumerate(pick_neurons(loaded, budget["neurons"], budget["seed"])):
+        target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
+        setup = SearchSetup.build(loaded, target, n_tokens=budget["n_tokens"])
+
+        def run_ours() -> dict[str, Any]:
+            start = time.perf_counter()
+            found = epo(loaded, target, n_tokens=budget["n_tokens"], iters=budget["iters"], population=budget["population"],
+                        children_per_member=budget["children"], seed=budget["seed"], progress=False, **ours)
+            return {"seconds": time.perf_counter() - start, "history": found.history,
+                    "loop_seconds": found.settings["loop_seconds"]}
+
+        def run_ref() -> dict[str, Any]:
+            return run_reference(reference, loaded, layer, neuron, budget)
+
+        first, second = (run_ours, run_ref) if index % 2 == 0 else (run_ref, run_ours)
+        done = [first(), second()]
+        mine, theirs = (done[0], done[1]) if index % 2 == 0 else (done[1], done[0])
+        row = {"target": target, "ours": our_bests(mine["history"]), "reference": reference_bests(setup, theirs["prompts"]),
+               "ours_s_per_iter": mine["seconds"] / budget["iters"], "ours_loop_s_per_iter": mine["loop_seconds"] / budget["iters"],
+               "reference_s_per_iter": theirs["seconds"] / budget["iters"]}
+        rows.append(row)
+        print(f"{target}: ours {row['ours']} {row['ours_s_per_iter']:.2f} s/iter | reference {row['reference']} "
+              f"{row['reference_s_per_iter']:.2f} s/iter", flush=True)
+    ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
+    ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
+    return {"rows": rows, "summary": compare(rows), "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed,
+            "speed_ratio": ours_speed / ref_speed}
+
+
+def timing_models(reference: Any, device: str, budget: dict[str, Any], iters: int, tokenizer_from: LoadedModel,
+                  ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """s/iter of both methods on random-init Llama models of the SmolLM2 shapes (timing only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rows = []
+    tokenizer = tokenizer_from.tokenizer
+    for name, shape in SHAPES.items():
+        config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **shape)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).eval().requires_grad_(False)
+        loaded = LoadedModel(name=name, kind="language", model=model, tokenizer=tokenizer)
+        layer = config.num_hidden_layers // 2
+        target = f"model.layers.{layer}.mlp.down_proj@in:5"
+        timed = dict(budget, iters=iters)
+        start = time.perf_counter()
+        found = epo(loaded, target, n_tokens=timed["n_tokens"], iters=iters, population=timed["population"],
+                    children_per_member=timed["children"], seed=timed["seed"], progress=False, **ours)
+        ours_s = (time.perf_counter() - start) / iters
+        ref_s = run_reference(reference, loaded, layer, 5, timed)["seconds"] / iters
+        rows.append({"model": name, "device": device, "iters": iters, "ours_s_per_iter": ours_s,
+                     "ours_loop_s_per_iter": found.settings["loop_seconds"] / iters, "reference_s_per_iter": ref_s,
+                     "ratio": ours_s / ref_s})
+        del model, loaded
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = common.parser(__doc__.splitlines()[0])
+    parser.add_argument("--reference-src", default=os.environ.get("DREAMY_REFERENCE_SRC"),
+                        help="folder of a fetched Confirm-Solutions/dreamy (or its dreamy/epo.py); default $DREAMY_REFERENCE_SRC")
+    parser.add_argument("--model", default="bundled:smollm2-135m", help="language model (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds random-init 135M/1.7B timing runs)")
+    parser.add_argument("--iters", type=int, help=f"iterations (default {BUDGET['iters']})")
+    parser.add_argument("--children", type=int, help=f"children per member (default {BUDGET['children']})")
+    parser.add_argument("--neurons", type=int, help=f"neurons, one per depth range (default {BUDGET['neurons']})")
+    parser.add_argument("--timing-iters", type=int, default=5, help="iterations of the GPU timing runs (default %(default)s)")
+    parser.add_argument("--topk", type=int, help="our EPO's topk (default: epo's)")
+    parser.add_argument("--restart-every", type=int, help="our EPO's restart period (default: epo's; 0 = never)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP spinning on a loaded machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.reference_src:
+        print("skipped: no reference EPO; fetch github.com/Confirm-Solutions/dreamy and pass --reference-src PATH")
+        return
+    reference = load_reference(args.reference_src)
+    budget = dict(BUDGET)
+    for key in ("iters", "children", "neurons"):
+        if getattr(args, key) is not None:
+            budget[key] = getattr(args, key)
+    ours: dict[str, Any] = {}
+    if args.topk is not None:
+        ours["topk"] = args.topk
+    if args.restart_every is not None:
+        ours["restart_every"] = args.restart_every or None
+    started = time.perf_counter()
+    loaded = load(args.model, device=args.device)
+    figures = measure(loaded, reference, budget, ours)
+    table = []
+    for row in figures["rows"]:
+        for method in ("ours", "reference"):
+            table.append({"neuron": row["target"].replace(".mlp.down_proj@in", ""), "method": method,
+                          "s/iter": row[f"{method}_s_per_iter"],
+                          **{f"xent<={cut}": row[method][str(cut)] for cut in CUTOFFS}, "max": row[method]["max"]})
+    common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
+                                    f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
+    common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
+    print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
+          f"(ratio {figures['speed_ratio']:.2f})")
+    if args.device.startswith("cuda"):
+        figures["timing"] = timing_models(reference, args.device, budget, args.timing_iters, loaded, ours)
+        common.print_table(figures["timing"], title="GPU timing, random-init Llama models")
+    path = common.write_result("epo_vs_reference", figures, settings={"model": args.model, "device": args.device,
+                                                                      "reference_src": str(args.reference_src),
+                                                                      "ours": ours, **budget},
+                               results_dir=args.results_dir, device=args.device, started=started)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    sys.exit(main())
