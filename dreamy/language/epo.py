@@ -157,7 +157,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     started = time.perf_counter()
     with loop.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
-            if restart_every and iteration % restart_every == 0:
+            if restart_every and iteration % restart_every == 0 and iteration < iters:  # never in the last one
                 for pop in pops:
                     pop.restart(iteration, lambda_range)
             tables = _refresh_top_tokens(setup, pops, lambdas, lambda_list, topk)

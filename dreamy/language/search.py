@@ -33,11 +33,13 @@ class SearchSetup:
     Many targets share the layout and every batch: row i of a batch is scored by its own target
     `owners[i]` (an index into `targets`).
 
-    Scoring strategy (`reuse_kv`): on the CPU children are scored on top of their parents' KV caches
-    (`score_sequences` with parents; 256 children of 8 parents, 12-token span, SmolLM2-135M on a 2-core CPU:
-    3.0 s against 5.0 s for one plain batched forward). On a GPU the grouped forwards are small launches
-    and one plain batched forward wins (the same batch on an H100: 0.035 s against 0.36 s), so any
-    non-CPU device scores with plain forwards.
+    Scoring strategy (`reuse_kv`), chosen by device: on the CPU children are scored on top of their parents'
+    KV caches (`score_sequences` with parents), which saves FLOPs where FLOPs are the cost (2-core CPU,
+    SmolLM2-135M: 256 children of 8 parents, 12-token span, 3.0 s against 5.0 s for one plain batched forward;
+    `benchmarks/candidate_throughput`, 64 children: 2.9 s against 5.8 s). On a GPU the grouped forwards are
+    many small launches and one plain batched forward wins (the 256 children on an H100: 0.035 s against
+    0.36 s), so any non-CPU device scores with plain forwards. Batches under `MIN_GROUP_FOR_CACHE` rows use
+    plain forwards everywhere.
     """
 
     model: nn.Module

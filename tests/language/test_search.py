@@ -44,9 +44,10 @@ def test_restarts_draw_random_lambdas_and_collapse_the_population(tiny_lm, monke
         return original(model, probe, layout, spans, lambdas, **kwargs)
 
     monkeypatch.setattr(search_module, "token_gradients", spy)
-    result = epo(tiny_lm, TARGET, seed=1, restart_every=2, **{**SMALL, "iters": 6})
+    result = epo(tiny_lm, TARGET, seed=1, restart_every=2, **{**SMALL, "iters": 7})
     restarts = result.settings["restarts"]
-    assert [r["iteration"] for r in restarts] == [2, 4, 6]
+    assert [r["iteration"] for r in restarts] == [2, 4, 6]  # and none in the last iteration
+    assert [r["iteration"] for r in epo(tiny_lm, TARGET, seed=1, restart_every=2, **SMALL).settings["restarts"]] == [2, 4]
     assert len({round(r["lambda"], 6) for r in restarts}) == 3  # a fresh random draw each time
     lambdas = torch.tensor(result.settings["lambdas"])
     # right after a restart every slot holds the same prompt, and each gets its gradient under its own lambda
