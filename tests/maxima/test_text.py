@@ -30,12 +30,12 @@ def test_exhaustive_candidates_find_the_best_stride_one_window(tiny_lm):
     found = text_maxima(tiny_lm, [TARGET], CORPUS, k=3, window=window, candidates=len(rows), xent_windows=4,
                         batch_size=5, cache_dir=None, progress=False)[TARGET]
     # the corpus repeats itself: equal windows are kept once
-    assert [e.activation for e in found.examples] == pytest.approx(distinct[:3].tolist(), abs=1e-5)
+    assert [e.activation for e in found.examples] == pytest.approx(distinct[:3].tolist(), rel=1e-4, abs=1e-6)
     best = found.examples[0]
     i = int(manual.argmax())
     assert best.token_ids == rows[i, 1:].tolist() and best.index == i + window - 1
-    assert best.xentropy == pytest.approx(span_xentropy(result.output.logits[i:i + 1], rows[i:i + 1], (1, window + 1)).item(), abs=1e-5)
-    assert best.token_activations[-1] == pytest.approx(best.activation, abs=1e-5)
+    assert best.xentropy == pytest.approx(span_xentropy(result.output.logits[i:i + 1], rows[i:i + 1], (1, window + 1)).item(), rel=1e-4, abs=1e-6)
+    assert best.token_activations[-1] == pytest.approx(best.activation, rel=1e-4, abs=1e-6)
     assert len(best.tokens) == window and best.text == tiny_lm.tokenizer.decode(best.token_ids)
 
 
@@ -57,11 +57,12 @@ def test_stats_cover_every_window_and_the_corpus_xentropy(tiny_lm, tmp_path):
     for maxima in found.values():
         assert maxima.stats["activation"]["count"] == n_tokens // 8
         assert maxima.stats["xentropy"]["count"] == 5
-        assert maxima.examples[0].activation >= maxima.stats["activation"]["max"] - 1e-5
+        top = maxima.stats["activation"]["max"]
+        assert maxima.examples[0].activation >= top - 1e-4 * abs(top) - 1e-6  # refined alone vs scanned in a batch
     cached = load_cached_maxima(tmp_path, "tiny:lm", "logits:5")
     assert cached.dataset == "toy@8tok" and cached.examples == found["logits:5"].examples
     assert corpus_xentropy(tiny_lm, CORPUS, window=8, n_windows=5)["median"] == pytest.approx(
-        found["logits:5"].stats["xentropy"]["median"])
+        found["logits:5"].stats["xentropy"]["median"], rel=1e-4)
 
 
 def test_windows_longer_than_the_corpus_are_refused(tiny_lm):
