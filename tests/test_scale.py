@@ -2,13 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dreamy.scale import dream_targets, plan_batches
 
 IMAGE_SETTINGS = {"steps": 3}
 PROMPT_SETTINGS = {"n_tokens": 3, "iters": 1, "population": 2, "children_per_member": 4}
+
+
+def pixels(path):
+    """The 8-bit pixels of a PNG as signed integers (so differences do not wrap)."""
+    return np.asarray(Image.open(path), dtype=np.int16)
 
 
 def records_by_target(out_dir):
@@ -61,7 +68,7 @@ def test_prompt_targets_of_a_batch_are_packed_and_equal_one_at_a_time(tmp_path, 
 
     alone = {spec: original(cached("tiny:lm"), [spec], seed=0, progress=False, **PROMPT_SETTINGS)[0].best.activation
              for spec in calls[0]}  # batch 0 runs with seed 0
-    assert {r["target"]: r["activation"] for r in packed} == pytest.approx(alone, rel=1e-4)
+    assert {r["target"]: r["activation"] for r in packed} == pytest.approx(alone, rel=1e-4, abs=1e-6)
 
 
 def test_a_failing_prompt_target_does_not_lose_the_others():
@@ -160,13 +167,17 @@ def test_ray_run_equals_local_run(tmp_path, local_ray):
     a, b = records_by_target(tmp_path / "local"), records_by_target(tmp_path / "ray")
     assert set(a) == set(b) == {f"conv3:{i}" for i in range(4)}
     for target in a:
-        assert a[target]["activation"] == pytest.approx(b[target]["activation"], rel=1e-5)
-        assert (tmp_path / "local" / a[target]["images"][0]).read_bytes() == (tmp_path / "ray" / b[target]["images"][0]).read_bytes()
+        # workers run one thread each, the local run several: fp32 sums may round differently, so images
+        # agree to one 8-bit level and activations to 1e-4 of their size
+        assert a[target]["activation"] == pytest.approx(b[target]["activation"], rel=1e-4, abs=1e-6)
+        local, ray = (pixels(tmp_path / run / r[target]["images"][0]) for run, r in (("local", a), ("ray", b)))
+        assert local.shape == ray.shape and np.abs(local - ray).max() <= 1
     prompts = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
                             batch_targets=1, use_ray=True, workers=2, progress=False)
     alone = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
                           batch_targets=1, progress=False)
-    assert {r["target"]: r["activation"] for r in prompts} == pytest.approx({r["target"]: r["activation"] for r in alone})
+    assert {r["target"]: r["activation"] for r in prompts} == pytest.approx({r["target"]: r["activation"] for r in alone},
+                                                                              rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.ray
