@@ -79,8 +79,9 @@ def test_batch_of_targets_equals_separate_runs(tiny_cnn):
     both = dream(tiny_cnn, ["conv3:0", "head:2"], param=ImageParam(starts), **kwargs)
     for row, target in enumerate(["conv3:0", "head:2"]):
         alone = dream(tiny_cnn, [target], param=ImageParam(starts[row:row + 1]), **kwargs)
-        torch.testing.assert_close(both.images[row], alone.images[0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(both.history[:, row], alone.history[:, 0], atol=1e-5, rtol=1e-5)
+        # the two runs batch different rows, so fp32 sums round differently; a wrong target differs by ~0.1
+        torch.testing.assert_close(both.images[row], alone.images[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(both.history[:, row], alone.history[:, 0], atol=1e-4 * alone.history.abs().max().item(), rtol=1e-4)
 
 
 def test_diversity_compares_each_target_at_its_own_site(tiny_cnn, monkeypatch):
