@@ -32,7 +32,7 @@ def test_identity_transforms_leave_images_alone():
     images = torch.rand(2, 3, 16, 16)
     assert Transforms().is_identity and torch.equal(Transforms()(images, torch.Generator()), images)
     padded_only = Transforms(pad=3)(images, torch.Generator())
-    torch.testing.assert_close(padded_only, images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded_only, images, atol=1e-4, rtol=0)  # grid_sample rounds (~1e-6 here); a shift would be ~0.1
 
 
 def test_jitter_shifts_content_by_whole_pixels_when_it_draws_them():
