@@ -126,6 +126,9 @@ def test_an_overflowing_coefficient_is_refused_and_quoted_as_typed():
         assert f"spec '{spec}'" in str(info.value) and "inf" not in str(info.value)
     with pytest.raises(SpecError, match="too large"):
         expand("1e999*conv3:0-3")
+    for spec in ["nan*conv3:1", "inf*conv3:1", "-inf*conv3:1"]:  # no spelling of a non-finite weight parses
+        with pytest.raises(SpecError):
+            parse(spec)
 
 
 @pytest.mark.parametrize("spec", ["a:" + "1" * 5000, "a[" + "1" * 5000 + "]:1", "a:sae=s.pt#" + "9" * 30, "a:1/pos=-" + "1" * 40])
