@@ -9,7 +9,10 @@ on 2 CPU cores, FVE >= 0.7 and < 10% dead features.
 
     python -m benchmarks.sae_train                       # quick: 20k tokens
     python -m benchmarks.sae_train --full                # 1M tokens (the issue's target run)
-    python -m benchmarks.sae_train --tokens 200000 --out sae-l9/
+    python -m benchmarks.sae_train --tokens 200000 --out sae-l9/ [--resume]
+
+Tokens/s counts training steps only (LM forward to the site + SAE step), not tokenizing or the held-out
+figures; after `--resume` it covers every session's steps.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--heldout-tokens", type=int, default=8192)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--out", default=None, help="keep the SAE folder here (default: a temporary folder)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     args = p.parse_args(argv)
     started = time.perf_counter()
     loaded = load(args.model)
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or tempfile.mkdtemp(prefix="sae-bench-")
     result = train_sae(loaded, site, corpora, features=args.features, k=args.k, tokens=tokens, out_dir=out,
                        batch_tokens=args.batch_tokens, window=args.window, heldout_tokens=args.heldout_tokens,
-                       lr=args.lr, progress=False)
+                       lr=args.lr, resume=args.resume, progress=False)
     peak = common.stable_peak(peak)
     metrics = result.metrics
     d_in = result.sae.d_in
