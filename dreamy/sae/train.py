@@ -3,8 +3,9 @@ sparse autoencoders" (2024).
 
 - Data: windows of `window` tokens from one or more text corpora (`dreamy.datasets.open_text` names or
   paths), pooled and shuffled by `seed`; `heldout_tokens` worth of windows are held out for the figures.
-  Each step runs one batch of `batch_tokens // window` windows through the LM, stopping at the site
-  (the probe's early exit), and takes one Adam step on its activations (start position dropped).
+  Each step takes one Adam step on the activations of `batch_tokens // window` windows (start position
+  dropped); the LM runs the windows of `lm_batch_tokens // batch_tokens` consecutive steps in one batch
+  (bigger batches run faster on a CPU), stopping at the site (the probe's early exit).
 - Model: TopK activation (ReLU, then the `k` largest per token); decoder rows initialised unit-norm with
   the encoder their transpose; `b_dec` initialised at the mean of the first batch; inputs scaled by one
   number (fixed on the first batch) so that their mean squared distance to the mean is `d_in`, folded
@@ -256,6 +257,7 @@ def train_sae(
     tokens: int,
     out_dir: str | os.PathLike,
     batch_tokens: int = 2048,
+    lm_batch_tokens: int = 4096,
     lr: float | None = None,
     window: int = 64,
     seed: int = 0,
@@ -277,6 +279,7 @@ def train_sae(
     if loaded.tokenizer is None:
         raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
     for name, value in (("features", features), ("k", k), ("tokens", tokens), ("batch_tokens", batch_tokens),
+                        ("lm_batch_tokens", lm_batch_tokens),
                         ("window", window), ("checkpoint_every", checkpoint_every), ("heldout_tokens", heldout_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -290,18 +293,30 @@ def train_sae(
     per_step = max(1, batch_tokens // window)
     step_tokens = per_step * window
     n_steps = math.ceil(tokens / step_tokens)
+    group = max(1, lm_batch_tokens // step_tokens)  # steps whose windows share one LM forward
     heldout_windows = max(1, math.ceil(heldout_tokens / window))
     split = corpus_windows(loaded.tokenizer, corpora, window=window, heldout_windows=heldout_windows, seed=seed,
                            max_words=max_words)
     batches = _Batches(split.train, per_step, seed)
     settings = {"model": loaded.name, "site": site, "corpora": list(split.corpora), "features": features, "k": k,
-                "tokens": tokens, "batch_tokens": step_tokens, "lr": lr, "window": window, "seed": seed,
+                "tokens": tokens, "batch_tokens": step_tokens, "lm_batch_steps": group, "lr": lr, "window": window, "seed": seed,
                 "aux_k": aux_k, "aux_coef": aux_coef, "aux_dead_tokens": aux_dead_tokens,
                 "heldout_tokens": heldout_windows * window, "max_words": max_words}
     state = _load_checkpoint(folder, settings) if resume else None
     device = loaded.device
+    grouped: dict[int, tuple[Tensor, ...]] = {}
+
+    def activations(step: int) -> Tensor:
+        """Step `step`'s activations; the LM runs once per group of steps (aligned, so resume sees the same numbers)."""
+        first = step - step % group
+        if first not in grouped:
+            grouped.clear()
+            rows = torch.cat([batches(s) for s in range(first, min(n_steps, first + group))])
+            grouped[first] = site_activations(loaded, site, rows, probe=probe).split(step_tokens)
+        return grouped[first][step - first]
+
     if state is None:
-        x0 = site_activations(loaded, site, batches(0), probe=probe)
+        x0 = activations(0)
         mean = x0.mean(dim=0)
         scale = float(math.sqrt(x0.shape[1] / float((x0 - mean).pow(2).sum(dim=1).mean().clamp(min=1e-12))))
         sae = SAE.initialized(x0.shape[1], features, k, generator=make_generator(seed)).to(device)
@@ -334,9 +349,9 @@ def train_sae(
     try:
         while step < n_steps:
             started = time.perf_counter()
-            x = site_activations(loaded, site, batches(step), probe=probe) * scale
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, n_steps)
+            x = activations(step) * scale
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr * lr_factor(step, n_steps)
             stats = sae_step(sae, optimizer, x, since_fired, aux_k=aux_k, aux_coef=aux_coef, aux_dead_tokens=aux_dead_tokens)
             train_seconds += time.perf_counter() - started
             step += 1

@@ -85,19 +85,21 @@ def test_train_writes_a_saelens_folder_and_metrics(tiny_lm, tmp_path):
 
 
 def test_resume_after_a_crash_ends_equal_to_an_uninterrupted_run(tiny_lm, tmp_path):
-    whole = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "whole", checkpoint_every=2, **SMALL)
+    # two steps share an LM batch; the checkpoint after step 3 falls inside the LM batch of steps 3 and 4
+    settings = dict(checkpoint_every=3, lm_batch_tokens=256, **SMALL)
+    whole = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "whole", **settings)
 
     def crash(step, stats):
-        if step == 3:
+        if step == 5:
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", checkpoint_every=2, callback=crash, **SMALL)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 2
+        train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", callback=crash, **settings)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 3
     steps = []
-    resumed = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", checkpoint_every=2, resume=True,
-                        callback=lambda step, stats: steps.append(step), **SMALL)
-    assert steps == [3, 4, 5, 6]
+    resumed = train_sae(tiny_lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "cut", resume=True,
+                        callback=lambda step, stats: steps.append(step), **settings)
+    assert steps == [4, 5, 6]
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.allclose(getattr(resumed.sae, name), getattr(whole.sae, name), atol=1e-6), name
     assert resumed.metrics["fve"] == pytest.approx(whole.metrics["fve"], abs=1e-6)
