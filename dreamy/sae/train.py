@@ -160,7 +160,7 @@ def sae_step(sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor, since_fired:
         (True, True)
     """
     with torch.no_grad():
-        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        pre = torch.addmm(sae.b_enc - sae.b_dec @ sae.W_enc, x, sae.W_enc)
         indices = pre.topk(sae.k, dim=-1).indices
     values = _SelectedPre.apply(pre, x, sae.W_enc, sae.b_enc, sae.b_dec, indices).clamp(min=0)
     recon = _sparse_decode(indices, values, sae.W_dec) + sae.b_dec
@@ -332,7 +332,7 @@ def train_sae(
         since_fired = state["since_fired"].clone()
         step, train_seconds = int(state["step"]), float(state["train_seconds"])
     sae.train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10, fused=True)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     aux_k = aux_k or max(1, sae.d_in // 2)
