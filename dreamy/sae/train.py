@@ -356,8 +356,8 @@ def train_sae(
             train_seconds += time.perf_counter() - started
             step += 1
             stats["dead_fraction"] = dead_fraction(since_fired, step * step_tokens)
-            bar.update(step_tokens)
             bar.set_postfix(FVE=f"{stats['fve']:.3f}", L0=f"{stats['l0']:.1f}", dead=f"{stats['dead_fraction']:.1%}", refresh=False)
+            bar.update(step_tokens)
             if step % checkpoint_every == 0 or step == n_steps:
                 checkpoint()
             if callback is not None:
