@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress bars")
     image = sub.choices["image"]
     image.add_argument("--steps", type=_positive(int), default=128)
-    image.add_argument("--param", default="fourier", choices=["fourier", "pixel", "maco", "dip"])
+    image.add_argument("--param", default="fourier", choices=["fourier", "pixel", "maco", "dip", "decoder"])
     image.add_argument("--lr", type=_positive(float), default=0.05)
     image.add_argument("--size", type=_positive(int), default=None, help="image side (default: the model's input size)")
     image.add_argument("--per-target", type=_positive(int), default=1, help="images per target (default %(default)s)")

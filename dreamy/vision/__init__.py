@@ -8,12 +8,14 @@ Example:
 """
 
 from dreamy.vision.facets import dream_facets, facet_starts, kmeans
-from dreamy.vision.generators import DeepImagePrior, GeneratorParam, deep_image_prior_param
+from dreamy.vision.generators import GeneratorParam, RandomDecoder, random_decoder_param
+from dreamy.vision.judges import judge_images
 from dreamy.vision.param import FourierParam, ImageParam, MacoParam, PixelParam, magnitude_of, make_param
+from dreamy.vision.prior import DeepImagePrior
 from dreamy.vision.regularizers import pull_to
 from dreamy.vision.render import DreamResult, dream
 from dreamy.vision.transforms import Transforms
 
 __all__ = ["DeepImagePrior", "DreamResult", "FourierParam", "GeneratorParam", "ImageParam", "MacoParam", "PixelParam",
-           "Transforms", "deep_image_prior_param", "dream", "dream_facets", "facet_starts", "kmeans", "magnitude_of",
-           "make_param", "pull_to"]
+           "RandomDecoder", "Transforms", "dream", "dream_facets", "facet_starts", "judge_images", "kmeans",
+           "magnitude_of", "make_param", "pull_to", "random_decoder_param"]

@@ -4,16 +4,18 @@
 with DGN-AM's latent handling (Nguyen et al., 2016): an L2 decay on the code each step and clipping
 to a box (e.g. the range seen on real data).
 
-`DeepImagePrior` is the one generator that needs no download. It is an UNTRAINED convolutional
-upsampling network with fixed random weights: it knows nothing about natural images, but its
-architecture (upsampling + convolutions) biases dreams toward smooth, spatially coherent structure
-(the "deep image prior" effect of Ulyanov et al., 2018). It is a structural prior, not a learned one:
-do not expect the photo-like dreams of a GAN trained on ImageNet (DGN-AM, Nguyen et al., 2016). Every
-image depends only on its own latent code (instance, not batch, normalization), so rows dreaming
-different targets do not interact.
+`RandomDecoder` (parametrization `"decoder"`) is the one generator that needs no download: an
+UNTRAINED convolutional upsampling network with FIXED random weights, of which only the
+low-resolution latent code (1/8 of the image side) is optimized. It knows nothing about natural
+images; its architecture (upsampling + convolutions) only biases dreams toward smooth structure. It is
+not a deep image prior (Ulyanov et al., 2018 optimize the network's weights: that is
+`dreamy.vision.prior.DeepImagePrior`, parametrization `"dip"`), and not a learned prior either: do not
+expect the photo-like dreams of a GAN trained on ImageNet (DGN-AM, Nguyen et al., 2016). Every image
+depends only on its own latent code (instance, not batch, normalization), so rows dreaming different
+targets do not interact.
 
 Example:
-    >>> prior = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
+    >>> prior = RandomDecoder((32, 32), generator=torch.Generator().manual_seed(0))
     >>> param = GeneratorParam(prior, prior.latent_shape, n=2, rng=torch.Generator().manual_seed(1))
     >>> param.images().shape
     torch.Size([2, 3, 32, 32])
@@ -27,14 +29,14 @@ import torch
 from torch import Tensor, nn
 
 
-class DeepImagePrior(nn.Module):
+class RandomDecoder(nn.Module):
     """An untrained, seeded upsampling conv net mapping `[n, C, H/8, W/8]` codes to `[n, 3, H, W]` images in [0, 1]."""
 
     def __init__(self, size: tuple[int, int], *, channels: int = 32, generator: torch.Generator | None = None) -> None:
         super().__init__()
         h, w = size
         if h % 8 or w % 8:
-            raise ValueError(f"DeepImagePrior needs a size divisible by 8, got {size}")
+            raise ValueError(f"RandomDecoder needs a size divisible by 8, got {size}")
         self.latent_shape = (channels, h // 8, w // 8)
         layers: list[nn.Module] = []
         for _ in range(3):
@@ -107,12 +109,12 @@ class GeneratorParam:
             self.latent.clamp_(*self.clip)
 
 
-def deep_image_prior_param(n: int, size: tuple[int, int], *, rng: torch.Generator, device: str | torch.device = "cpu") -> GeneratorParam:
-    """A `GeneratorParam` over a seeded `DeepImagePrior` (no download needed).
+def random_decoder_param(n: int, size: tuple[int, int], *, rng: torch.Generator, device: str | torch.device = "cpu") -> GeneratorParam:
+    """A `GeneratorParam` over a seeded `RandomDecoder` (parametrization `"decoder"`; no download needed).
 
     Example:
-        >>> deep_image_prior_param(1, (16, 16), rng=torch.Generator().manual_seed(0)).images().shape
+        >>> random_decoder_param(1, (16, 16), rng=torch.Generator().manual_seed(0)).images().shape
         torch.Size([1, 3, 16, 16])
     """
-    prior = DeepImagePrior(size, generator=rng)
+    prior = RandomDecoder(size, generator=rng)
     return GeneratorParam(prior, prior.latent_shape, n=n, rng=rng, clip=(-3.0, 3.0), decay=1e-3, device=device)

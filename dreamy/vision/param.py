@@ -10,7 +10,10 @@ Each parametrization holds a batch of `n` images and exposes `parameters()` (for
   and only the phase is optimized.
 - `ImageParam`: start from given images (feature accentuation); `dream(..., regularizers={"pull": w})`
   pulls the dream back toward them.
-Generator priors (`GeneratorParam`, the deep image prior `"dip"`) live in `dreamy.vision.generators`.
+- `DeepImagePrior` (`"dip"`, in `dreamy.vision.prior`): the deep image prior of Ulyanov et al.: the
+  WEIGHTS of a small conv generator fed fixed noise are optimized.
+Generator priors (`GeneratorParam` over any generator; `"decoder"`, the latent of a frozen random
+decoder) live in `dreamy.vision.generators`.
 Any object with `parameters()` and `images()` works; the render loop also calls its `after_step()`
 after every optimizer step when it has one (e.g. to clip a latent code).
 
@@ -207,12 +210,13 @@ class ImageParam:
         return torch.sigmoid(self.raw)
 
 
-PARAMETRIZATIONS = ("pixel", "fourier", "maco", "dip")
+PARAMETRIZATIONS = ("pixel", "fourier", "maco", "dip", "decoder")
 
 
 def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Generator,
                device: str | torch.device = "cpu") -> ImageParametrization:
-    """Build a parametrization by name: `pixel`, `fourier`, `maco` or `dip` (deep image prior).
+    """Build a parametrization by name: `pixel`, `fourier`, `maco`, `dip` (deep image prior: a generator's
+    weights are optimized) or `decoder` (the latent code of a frozen random decoder).
 
     Example:
         >>> type(make_param("maco", 1, (8, 8), generator=torch.Generator().manual_seed(0))).__name__
@@ -225,9 +229,13 @@ def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Gen
     if name == "maco":
         return MacoParam(n, size, generator=generator, device=device)
     if name == "dip":
-        from dreamy.vision.generators import deep_image_prior_param
+        from dreamy.vision.prior import DeepImagePrior
 
-        return deep_image_prior_param(n, size, rng=generator, device=device)
+        return DeepImagePrior(n, size, generator=generator, device=device)
+    if name == "decoder":
+        from dreamy.vision.generators import random_decoder_param
+
+        return random_decoder_param(n, size, rng=generator, device=device)
     raise ValueError(f"unknown parametrization '{name}'; use one of {', '.join(PARAMETRIZATIONS)}, "
                      "or pass an object such as ImageParam(images) or generators.GeneratorParam(...)")
 

@@ -204,7 +204,8 @@ def dream(
 ) -> DreamResult:
     """Dream images that maximize each target (see the module docstring).
 
-    - `param`: `"pixel"`, `"fourier"`, `"maco"`, `"dip"` (deep image prior), or a parametrization
+    - `param`: `"pixel"`, `"fourier"`, `"maco"`, `"dip"` (deep image prior: a conv generator's weights),
+      `"decoder"` (the latent of a frozen random decoder), or a parametrization
       object with `n_targets * n_per_target` rows (e.g. `ImageParam(photos)`, `GeneratorParam(...)`);
       rows are target-major (target 0's rows first).
     - `image_size`: the dream's (H, W); default the model's input size (the preprocessing resizes).

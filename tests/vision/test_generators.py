@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dreamy.vision.generators import DeepImagePrior, GeneratorParam
+from dreamy.vision.generators import GeneratorParam, RandomDecoder
 from dreamy.vision.render import dream
 
 
@@ -33,15 +33,15 @@ def test_decay_shrinks_the_code():
     assert torch.isclose(param.latent.detach().norm(), before * 0.5)
 
 
-def test_deep_image_prior_is_seeded_and_untrained():
-    a = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
-    b = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
+def test_random_decoder_is_seeded_and_untrained():
+    a = RandomDecoder((32, 32), generator=torch.Generator().manual_seed(0))
+    b = RandomDecoder((32, 32), generator=torch.Generator().manual_seed(0))
     z = torch.randn(1, *a.latent_shape)
     assert torch.equal(a(z), b(z)) and not any(p.requires_grad for p in a.parameters())
 
 
-def test_deep_image_prior_rows_do_not_interact():
-    prior = DeepImagePrior((32, 32), generator=torch.Generator().manual_seed(0))
+def test_random_decoder_rows_do_not_interact():
+    prior = RandomDecoder((32, 32), generator=torch.Generator().manual_seed(0))
     z = torch.randn(2, *prior.latent_shape, generator=torch.Generator().manual_seed(1))
     changed = z.clone()
     changed[1] = torch.randn(prior.latent_shape, generator=torch.Generator().manual_seed(2))

@@ -7,7 +7,7 @@ from dreamy.vision.param import COLOR_CORRELATION_SQRT, FourierParam, ImageParam
 from dreamy.vision.render import dream
 
 
-@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip"])
+@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip", "decoder"])
 def test_parametrization_gives_valid_images(name):
     param = make_param(name, 3, (32, 32), generator=torch.Generator().manual_seed(0))
     images = param.images()
@@ -17,7 +17,7 @@ def test_parametrization_gives_valid_images(name):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in param.parameters())
 
 
-@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip"])
+@pytest.mark.parametrize("name", ["pixel", "fourier", "maco", "dip", "decoder"])
 def test_parametrization_raises_its_target(tiny_cnn, name):
     result = dream(tiny_cnn, ["conv3:5"], param=name, steps=30, lr=0.05, progress=False)
     assert result.history[-5:].mean() > result.history[:2].mean()

@@ -12,7 +12,7 @@ from dreamy.vision.render import dream
 from dreamy.vision.transforms import Transforms
 
 
-@pytest.mark.parametrize("param", ["pixel", "fourier", "maco", "dip"])
+@pytest.mark.parametrize("param", ["pixel", "fourier", "maco", "dip", "decoder"])
 def test_same_seed_same_images(tiny_cnn, param):
     kwargs = dict(param=param, steps=6, n_per_target=2, progress=False,
                   transforms=Transforms(pad=2, jitter=2, scale=(0.9, 1.1), rotate=10, crop=0.9, noise=0.02))
@@ -148,7 +148,7 @@ def sample_photos(names, size=(224, 224)):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("param", ["fourier", "pixel", "maco", "dip", "image"])
+@pytest.mark.parametrize("param", ["fourier", "pixel", "maco", "dip", "decoder", "image"])
 def test_bundled_cat_logit_dream_is_a_confident_cat(efficientnet, param):
     if param == "image":  # feature accentuation from a photo of coffee (p(cat) ~ 1e-5)
         param = ImageParam(sample_photos(["coffee"]))
