@@ -160,20 +160,22 @@ def _target_output(loaded: Any, kind: str, result: Any, t: int, spec: str) -> Ba
     return BatchOutput([{**result[t].to_record(), "model": loaded.name}])
 
 
-def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int) -> BatchOutput:
+def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int,
+                progress: bool = False) -> BatchOutput:
     """Dream one batch of targets, packed, on an already loaded model (images: `vision.dream`; prompts:
     `epo_many`/`gcg_many`). One bad target must not sink the batch: if the packed run fails, its targets
     are retried one by one; a target whose output fails is retried alone, the finished ones are kept;
-    a target that fails alone becomes an error record. An interrupted run raises `KeyboardInterrupt`."""
+    a target that fails alone becomes an error record. An interrupted run raises `KeyboardInterrupt`.
+    `progress` shows the batch's own bar (images: steps and the objective; prompts: iterations)."""
     run, options, method = _packed_run(kind, settings)
     try:
-        result = run(loaded, list(specs), seed=seed, progress=False, **options)
+        result = run(loaded, list(specs), seed=seed, progress=progress, **options)
     except Exception as error:
         if len(specs) == 1:
             return BatchOutput([error_record(loaded, kind, specs[0], method, f"{type(error).__name__}: {error}")])
         out = BatchOutput([])
         for spec in specs:
-            out.extend(dream_batch(loaded, kind, [spec], settings, seed))
+            out.extend(dream_batch(loaded, kind, [spec], settings, seed, progress))
         return out
     if kind == "image" and result.settings.get("interrupted"):
         raise KeyboardInterrupt  # the images are cut short: never record them as finished

@@ -1,7 +1,10 @@
 """Galleries: PNG files for dreamed images and one `index.html` that shows every target's record.
 
 Image targets show their dreams with the activation under each, beside the dataset maxima when the
-record has them. Prompt targets show the Pareto frontier as a table, each token shaded by its
+record has them; a click opens the PNG at full resolution; class dreams (`logits:N`) are shown at 224
+px, other dreams at 160. The judges' verdicts (`--judge`) follow the dataset-maxima verdict. Two or
+more channel targets of one site (`_blocks.8:0-63`) also get a layer sheet at the top of the page: one
+grid of all the channels with their activations, each linked to its section. Prompt targets show the Pareto frontier as a table, each token shaded by its
 attribution. All text from records (dreamed prompts above all) is HTML-escaped.
 
 Example:
@@ -16,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +31,9 @@ h1{font-size:22px} h2{font-size:16px;margin:0 0 4px 0;font-family:monospace} h2 
 .target{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0}
 .row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start} .groups{display:flex;flex-wrap:wrap;gap:24px}
 figure{margin:0;text-align:center;font-size:12px;width:160px} figure img{width:160px;height:160px;border:1px solid #ccc}
+.class figure{width:224px} .class figure img{width:224px;height:224px}
+.sheet .grid{display:flex;flex-wrap:wrap;gap:4px} .sheet figure{width:96px} .sheet figure img{width:96px;height:96px}
+.sheet figure a.to{color:#555;text-decoration:none;font-family:monospace}
 .maxima figure{width:88px} .maxima figure img{width:88px;height:88px}
 figcaption b{font-weight:600} figcaption span{display:block;color:#777;font-size:10px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .label{color:#666;font-size:12px;margin:4px 0 4px 0} .error{color:#b00020;font-family:monospace}
@@ -46,8 +53,53 @@ def _fmt(value: Any) -> str:
 
 
 def _figure(src: str, value: Any, note: str = "") -> str:
+    """An image that opens at full resolution on click, its value in bold and an optional note under it."""
     caption = f"<b>{_fmt(value)}</b>" + (f'<span title="{_esc(note)}">{_esc(note)}</span>' if note else "")
-    return f'<figure><img src="{_esc(src)}" alt="{_esc(note or value)}"><figcaption>{caption}</figcaption></figure>'
+    return (f'<figure><a href="{_esc(src)}" target="_blank" title="open at full resolution"><img src="{_esc(src)}" '
+            f'alt="{_esc(note or value)}" loading="lazy"></a><figcaption>{caption}</figcaption></figure>')
+
+
+_CLASS = re.compile(r"(logits|logprobs):\d+")
+_CHANNEL = re.compile(r"(?P<site>[A-Za-z0-9_.]+(?:@in)?(?:\[\d+\])?):(?P<unit>\d+)(?P<reduce>/[a-z]+(?:=-?\d+)?)?")
+
+
+def _anchor(target: str) -> str:
+    """The HTML id of a target's section."""
+    return "t-" + re.sub(r"[^A-Za-z0-9_.:-]", "_", target)
+
+
+def _layer_sheets(records: Sequence[dict[str, Any]]) -> str:
+    """One grid per site with two or more single-channel targets (same reduction): every channel's dream
+    with its unit and activation, in unit order, linked to its section.
+
+    Example:
+        >>> records = [{"target": f"conv3:{i}", "images": [f"images/{i}.png"], "activation": float(i)} for i in range(3)]
+        >>> "conv3 · 3 channels" in _layer_sheets(records)
+        True
+    """
+    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for record in records:
+        found = _CHANNEL.fullmatch(str(record.get("target", "")))
+        if found and not _CLASS.fullmatch(record["target"]) and record.get("kind", "image") == "image":
+            key = found.group("site") + (found.group("reduce") or "")
+            groups.setdefault(key, []).append((int(found.group("unit")), record))
+    sheets = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = []
+        for unit, record in sorted(members, key=lambda m: m[0]):
+            link = f'<a class="to" href="#{_esc(_anchor(record["target"]))}">#{unit}</a>'
+            if record.get("error") or not record.get("images"):
+                cells.append(f'<figure><div class="error">failed</div><figcaption>{link}</figcaption></figure>')
+                continue
+            src = record["images"][0]
+            cells.append(f'<figure><a href="{_esc(src)}" target="_blank"><img src="{_esc(src)}" alt="{_esc(record["target"])}" '
+                         f'loading="lazy"></a><figcaption>{link} <b>{_fmt(record.get("activation"))}</b></figcaption></figure>')
+        sheets.append(f'<div class="target sheet"><h2>{_esc(key)} · {len(members)} channels <small>layer sheet: '
+                      'activation of each final image; click a number for its section, an image for full resolution'
+                      f'</small></h2><div class="grid">{"".join(cells)}</div></div>')
+    return "".join(sheets)
 
 
 def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
@@ -65,7 +117,8 @@ def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
 def _image_section(record: dict[str, Any]) -> str:
     images = record.get("images", [])
     acts = record.get("activations", [record.get("activation")] * len(images))
-    groups = ['<div><div class="label">dreams (activation of the final image)</div><div class="row">'
+    kind = "class" if _CLASS.fullmatch(str(record.get("target", ""))) else "plain"
+    groups = [f'<div class="{kind}"><div class="label">dreams (activation of the final image)</div><div class="row">'
               + "".join(_figure(src, a) for src, a in zip(images, acts)) + "</div></div>"]
     maxima = record.get("maxima") or []
     if maxima:
@@ -133,9 +186,9 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
             body = _image_section(record)
         else:
             body = _prompt_section(record)
-        sections.append(f'<div class="target">{head}{body}</div>')
+        sections.append(f'<div class="target" id="{_esc(_anchor(str(record["target"])))}">{head}{body}</div>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{STYLE}</style></head>"
-            f"<body><h1>{_esc(title)}</h1><p>{len(records)} target(s)</p>{''.join(sections)}</body></html>")
+            f"<body><h1>{_esc(title)}</h1><p>{len(records)} target(s)</p>{_layer_sheets(records)}{''.join(sections)}</body></html>")
 
 
 def write_index(directory: str | Path, records: Sequence[dict[str, Any]], title: str = "dreamy gallery") -> Path:

@@ -118,7 +118,7 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
         return writer.records
     with loop.progress(len(todo), f"{kind} batches", enabled=progress) as bar:
         for k, batch in todo:
-            writer.write(batches.dream_batch(loaded, kind, batch, settings, seed + k))
+            writer.write(batches.dream_batch(loaded, kind, batch, settings, seed + k, progress=progress))
             if on_batch:
                 on_batch(None, k)
             bar.update(1)

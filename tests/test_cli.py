@@ -41,7 +41,7 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
     import dreamy.batches as batches
 
-    def fake_batch(loaded, kind, specs, settings, seed):
+    def fake_batch(loaded, kind, specs, settings, seed, progress=False):
         return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
@@ -148,3 +148,11 @@ def test_ray_flag_shards_over_local_workers(tmp_path):
                "--ray", "--workers", "2", "--out", str(tmp_path), "--quiet", timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(r["target"] for r in records(tmp_path)) == [f"head:{i}" for i in range(4)]
+
+
+def test_each_batch_shows_its_steps_and_objective_unless_quiet(tmp_path, capsys):
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "3", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "dreaming 1 target(s)" in err and "3/3" in err and "objective=" in err and "image batches" in err
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "3", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

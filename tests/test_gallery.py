@@ -42,3 +42,47 @@ def test_prompt_records_shade_tokens_and_escape_everything(tmp_path):
 def test_error_records_are_shown():
     page = render_index([{"target": "x:1", "method": "image", "error": "boom <here>"}])
     assert "failed: boom &lt;here&gt;" in page
+
+
+def test_dreams_open_at_full_resolution_and_class_dreams_are_large():
+    page = render_index([{"kind": "image", "target": "logits:285", "activation": 9.0, "images": ["images/cat.png"]},
+                         {"kind": "image", "target": "conv3:1", "activation": 2.0, "images": ["images/c.png"]}])
+    assert '<a href="images/cat.png" target="_blank"' in page and '<a href="images/c.png" target="_blank"' in page
+    assert page.index('class="class"') < page.index("images/cat.png") < page.index('class="plain"') < page.index("images/c.png")
+    assert ".class figure img{width:224px;height:224px}" in page
+
+
+def test_judges_verdicts_follow_the_dataset_verdict():
+    verdicts = [{"judge": "bundled:efficientnet-lite1", "probability": 0.93, "rank": 1, "top5": ["Egyptian cat", "tabby"]},
+                {"judge": "bundled:efficientnet-lite2", "probability": 0.01, "rank": 40, "top5": ["<lynx>"]}]
+    page = render_index([{"kind": "image", "target": "logits:285", "activation": 9.0, "images": ["a.png"],
+                          "maxima": [{"image": "m.png", "activation": 2.0}], "judges": verdicts}])
+    dataset = page.index("best dataset example")
+    lite1 = page.index('class="beats" title="top-5 of efficientnet-lite1: Egyptian cat, tabby">efficientnet-lite1: p=0.93, rank 1')
+    lite2 = page.index('class="short" title="top-5 of efficientnet-lite2: &lt;lynx&gt;">efficientnet-lite2: p=0.01, rank 40')
+    assert dataset < lite1 < lite2 and "<lynx>" not in page
+
+
+def test_a_layer_range_gets_one_sheet_of_all_channels_linked_to_their_sections():
+    records = [{"kind": "image", "target": f"_blocks.8:{i}", "activation": float(i), "images": [f"images/b{i}.png"]}
+               for i in (2, 0, 1)]
+    records.append({"kind": "image", "target": "_blocks.8:3", "error": "diverged"})
+    records.append({"kind": "image", "target": "_blocks.9:0", "activation": 1.0, "images": ["images/x.png"]})
+    records.append({"kind": "image", "target": "logits:1", "activation": 1.0, "images": ["images/l1.png"]})
+    records.append({"kind": "image", "target": "logits:2", "activation": 1.0, "images": ["images/l2.png"]})
+    page = render_index(records)
+    assert page.count('class="target sheet"') == 1 and "_blocks.8 · 4 channels" in page
+    sheet = page[page.index('class="target sheet"'):page.index('id="t-_blocks.8:2"')]
+    assert sheet.index("#0<") < sheet.index("#1<") < sheet.index("#2<") < sheet.index("#3<")
+    assert 'href="#t-_blocks.8:0"' in sheet and "images/b0.png" in sheet and "failed" in sheet
+    assert "images/x.png" not in sheet and "images/l1.png" not in sheet
+    assert 'id="t-_blocks.8:0"' in page
+
+
+def test_dream_image_over_a_channel_range_writes_one_layer_sheet(tmp_path):
+    from dreamy.cli import main
+
+    assert main(["image", "--model", "tiny:cnn", "--target", "conv3:0-7", "--steps", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    page = (tmp_path / "index.html").read_text()
+    assert page.count('class="target sheet"') == 1 and "conv3 · 8 channels" in page
+    assert all(f'href="#t-conv3:{i}"' in page for i in range(8))
