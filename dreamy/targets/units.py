@@ -248,6 +248,9 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
         return ResolvedUnit(unit)
     if isinstance(unit, SAEFeature) and is_sae_folder(unit.path):
         return _load_sae_folder_feature(unit)
+    if isinstance(unit, SAEFeature) and not Path(unit.path).expanduser().exists():
+        raise TargetError(f"SAE '{unit.path}' does not exist; give a folder in the SAELens layout "
+                          "(cfg.json + sae_weights.safetensors) or a .pt/.safetensors file")
     data = _read_tensors(unit.path)
     if isinstance(unit, Direction):
         vector = _finite(_pick(data, unit.key, unit.path), f"direction {unit}").float()

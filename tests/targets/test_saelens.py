@@ -53,3 +53,14 @@ def test_folder_feature_gives_gradients(tmp_path):
     x = torch.randn(2, 3, requires_grad=True)
     Probe(_net(), [f"0:sae={tmp_path}/sae#1"])(x).scores.sum().backward()
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
+def test_check_targets_reports_folder_problems_before_a_run(tmp_path):
+    from dreamy.targets import check_targets
+
+    save(small_sae("relu"), tmp_path / "sae")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 5))
+    specs = [f"0:sae={tmp_path}/sae#2", f"0:sae={tmp_path}/sae#9", f"2:sae={tmp_path}/sae#0", f"0:sae={tmp_path}/none#0"]
+    errors = dict(check_targets(net, specs, torch.zeros(2, 3)))
+    assert list(errors) == specs[1:]
+    assert "valid 0..5" in errors[specs[1]] and "d_in=4" in errors[specs[2]] and "does not exist" in errors[specs[3]]
