@@ -1,0 +1,164 @@
+"""Do class dreams transfer to models they were never optimized against? (issue 14)
+
+Class dreams from EfficientNet-Lite0 (the source) for N ImageNet classes drawn with a seed, all N
+packed into one batch, for each parametrization (`fourier`, `pixel`, `maco`, `dip`, `decoder`) with
+the dream defaults (standard transforms, no regularizer, Adam), and lucent's `render_vis` with its
+defaults (decorrelated FFT image, standard transforms) at the same steps, image size and learning
+rate (when `torch-lucent` is installed). Judges, never optimized against: EfficientNet-Lite1 and
+Lite2, each seeing the final images resized to its own input (240 and 260 px). Per method and judge:
+top-1 and top-5 transfer rates (the target class ranked first / in the top 5) and the mean judge
+probability of the target class; the source's own mean probability (white-box); seconds per class
+(wall time of the packed batch / N; machine load from other work inflates it).
+
+lucent gets the workarounds of `benchmarks/vision_vs_lucent.py` (device, leaked hooks, the model's own
+normalization instead of torchvision's ImageNet statistics); its objective is the target logit of row
+i (`channel(LAYER, class, batch=i)` on the module that outputs the logits).
+
+    python -m benchmarks.transfer                      # quick: 32 classes, 64 steps, 224 px (~15-20 min on 2 cores)
+    python -m benchmarks.transfer --full               # 100 classes, 128 steps (the CLI's default steps)
+    python -m benchmarks.transfer --classes 8 --steps 16 --params fourier,dip --no-lucent
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks import common
+from dreamy.models import LoadedModel, load
+from dreamy.vision import dream
+from dreamy.vision.judges import judge_images
+
+MODEL = "bundled:efficientnet-lite0"
+JUDGES = ("bundled:efficientnet-lite1", "bundled:efficientnet-lite2")
+PARAMS = ("fourier", "pixel", "maco", "dip", "decoder")
+LR = 0.05
+
+
+def draw_classes(n: int, n_classes: int, seed: int) -> list[int]:
+    """`n` distinct classes out of `n_classes`, drawn with `seed`, sorted.
+
+    Example:
+        >>> draw_classes(3, 10, 0)
+        [0, 6, 9]
+    """
+    if not 1 <= n <= n_classes:
+        raise ValueError(f"--classes must be in 1..{n_classes}, got {n}")
+    return sorted(random.Random(seed).sample(range(n_classes), n))
+
+
+def logits_layer(model: nn.Module) -> str:
+    """The dotted name of the last `nn.Linear` (the module that outputs a classifier's logits).
+
+    Example:
+        >>> logits_layer(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4)))
+        '2'
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError("the model has no nn.Linear layer to read logits from")
+    return names[-1]
+
+
+def run_dreamy(loaded: LoadedModel, classes: Sequence[int], param: str, *, steps: int, size: int, seed: int) -> Tensor:
+    """Our `dream` with its defaults for `param`, every class one row of one batch."""
+    return dream(loaded, [f"logits:{c}" for c in classes], param=param, steps=steps, lr=LR, image_size=(size, size),
+                 seed=seed, progress=False).images
+
+
+def run_lucent(loaded: LoadedModel, classes: Sequence[int], *, steps: int, size: int, seed: int) -> Tensor:
+    """lucent's `render_vis` with its defaults on the logits of `classes` (row i maximizes class i)."""
+    from benchmarks import vision_vs_lucent
+
+    layer = logits_layer(loaded.model)
+    targets = tuple(f"{layer}:{c}" for c in classes)
+    return vision_vs_lucent.run_lucent(loaded, targets, steps=steps, size=size, seed=seed)
+
+
+def verdicts(judges: Sequence[LoadedModel], source: LoadedModel, images: Tensor, classes: Sequence[int]) -> dict[str, Any]:
+    """Per judge: top-1 / top-5 transfer rates, mean probability of the target class, and per-class figures."""
+    figures: dict[str, Any] = {}
+    for model in [source, *judges]:
+        judged = judge_images(model, images, list(classes))
+        figures[model.name] = {"top1": statistics.fmean(v.rank == 1 for v in judged),
+                               "top5": statistics.fmean(v.rank <= 5 for v in judged),
+                               "p": statistics.fmean(v.probability for v in judged),
+                               "per_class": [{"class": v.target, "label": v.label, "p": v.probability, "rank": v.rank,
+                                              "top5": v.top5} for v in judged]}
+    return figures
+
+
+def short(name: str) -> str:
+    """A judge's column label: `bundled:efficientnet-lite1` -> `lite1`.
+
+    Example:
+        >>> short("bundled:efficientnet-lite1"), short("tiny:cnn")
+        ('lite1', 'cnn')
+    """
+    return name.split(":", 1)[-1].replace("efficientnet-", "")
+
+
+def main() -> None:
+    parser = common.parser(__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, help="classes drawn with --seed (quick 32, full 100)")
+    parser.add_argument("--steps", type=int, help="optimizer steps for every method (quick 64, full 128)")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the classes and seeds every dream (default %(default)s)")
+    parser.add_argument("--params", default=",".join(PARAMS), help="parametrizations, comma-separated (default %(default)s)")
+    parser.add_argument("--no-lucent", action="store_true", help="skip lucent even when it is installed")
+    parser.add_argument("--model", default=MODEL, help="the source model dreams are made on (default %(default)s)")
+    parser.add_argument("--judge", action="append", help=f"judge models (default {', '.join(JUDGES)})")
+    parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    args = parser.parse_args()
+    steps = args.steps or (128 if args.full else 64)
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    source = load(args.model, device=device)
+    judges = [load(name, device=device) for name in (args.judge or JUDGES)]
+    classes = draw_classes(args.classes or (100 if args.full else 32), len(source.class_names or []), args.seed)
+    methods: list[tuple[str, Any]] = [(p, lambda p=p: run_dreamy(source, classes, p, steps=steps, size=args.size, seed=args.seed))
+                                      for p in args.params.split(",") if p]
+    lucent_note = "skipped (--no-lucent)" if args.no_lucent else "not installed (pip install torch-lucent)"
+    if not args.no_lucent:
+        try:
+            from benchmarks import vision_vs_lucent
+
+            vision_vs_lucent.point_lucent_at(device)
+            methods.append(("lucent render_vis", lambda: run_lucent(source, classes, steps=steps, size=args.size, seed=args.seed)))
+            lucent_note = "render_vis defaults: param.image(fft=True, decorrelate=True), standard_transforms, Adam lr 0.05"
+        except ImportError:
+            pass
+    rows = []
+    for name, run in methods:
+        start = time.perf_counter()
+        images = run()
+        elapsed = time.perf_counter() - start
+        figures = verdicts(judges, source, images, classes)
+        row: dict[str, Any] = {"method": name, "s/class": elapsed / len(classes), "seconds": elapsed,
+                               f"p {short(source.name)} (source)": figures[source.name]["p"]}
+        for judge in judges:
+            tag = short(judge.name)
+            row.update({f"top1 {tag}": figures[judge.name]["top1"], f"top5 {tag}": figures[judge.name]["top5"],
+                        f"p {tag}": figures[judge.name]["p"]})
+        row["p judges"] = statistics.fmean(figures[j.name]["p"] for j in judges)
+        row["judged"] = figures
+        rows.append(row)
+        common.print_table([{k: v for k, v in row.items() if k != "judged"}], title=f"{name}: {len(classes)} classes, {steps} steps")
+    columns = [k for k in rows[0] if k not in ("judged", "seconds")] if rows else None
+    common.print_table(rows, columns, title=f"transfer of {args.model} class dreams ({len(classes)} classes, {steps} steps, "
+                                            f"{args.size} px, seed {args.seed}) to {', '.join(j.name for j in judges)}")
+    settings = {"model": args.model, "judges": [j.name for j in judges], "classes": classes, "steps": steps,
+                "size": args.size, "lr": LR, "seed": args.seed, "params": args.params.split(","), "lucent": lucent_note,
+                "dreamy": "vision.dream defaults: Transforms.standard(size), no regularizer, Adam, all classes in one batch"}
+    path = common.write_result("transfer", {"rows": rows}, settings=settings, results_dir=args.results_dir,
+                               device=device, started=started)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
