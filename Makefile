@@ -31,9 +31,10 @@ data:
 			|| echo "warning: could not install$$missing (tests that need them will skip)"; \
 	fi
 
-# A gallery of six dreams on the bundled EfficientNet-Lite0, beside the most activating sample photos.
+# A gallery of six dreams on the bundled EfficientNet-Lite0, beside the most activating sample photos; the class
+# dreams judged by EfficientNet-Lite1 and Lite2, which were never optimized against.
 demo: $(STAMP)
-	.venv/bin/dream image --out demo-gallery --maxima photos
+	.venv/bin/dream image --out demo-gallery --maxima photos --judge bundled:efficientnet-lite1 --judge bundled:efficientnet-lite2
 	@echo "open demo-gallery/index.html"
 
 test: $(STAMP)
