@@ -47,7 +47,12 @@ def third_depth_site(loaded: LoadedModel) -> str:
 
 
 def lm_flops_per_token(loaded: LoadedModel, site: str, window: int, windows: int) -> float:
-    """FLOPs per token of the LM forward that stops at `site` (torch's count), for batches of `windows` windows."""
+    """FLOPs per token of the LM forward that stops at `site` (torch's count), for batches of `windows` windows.
+
+    Example:
+        >>> lm_flops_per_token(load("tiny:lm"), "model.layers.0", window=8, windows=2) > 0
+        True
+    """
     probe = site_probe(loaded, site)
     rows = torch.randint(100, loaded.model.get_input_embeddings().weight.shape[0], (windows, window),
                          generator=torch.Generator().manual_seed(0))

@@ -53,7 +53,12 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `sae-train` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`); returns it."""
+    """Add the `sae-train` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`); returns it.
+
+    Example:
+        >>> add_parser(argparse.ArgumentParser().add_subparsers()).prog.endswith("sae-train")
+        True
+    """
     cmd = subparsers.add_parser("sae-train", help="train a TopK sparse autoencoder on a language model's site")
     cmd.add_argument("--model", default=DEFAULT_MODEL, help="language model name (default: %(default)s)")
     cmd.add_argument("--site", required=True, help="site to read, e.g. model.layers.9 (see `dream sites MODEL`)")
@@ -136,7 +141,15 @@ def summary(metrics: dict[str, Any], folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `dream sae-train` with parsed `args`; returns the exit code (bad arguments raise `SAEUsageError`)."""
+    """Run `dream sae-train` with parsed `args`; returns the exit code (bad arguments raise `SAEUsageError`).
+
+    Example:
+        >>> run(argparse.Namespace(model="tiny:lm", site="model.layers.0", corpus=["fortunes"], features=8, k=16,
+        ...                        tokens=10, out="unused", resume=False, seed=0, batch_tokens=64, window=16, device="cpu"))
+        Traceback (most recent call last):
+        ...
+        dreamy.sae.command.SAEUsageError: --k 16 must be <= --features 8
+    """
     check_arguments(args)
     from dreamy.models import load
     from dreamy.sae.activations import site_probe

@@ -51,7 +51,16 @@ def _next_token_xentropy_sum(logits: Tensor, ids: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(loaded: LoadedModel, site: str, sae: SAE, windows: Tensor, *, batch_windows: int = 16) -> dict[str, Any]:
-    """FVE, L0 and the clean / spliced / zero-ablated cross-entropies on `windows` (`[N, T]`, no start token)."""
+    """FVE, L0 and the clean / spliced / zero-ablated cross-entropies on `windows` (`[N, T]`, no start token).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.sae.model import SAE
+        >>> loaded = load("tiny:lm")
+        >>> sae = SAE.initialized(64, 128, 8, generator=torch.Generator().manual_seed(0))
+        >>> evaluate(loaded, "model.layers.1", sae, torch.full((2, 6), 5))["heldout_tokens"]
+        12
+    """
     model = loaded.model
     start = start_token(loaded.tokenizer)
     sse = torch.zeros((), dtype=torch.float64)

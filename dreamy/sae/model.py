@@ -86,12 +86,23 @@ class SAE(nn.Module):
         return self.W_enc.shape[1]
 
     def pre_activation(self, x: Tensor) -> Tensor:
-        """`(x - b_dec) @ W_enc + b_enc` (`x` not shifted when `apply_b_dec_to_input` is false), `[..., d_sae]`."""
+        """`(x - b_dec) @ W_enc + b_enc` (`x` not shifted when `apply_b_dec_to_input` is false), `[..., d_sae]`.
+
+        Example:
+            >>> sae = SAE.initialized(4, 6, 2, generator=torch.Generator().manual_seed(0))
+            >>> torch.allclose(sae.pre_activation(torch.eye(4)), sae.W_enc)
+            True
+        """
         shifted = x - self.b_dec if self.apply_b_dec_to_input else x
         return shifted @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor) -> Tensor:
-        """The architecture's activation of pre-activations `[..., d_sae]`."""
+        """The architecture's activation of pre-activations `[..., d_sae]`.
+
+        Example:
+            >>> SAE.initialized(4, 3, 1, generator=torch.Generator().manual_seed(0)).activate(torch.tensor([0.5, 2.0, -1.0])).tolist()
+            [0.0, 2.0, 0.0]
+        """
         if self.architecture == "topk":
             values, indices = topk_relu(pre, self.k)
             return torch.zeros_like(pre).scatter(-1, indices, values)

@@ -42,7 +42,14 @@ def _site(site: str | Site) -> Site:
 
 @contextmanager
 def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """While open, the model's forward uses `fn(activation)` in place of the site's activation."""
+    """While open, the model's forward uses `fn(activation)` in place of the site's activation.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Identity())
+        >>> with edit_site(net, "1@in", lambda a: a * 0 + 1):
+        ...     net(torch.zeros(1, 2)).tolist()
+        [[1.0, 1.0]]
+    """
     where = _site(site)
     module = resolve_module(model, where.path)
     if where.input:

@@ -275,6 +275,13 @@ def train_sae(
 
     `callback(step, stats)` runs after every step (1-based, after any checkpoint); an exception it raises
     stops training (the last checkpoint stays for `resume`).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> train_sae(load("tiny:lm"), "model.layers.0", ["fortunes"], features=8, k=9, tokens=10, out_dir="unused")
+        Traceback (most recent call last):
+        ...
+        ValueError: k=9 must be <= features=8
     """
     if loaded.tokenizer is None:
         raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
