@@ -164,3 +164,27 @@ def test_an_epo_iteration_synchronizes_the_host_a_few_times_not_per_element(tiny
 
     per_iteration = (syncs(3) - syncs(1)) / 2
     assert per_iteration <= 4 * population, per_iteration
+
+
+def test_plain_forward_strategy_scores_like_kv_reuse(tiny_lm, monkeypatch):
+    # GPUs score children with one plain batched forward (`reuse_kv` False), CPUs on the parents' KV caches
+    from dreamy.language import scoring
+    from dreamy.language.search import SearchSetup
+
+    setup = SearchSetup.build(tiny_lm, TARGET, n_tokens=6)
+    assert setup.reuse_kv  # on the CPU
+    parents = torch.randint(5, 200, (2, 6), generator=torch.Generator().manual_seed(0))
+    kids = parents.repeat_interleave(8, dim=0)
+    kids[torch.arange(16), torch.arange(16) % 6] = torch.arange(16) + 30
+    index = torch.arange(2).repeat_interleave(8)
+    spied = []
+    real = scoring._grouped
+    monkeypatch.setattr(scoring, "_grouped", lambda *a, **k: spied.append(1) or real(*a, **k))
+    reused = setup.score(kids, parents=parents, parent_index=index)
+    assert spied  # grouped KV-reuse forwards on the CPU
+    setup.reuse_kv = False
+    spied.clear()
+    plain = setup.score(kids, parents=parents, parent_index=index)
+    assert not spied  # none with the plain strategy
+    torch.testing.assert_close(plain.activation, reused.activation, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain.xentropy, reused.xentropy, rtol=1e-4, atol=1e-4)
