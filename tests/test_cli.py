@@ -1,7 +1,6 @@
 """The `dream` command as a user runs it: files, escaping, resume after a kill, and every error path."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

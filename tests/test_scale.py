@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dreamy.scale import dream_targets, plan_batches
@@ -161,9 +160,10 @@ def local_ray():
 @pytest.mark.ray
 def test_ray_run_equals_local_run(tmp_path, local_ray):
     specs = ["conv3:0-3"]
-    local = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "local", batch_targets=1, progress=False)
-    sharded = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "ray", batch_targets=1,
-                            use_ray=True, workers=2, progress=False)
+    assert len(dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "local", batch_targets=1,
+                             progress=False)) == 4
+    assert len(dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "ray", batch_targets=1,
+                             use_ray=True, workers=2, progress=False)) == 4
     a, b = records_by_target(tmp_path / "local"), records_by_target(tmp_path / "ray")
     assert set(a) == set(b) == {f"conv3:{i}" for i in range(4)}
     for target in a:

@@ -21,32 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from dreamy.targets.errors import TargetError
-from dreamy.targets.probe import _output_tensor, _Scorer, features_last, resolve_module
+from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
 from dreamy.targets.spec import Site, Target, parse
 from dreamy.targets.units import Neuron
-
-
-def _capture(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: dict) -> tuple[dict[Site, Any], Any]:
-    """Run `model` once and keep the raw output (or input, for `@in` sites) of each site's module."""
-    raw: dict[Site, Any] = {}
-    handles = []
-    for site in sites:
-        module = resolve_module(model, site.path)
-        if site.input:
-            def pre_hook(module, hook_args, hook_kwargs, site=site):
-                raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-            def hook(module, hook_args, output, site=site):
-                raw.setdefault(site, output)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            output = model(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return raw, output
 
 
 def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict) -> tuple[dict[str, Tensor], dict[Site, str]]:
@@ -62,7 +39,7 @@ def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwar
             modules.append(site)
         except TargetError as error:
             errors[site] = str(error)
-    raw, output = _capture(model, modules, args, kwargs)
+    raw, output = capture_raw(model, modules, args, kwargs)
     rows = _batch_rows(args, kwargs)
     tensors: dict[str, Tensor] = {}
     for site in sites:

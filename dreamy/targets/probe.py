@@ -330,6 +330,38 @@ def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:
     return _Scorer([parse(target)], "mean").maps(activations)[0]
 
 
+def capture_raw(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: dict) -> tuple[dict[Site, Any], Any]:
+    """Run `model(*args, **kwargs)` once without gradients and keep the raw output (or input, for `@in` sites)
+    of each site's module, the first time it runs; return them with the model's output. Hooks are removed
+    even if the forward raises.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> raw, out = capture_raw(net, [Site("0"), Site("1", input=True)], (torch.zeros(2, 4),), {})
+        >>> tuple(raw[Site("0")].shape), type(raw[Site("1", input=True)]).__name__
+        ((2, 3), 'tuple')
+    """
+    raw: dict[Site, Any] = {}
+    handles = []
+    for site in sites:
+        module = resolve_module(model, site.path)
+        if site.input:
+            def pre_hook(module, hook_args, hook_kwargs, site=site):
+                raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+            def hook(module, hook_args, output, site=site):
+                raw.setdefault(site, output)
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            output = model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return raw, output
+
+
 def list_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, tuple[int, ...]]]:
     """Run `model(*args, **kwargs)` once and list every module path with its output shape.
 
@@ -342,28 +374,14 @@ def list_sites(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, t
         >>> list_sites(net, torch.zeros(2, 4))
         [('0', (2, 3)), ('1', (2, 3)), ('logits', (2, 3)), ('logprobs', (2, 3))]
     """
+    sites = [Site(name) for name, _ in model.named_modules() if name]
+    raw, output = capture_raw(model, sites, args, kwargs)
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module, inputs, output):
-            if name in shapes:
-                return
-            try:
-                shapes[name] = tuple(_output_tensor(output, Site(name)).shape)
-            except TargetError:
-                shapes[name] = ()
-        return hook
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(make_hook(name)))
-    try:
-        with torch.no_grad():
-            output = model(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    for site, value in raw.items():
+        try:
+            shapes[site.path] = tuple(_output_tensor(value, site).shape)
+        except TargetError:
+            shapes[site.path] = ()
     order = [name for name, _ in model.named_modules() if name in shapes]
     listed = [(name, shapes[name]) for name in order]
     try:
