@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from dreamy import loop
+from dreamy import stepping
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run_on_ray(model: str, kind: str, todo: list[tuple[int, list[str]]], setting
 
     for worker in sorted(alive):
         hand_out(worker)
-    with loop.progress(len(todo), f"{kind} batches on Ray", enabled=progress) as bar:
+    with stepping.progress(len(todo), f"{kind} batches on Ray", enabled=progress) as bar:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             ref = ready[0]

@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from dreamy import batches, loop
+from dreamy import batches, stepping
 from dreamy.batches import KINDS, BatchOutput, plan_batches
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
         run_on_ray(model, kind, todo, settings, seed, writer, address=ray_address, workers=workers, device=device,
                    progress=progress, on_batch=on_batch)
         return writer.records
-    with loop.progress(len(todo), f"{kind} batches", enabled=progress) as bar:
+    with stepping.progress(len(todo), f"{kind} batches", enabled=progress) as bar:
         for k, batch in todo:
             writer.write(batches.dream_batch(loaded, kind, batch, settings, seed + k, progress=progress))
             if on_batch:

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dreamy import loop
+from dreamy import stepping
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.proposals import initial_spans, swap_children
 from dreamy.language.result import PromptResult
@@ -152,7 +152,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     n_targets = len(setup.targets)
     lambdas = log_uniform_lambdas(population, lambda_range)
     lambda_list = lambdas.tolist()
-    gens = [loop.make_generator(seed) for _ in range(n_targets)]
+    gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     starts = [initial_spans(setup.tokenizer, setup.allowed, population, n_tokens, init=init, generator=gen)
               for gen in gens]  # on the host
     start_ids = [[tuple(row) for row in start.tolist()] for start in starts]
@@ -165,7 +165,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
         pops.append(_Population(spans[rows], start_ids[k], scores.activation[rows].clone(), scores.xentropy[rows].clone(),
                                 gen, history_rows(setup, start_ids[k], host[0][rows], host[1][rows], 0)))
     started = time.perf_counter()
-    with loop.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
+    with stepping.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             if restart_every and iteration % restart_every == 0 and iteration < iters:  # never in the last one
                 for pop in pops:

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dreamy import loop
+from dreamy import stepping
 from dreamy.language.proposals import initial_spans, swap_children
 from dreamy.language.result import PromptResult
 from dreamy.language.search import SearchSetup, check_iters, history_rows
@@ -64,7 +64,7 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
                               fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
     n_targets = len(setup.targets)
-    gens = [loop.make_generator(seed) for _ in range(n_targets)]
+    gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     start = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen) for gen in gens])
     current_ids = [tuple(row) for row in start.tolist()]  # host copy of the current prompts
     current = start.to(loaded.device)
@@ -74,7 +74,7 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     histories = [history_rows(setup, start[k : k + 1].tolist(), act[k : k + 1], xent[k : k + 1], 0) for k in range(n_targets)]
     lambdas = torch.full((n_targets,), float(fluency_weight))
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
-    with loop.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
+    with stepping.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             top = setup.top_tokens(current, lambdas, topk, everyone)
             made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size, n_swaps=n_swaps,

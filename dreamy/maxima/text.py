@@ -39,7 +39,7 @@ from torch import Tensor
 
 from dreamy.datasets import TextCorpus, open_text
 from dreamy.language.fluency import span_xentropy
-from dreamy.loop import make_generator
+from dreamy.stepping import make_generator
 from dreamy.maxima.images import cached_or_todo
 from dreamy.maxima.records import Example, Maxima, canonical_target, default_cache_dir, entry_dir, save_maxima, slug
 from dreamy.maxima.topk import scan, settings_fingerprint, summarize

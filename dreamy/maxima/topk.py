@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from dreamy import loop
+from dreamy import stepping
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def scan(
 
     began, last_save = time.perf_counter(), time.perf_counter()
     item = start
-    with loop.progress(n_items, desc, enabled=progress) as bar:
+    with stepping.progress(n_items, desc, enabled=progress) as bar:
         bar.update(start)
         try:
             while item < n_items:

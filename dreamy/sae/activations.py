@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamy.datasets import TextCorpus, open_text
-from dreamy.loop import make_generator
+from dreamy.stepping import make_generator
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, parse
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamy.datasets import TextCorpus
-from dreamy.loop import make_generator, progress as progress_bar
+from dreamy.stepping import make_generator, progress as progress_bar
 from dreamy.models import LoadedModel
 from dreamy.results import write_atomic, write_json_atomic
 from dreamy.sae.activations import corpus_windows, site_activations, site_probe

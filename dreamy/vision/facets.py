@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamy.loop import make_generator
+from dreamy.stepping import make_generator
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
 from dreamy.vision.param import ImageParam

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from dreamy import loop
-from dreamy.loop import Plateau, make_generator, should_snapshot
+from dreamy import stepping
+from dreamy.stepping import Plateau, make_generator, should_snapshot
 from dreamy.models import LoadedModel, Preprocess
 from dreamy.targets import Probe, Target, parse
 from dreamy.vision import regularizers as regs
@@ -252,7 +252,7 @@ def dream(
     history: list[Tensor] = []
     snapshots: dict[int, Tensor] = {}
     interrupted = False
-    with loop.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as bar:
+    with stepping.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as bar:
         try:
             for step in range(1, steps + 1):
                 images = param.images()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamy.loop import Plateau
+from dreamy.stepping import Plateau
 from dreamy.targets import Probe
 from dreamy.vision import regularizers as regs
 from dreamy.vision.param import ImageParam

@@ -1,4 +1,6 @@
-"""What both optimizers share: seeded generators, progress bars, snapshots and plateau stopping.
+"""What every step loop shares (image dreaming, prompt search, SAE training, dataset scans): seeded
+generators, progress bars, snapshot steps and plateau stopping. The loops themselves live with their
+optimizers; this module holds only what they have in common.
 
 Nothing here knows about images or tokens; the vision and language loops call these helpers so that
 seeds, progress output and early stopping behave the same on both sides.

@@ -1,9 +1,9 @@
-"""Shared loop helpers: seeded generators, plateau stopping, snapshots, progress."""
+"""Step-loop helpers shared by both optimizers: seeded generators, plateau stopping, snapshots, progress."""
 
 import pytest
 import torch
 
-from dreamy.loop import Plateau, make_generator, progress, should_snapshot
+from dreamy.stepping import Plateau, make_generator, progress, should_snapshot
 
 
 def test_same_seed_same_draws_regardless_of_global_rng():
