@@ -251,17 +251,24 @@ class _Parser:
         path = self.spec[start : start + len(found.group(0))]
         return Site(path, is_input, index)
 
-    def unit(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+    def unit_range(self, allow_range: bool) -> tuple[int, int] | None:
+        """A `LOW-HIGH` range of units (neurons, or SAE features after '#') at the current position, if any."""
         start = self.pos
         found = _RANGE.match(self.spec, self.pos)
-        if found and not re.match(r"\s*[*:.@\[]", self.spec[found.end() :]):
-            if not allow_range:
-                raise self.fail("a unit range expands to many targets; use dreamy.targets.expand() or the CLI", start)
-            low, high = self.integer(found.group(1), found.start(1)), self.integer(found.group(2), found.start(2))
-            if high < low:
-                raise self.fail(f"empty unit range {low}-{high}; write low-high with low <= high", start)
-            self.pos = found.end()
-            return Neuron(low), (low, high)
+        if not found or re.match(r"\s*[*:.@\[]", self.spec[found.end() :]):
+            return None
+        if not allow_range:
+            raise self.fail("a unit range expands to many targets; use dreamy.targets.expand() or the CLI", start)
+        low, high = self.integer(found.group(1), found.start(1)), self.integer(found.group(2), found.start(2))
+        if high < low:
+            raise self.fail(f"empty unit range {low}-{high}; write low-high with low <= high", start)
+        self.pos = found.end()
+        return low, high
+
+    def unit(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        neurons = self.unit_range(allow_range)
+        if neurons is not None:
+            return Neuron(neurons[0]), neurons
         if self.peek("dir=") or self.peek("sae="):
             kind = self.spec[self.pos : self.pos + 3]
             self.pos += 4
@@ -269,6 +276,10 @@ class _Parser:
             key = None
             if self.peek("#"):
                 self.pos += 1
+                if kind == "sae":
+                    features = self.unit_range(allow_range)
+                    if features is not None:
+                        return SAEFeature(path, features[0]), features
                 found_key = self.match(_INT if kind == "sae" else _KEY)
                 if not found_key:
                     raise self.fail("expected a key after '#'" + (" (an SAE feature index)" if kind == "sae" else ""))
@@ -318,11 +329,12 @@ def parse(spec: "str | Target") -> Target:
 
 
 def expand(spec: "str | Target") -> list[Target]:
-    """Expand a unit range (`layer4.1:0-63`) into one target per unit; other specs give one target.
+    """Expand a unit range (`layer4.1:0-63`, or SAE features `blocks.6:sae=sae-l6#0-31`) into one target per
+    unit; other specs give one target.
 
     Example:
-        >>> [str(t) for t in expand("conv2:0-2")]
-        ['conv2:0', 'conv2:1', 'conv2:2']
+        >>> [str(t) for t in expand("conv2:0-2")], [str(t) for t in expand("l9:sae=sae-l9#3-4")]
+        (['conv2:0', 'conv2:1', 'conv2:2'], ["l9:sae='sae-l9'#3", "l9:sae='sae-l9'#4"])
     """
     if isinstance(spec, Target):
         return [spec]
@@ -331,4 +343,4 @@ def expand(spec: "str | Target") -> list[Target]:
         return [target]
     low, high = unit_range
     term = target.terms[0]
-    return [Target((replace(term, unit=Neuron(i)),)) for i in range(low, high + 1)]
+    return [Target((replace(term, unit=replace(term.unit, index=i)),)) for i in range(low, high + 1)]

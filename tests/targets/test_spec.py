@@ -265,3 +265,13 @@ def test_token_reductions_print_canonically_and_bad_ones_point_at_the_slash():
     assert str(parse("b:1/tokens=007")) == "b:1/tokens=7" and parse("b:1/tokens=-0") == parse("b:1/tokens=0")
     with pytest.raises(SpecError, match="cls, pos=N or tokens=N"):
         parse("b:1/token=3")
+
+
+def test_a_range_of_sae_features_expands_like_a_range_of_neurons():
+    assert [str(t) for t in expand("model.layers.9:sae=sae-l9#0-2")] == [  # printed quoted: the path holds '-'
+        "model.layers.9:sae='sae-l9'#0", "model.layers.9:sae='sae-l9'#1", "model.layers.9:sae='sae-l9'#2"]
+    assert [str(t) for t in expand("x:sae='my sae/dir'#5-6/mean")] == ["x:sae='my sae/dir'#5/mean", "x:sae='my sae/dir'#6/mean"]
+    with pytest.raises(SpecError, match="expands to many targets"):
+        parse("x:sae=dir#0-2")
+    with pytest.raises(SpecError, match="empty unit range"):
+        expand("x:sae=dir#5-2")
