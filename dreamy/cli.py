@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 from pathlib import Path
@@ -30,15 +29,12 @@ from typing import Any, Sequence
 
 import torch
 
+from dreamy.arguments import MAX_SEED, UsageError, check_seed, non_negative, positive
 from dreamy.sae import command as sae_command
 from dreamy.targets import TargetError, expand
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
 DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
-
-
-class UsageError(Exception):
-    """A bad command line: one line on stderr and exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,29 +47,6 @@ MIN_IMAGE_SIDE = 16
 # (activations of every layer, the parametrization, Adam's state); measured EfficientNet-Lite0 needs
 # about a third of this, so the estimate refuses only sizes that cannot fit.
 BYTES_PER_INPUT_VALUE = 1200
-MAX_SEED = 2**63 - 1
-
-
-def _positive(kind: type):
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
-        return value
-    return convert
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,32 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="cpu")
         cmd.add_argument("--resume", action="store_true", help="skip targets already finished in --out (same run only)")
         cmd.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
-        cmd.add_argument("--batch-targets", type=_positive(int), default=8, help="targets per shared batch (default %(default)s)")
+        cmd.add_argument("--batch-targets", type=positive(int), default=8, help="targets per shared batch (default %(default)s)")
         cmd.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                          help="shard over a Ray cluster (no address: start a local one)")
-        cmd.add_argument("--workers", type=_positive(int), default=2, help="Ray workers (default %(default)s)")
+        cmd.add_argument("--workers", type=positive(int), default=2, help="Ray workers (default %(default)s)")
         cmd.add_argument("--maxima", default=None, metavar="DATASET",
                          help="also find dataset maxima (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file)")
         cmd.add_argument("--quiet", action="store_true", help="no progress bars")
     image = sub.choices["image"]
-    image.add_argument("--steps", type=_positive(int), default=128)
+    image.add_argument("--steps", type=positive(int), default=128)
     image.add_argument("--param", default="fourier", choices=["fourier", "pixel", "maco", "dip", "decoder"])
-    image.add_argument("--lr", type=_positive(float), default=0.05)
-    image.add_argument("--size", type=_positive(int), default=None, help="image side (default: the model's input size)")
-    image.add_argument("--per-target", type=_positive(int), default=1, help="images per target (default %(default)s)")
-    image.add_argument("--diversity", type=_finite, default=0.0)
+    image.add_argument("--lr", type=positive(float), default=0.05)
+    image.add_argument("--size", type=positive(int), default=None, help="image side (default: the model's input size)")
+    image.add_argument("--per-target", type=positive(int), default=1, help="images per target (default %(default)s)")
+    image.add_argument("--diversity", type=non_negative, default=0.0)
     image.add_argument("--judge", action="append", default=[], metavar="MODEL",
                        help="a classifier never optimized against that judges each class dream (repeatable), "
                             "e.g. bundled:efficientnet-lite1")
     for name in ("tv", "l1", "l2", "blur", "center"):
-        image.add_argument(f"--{name}", type=_finite, default=0.0, help=f"weight of the {name} regularizer")
+        image.add_argument(f"--{name}", type=non_negative, default=0.0, help=f"weight of the {name} regularizer")
     prompt = sub.choices["prompt"]
     prompt.add_argument("--method", default="epo", choices=["epo", "gcg"])
-    prompt.add_argument("--iters", type=_positive(int), default=50)
-    prompt.add_argument("--tokens", type=_positive(int), default=10, help="prompt length in tokens")
-    prompt.add_argument("--population", type=_positive(int), default=6, help="EPO slots")
-    prompt.add_argument("--children", type=_positive(int), default=32, help="children per EPO member / GCG batch size")
-    prompt.add_argument("--topk", type=_positive(int), default=64)
+    prompt.add_argument("--iters", type=positive(int), default=50)
+    prompt.add_argument("--tokens", type=positive(int), default=10, help="prompt length in tokens")
+    prompt.add_argument("--population", type=positive(int), default=6, help="EPO slots")
+    prompt.add_argument("--children", type=positive(int), default=32, help="children per EPO member / GCG batch size")
+    prompt.add_argument("--topk", type=positive(int), default=64)
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
     sae_command.add_parser(sub)
@@ -205,8 +178,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
         device = check_device(args.device)
     except ModelLoadError as error:
         raise UsageError(f"--device: {error}") from error
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
+    check_seed(args.seed)
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
     for judge in getattr(args, "judge", []):

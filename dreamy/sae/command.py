@@ -19,37 +19,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
+from dreamy.arguments import UsageError, check_seed, positive
+
 DEFAULT_MODEL = "bundled:smollm2-135m"
-MAX_SEED = 2**63 - 1
 CORPUS_NAMES = ("fortunes", "bible-kjv", "bible")
-
-
-class SAEUsageError(ValueError):
-    """A bad `dream sae-train` command line (the CLI prints it as one line and exits with 2)."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,16 +39,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cmd.add_argument("--model", default=DEFAULT_MODEL, help="language model name (default: %(default)s)")
     cmd.add_argument("--site", required=True, help="site to read, e.g. model.layers.9 (see `dream sites MODEL`)")
     cmd.add_argument("--corpus", action="append", default=[], help="text corpus: fortunes, bible-kjv or a file/folder; repeat to combine")
-    cmd.add_argument("--features", type=_positive_int, default=4096, help="SAE latents (default %(default)s)")
-    cmd.add_argument("--k", type=_positive_int, default=32, help="active latents per token (default %(default)s)")
-    cmd.add_argument("--tokens", type=_positive_int, default=1_000_000, help="training tokens (default %(default)s)")
+    cmd.add_argument("--features", type=positive(int), default=4096, help="SAE latents (default %(default)s)")
+    cmd.add_argument("--k", type=positive(int), default=32, help="active latents per token (default %(default)s)")
+    cmd.add_argument("--tokens", type=positive(int), default=1_000_000, help="training tokens (default %(default)s)")
     cmd.add_argument("--out", required=True, help="output folder (SAELens layout + metrics.json + checkpoint.pt)")
     cmd.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     cmd.add_argument("--seed", type=int, default=0)
-    cmd.add_argument("--batch-tokens", type=_positive_int, default=2048, help="tokens per step (default %(default)s)")
-    cmd.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: 2e-3 at 4096 features)")
-    cmd.add_argument("--window", type=_positive_int, default=64, help="tokens per text window (default %(default)s)")
-    cmd.add_argument("--heldout-tokens", type=_positive_int, default=8192,
+    cmd.add_argument("--batch-tokens", type=positive(int), default=2048, help="tokens per step (default %(default)s)")
+    cmd.add_argument("--lr", type=positive(float), default=None, help="Adam learning rate (default: 2e-3 at 4096 features)")
+    cmd.add_argument("--window", type=positive(int), default=64, help="tokens per text window (default %(default)s)")
+    cmd.add_argument("--heldout-tokens", type=positive(int), default=8192,
                      help="tokens held out of training for the figures (default %(default)s)")
     cmd.add_argument("--device", default="cpu")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -80,47 +56,46 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse a bad command line before any model loads (`SAEUsageError`, one line).
+    """Refuse a bad command line before any model loads (`UsageError`, one line).
 
     Example:
         >>> check_arguments(argparse.Namespace(model="tiny:lm", site="model.layers.0", corpus=[], features=8, k=2,
         ...                 tokens=10, out="x", resume=False, seed=0, batch_tokens=8, window=4, device="cpu"))
         Traceback (most recent call last):
         ...
-        dreamy.sae.command.SAEUsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
+        dreamy.arguments.UsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
     """
     from dreamy.models import check_device, kind_of
     from dreamy.sae.train import SAERunError, check_out_dir
     from dreamy.targets import SpecError, parse
 
     if not args.corpus:
-        raise SAEUsageError("give at least one --corpus (fortunes, bible-kjv or a text file/folder)")
+        raise UsageError("give at least one --corpus (fortunes, bible-kjv or a text file/folder)")
     for corpus in args.corpus:
         if corpus not in CORPUS_NAMES and not Path(corpus).expanduser().exists():
-            raise SAEUsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder")
+            raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder")
     if args.k > args.features:
-        raise SAEUsageError(f"--k {args.k} must be <= --features {args.features}")
+        raise UsageError(f"--k {args.k} must be <= --features {args.features}")
     if args.window < 2:
-        raise SAEUsageError(f"--window must be >= 2 tokens, got {args.window}")
+        raise UsageError(f"--window must be >= 2 tokens, got {args.window}")
     if args.batch_tokens < args.window:
-        raise SAEUsageError(f"--batch-tokens {args.batch_tokens} must hold at least one --window of {args.window} tokens")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise SAEUsageError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
+        raise UsageError(f"--batch-tokens {args.batch_tokens} must hold at least one --window of {args.window} tokens")
+    check_seed(args.seed)
     kind = kind_of(args.model)
     if kind == "vision":
-        raise SAEUsageError(f"--model {args.model} is a vision model; sae-train needs a language model (e.g. {DEFAULT_MODEL})")
+        raise UsageError(f"--model {args.model} is a vision model; sae-train needs a language model (e.g. {DEFAULT_MODEL})")
     try:
         target = parse(args.site)
     except SpecError as error:
-        raise SAEUsageError(f"--site: {str(error).splitlines()[0]}") from error
+        raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
     term = target.terms[0]
     if len(target.terms) != 1 or term.unit is not None or term.reduce is not None or term.coef != 1 or term.site.is_logits:
-        raise SAEUsageError(f"--site {args.site!r} must be a bare hidden site like model.layers.9 (no unit, reduction, sum or logits)")
+        raise UsageError(f"--site {args.site!r} must be a bare hidden site like model.layers.9 (no unit, reduction, sum or logits)")
     try:
         check_device(args.device)
         check_out_dir(args.out, args.resume)
     except (SAERunError, ValueError) as error:
-        raise SAEUsageError(str(error).splitlines()[0]) from error
+        raise UsageError(str(error).splitlines()[0]) from error
 
 
 def summary(metrics: dict[str, Any], folder: Path) -> str:
@@ -141,14 +116,14 @@ def summary(metrics: dict[str, Any], folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `dream sae-train` with parsed `args`; returns the exit code (bad arguments raise `SAEUsageError`).
+    """Run `dream sae-train` with parsed `args`; returns the exit code (bad arguments raise `UsageError`).
 
     Example:
         >>> run(argparse.Namespace(model="tiny:lm", site="model.layers.0", corpus=["fortunes"], features=8, k=16,
         ...                        tokens=10, out="unused", resume=False, seed=0, batch_tokens=64, window=16, device="cpu"))
         Traceback (most recent call last):
         ...
-        dreamy.sae.command.SAEUsageError: --k 16 must be <= --features 8
+        dreamy.arguments.UsageError: --k 16 must be <= --features 8
     """
     check_arguments(args)
     from dreamy.models import load
@@ -158,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load(args.model, args.device)
     if loaded.kind != "language" or loaded.tokenizer is None:
-        raise SAEUsageError(f"--model {args.model} is not a language model with a tokenizer")
+        raise UsageError(f"--model {args.model} is not a language model with a tokenizer")
     try:
         site_probe(loaded, args.site)
     except TargetError as error:
-        raise SAEUsageError(f"--site: {str(error).splitlines()[0]}") from error
+        raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
     result = train_sae(loaded, args.site, args.corpus, features=args.features, k=args.k, tokens=args.tokens,
                        out_dir=args.out, batch_tokens=args.batch_tokens, lr=args.lr, window=args.window, seed=args.seed,
                        heldout_tokens=args.heldout_tokens, resume=args.resume, progress=not args.quiet)

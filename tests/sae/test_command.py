@@ -51,7 +51,7 @@ def cli_model():
 
 @pytest.mark.parametrize("extra, message", [
     (["--k", "100"], "--k 100 must be <= --features 64"),
-    (["--k", "0"], "argument --k: must be >= 1"),
+    (["--k", "0"], "argument --k: must be > 0"),
     (["--lr", "nan"], "argument --lr: must be > 0 and finite"),
     (["--site", "model.layers.1:3"], "must be a bare hidden site"),
     (["--site", "logits"], "must be a bare hidden site"),

@@ -1,0 +1,65 @@
+"""Command-line argument types and the usage error shared by every `dream` subcommand.
+
+Each type refuses non-numbers and non-finite values with a message argparse prints as one line.
+
+Example:
+    >>> positive(int)("3"), non_negative("0.5")
+    (3, 0.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**63 (and batch k adds k)
+
+
+class UsageError(Exception):
+    """A bad command line: one line on stderr and exit code 2."""
+
+
+def _number(kind: type, text: str) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a finite number of `kind` (int or float) > 0.
+
+    Example:
+        >>> positive(float)("2.5")
+        2.5
+    """
+    def convert(text: str):
+        value = _number(kind, text)
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+        return value
+    return convert
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite float >= 0 (a weight).
+
+    Example:
+        >>> non_negative("0")
+        0.0
+    """
+    value = _number(float, text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
+    return value
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed torch cannot take (`UsageError`).
+
+    Example:
+        >>> check_seed(0)
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
