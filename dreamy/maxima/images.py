@@ -77,7 +77,9 @@ def image_maxima(
     found, todo = cached_or_todo(loaded, targets, dataset.name, k, cache, refresh)
     if not todo:
         return found
-    probe = Probe(loaded.model, todo)
+    from dreamy.vision.render import patch_tokens
+
+    probe = Probe(loaded.model, todo, patch_tokens=patch_tokens(loaded.model))  # ViT token sites: as the dreams read them
     size = tuple(loaded.preprocess.size)
     device = loaded.device
 
