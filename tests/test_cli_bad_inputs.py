@@ -224,20 +224,21 @@ def test_specs_that_slug_alike_get_their_own_images(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_stops_the_run_and_never_records_a_cut_short_target(tmp_path, sig):
     out = tmp_path / "o"
-    args = ["image", "--model", "tiny:cnn", "--target", "conv3:0-5", "--steps", "40", "--batch-targets", "2",
+    # batches long enough (hundreds of steps) that the signal, sent as soon as the first batch is saved,
+    # always lands inside the second one, on a fast idle machine as on a loaded one
+    args = ["image", "--model", "tiny:cnn", "--target", "conv3:0-5", "--steps", "300", "--batch-targets", "2",
             "--out", str(out), "--quiet"]
     proc = subprocess.Popen(DREAM + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while time.time() < deadline and not (out / "results.json").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)  # well inside the next batch
+        time.sleep(0.02)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     saved = json.loads((out / "results.json").read_text())["records"]
     assert 2 <= len(saved) < 6 and len(saved) % 2 == 0  # whole batches only
-    assert all(r["settings"]["steps"] == 40 and not r["settings"]["interrupted"] for r in saved)
+    assert all(r["settings"]["steps"] == 300 and not r["settings"]["interrupted"] for r in saved)
     if sig == signal.SIGINT:  # --resume dreams exactly the targets that were not saved
         done = subprocess.run(DREAM + args + ["--resume"], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
