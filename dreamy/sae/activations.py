@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from dreamy.maxima.text import start_token  # the one definition: BOS, else EOS
 from dreamy.datasets import TextCorpus, open_text
 from dreamy.stepping import make_generator
 from dreamy.models import LoadedModel
@@ -39,20 +40,6 @@ class WindowSplit:
     train: Tensor
     heldout: Tensor
     corpora: tuple[str, ...]
-
-
-def start_token(tokenizer: Any) -> int:
-    """The token every window starts with: BOS, else EOS.
-
-    Example:
-        >>> from dreamy.tiny import tiny_tokenizer
-        >>> start_token(tiny_tokenizer())
-        0
-    """
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start windows with")
-    return int(token)
 
 
 def tokenize(tokenizer: Any, corpus: TextCorpus) -> Tensor:
