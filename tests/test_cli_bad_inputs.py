@@ -228,7 +228,9 @@ def test_an_interrupt_stops_the_run_and_never_records_a_cut_short_target(tmp_pat
     # always lands inside the second one, on a fast idle machine as on a loaded one
     args = ["image", "--model", "tiny:cnn", "--target", "conv3:0-5", "--steps", "300", "--batch-targets", "2",
             "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(DREAM + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT at its default (a shell's background job, e.g. `make test &`, starts with it ignored)
+    proc = subprocess.Popen(DREAM + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "results.json").exists():
         time.sleep(0.02)
