@@ -1,0 +1,120 @@
+"""PNG plots for gallery cards, drawn with matplotlib's object API (no pyplot, no global state).
+
+- `frontier_png(record)`: a prompt record's activation (y) against prompt cross-entropy (x): every
+  evaluated prompt faint (when the record holds `evaluated`), the Pareto frontier as a line, the dataset
+  maxima windows as distinct points on the same axes (as in the EPO paper's figures).
+- `steps_png(series)`: activation (or objective) per step, one line per dreamed image of a target.
+- `evaluated_points(history)`: the compact `(xentropy, activation)` lists a prompt record keeps for the plot.
+- `plot_name(spec, what)`: where a target's plot goes in the output folder (`images/`).
+
+Example:
+    >>> png = frontier_png({"frontier": [{"xentropy": 3.0, "activation": 1.0}, {"xentropy": 5.0, "activation": 2.0}]})
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Sequence
+
+from dreamy.results import safe_name
+
+MAX_EVALUATED = 1000
+SIZE_INCHES = (4.8, 3.2)
+DPI = 100
+
+
+def plot_name(spec: str, what: str) -> str:
+    """The output-folder path of target `spec`'s plot `what` (`frontier`, `steps`).
+
+    Example:
+        >>> plot_name("logits:5", "frontier").startswith("images/logits_5-") and plot_name("logits:5", "frontier").endswith("_frontier.png")
+        True
+    """
+    return f"images/{safe_name(spec)}_{what}.png"
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.5g}")
+
+
+def evaluated_points(history: Sequence[dict[str, Any]], limit: int = MAX_EVALUATED) -> dict[str, list[float]]:
+    """Every evaluated prompt's cross-entropy and activation (5 significant digits, finite only), thinned
+    evenly to at most `limit` points.
+
+    Example:
+        >>> evaluated_points([{"xentropy": 1.0, "activation": 2.0}, {"xentropy": 3.0, "activation": float("nan")}])
+        {'xentropy': [1.0], 'activation': [2.0]}
+    """
+    rows = [(float(r["xentropy"]), float(r["activation"])) for r in history
+            if math.isfinite(float(r["xentropy"])) and math.isfinite(float(r["activation"]))]
+    if len(rows) > limit:
+        rows = [rows[i * len(rows) // limit] for i in range(limit)]
+    return {"xentropy": [_round(x) for x, _ in rows], "activation": [_round(a) for _, a in rows]}
+
+
+def _png(figure: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=SIZE_INCHES, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def frontier_png(record: dict[str, Any]) -> bytes:
+    """The frontier plot of a prompt record (see the module docstring) as PNG bytes.
+
+    Example:
+        >>> record = {"frontier": [{"xentropy": 4.0, "activation": 1.5}], "maxima": [{"xentropy": 3.0, "activation": 1.0}],
+        ...           "evaluated": {"xentropy": [4.0, 6.0], "activation": [1.5, 0.5]}}
+        >>> len(frontier_png(record)) > 1000
+        True
+    """
+    figure, axes = _figure()
+    evaluated = record.get("evaluated") or {}
+    if evaluated.get("xentropy"):
+        axes.scatter(evaluated["xentropy"], evaluated["activation"], s=6, color="#888888", alpha=0.4, linewidths=0,
+                     label="evaluated prompts")
+    frontier = sorted((p["xentropy"], p["activation"]) for p in record.get("frontier") or []
+                      if p.get("xentropy") is not None and p.get("activation") is not None)
+    if frontier:
+        axes.plot([x for x, _ in frontier], [a for _, a in frontier], "-o", color="#d2502a", markersize=4, label="dream frontier")
+    windows = [(m["xentropy"], m["activation"]) for m in record.get("maxima") or []
+               if isinstance(m.get("xentropy"), (int, float)) and isinstance(m.get("activation"), (int, float))]
+    if windows:
+        axes.scatter([x for x, _ in windows], [a for _, a in windows], marker="D", s=28, color="#286ee6", zorder=3,
+                     label=f"dataset windows ({record.get('maxima_dataset', 'corpus')})")
+    axes.set_xlabel("prompt cross-entropy (nats/token)")
+    axes.set_ylabel("activation")
+    axes.grid(alpha=0.3)
+    if frontier or windows or evaluated.get("xentropy"):
+        axes.legend(fontsize=7, loc="lower right")
+    return _png(figure)
+
+
+def steps_png(series: Sequence[Sequence[float]], ylabel: str = "objective") -> bytes:
+    """Per-step values, one line per series (e.g. each dream of a target), as PNG bytes.
+
+    Example:
+        >>> steps_png([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]])[:4] == b"\\x89PNG"
+        True
+    """
+    figure, axes = _figure()
+    for j, values in enumerate(series):
+        axes.plot(range(len(values)), list(values), linewidth=1.2, label=f"dream {j}")
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    if len(series) > 1:
+        axes.legend(fontsize=7)
+    return _png(figure)
