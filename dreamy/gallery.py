@@ -4,8 +4,10 @@ Image targets show their dreams with the activation under each, beside the datas
 record has them; a click opens the PNG at full resolution; class dreams (`logits:N`) are shown at 224
 px, other dreams at 160. The judges' verdicts (`--judge`) follow the dataset-maxima verdict. Two or
 more channel targets of one site (`_blocks.8:0-63`) also get a layer sheet at the top of the page: one
-grid of all the channels with their activations, each linked to its section. Prompt targets show the Pareto frontier as a table, each token shaded by its
-attribution. All text from records (dreamed prompts above all) is HTML-escaped.
+grid of all the channels with their activations, each linked to its section. Image cards also show
+their objective-per-step plot (`record["plot"]`). Prompt targets get feature-dashboard cards and an index
+at the top of the page (`dreamy.gallery_prompt`). All text from records (dreamed prompts above all) is
+HTML-escaped.
 
 Example:
     >>> import tempfile, pathlib
@@ -102,18 +104,6 @@ def _layer_sheets(records: Sequence[dict[str, Any]]) -> str:
     return "".join(sheets)
 
 
-def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
-    if not tokens:
-        return ""
-    scale = max((abs(w) for w in weights), default=0.0) or 1.0
-    spans = []
-    for token, weight in zip(tokens, list(weights) + [0.0] * (len(tokens) - len(weights))):
-        alpha = min(1.0, abs(weight) / scale) * 0.8
-        color = f"rgba(230,80,40,{alpha:.2f})" if weight >= 0 else f"rgba(40,110,230,{alpha:.2f})"
-        spans.append(f'<span class="tok" style="background:{color}" title="{weight:.3g}">{_esc(token)}</span>')
-    return "".join(spans)
-
-
 def _image_section(record: dict[str, Any]) -> str:
     images = record.get("images", [])
     acts = record.get("activations", [record.get("activation")] * len(images))
@@ -125,6 +115,10 @@ def _image_section(record: dict[str, Any]) -> str:
         groups.append(f'<div class="maxima"><div class="label">most activating images ({_esc(record.get("maxima_dataset", "dataset"))})'
                       '</div><div class="row">'
                       + "".join(_figure(m["image"], m["activation"], m.get("label", "")) for m in maxima) + "</div></div>")
+    if record.get("plot"):
+        src = _esc(record["plot"])
+        groups.append(f'<div><div class="label">objective per step</div><a href="{src}" target="_blank">'
+                      f'<img class="plot" src="{src}" alt="objective per step" loading="lazy"></a></div>')
     return '<div class="groups">' + "".join(groups) + "</div>"
 
 
@@ -153,26 +147,10 @@ def _judges(record: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _prompt_section(record: dict[str, Any]) -> str:
-    rows = []
-    for point in sorted(record.get("frontier", []), key=lambda p: p["xentropy"]):
-        tokens = point.get("tokens") or [point.get("text", "")]
-        rows.append(f"<tr><td>{_fmt(point['xentropy'])}</td><td>{_fmt(point['activation'])}</td>"
-                    f"<td>{_shaded_tokens(tokens, point.get('token_attribution', []))}</td></tr>")
-    table = ("<table><tr><th>cross-entropy</th><th>activation</th><th>prompt (shaded by attribution)</th></tr>"
-             + "".join(rows) + "</table>")
-    maxima = record.get("maxima") or []
-    if maxima:
-        table += (f'<div class="label">dataset maxima ({_esc(record.get("maxima_dataset", "corpus"))})</div>'
-                  "<table><tr><th>cross-entropy</th><th>activation</th><th>window</th></tr>"
-                  + "".join(f"<tr><td>{_fmt(m.get('xentropy', ''))}</td><td>{_fmt(m['activation'])}</td>"
-                            f"<td>{_shaded_tokens(m.get('tokens') or [m.get('text', '')], m.get('token_activations', []))}</td></tr>"
-                            for m in maxima) + "</table>")
-    return table
-
-
 def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery") -> str:
     """The gallery page for `records` (see the module docstring)."""
+    from dreamy.gallery_prompt import STYLE as PROMPT_STYLE, feature_index, prompt_card
+
     sections = []
     for record in records:
         label = f' <small>{_esc(record["label"])}</small>' if record.get("label") else ""
@@ -185,10 +163,11 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
         elif record.get("kind", "image" if "images" in record else None) == "image":
             body = _image_section(record)
         else:
-            body = _prompt_section(record)
+            body = prompt_card(record)
         sections.append(f'<div class="target" id="{_esc(_anchor(str(record["target"])))}">{head}{body}</div>')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{STYLE}</style></head>"
-            f"<body><h1>{_esc(title)}</h1><p>{len(records)} target(s)</p>{_layer_sheets(records)}{''.join(sections)}</body></html>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{STYLE}{PROMPT_STYLE}</style></head>"
+            f"<body><h1>{_esc(title)}</h1><p>{len(records)} target(s)</p>{feature_index(records)}{_layer_sheets(records)}"
+            f"{''.join(sections)}</body></html>")
 
 
 def write_index(directory: str | Path, records: Sequence[dict[str, Any]], title: str = "dreamy gallery") -> Path:

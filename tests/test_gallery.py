@@ -86,3 +86,43 @@ def test_dream_image_over_a_channel_range_writes_one_layer_sheet(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert page.count('class="target sheet"') == 1 and "conv3 · 8 channels" in page
     assert all(f'href="#t-conv3:{i}"' in page for i in range(8))
+
+
+def prompt_record(target, activation, window, promoted, plot=None):
+    record = {"kind": "prompt", "target": target, "model": "m", "method": "epo", "activation": activation,
+              "frontier": [{"text": "x", "tokens": ["x"], "token_attribution": [1.0], "activation": activation, "xentropy": 4.0}],
+              "maxima": [{"text": "w", "tokens": ["w"], "token_activations": [1.0], "activation": window, "xentropy": 5.0}],
+              "description": {"site": "s", "vocab_proj": {"promoted": [[t, 2.0] for t in promoted], "suppressed": [["down", -1.0]]},
+                              "token_change": {"promoted": [["tc<up>", 0.5]], "suppressed": [["tcdown", -0.5]],
+                                               "contexts": "maxima", "n_contexts": 1, "alpha": 8.0}}}
+    if plot:
+        record["plot"] = plot
+    return record
+
+
+def test_prompt_cards_have_an_index_output_tokens_and_the_frontier_plot(tmp_path):
+    records = [prompt_record("m.layers.1:sae=s#0", 3.0, 2.0, ["<b>", "cat"], plot="images/p0_frontier.png"),
+               prompt_record("m.layers.1:sae=s#1", 1.0, 2.0, ["dog"])]
+    page = write_index(tmp_path, records).read_text()
+    index = page[page.index('class="target findex"'):page.index('id="t-')]
+    assert index.count('<a href="#t-m.layers.1:sae_s_0">') == 1 and '<a href="#t-m.layers.1:sae_s_1">' in index
+    assert index.index('class="beats">yes') < index.index('class="short">no')  # 3.0 at xent 4 beats the window 2.0 at 5
+    assert "&#x27;&lt;b&gt;&#x27;" in index and "<b>" not in index  # tokens are shown quoted and escaped
+    assert "tc&lt;up&gt;" in page and "tcdown" in page and "VocabProj" in page and "TokenChange (maxima, 1 contexts)" in page
+    assert '<img class="plot" src="images/p0_frontier.png"' in page
+    assert page.index('class="target findex"') < page.index('id="t-m.layers.1:sae_s_0"')
+
+
+def test_old_prompt_records_without_plot_or_description_still_render():
+    record = {"kind": "prompt", "target": "logits:5", "activation": 1.0,
+              "frontier": [{"text": "x", "activation": 1.0, "xentropy": 4.0}]}
+    page = render_index([record, {**record, "target": "logits:6", "description_error": "ValueError: <no>"}])
+    assert 'class="plot"' not in page and "logits:5" in page
+    assert "no output-side description: ValueError: &lt;no&gt;" in page
+
+
+def test_image_cards_show_their_steps_plot():
+    page = render_index([{"kind": "image", "target": "conv1:0", "activation": 1.0, "images": ["images/a.png"],
+                          "plot": "images/a_steps.png"}])
+    assert '<img class="plot" src="images/a_steps.png"' in page and "objective per step" in page
+    assert 'class="target findex"' not in page
