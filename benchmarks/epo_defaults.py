@@ -1,0 +1,107 @@
+"""Which EPO defaults find the best fluent prompts? A sweep of topk, lambda range and restart period.
+
+Our EPO only (the reference's numbers come from `benchmarks/epo_vs_reference.py`), on the same seeded
+MLP neurons and budget as that benchmark (SmolLM2-135M, one neuron per depth quarter, 12 tokens,
+population 8 x 32 children, seed 0, random starts). Each setting is scored like the reference
+comparison: per neuron the best activation at prompt cross-entropy <= 4.5, 5, 6 and 7, and the sum over
+neurons at each cut-off; the winner is the setting with the highest sum of those sums (the
+fluency-weighted quality the defaults are for), the highest activation reported beside it.
+
+    python -m benchmarks.epo_defaults                    # quick: 10 iterations, 5 settings (~25 min on 2 idle cores)
+    python -m benchmarks.epo_defaults --full             # 30 iterations
+    python -m benchmarks.epo_defaults --settings "topk=32;topk=128" --iters 2 --neurons 1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks import common
+from benchmarks.epo_vs_reference import BUDGET, CUTOFFS, our_bests, pick_neurons
+from dreamy.language import epo
+from dreamy.models import load
+
+SETTINGS = ("topk=64", "topk=16", "topk=256", "lambda_range=0.3,30", "lambda_range=0.03,3")
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """`"topk=32,restart_every=10"`-style text to EPO keyword arguments (`lambda_range=LOW,HIGH`).
+
+    Example:
+        >>> parse_setting("topk=32")
+        {'topk': 32}
+        >>> parse_setting("lambda_range=0.3,30")
+        {'lambda_range': (0.3, 30.0)}
+    """
+    if text.startswith("lambda_range="):
+        low, high = text.split("=", 1)[1].split(",")
+        return {"lambda_range": (float(low), float(high))}
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, value = part.split("=", 1)
+        if key not in ("topk", "restart_every", "n_swaps"):
+            raise SystemExit(f"unknown setting {key!r}: use topk, restart_every, n_swaps or lambda_range")
+        out[key] = int(value) or None if key == "restart_every" else int(value)
+    return out
+
+
+def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every setting on every drawn neuron: per-cut-off bests, their sums, s/iter."""
+    neurons = pick_neurons(loaded, budget["neurons"], budget["seed"])
+    rows = []
+    for text in settings:
+        options = parse_setting(text)
+        per_neuron, seconds = [], 0.0
+        for layer, neuron in neurons:
+            target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
+            start = time.perf_counter()
+            found = epo(loaded, target, n_tokens=budget["n_tokens"], iters=budget["iters"], population=budget["population"],
+                        children_per_member=budget["children"], seed=budget["seed"], progress=False, **options)
+            seconds += time.perf_counter() - start
+            per_neuron.append({"target": target, **our_bests(found.history)})
+        sums = {str(cut): sum(r[str(cut)] or 0.0 for r in per_neuron) for cut in CUTOFFS}
+        row = {"setting": text, "sums": sums, "score": sum(sums.values()),
+               "max_sum": sum(r["max"] for r in per_neuron), "s_per_iter": seconds / (budget["iters"] * len(neurons)),
+               "neurons": per_neuron}
+        rows.append(row)
+        print(f"{text}: sums {', '.join(f'<={c}: {v:.3g}' for c, v in sums.items())}; max sum {row['max_sum']:.3g}; "
+              f"{row['s_per_iter']:.2f} s/iter", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = common.parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bundled:smollm2-135m", help="language model (default %(default)s)")
+    parser.add_argument("--settings", help=f"settings separated by ';' (default {';'.join(SETTINGS)})")
+    parser.add_argument("--iters", type=int, help="iterations (quick 10, full 30)")
+    parser.add_argument("--neurons", type=int, help=f"neurons, one per depth range (default {BUDGET['neurons']})")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = dict(BUDGET, iters=args.iters or (30 if args.full else 10))
+    if args.neurons:
+        budget["neurons"] = args.neurons
+    settings = args.settings.split(";") if args.settings else list(SETTINGS)
+    started = time.perf_counter()
+    loaded = load(args.model)
+    rows = sweep(loaded, settings, budget)
+    table = [{"setting": r["setting"], **{f"sum xent<={c}": r["sums"][str(c)] for c in CUTOFFS}, "score": r["score"],
+              "max sum": r["max_sum"], "s/iter": r["s_per_iter"]} for r in rows]
+    common.print_table(table, title=f"EPO settings on {budget['neurons']} neurons, {budget['iters']} iterations")
+    best = max(rows, key=lambda r: r["score"])
+    print(f"\nbest: {best['setting']} (score {best['score']:.3g})")
+    path = common.write_result("epo_defaults", {"rows": rows, "best": best["setting"]},
+                               settings={"model": args.model, "settings": settings, **budget},
+                               results_dir=args.results_dir, started=started)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    sys.exit(main())
