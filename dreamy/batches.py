@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -121,7 +122,7 @@ def _packed_run(kind: str, settings: dict[str, Any]) -> tuple[Callable[..., Any]
     if kind == "prompt":
         from dreamy.language import epo_many, gcg_many
 
-        options = {key: value for key, value in settings.items() if key != "method"}
+        options = {key: value for key, value in settings.items() if key not in ("method", "describe")}
         method = settings.get("method", "epo")
         return {"epo": epo_many, "gcg": gcg_many}[method], options, method
     raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
@@ -133,6 +134,7 @@ def error_record(loaded: Any, kind: str, spec: str, method: str, error: str) -> 
 
 
 def _image_target(loaded: Any, result: Any, t: int, spec: str) -> BatchOutput:
+    from dreamy.plots import plot_name, steps_png
     from dreamy.png import png_bytes
     from dreamy.results import safe_name
 
@@ -148,16 +150,42 @@ def _image_target(loaded: Any, result: Any, t: int, spec: str) -> BatchOutput:
     names = [f"images/{safe_name(spec)}_{j}.png" for j in range(len(rows))]
     out = BatchOutput([record], {name: png_bytes(result.images[row]) for name, row in zip(names, rows)})
     record.update({"images": names, "activations": activations, "activation": max(activations)})
+    _add_plot(out, record, plot_name(spec, "steps"),
+              lambda: steps_png([result.history[:, r].tolist() for r in rows], "objective (under transforms)"))
     label = class_label(loaded, spec)
     if label:
         record["label"] = label
     return out
 
 
-def _target_output(loaded: Any, kind: str, result: Any, t: int, spec: str) -> BatchOutput:
+def _add_plot(out: BatchOutput, record: dict[str, Any], name: str, draw: Callable[[], bytes]) -> None:
+    """Add the plot `draw()` to `out` as file `name` and `record["plot"]`; a plot that fails is only logged."""
+    try:
+        out.files[name] = draw()
+    except Exception as error:  # a plot must never cost a dream
+        logging.getLogger(__name__).warning("no plot for %s: %s: %s", record.get("target"), type(error).__name__, error)
+        return
+    record["plot"] = name
+
+
+def _prompt_target(loaded: Any, result: Any, t: int, spec: str, describe: bool) -> BatchOutput:
+    """A prompt target's record: the frontier, its evaluated prompts (compact, for the plot), the output-side
+    description when `describe` (see `dreamy.descriptions`), and the frontier plot."""
+    from dreamy.descriptions import describe_record
+    from dreamy.plots import evaluated_points, frontier_png, plot_name
+
+    record = {**result[t].to_record(), "model": loaded.name, "evaluated": evaluated_points(result[t].history)}
+    if describe:
+        record = describe_record(loaded, record)
+    out = BatchOutput([record])
+    _add_plot(out, record, plot_name(spec, "frontier"), lambda: frontier_png(record))
+    return out
+
+
+def _target_output(loaded: Any, kind: str, result: Any, t: int, spec: str, settings: dict[str, Any]) -> BatchOutput:
     if kind == "image":
         return _image_target(loaded, result, t, spec)
-    return BatchOutput([{**result[t].to_record(), "model": loaded.name}])
+    return _prompt_target(loaded, result, t, spec, settings.get("describe", True))
 
 
 def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str, Any], seed: int,
@@ -166,7 +194,9 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
     `epo_many`/`gcg_many`). One bad target must not sink the batch: if the packed run fails, its targets
     are retried one by one; a target whose output fails is retried alone, the finished ones are kept;
     a target that fails alone becomes an error record. An interrupted run raises `KeyboardInterrupt`.
-    `progress` shows the batch's own bar (images: steps and the objective; prompts: iterations)."""
+    `progress` shows the batch's own bar (images: steps and the objective; prompts: iterations). Each record
+    gets its plot (`"plot"`, a PNG in `files`); prompt records also their output-side `"description"`
+    unless `settings["describe"]` is False (`dreamy.descriptions`)."""
     run, options, method = _packed_run(kind, settings)
     try:
         result = run(loaded, list(specs), seed=seed, progress=progress, **options)
@@ -182,7 +212,7 @@ def dream_batch(loaded: Any, kind: str, specs: Sequence[str], settings: dict[str
     out = BatchOutput([])
     for t, spec in enumerate(specs):
         try:
-            out.extend(_target_output(loaded, kind, result, t, spec))
+            out.extend(_target_output(loaded, kind, result, t, spec, settings))
         except Exception as error:
             out.extend(dream_batch(loaded, kind, [spec], settings, seed) if len(specs) > 1 else
                        BatchOutput([error_record(loaded, kind, spec, method, f"{type(error).__name__}: {error}")]))

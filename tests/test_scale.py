@@ -36,6 +36,42 @@ def test_local_run_writes_records_images_and_gallery(tmp_path):
     assert set(saved) == {"conv3:0", "conv3:1", "conv3:2", "head:1"}
     assert all((tmp_path / image).exists() for r in saved.values() for image in r["images"])
     assert (tmp_path / "index.html").exists()
+    for record in saved.values():  # every image card plots its objective per step
+        assert len(record["history"]) == IMAGE_SETTINGS["steps"]
+        assert record["plot"].endswith("_steps.png") and Image.open(tmp_path / record["plot"]).size == (480, 320)
+
+
+def test_prompt_records_carry_their_description_and_frontier_plot(tmp_path):
+    from dreamy.descriptions import describe_record
+    from tests.fixtures import cached
+
+    specs = ["model.layers.0.mlp.down_proj@in:3", "logits:5"]
+    records = dream_targets("tiny:lm", specs, kind="prompt", settings=PROMPT_SETTINGS, out_dir=tmp_path,
+                            batch_targets=2, progress=False)
+    saved = records_by_target(tmp_path)
+    neuron, logits = saved[specs[0]], saved["logits:5"]
+    assert neuron["description"]["token_change"]["contexts"] == "frontier"
+    again = describe_record(cached("tiny:lm"), {key: v for key, v in neuron.items() if key != "description"})
+    assert again["description"] == neuron["description"]
+    assert "description" not in logits and "description_error" not in logits
+    for record in (neuron, logits):
+        assert len(record["evaluated"]["xentropy"]) == len(record["evaluated"]["activation"]) > 0
+        Image.open(tmp_path / record["plot"]).load()
+    page = (tmp_path / "index.html").read_text()
+    assert 'class="target findex"' in page and f'<img class="plot" src="{neuron["plot"]}"' in page
+    assert {r["target"] for r in records} == set(specs)
+
+
+def test_describe_false_skips_descriptions_and_is_another_run(tmp_path):
+    from dreamy.results import OutDirError
+
+    settings = {**PROMPT_SETTINGS, "describe": False}
+    (record,) = dream_targets("tiny:lm", ["model.layers.1:4"], kind="prompt", settings=settings, out_dir=tmp_path,
+                              progress=False)
+    assert "description" not in record and record["plot"]
+    with pytest.raises(OutDirError, match="describe"):
+        dream_targets("tiny:lm", ["model.layers.1:5"], kind="prompt", settings=PROMPT_SETTINGS, out_dir=tmp_path,
+                      resume=True, progress=False)
 
 
 def test_resume_skips_finished_targets(tmp_path):
@@ -128,7 +164,7 @@ def test_a_packed_batch_reruns_only_the_targets_that_failed(monkeypatch):
     output = batches.dream_batch(cached("tiny:cnn"), "image", ["head:1", "head:2", "head:3"], IMAGE_SETTINGS, seed=0)
     assert runs == [["head:1", "head:2", "head:3"], ["head:2"]]
     assert [r["target"] for r in output.records] == ["head:1", "head:2", "head:3"]
-    assert not any("error" in r for r in output.records) and len(output.files) == 3
+    assert not any("error" in r for r in output.records) and len(output.files) == 6  # a dream and a plot each
 
 
 def test_a_diverged_dream_is_an_error_record_with_null_activation(tmp_path, monkeypatch):
