@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--topk", type=positive(int), default=64)
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
+    prompt.add_argument("--no-describe", dest="describe", action="store_false",
+                        help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
     sae_command.add_parser(sub)
     return parser
 
@@ -104,7 +106,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
                 "diversity": args.diversity, "regularizers": regs,
                 **({"image_size": (args.size, args.size)} if args.size else {})}
     common = {"method": args.method, "n_tokens": args.tokens, "iters": args.iters, "topk": args.topk,
-              "prefix": args.prefix, "suffix": args.suffix}
+              "prefix": args.prefix, "suffix": args.suffix, **({} if args.describe else {"describe": False})}
     if args.method == "epo":
         return {**common, "population": args.population, "children_per_member": args.children}
     return {**common, "batch_size": args.children}
@@ -216,10 +218,27 @@ def _attach_maxima(args: argparse.Namespace, loaded: Any, out: Path) -> None:
                 name = f"maxima/{safe_name(record['target'])}_{j}.png"
                 write_atomic(out / name, Path(item["image"]).read_bytes())
                 item["image"] = name
-        updated.append({**record, "maxima": items, "maxima_dataset": entry.dataset})
+        updated.append(_refresh_prompt_card(loaded, {**record, "maxima": items, "maxima_dataset": entry.dataset},
+                                            out, describe=getattr(args, "describe", True)))
     if updated:
         store.add_many(updated)
         write_index(out, store.records, gallery_title(args.command, args.model))
+
+
+def _refresh_prompt_card(loaded: Any, record: dict[str, Any], out: Path, describe: bool) -> dict[str, Any]:
+    """A prompt record that just got its dataset maxima: TokenChange over those windows, and its frontier plot
+    redrawn with the windows as points."""
+    from dreamy.descriptions import describe_record
+    from dreamy.plots import frontier_png, plot_name
+    from dreamy.results import write_atomic
+
+    if record.get("kind") != "prompt":
+        return record
+    if describe:
+        record = describe_record(loaded, record)
+    name = record.get("plot") or plot_name(record["target"], "frontier")
+    write_atomic(out / name, frontier_png(record))
+    return {**record, "plot": name}
 
 
 def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) -> list[Any]:

@@ -155,3 +155,26 @@ def test_each_batch_shows_its_steps_and_objective_unless_quiet(tmp_path, capsys)
     assert "dreaming 1 target(s)" in err and "3/3" in err and "objective=" in err and "image batches" in err
     assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "3", "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_prompt_cards_describe_over_the_dataset_windows_and_plot_them(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. A dog ran in the park. Rain fell on the quiet town all night.\n" * 4)
+    out = tmp_path / "out"
+    assert main(["prompt", "--model", "tiny:lm", "--target", "model.layers.0.mlp.down_proj@in:3", "--target", "logits:5",
+                 "--iters", "1", "--tokens", "3", "--population", "2", "--children", "4", "--maxima", str(corpus),
+                 "--out", str(out), "--quiet"]) == 0
+    by_target = {r["target"]: r for r in records(out)}
+    neuron = by_target["model.layers.0.mlp.down_proj@in:3"]
+    assert neuron["maxima"] and neuron["description"]["token_change"]["contexts"] == "maxima"
+    assert "description" not in by_target["logits:5"]
+    assert all((out / r["plot"]).stat().st_size > 1000 for r in by_target.values())
+    page = (out / "index.html").read_text()
+    assert page.count('<img class="plot"') == 2 and "TokenChange (maxima" in page
+
+
+def test_no_describe_is_a_setting_of_the_run(tmp_path):
+    assert main(["prompt", "--model", "tiny:lm", "--target", "model.layers.1:3", "--iters", "1", "--tokens", "3",
+                 "--population", "2", "--children", "4", "--no-describe", "--out", str(tmp_path), "--quiet"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["run"]["settings"]["describe"] is False and "description" not in data["records"][0]
