@@ -8,8 +8,8 @@ per target; prompts: `epo_many`/`gcg_many` in lockstep). A run cut short (Ctrl-C
 Example:
     >>> from dreamy.models import load
     >>> output = dream_batch(load("tiny:cnn"), "image", ["head:1", "head:2"], {"steps": 2}, seed=0)
-    >>> [r["target"] for r in output.records], len(output.files)
-    (['head:1', 'head:2'], 2)
+    >>> [r["target"] for r in output.records], sorted(output.files)[:2]  # per target: its dream and its plot
+    (['head:1', 'head:2'], ['images/head_1-6e9c3c1f_0.png', 'images/head_1-6e9c3c1f_steps.png'])
 """
 
 from __future__ import annotations

@@ -237,7 +237,11 @@ def _refresh_prompt_card(loaded: Any, record: dict[str, Any], out: Path, describ
     if describe:
         record = describe_record(loaded, record)
     name = record.get("plot") or plot_name(record["target"], "frontier")
-    write_atomic(out / name, frontier_png(record))
+    try:
+        write_atomic(out / name, frontier_png(record))
+    except Exception as error:  # a plot must never cost the run its maxima
+        logging.getLogger(__name__).warning("no plot for %s: %s: %s", record["target"], type(error).__name__, error)
+        return record
     return {**record, "plot": name}
 
 
