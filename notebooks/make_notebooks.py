@@ -1,7 +1,7 @@
 """Write the quickstart notebooks from the cell sources below (run: python notebooks/make_notebooks.py).
 
 Keeping the sources here makes notebook diffs readable; the .ipynb files are committed without outputs.
-Both notebooks read `DREAMY_NOTEBOOK_SMALL=1` (set by the test suite) to run in seconds.
+Every notebook reads `DREAMY_NOTEBOOK_SMALL=1` (set by the test suite) to run in seconds.
 """
 
 from pathlib import Path
@@ -153,8 +153,138 @@ dream prompt --target model.layers.12.mlp.down_proj@in:100 --out prompts
 ```"""),
 ]
 
+SAE = [
+    new_markdown_cell("""# SAE quickstart: train a sparse autoencoder, describe its features, dream them
+
+Runs offline on the bundled SmolLM2-135M-Instruct and the Debian `fortunes` corpus, in about 10-20 minutes on
+a 2-core CPU (the test suite runs it with tiny budgets, `DREAMY_NOTEBOOK_SMALL=1`, in well under a minute).
+Everything lands in the folder `sae_quickstart/` next to the notebook. We
+
+1. load the model and pick the residual stream a third of the way up as the site,
+2. train a TopK SAE there (Gao et al.: TopK + AuxK) and measure it on held-out text (FVE, L0, dead features,
+   loss recovered), written in the SAELens layout,
+3. read it back and describe a few features by what they *write*: the tokens they promote (VocabProj,
+   TokenChange),
+4. dream prompts that drive those features with EPO, next to the corpus windows that drive them hardest,
+   in an HTML gallery."""),
+    new_code_cell(SETTINGS + '''
+from pathlib import Path
+from dreamy.models import load
+
+lm = load("bundled:smollm2-135m")
+SITE = f"model.layers.{lm.model.config.num_hidden_layers // 3}"  # the residual stream after a third of the blocks
+OUT = Path("sae_quickstart_small" if SMALL else "sae_quickstart")  # the SAE and the gallery go here
+SITE, lm.model.config.hidden_size'''),
+    new_markdown_cell("""## Train a TopK SAE
+
+`train_sae` streams 64-token windows of the corpus through the model (stopping at the site), keeps the `k`
+largest latents per token, and revives dead latents with the AuxK loss. The figures are measured on
+held-out windows: FVE (variance explained), L0 (active latents per token, = k for TopK), the share of dead
+latents, and *loss recovered*: how much of the LM's cross-entropy survives splicing the reconstruction in
+(1 = nothing lost, 0 = as bad as zeroing the site). `resume=True` continues an interrupted run, or just
+re-reads a finished one."""),
+    new_code_cell('''from dreamy.sae import train_sae
+
+SAE_DIR = OUT / "sae"
+if SMALL:
+    budget = dict(features=128, k=8, tokens=2_048, batch_tokens=512, window=32, heldout_tokens=128, max_words=2_000)
+else:
+    budget = dict(features=2_048, k=32, tokens=200_000, heldout_tokens=4_096)
+trained = train_sae(lm, SITE, ["fortunes"], out_dir=SAE_DIR, resume=True, seed=0, progress=not SMALL, **budget)
+m = trained.metrics
+print(f"held-out: FVE {m['fve']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, loss recovered {m['loss_recovered']:.3f}")
+print(f"cross-entropy clean {m['xentropy_clean']:.2f}, SAE spliced in {m['xentropy_spliced']:.2f}, site zeroed {m['xentropy_zero']:.2f}")
+print(f"{m['train_tokens']:,} training tokens at {m['tokens_per_second']:,.0f} tokens/s")
+sorted(path.name for path in SAE_DIR.iterdir())  # SAELens layout (cfg.json + sae_weights.safetensors) + figures + checkpoint'''),
+    new_markdown_cell("""## Read it back and describe a few features by their output
+
+`dreamy.sae.load` reads any SAELens folder (ReLU, JumpReLU or TopK). A feature writes its decoder row into
+the residual stream; *VocabProj* reads that row through the final norm and the unembedding, *TokenChange*
+adds it (times `alpha`) at the site and measures which next-token logits move, averaged over real text.
+The same folder is a target unit: `SITE:sae=FOLDER#i`."""),
+    new_code_cell('''import dreamy.sae
+from dreamy.datasets import open_text
+from dreamy.sae import output_direction, token_change, vocab_projection
+
+sae = dreamy.sae.load(SAE_DIR)
+print(f"{sae.architecture} SAE (k={sae.k}): {sae.d_in} -> {sae.d_sae} features")
+FEATURES = range(2 if SMALL else 4)  # the features described and dreamed below
+contexts = open_text("fortunes", max_words=2_000).text.split("\\n\\n")[:2 if SMALL else 16]  # a few fortune cookies
+
+def tokens(scores, n=6):
+    return " ".join(repr(t.token) for t in scores[:n])
+
+for i in FEATURES:
+    site, vector = output_direction(lm, f"{SITE}:sae={SAE_DIR}#{i}")
+    projected = vocab_projection(lm, vector, k=6)
+    changed = token_change(lm, site, vector, contexts, alpha=8.0, k=6)
+    print(f"feature {i}\\n  VocabProj promotes   {tokens(projected.promoted)}\\n  VocabProj suppresses {tokens(projected.suppressed)}"
+          f"\\n  TokenChange promotes {tokens(changed.promoted)}")'''),
+    new_markdown_cell("""## Dream the features: EPO prompts and a gallery
+
+`dream_targets` is what `dream prompt` runs: it checks every target against the model, packs them into
+shared EPO searches, and writes `results.json` and `index.html`. Each record carries the Pareto frontier of
+(activation, cross-entropy). We then find the corpus windows that drive each feature hardest
+(`text_maxima`) and add them to the records, as `dream prompt --maxima fortunes` does."""),
+    new_code_cell('''from dreamy.scale import dream_targets
+
+GALLERY = OUT / "gallery"
+if SMALL:
+    settings = dict(n_tokens=6, iters=1, population=2, children_per_member=4)
+else:
+    settings = dict(n_tokens=10, iters=30, population=4, children_per_member=16, restart_every=15)
+records = dream_targets(lm.name, [f"{SITE}:sae={SAE_DIR}#{FEATURES[0]}-{FEATURES[-1]}"], kind="prompt",
+                        settings=settings, out_dir=GALLERY, overwrite=True, loaded=lm, progress=not SMALL)
+for record in records:
+    best = max(record.get("frontier") or [{}], key=lambda point: point.get("activation", 0))
+    print("feature", record["target"].rsplit("#", 1)[-1], record.get("error") or f"{best['activation']:7.2f}  {best['text']!r}")'''),
+    new_code_cell('''from dreamy.gallery import write_index
+from dreamy.maxima import text_maxima
+from dreamy.results import ResultsStore
+from dreamy.scale import gallery_title
+
+dreamed = [r["target"] for r in records if "error" not in r]
+scan = dict(k=2, window=32, candidates=1, max_words=500, xent_windows=4) if SMALL else dict(k=3, max_words=20_000)
+found = text_maxima(lm, dreamed, "fortunes", cache_dir=None, progress=False, **scan)
+store = ResultsStore(GALLERY)
+store.add_many([{**r, "maxima": found[r["target"]].gallery_items(), "maxima_dataset": found[r["target"]].dataset}
+                for r in store.records if r["target"] in found])
+index = write_index(GALLERY, store.records, gallery_title("prompt", lm.name))
+print("gallery:", index.resolve())'''),
+    new_code_cell('''import matplotlib.pyplot as plt
+
+figure, axes = plt.subplots(1, len(dreamed), figsize=(4 * len(dreamed), 3.2), squeeze=False)
+for axis, record in zip(axes[0], (r for r in records if "error" not in r)):
+    frontier = record["frontier"]
+    axis.plot([p["xentropy"] for p in frontier], [p["activation"] for p in frontier], "o-", color="C3", label="EPO frontier")
+    windows = found[record["target"]].examples
+    axis.scatter([e.xentropy for e in windows], [e.activation for e in windows], marker="x", color="k", label="corpus windows")
+    axis.set_title("feature " + record["target"].rsplit("#", 1)[-1]); axis.set_xlabel("cross-entropy")
+axes[0][0].set_ylabel("activation"); axes[0][0].legend(fontsize=8); figure.tight_layout()'''),
+    new_markdown_cell("""The gallery shows each feature's frontier prompts with per-token shading beside its corpus windows
+(it is a plain HTML file; open it in a browser if the frame below stays empty)."""),
+    new_code_cell('''from IPython.display import IFrame
+
+IFrame(index.as_posix(), width="100%", height=500)'''),
+    new_markdown_cell("""From the command line, the same SAE and gallery (full budget):
+
+```
+dream sae-train --site model.layers.10 --corpus fortunes --features 2048 --k 32 --tokens 200000 \\
+    --heldout-tokens 4096 --out sae_quickstart/sae
+dream prompt --target 'model.layers.10:sae=sae_quickstart/sae#0-3' --iters 30 --population 4 --children 16 \\
+    --out sae_quickstart/gallery --maxima fortunes
+```
+
+(`--maxima fortunes` scans the whole corpus, which takes longer than the 20k words above.)"""),
+]
+
+
+NOTEBOOKS = {"vision_quickstart.ipynb": VISION, "language_quickstart.ipynb": LANGUAGE, "sae_quickstart.ipynb": SAE}
+
 
 def write(name: str, cells: list) -> Path:
+    for number, cell in enumerate(cells):  # stable cell ids: regenerating an unchanged notebook changes nothing
+        cell.id = f"cell-{number}"
     notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     path = HERE / name
     nbformat.write(notebook, path)
@@ -162,5 +292,5 @@ def write(name: str, cells: list) -> Path:
 
 
 if __name__ == "__main__":
-    for name, cells in (("vision_quickstart.ipynb", VISION), ("language_quickstart.ipynb", LANGUAGE)):
+    for name, cells in NOTEBOOKS.items():
         print("wrote", write(name, cells))

@@ -13,7 +13,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("name", ["vision_quickstart.ipynb", "language_quickstart.ipynb"])
+@pytest.mark.parametrize("name", ["vision_quickstart.ipynb", "language_quickstart.ipynb", "sae_quickstart.ipynb"])
 def test_notebook_runs_top_to_bottom(name, monkeypatch, tmp_path):
     monkeypatch.setenv("DREAMY_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -32,7 +32,8 @@ def test_committed_notebooks_match_their_sources():
     spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS / "make_notebooks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, cells in (("vision_quickstart.ipynb", module.VISION), ("language_quickstart.ipynb", module.LANGUAGE)):
+    assert sorted(module.NOTEBOOKS) == sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    for name, cells in module.NOTEBOOKS.items():
         committed = nbformat.read(NOTEBOOKS / name, as_version=4)
         assert [c.source for c in committed.cells] == [c.source for c in cells], f"rerun notebooks/make_notebooks.py ({name})"
         assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), f"{name} was committed with outputs"
