@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -159,48 +159,87 @@ def _merged_groups(first: Tensor, length: int) -> list[tuple[int, Tensor]]:
 
 
 @dataclass
-class _ParentPass:
-    """What the children of a set of parents reuse: each parent's keys and values per layer, the cross-entropy
-    `[P, L]` of each parent span token, and (per child) the cross-entropy of the child's first changed token
-    under the parent's prediction at the position before it."""
+class ParentStates:
+    """What the children of P parents reuse: each parent's keys and values per layer (`[P, heads, T, d]`),
+    the cross-entropy `[P, L]` of each span token, and the log-probabilities `[P, L, V]` predicting each span
+    token (a child's first changed token is scored by its parent's prediction at the position before it).
+    Built by a plain parent forward (`parent_states`) or kept from the token-gradient forward of the same
+    prompts (`dreamy.language.gradients.token_gradients(..., states=...)`), so searches need not recompute it."""
 
     layers: list[tuple[Tensor, Tensor]]
     token_xent: Tensor
-    swap_xent: Tensor
+    logprobs: Tensor
+
+    @classmethod
+    def from_output(cls, output: Any, ids: Tensor, span: tuple[int, int], logits_offset: int = 0) -> "ParentStates":
+        """The states of a forward of `ids [P, T]` run with `use_cache=True` (detached from any graph)."""
+        start, end = span
+        logits = output.logits.detach()[:, start - 1 - logits_offset : end - 1 - logits_offset]
+        logprobs = logits.float().log_softmax(dim=-1)
+        token_xent = -logprobs.gather(2, ids[:, start:end, None]).squeeze(2)
+        cache = output_cache(output)
+        layers = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+        return cls(layers, token_xent, logprobs)
+
+    @classmethod
+    def cat(cls, parts: "Sequence[ParentStates]") -> "ParentStates":
+        """The states of several sets of parents, in order."""
+        layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
+                  for i in range(len(parts[0].layers))]
+        return cls(layers, torch.cat([p.token_xent for p in parts]), torch.cat([p.logprobs for p in parts]))
+
+    def rows(self, index: "int | slice | Tensor") -> "ParentStates":
+        """The states of some parents (an int keeps its row as a batch of one)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return ParentStates([(k[index], v[index]) for k, v in self.layers], self.token_xent[index], self.logprobs[index])
+
+    @property
+    def n_parents(self) -> int:
+        return self.token_xent.shape[0]
 
 
-def _parent_pass(model: nn.Module, parents: Tensor, ids: Tensor, owner: Tensor, first: Tensor, span: tuple[int, int],
-                 chunk_size: int) -> _ParentPass:
-    start, end = span
+@torch.no_grad()
+def parent_states(model: nn.Module, parents: Tensor, span: tuple[int, int], chunk_size: int | None = None) -> ParentStates:
+    """`ParentStates` of `parents [P, T]` from plain forwards (chunks of at most `PARENT_CHUNK` rows: the
+    `[chunk, L, vocab]` log-probabilities bound it, not the children's chunk size).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> states = parent_states(load("tiny:lm").model, torch.tensor([[0, 5, 6, 7]]), (1, 4))
+        >>> tuple(states.token_xent.shape), states.n_parents
+        ((1, 3), 1)
+    """
     keep, offset = _span_logits(model, parents.shape[1], span)
-    swap_xent = torch.zeros(ids.shape[0], device=ids.device)
-    in_span = (first >= start) & (first < end)
 
-    def one(chunk: slice) -> tuple[Any, Tensor]:
+    def one(chunk: slice) -> ParentStates:
         out = model(input_ids=parents[chunk], use_cache=True, **keep)
-        logprobs = out.logits[:, start - 1 - offset : end - 1 - offset].float().log_softmax(dim=-1)  # predicts span tokens
-        token_xent = -logprobs.gather(2, parents[chunk, start:end, None]).squeeze(2)
-        rows = (in_span & (owner >= chunk.start) & (owner < chunk.stop)).nonzero().flatten()
-        at = first[rows]
-        swap_xent[rows] = -logprobs[owner[rows] - chunk.start, at - start, ids[rows, at]]
-        return output_cache(out), token_xent
+        return ParentStates.from_output(out, parents[chunk], span, offset)
 
-    # the [chunk, L, vocab] log-probabilities bound the parent chunk, not the children's chunk size
-    parts = run_chunked(one, parents.shape[0], max(1, min(chunk_size, PARENT_CHUNK)))
-    layers = []
-    for index in range(len(parts[0][0].layers)):
-        layers.append((torch.cat([cache.layers[index].keys for cache, _ in parts]),
-                       torch.cat([cache.layers[index].values for cache, _ in parts])))
-    return _ParentPass(layers, torch.cat([xent for _, xent in parts]), swap_xent)
+    return ParentStates.cat(run_chunked(one, parents.shape[0], max(1, min(chunk_size or PARENT_CHUNK, PARENT_CHUNK))))
+
+
+def _group_logits(model: nn.Module, probe: Probe, p: int, own: int, end: int, length: int,
+                  device: torch.device) -> tuple[dict[str, Any], int]:
+    """`logits_to_keep` for a group forward over positions p.. : only the positions that predict span tokens
+    own..end-1 (the last position too when a target reads the logits). Returns (kwargs, logits offset)."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return {}, 0
+    first = max(own - 1 - p, 0)
+    stop = length - p if probe.reads_logits else max(end - 1 - p, first + 1)
+    return {"logits_to_keep": torch.arange(first, stop, device=device)}, first
 
 
 def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], parents: Tensor, owner: Tensor,
-             chunk_size: int) -> SequenceScores:
+             chunk_size: int, states: ParentStates | None) -> SequenceScores:
     n, length = ids.shape
     start, end = span
     differs = ids != parents[owner]
     first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), torch.full((n,), length, device=ids.device))
-    reuse = _parent_pass(model, parents, ids, owner, first, span, chunk_size)
+    reuse = states if states is not None else parent_states(model, parents, span, chunk_size)
+    swap_xent = torch.zeros(n, device=ids.device)  # each child's first changed token under its parent's prediction
+    in_span = ((first >= start) & (first < end)).nonzero().flatten()
+    at = first[in_span]
+    swap_xent[in_span] = -reuse.logprobs[owner[in_span], at - start, ids[in_span, at]]
     cache_name = cache_kwarg(model)
     activation = torch.empty(n, len(probe.targets), device=ids.device)
     xent = torch.empty(n, device=ids.device)
@@ -210,20 +249,26 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
             leftovers.append(rows)
             continue
 
-        def one(chunk: slice, rows: Tensor = rows, p: int = p) -> tuple[Tensor, Tensor]:
+        own = max(p + 1, start)  # the first span token this forward predicts itself
+        keep, offset = _group_logits(model, probe, p, own, end, length, ids.device)
+
+        def one(chunk: slice, rows: Tensor = rows, p: int = p, own: int = own, keep: dict = keep,
+                offset: int = offset) -> tuple[Tensor, Tensor]:
             sel = rows[chunk]
             cache = _gather_cache(reuse.layers, owner[sel], p)
-            result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: cache})
+            result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: cache}, **keep)
             # tokens before p are the parent's (its cross-entropy); the token at p is predicted by the
             # parent's position p-1; tokens after p by this forward's own logits
             token_xent = reuse.token_xent[owner[sel]].clone()
             if start <= p < end:
                 changed_here = first[sel] == p
-                token_xent[changed_here, p - start] = reuse.swap_xent[sel][changed_here]
-            own = max(p + 1, start)
+                token_xent[changed_here, p - start] = swap_xent[sel][changed_here]
             if own < end:
-                logits = result.output.logits[:, own - 1 - p : end - 1 - p].float()
-                token_xent[:, own - start:] = F.cross_entropy(logits.transpose(1, 2), ids[sel, own:end], reduction="none")
+                logits = result.output.logits[:, own - 1 - p - offset : end - 1 - p - offset]
+                labels = ids[sel, own:end]
+                # 2-D rows: cross_entropy over a transposed [N, V, L] view is several times slower on CPU
+                token_xent[:, own - start:] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                              labels.reshape(-1), reduction="none").view(labels.shape)
             return result.scores, token_xent.mean(dim=1)
 
         parts = run_chunked(one, len(rows), chunk_size)
@@ -240,14 +285,16 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
 @torch.no_grad()
 def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: tuple[int, int],
                     parent_ids: Tensor | None = None, parent_index: Tensor | None = None,
-                    fluency_model: nn.Module | None = None, chunk_size: int | None = None) -> SequenceScores:
+                    fluency_model: nn.Module | None = None, chunk_size: int | None = None,
+                    parent_states: ParentStates | None = None) -> SequenceScores:
     """Score N token sequences `ids [N, T]`: the probe's targets and the mean cross-entropy of `xent_span`.
 
     With `parent_ids` (`[T]`, or `[P, T]` with `parent_index [N]` naming each row's parent) each parent's
     KV cache is reused for its rows, and rows of different parents that change at the same position share
     one forward (see the module docstring); the results equal plain full forwards. `fluency_model`
     (sharing the tokenizer) computes the cross-entropy instead of `model` (then no cache reuse).
-    `chunk_size` bounds rows per forward.
+    `chunk_size` bounds rows per forward. `parent_states` (the parents' `ParentStates`, e.g. kept from their
+    gradient pass) saves the parents' forward.
     """
     if ids.ndim != 2:
         raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
@@ -265,4 +312,6 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
     owner = torch.as_tensor(parent_index, dtype=torch.long, device=ids.device)
     if owner.shape != (ids.shape[0],) or owner.min() < 0 or owner.max() >= parents.shape[0]:
         raise ValueError(f"parent_index must hold one index in 0..{parents.shape[0] - 1} per row ({ids.shape[0]},)")
-    return _grouped(model, probe, ids, xent_span, parents, owner, chunk)
+    if parent_states is not None and parent_states.n_parents != parents.shape[0]:
+        raise ValueError(f"parent_states hold {parent_states.n_parents} parents, parent_ids {parents.shape[0]}")
+    return _grouped(model, probe, ids, xent_span, parents, owner, chunk, parent_states)

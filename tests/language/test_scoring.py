@@ -40,6 +40,18 @@ def test_kv_reuse_equals_full_forward(setup):
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("span", [(1, 12), (2, 9)])
+def test_kv_reuse_without_logit_targets_equals_full_forward(tiny_lm, setup, span):
+    # no target reads the logits: group forwards keep only the logits that predict span tokens
+    model, _, parent = setup
+    probe = Probe(model, ["model.layers.1.mlp.down_proj:3", "model.layers.0.mlp@in:7"], sequence_reduce="pos=-1")
+    kids = torch.cat([children_of(parent, 60, 4), parent[None]])
+    act, xent = plain(model, probe, kids, span)
+    out = score_sequences(model, probe, kids, xent_span=span, parent_ids=parent)
+    torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
+
+
 def test_non_last_position_targets_fall_back_to_full_forwards(tiny_lm, setup):
     model, _, parent = setup
     probe = Probe(model, ["model.layers.1.mlp.down_proj:3/mean"], sequence_reduce="pos=-1")
