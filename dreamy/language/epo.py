@@ -32,6 +32,7 @@ from dreamy import stepping
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.proposals import initial_spans, swap_children
 from dreamy.language.result import PromptResult
+from dreamy.language.scoring import ParentStates
 from dreamy.language.search import SearchSetup, check_iters, history_rows
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
@@ -106,6 +107,7 @@ class _Population:
         self.generator = generator
         self.history = history
         self.top_cache: dict[tuple[tuple[int, ...], float], Tensor] = {}  # (prompt, lambda) -> top tokens [L, k]
+        self.states: dict[tuple[int, ...], ParentStates] = {}  # prompt -> its KV cache etc. (kept from its gradient pass)
         self.restarts: list[dict] = []
 
     def restart(self, iteration: int, lambda_range: tuple[float, float]) -> None:
@@ -206,7 +208,7 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
     device = pops[0].members.device
     spans = torch.tensor(flat, dtype=torch.long, device=device)
     scored = setup.score(spans, (parent_index // population).to(device), parents=torch.cat([p.members for p in pops]),
-                         parent_index=parent_index.to(device))
+                         parent_index=parent_index.to(device), parent_states=_member_states(setup, pops))
     bounds = [0]
     for k in range(len(pops)):
         bounds.append(bounds[-1] + sum(len(g) for g in groups[k * population:(k + 1) * population]))
@@ -234,6 +236,20 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
         pop.ids = [pool[c] for c in choice_host[k * population:(k + 1) * population]]
 
 
+def _member_states(setup: SearchSetup, pops: list[_Population]) -> ParentStates | None:
+    """Every member's `ParentStates` in member order (targets, then slots): kept from their gradient passes;
+    members without any (none in practice) get one plain forward together."""
+    if not setup.keeps_states:
+        return None
+    missing = list(dict.fromkeys((k, ids) for k, pop in enumerate(pops) for ids in pop.ids if ids not in pop.states))
+    if missing:
+        device = pops[0].members.device
+        fresh = setup.states_of(torch.tensor([ids for _, ids in missing], device=device))
+        for row, (k, ids) in enumerate(missing):
+            pops[k].states[ids] = fresh.rows(row)
+    return ParentStates.cat([pop.states[ids] for pop in pops for ids in pop.ids])
+
+
 def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, lambda_list: list[float],
                         topk: int) -> list[Tensor]:
     """Rank replacement tokens, in one packed gradient pass, for every member (of every target) whose
@@ -243,9 +259,13 @@ def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Te
     missing = [(k, i) for k, pop in enumerate(pops) for i, key in enumerate(keys[k]) if key not in pop.top_cache]
     if missing:
         spans = torch.stack([pops[k].members[i] for k, i in missing])
-        top = setup.top_tokens(spans, lambdas[[i for _, i in missing]], topk, torch.tensor([k for k, _ in missing]))
+        top, states = setup.top_tokens_and_states(spans, lambdas[[i for _, i in missing]], topk,
+                                                  torch.tensor([k for k, _ in missing]))
         for row, (k, i) in enumerate(missing):
             pops[k].top_cache[keys[k][i]] = top[row]
+            if states is not None:
+                pops[k].states.setdefault(pops[k].ids[i], states.rows(row))
     for pop, own in zip(pops, keys):
         pop.top_cache = {key: pop.top_cache[key] for key in own}
+        pop.states = {ids: pop.states[ids] for ids in pop.ids if ids in pop.states}
     return [torch.stack([pop.top_cache[key] for key in own]) for pop, own in zip(pops, keys)]

@@ -76,7 +76,7 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
     with stepping.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
-            top = setup.top_tokens(current, lambdas, topk, everyone)
+            top, states = setup.top_tokens_and_states(current, lambdas, topk, everyone)  # states: children reuse them
             made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size, n_swaps=n_swaps,
                                             generator=gens[k]) for k in range(n_targets)])
             made_ids = made.tolist()  # one transfer: token bookkeeping is host work
@@ -87,7 +87,7 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
             if flat:
                 owners = torch.tensor([k for k, group in enumerate(groups) for _ in group], device=current.device)
                 spans = torch.tensor(flat, dtype=torch.long, device=current.device)
-                scored = setup.score(spans, owners, parents=current, parent_index=owners)
+                scored = setup.score(spans, owners, parents=current, parent_index=owners, parent_states=states)
                 objective = scored.activation - fluency_weight * scored.xentropy
                 bounds = [0]
                 for group in groups:

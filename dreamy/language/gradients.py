@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from dreamy.language.fluency import relaxed_span_xentropy
 from dreamy.language.layout import PromptLayout
-from dreamy.language.scoring import run_chunked
+from dreamy.language.scoring import ParentStates, run_chunked
 from dreamy.targets import Probe
 
 GRADIENT_CHUNK = 32  # rows per gradient pass: each holds a [L, vocab] one-hot and its gradient
@@ -79,7 +79,8 @@ def span_embeddings(embedding: nn.Module, ids: Tensor, one_hot: Tensor, span: tu
 
 def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans: Tensor, lambdas: Tensor,
                     row_targets: Tensor | None = None, chunk_size: int = GRADIENT_CHUNK,
-                    fluency_model: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    fluency_model: nn.Module | None = None,
+                    states: list[ParentStates] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of `activation - lambda * xentropy` for each row w.r.t. its span's one-hot tokens (see the
     module docstring: the cross-entropy's labels are the relaxed one-hot rows too).
 
@@ -88,7 +89,10 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
     row its own gradient under its own lambda. With `row_targets [M]` row i is scored by the probe's target
     `row_targets[i]` (many targets packed into one batch), else by its first target. `fluency_model` (a
     second LM sharing the tokenizer and vocabulary) computes the cross-entropy term instead of `model`.
-    Rows run `chunk_size` at a time (the chunk halves on out-of-memory errors). Works under `torch.no_grad()`
+    Rows run `chunk_size` at a time (the chunk halves on out-of-memory errors). Given a list `states`, the
+    forward also keeps each chunk's KV cache and span log-probabilities and appends them as `ParentStates`
+    (in row order), so children of these prompts can be scored without another forward of the prompts.
+    Works under `torch.no_grad()`
     and `torch.inference_mode()`: gradients are enabled here.
     """
     embedding = model.get_input_embeddings()
@@ -111,7 +115,8 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
             one_hot.scatter_(2, part[..., None], 1.0)
             one_hot.requires_grad_(True)
             embeds = span_embeddings(embedding, full, one_hot, layout.span)
-            result = probe(inputs_embeds=embeds, need_output=fluency_model is None)
+            keep_cache = {"use_cache": True} if states is not None else {}
+            result = probe(inputs_embeds=embeds, need_output=fluency_model is None or states is not None, **keep_cache)
             activation = result.scores.gather(1, owners[rows, None]).squeeze(1)  # row i scored by target owners[i]
             if fluency_model is None:
                 logits = result.output.logits
@@ -120,9 +125,14 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
             xent = relaxed_span_xentropy(logits, one_hot, layout.span)
             objective = activation - lambdas[rows].to(activation) * xent
             (grad,) = torch.autograd.grad(objective.sum(), one_hot)
+            if states is not None:
+                kept.append(ParentStates.from_output(result.output, full, layout.span))
             return grad, activation.detach(), xent.detach()
 
+        kept: list[ParentStates] = []
         parts = run_chunked(one, spans.shape[0], chunk_size)
+        if states is not None:
+            states.append(ParentStates.cat(kept))
     return tuple(torch.cat([part[j] for part in parts]) for j in range(3))  # type: ignore[return-value]
 
 

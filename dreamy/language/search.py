@@ -20,7 +20,7 @@ from dreamy.language.gradients import GRADIENT_CHUNK, check_linear_embedding, to
 from dreamy.language.layout import PromptLayout, make_layout
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.result import FrontierPoint, PromptResult
-from dreamy.language.scoring import SequenceScores, run_chunked, score_sequences
+from dreamy.language.scoring import ParentStates, SequenceScores, parent_states, run_chunked, score_sequences
 from dreamy.language.tokens import allowed_tokens
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
@@ -85,16 +85,17 @@ class SearchSetup:
         return torch.zeros(n, dtype=torch.long) if owners is None else torch.as_tensor(owners, dtype=torch.long)
 
     def score(self, spans: Tensor, owners: Tensor | None = None, parents: Tensor | None = None,
-              parent_index: Tensor | None = None) -> SequenceScores:
+              parent_index: Tensor | None = None, parent_states: ParentStates | None = None) -> SequenceScores:
         """Activation `[N]` of each span under its own target `owners[i]` (default: the first target) and span
         cross-entropy `[N]`. `parents [P, L]` (a span or several, with `parent_index [N]`) enable KV reuse where
-        it pays (`reuse_kv`, see the class docstring)."""
+        it pays (`reuse_kv`, see the class docstring); `parent_states` (from `top_tokens_and_states` or
+        `states_of`) spare the parents' forward."""
         if not self.reuse_kv:
-            parents = parent_index = None
+            parents = parent_index = parent_states = None
         parent_ids = None if parents is None else self.layout.full(parents if parents.ndim == 2 else parents[None])
         scores = score_sequences(self.model, self.probe, self.layout.full(spans), xent_span=self.layout.span,
                                  parent_ids=parent_ids, parent_index=parent_index, fluency_model=self.fluency_model,
-                                 chunk_size=self.chunk_size)
+                                 chunk_size=self.chunk_size, parent_states=parent_states)
         own = self._owners(owners, spans.shape[0]).to(scores.activation.device)
         return SequenceScores(scores.activation.gather(1, own[:, None]).squeeze(1), scores.xentropy)
 
@@ -103,15 +104,32 @@ class SearchSetup:
         gradient of `activation - lambda * xentropy` under target `owners[i]` (the cross-entropy under
         `fluency_model` when one is set). Gradients (`[rows, L, V]`) are reduced chunk by chunk, so many packed
         prompts never hold all their gradients at once."""
+        return self.top_tokens_and_states(spans, lambdas, topk, owners)[0]
+
+    @property
+    def keeps_states(self) -> bool:
+        """Whether scoring reuses parent states (KV reuse on, cross-entropy from the searched model)."""
+        return self.reuse_kv and self.fluency_model is None
+
+    def top_tokens_and_states(self, spans: Tensor, lambdas: Tensor, topk: int,
+                              owners: Tensor | None = None) -> tuple[Tensor, ParentStates | None]:
+        """`top_tokens`, and the spans' `ParentStates` kept from the same forward when scoring reuses them
+        (`keeps_states`; else None): a search scores the children of these spans without another forward."""
         owners = self._owners(owners, spans.shape[0])
+        kept: list[ParentStates] | None = [] if self.keeps_states else None
 
         def one(rows: slice) -> Tensor:
             grad, _, _ = token_gradients(self.model, self.probe, self.layout, spans[rows], lambdas[rows],
                                          row_targets=owners[rows], chunk_size=GRADIENT_CHUNK,
-                                         fluency_model=self.fluency_model)
+                                         fluency_model=self.fluency_model, states=kept)
             return top_tokens(grad, self.allowed, topk, self.n_allowed)
 
-        return torch.cat(run_chunked(one, spans.shape[0], GRADIENT_CHUNK))
+        tables = torch.cat(run_chunked(one, spans.shape[0], GRADIENT_CHUNK))
+        return tables, None if kept is None else ParentStates.cat(kept)
+
+    def states_of(self, spans: Tensor) -> ParentStates:
+        """`ParentStates` of `spans [P, L]` from a plain forward (for parents whose gradient pass kept none)."""
+        return parent_states(self.model, self.layout.full(spans), self.layout.span, self.chunk_size)
 
     def text(self, span: Tensor) -> str:
         """Decoded span text."""

@@ -188,3 +188,44 @@ def test_plain_forward_strategy_scores_like_kv_reuse(tiny_lm, monkeypatch):
     assert not spied  # none with the plain strategy
     torch.testing.assert_close(plain.activation, reused.activation, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(plain.xentropy, reused.xentropy, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["epo", "gcg"])
+def test_searches_score_children_on_states_kept_from_the_gradient_pass(tiny_lm, monkeypatch, method):
+    # the parents' KV caches and log-probabilities come from their gradient forward: no second parent forward
+    from dreamy.language import scoring
+
+    calls = []
+    real = scoring.parent_states
+    monkeypatch.setattr(scoring, "parent_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(search_module, "parent_states", scoring.parent_states)
+    grouped = []
+    real_grouped = scoring._grouped
+    monkeypatch.setattr(scoring, "_grouped", lambda *a, **k: grouped.append(a[-1] is not None) or real_grouped(*a, **k))
+    if method == "epo":
+        epo(tiny_lm, TARGET, seed=0, restart_every=3, **SMALL)
+    else:
+        gcg(tiny_lm, TARGET, n_tokens=5, iters=4, batch_size=16, progress=False)
+    assert grouped and all(grouped)  # every grouped scoring got states
+    assert not calls
+
+
+def test_states_kept_from_the_gradient_pass_equal_a_plain_parent_forward(tiny_lm):
+    from dreamy.language.search import SearchSetup
+
+    setup = SearchSetup.build(tiny_lm, TARGET, n_tokens=6)
+    spans = torch.randint(5, 200, (3, 6), generator=torch.Generator().manual_seed(1))
+    _, kept = setup.top_tokens_and_states(spans, torch.tensor([0.1, 1.0, 10.0]), 4)
+    fresh = setup.states_of(spans)
+    torch.testing.assert_close(kept.token_xent, fresh.token_xent, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kept.logprobs, fresh.logprobs, rtol=1e-4, atol=1e-4)
+    for (k1, v1), (k2, v2) in zip(kept.layers, fresh.layers):
+        torch.testing.assert_close(k1, k2, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v1, v2, rtol=1e-4, atol=1e-4)
+    kids = spans.repeat_interleave(8, dim=0)
+    kids[torch.arange(24), torch.arange(24) % 6] = torch.arange(24) + 30
+    index = torch.arange(3).repeat_interleave(8)
+    a = setup.score(kids, parents=spans, parent_index=index, parent_states=kept)
+    b = setup.score(kids, parents=spans, parent_index=index)
+    torch.testing.assert_close(a.activation, b.activation, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.xentropy, b.xentropy, rtol=1e-4, atol=1e-4)
