@@ -193,56 +193,10 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
 
 def _attach_maxima(args: argparse.Namespace, loaded: Any, out: Path) -> None:
     """Find (or read cached) dataset maxima for the finished targets and put them in their records."""
-    from dreamy import maxima
-    from dreamy.gallery import write_index
-    from dreamy.results import ResultsStore, safe_name, write_atomic
-    from dreamy.scale import gallery_title
+    from dreamy.scale import attach_maxima
 
-    store = ResultsStore(out)
-    good = [r["target"] for r in store.records if "error" not in r]
-    if not good:
-        return
-    if args.maxima:
-        find = maxima.image_maxima if args.command == "image" else maxima.text_maxima
-        found = find(loaded, good, args.maxima, progress=not args.quiet)
-    else:
-        found = {t: maxima.load_cached_maxima(maxima.default_cache_dir(), args.model, t) for t in good}
-    updated = []
-    for record in store.records:
-        entry = found.get(record["target"])
-        if entry is None or "error" in record:
-            continue
-        items = entry.gallery_items()
-        for j, item in enumerate(items):
-            if "image" in item:
-                name = f"maxima/{safe_name(record['target'])}_{j}.png"
-                write_atomic(out / name, Path(item["image"]).read_bytes())
-                item["image"] = name
-        updated.append(_refresh_prompt_card(loaded, {**record, "maxima": items, "maxima_dataset": entry.dataset},
-                                            out, describe=getattr(args, "describe", True)))
-    if updated:
-        store.add_many(updated)
-        write_index(out, store.records, gallery_title(args.command, args.model))
-
-
-def _refresh_prompt_card(loaded: Any, record: dict[str, Any], out: Path, describe: bool) -> dict[str, Any]:
-    """A prompt record that just got its dataset maxima: TokenChange over those windows, and its frontier plot
-    redrawn with the windows as points."""
-    from dreamy.descriptions import describe_record
-    from dreamy.plots import frontier_png, plot_name
-    from dreamy.results import write_atomic
-
-    if record.get("kind") != "prompt":
-        return record
-    if describe:
-        record = describe_record(loaded, record)
-    name = record.get("plot") or plot_name(record["target"], "frontier")
-    try:
-        write_atomic(out / name, frontier_png(record))
-    except Exception as error:  # a plot must never cost the run its maxima
-        logging.getLogger(__name__).warning("no plot for %s: %s: %s", record["target"], type(error).__name__, error)
-        return record
-    return {**record, "plot": name}
+    attach_maxima(out, loaded, args.command, args.maxima, model=args.model, describe=getattr(args, "describe", True),
+                  progress=not args.quiet)
 
 
 def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) -> list[Any]:

@@ -33,7 +33,7 @@ from dreamy.batches import KINDS, BatchOutput, plan_batches
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchOutput", "KINDS", "dream_targets", "gallery_title", "plan_batches"]
+__all__ = ["BatchOutput", "KINDS", "attach_maxima", "dream_targets", "gallery_title", "plan_batches"]
 
 
 def gallery_title(kind: str, model: str) -> str:
@@ -123,3 +123,75 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
                 on_batch(None, k)
             bar.update(1)
     return writer.records
+
+
+def attach_maxima(out_dir: str | Path, loaded: Any, kind: str, dataset: str | None = None, *, model: str | None = None,
+                  describe: bool = True, progress: bool = True, **scan: Any) -> list[dict[str, Any]]:
+    """Put dataset maxima into the finished records of the run in `out_dir` and rewrite its gallery.
+
+    With `dataset` (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file) the maxima
+    are found now; without it, cached maxima of an earlier search are attached where they exist. Prompt
+    records then get TokenChange over those windows (`describe`) and their frontier plot redrawn with the
+    windows as points. Returns the updated records. This is what `dream ... --maxima DATASET` does after
+    dreaming. `scan` goes to `maxima.image_maxima` / `maxima.text_maxima` (e.g. `k`, `max_words`, `cache_dir`).
+
+    Example:
+        >>> import tempfile
+        >>> from dreamy.models import load
+        >>> out, cnn = tempfile.mkdtemp(), load("tiny:cnn")
+        >>> _ = dream_targets("tiny:cnn", ["head:1"], settings={"steps": 2}, out_dir=out, progress=False, loaded=cnn)
+        >>> [len(r["maxima"]) > 0 for r in attach_maxima(out, cnn, "image", "photos", progress=False)]
+        [True]
+    """
+    from dreamy import maxima
+    from dreamy.gallery import write_index
+    from dreamy.results import ResultsStore, safe_name, write_atomic
+
+    out = Path(out_dir)
+    store = ResultsStore(out)
+    model = model or (loaded.name if loaded is not None else (store.run or {}).get("model"))
+    good = [r["target"] for r in store.records if "error" not in r]
+    if not good:
+        return []
+    if dataset:
+        find = maxima.image_maxima if kind == "image" else maxima.text_maxima
+        found = find(loaded, good, dataset, progress=progress, **scan)
+    else:
+        found = {t: maxima.load_cached_maxima(maxima.default_cache_dir(), model, t) for t in good}
+    updated = []
+    for record in store.records:
+        entry = found.get(record["target"])
+        if entry is None or "error" in record:
+            continue
+        items = entry.gallery_items()
+        for j, item in enumerate(items):
+            if "image" in item:
+                name = f"maxima/{safe_name(record['target'])}_{j}.png"
+                write_atomic(out / name, Path(item["image"]).read_bytes())
+                item["image"] = name
+        updated.append(_refresh_prompt_card(loaded, {**record, "maxima": items, "maxima_dataset": entry.dataset},
+                                            out, describe=describe))
+    if updated:
+        store.add_many(updated)
+        write_index(out, store.records, gallery_title(kind, model))
+    return updated
+
+
+def _refresh_prompt_card(loaded: Any, record: dict[str, Any], out: Path, describe: bool) -> dict[str, Any]:
+    """A prompt record that just got its dataset maxima: TokenChange over those windows, and its frontier plot
+    redrawn with the windows as points."""
+    from dreamy.descriptions import describe_record
+    from dreamy.plots import frontier_png, plot_name
+    from dreamy.results import write_atomic
+
+    if record.get("kind") != "prompt":
+        return record
+    if describe:
+        record = describe_record(loaded, record)
+    name = record.get("plot") or plot_name(record["target"], "frontier")
+    try:
+        write_atomic(out / name, frontier_png(record))
+    except Exception as error:  # a plot must never cost the run its maxima
+        log.warning("no plot for %s: %s: %s", record["target"], type(error).__name__, error)
+        return record
+    return {**record, "plot": name}

@@ -225,7 +225,8 @@ for i in FEATURES:
 `dream_targets` is what `dream prompt` runs: it checks every target against the model, packs them into
 shared EPO searches, and writes `results.json` and `index.html`. Each record carries the Pareto frontier of
 (activation, cross-entropy). We then find the corpus windows that drive each feature hardest
-(`text_maxima`) and add them to the records, as `dream prompt --maxima fortunes` does."""),
+(`attach_maxima`, a `text_maxima` search) and add them to the records, as `dream prompt --maxima fortunes` does:
+TokenChange is rerun over those windows and each card's frontier plot shows them as points."""),
     new_code_cell('''from dreamy.scale import dream_targets
 
 GALLERY = OUT / "gallery"
@@ -238,27 +239,20 @@ records = dream_targets(lm.name, [f"{SITE}:sae={SAE_DIR}#{FEATURES[0]}-{FEATURES
 for record in records:
     best = max(record.get("frontier") or [{}], key=lambda point: point.get("activation", 0))
     print("feature", record["target"].rsplit("#", 1)[-1], record.get("error") or f"{best['activation']:7.2f}  {best['text']!r}")'''),
-    new_code_cell('''from dreamy.gallery import write_index
-from dreamy.maxima import text_maxima
-from dreamy.results import ResultsStore
-from dreamy.scale import gallery_title
+    new_code_cell('''from dreamy.scale import attach_maxima
 
-dreamed = [r["target"] for r in records if "error" not in r]
 scan = dict(k=2, window=32, candidates=1, max_words=500, xent_windows=4) if SMALL else dict(k=3, max_words=20_000)
-found = text_maxima(lm, dreamed, "fortunes", cache_dir=None, progress=False, **scan)
-store = ResultsStore(GALLERY)
-store.add_many([{**r, "maxima": found[r["target"]].gallery_items(), "maxima_dataset": found[r["target"]].dataset}
-                for r in store.records if r["target"] in found])
-index = write_index(GALLERY, store.records, gallery_title("prompt", lm.name))
+records = attach_maxima(GALLERY, lm, "prompt", "fortunes", progress=False, cache_dir=None, **scan)
+index = GALLERY / "index.html"
 print("gallery:", index.resolve())'''),
     new_code_cell('''import matplotlib.pyplot as plt
 
-figure, axes = plt.subplots(1, len(dreamed), figsize=(4 * len(dreamed), 3.2), squeeze=False)
-for axis, record in zip(axes[0], (r for r in records if "error" not in r)):
+figure, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.2), squeeze=False)
+for axis, record in zip(axes[0], records):
     frontier = record["frontier"]
     axis.plot([p["xentropy"] for p in frontier], [p["activation"] for p in frontier], "o-", color="C3", label="EPO frontier")
-    windows = found[record["target"]].examples
-    axis.scatter([e.xentropy for e in windows], [e.activation for e in windows], marker="x", color="k", label="corpus windows")
+    windows = record["maxima"]
+    axis.scatter([w["xentropy"] for w in windows], [w["activation"] for w in windows], marker="x", color="k", label="corpus windows")
     axis.set_title("feature " + record["target"].rsplit("#", 1)[-1]); axis.set_xlabel("cross-entropy")
 axes[0][0].set_ylabel("activation"); axes[0][0].legend(fontsize=8); figure.tight_layout()'''),
     new_markdown_cell("""The gallery shows each feature's frontier prompts with per-token shading beside its corpus windows
