@@ -2,7 +2,8 @@
 
 A target has an output direction (`sae.describe.output_direction`) when it is one term that writes a
 vector into the residual stream: an SAE feature (`SITE:sae=DIR#i`, its decoder row), the input unit of
-a Linear layer (`...mlp.down_proj@in:i`, its weight column), or a unit or `dir=` direction at a
+a Linear layer that writes the residual stream (`...mlp.down_proj@in:i`, `...self_attn.o_proj@in:i`: its weight
+column; not q/k/v, up or gate projections), or a unit or `dir=` direction at a
 residual site (a block's output `...layers.N`, an MLP's output, the token embeddings). Others
 (`logits:5`, attention sites, units without a Linear behind them) get no description.
 
@@ -37,6 +38,7 @@ from dreamy.models import LoadedModel
 K_TOKENS = 10
 MAX_CONTEXTS = 16
 ALPHA = 8.0
+_WRITES_RESIDUAL = re.compile(r"(?:^|\.)(?:down_proj|o_proj|out_proj|c_proj|fc2|dense_4h_to_h|wo)$")  # not q/k/v, up, gate
 _RESIDUAL = re.compile(r"(?:^|\.)(?:(?:layers|h|blocks|layer)\.\d+(?:\.mlp(?:\.down_proj)?)?|embed_tokens|wte)$")
 
 
@@ -47,7 +49,7 @@ def has_output_direction(loaded: LoadedModel, spec: str) -> bool:
         >>> from dreamy.models import load
         >>> loaded = load("tiny:lm")
         >>> [has_output_direction(loaded, s) for s in ("model.layers.0.mlp.down_proj@in:3", "model.layers.1:7",
-        ...                                             "logits:5", "model.layers.0.self_attn.q_proj:2")]
+        ...                                             "logits:5", "model.layers.0.self_attn.q_proj@in:2")]
         [True, True, False, False]
     """
     from dreamy.targets import Direction, Neuron, SAEFeature, parse, resolve_module
@@ -61,8 +63,8 @@ def has_output_direction(loaded: LoadedModel, spec: str) -> bool:
     site, unit = target.terms[0].site, target.terms[0].unit
     if isinstance(unit, SAEFeature):
         return True
-    if site.input:
-        if not isinstance(unit, Neuron):
+    if site.input:  # a Linear that writes into the residual stream: its input units' columns are directions there
+        if not isinstance(unit, Neuron) or not _WRITES_RESIDUAL.search(site.path):
             return False
         try:
             return isinstance(resolve_module(loaded.model, site.path), nn.Linear)

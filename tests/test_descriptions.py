@@ -19,9 +19,11 @@ def sae_folder(tmp_path):
 def test_targets_with_an_output_direction_are_told_apart(tiny_lm, tmp_path):
     torch.save({"w": torch.ones(64)}, tmp_path / "d.pt")
     described = [f"model.layers.1:sae={sae_folder(tmp_path)}#3", "model.layers.0.mlp.down_proj@in:7",
-                 "model.layers.1:5", f"model.layers.0:dir={tmp_path}/d.pt#w", "model.layers.0.mlp.down_proj:2"]
+                 "model.layers.1:5", f"model.layers.0:dir={tmp_path}/d.pt#w", "model.layers.0.mlp.down_proj:2",
+                 "model.layers.0.self_attn.o_proj@in:4"]
     plain = ["logits:5", "model.layers.0.self_attn.q_proj:2", "model.layers.0.self_attn.o_proj:1",
-             "model.layers.0.mlp.act_fn@in:3", "model.layers.1", "model.layers.1:2+model.layers.0:1"]
+             "model.layers.0.mlp.act_fn@in:3", "model.layers.1", "model.layers.1:2+model.layers.0:1",
+             "model.layers.0.self_attn.q_proj@in:2", "model.layers.0.mlp.up_proj@in:2"]  # they write no residual
     assert all(has_output_direction(tiny_lm, s) for s in described)
     assert not any(has_output_direction(tiny_lm, s) for s in plain)
     for spec in plain:
