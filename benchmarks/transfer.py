@@ -8,13 +8,16 @@ rate (when `torch-lucent` is installed). Judges, never optimized against: Effici
 Lite2, each seeing the final images resized to its own input (240 and 260 px). Per method and judge:
 top-1 and top-5 transfer rates (the target class ranked first / in the top 5) and the mean judge
 probability of the target class; the source's own mean probability (white-box); seconds per class
-(wall time of the packed batch / N; machine load from other work inflates it).
+(wall time of the packed batch / N; machine load from other work inflates it). With `--jobs 2` (the
+default) the methods run in two worker processes of one thread each, most expensive first: EfficientNet's
+depthwise convolutions and elementwise ops are memory-bound on a 2-core CPU, so two one-thread runs side
+by side finish sooner than one two-thread run after another; s/class is then a one-thread figure.
 
 lucent gets the workarounds of `benchmarks/vision_vs_lucent.py` (device, leaked hooks, the model's own
 normalization instead of torchvision's ImageNet statistics); its objective is the target logit of row
 i (`channel(LAYER, class, batch=i)` on the module that outputs the logits).
 
-    python -m benchmarks.transfer                      # quick: 32 classes, 64 steps, 224 px (~15-20 min on 2 cores)
+    python -m benchmarks.transfer                      # quick: 32 classes, 64 steps, 224 px (<= 20 min on 2 idle cores)
     python -m benchmarks.transfer --full               # 100 classes, 128 steps (the CLI's default steps)
     python -m benchmarks.transfer --classes 8 --steps 16 --params fourier,dip --no-lucent
 """
@@ -38,6 +41,8 @@ MODEL = "bundled:efficientnet-lite0"
 JUDGES = ("bundled:efficientnet-lite1", "bundled:efficientnet-lite2")
 PARAMS = ("fourier", "pixel", "maco", "dip", "decoder")
 LR = 0.05
+LUCENT = "lucent render_vis"
+RELATIVE_COST = {"dip": 2.0, "decoder": 2.0, LUCENT: 1.7}  # per class, against fourier (measured, 224 px)
 
 
 def draw_classes(n: int, n_classes: int, seed: int) -> list[int]:
@@ -80,6 +85,50 @@ def run_lucent(loaded: LoadedModel, classes: Sequence[int], *, steps: int, size:
     return vision_vs_lucent.run_lucent(loaded, targets, steps=steps, size=size, seed=seed)
 
 
+def _run_method(job: dict[str, Any]) -> tuple[str, Tensor, float]:
+    """One method in a worker process (`--jobs`): its images and wall seconds, on `job["threads"]` threads."""
+    torch.set_num_threads(job["threads"])
+    source = load(job["model"], device=torch.device(job["device"]))
+    start = time.perf_counter()
+    if job["name"] == LUCENT:
+        from benchmarks import vision_vs_lucent
+
+        vision_vs_lucent.point_lucent_at(torch.device(job["device"]))
+        images = run_lucent(source, job["classes"], steps=job["steps"], size=job["size"], seed=job["seed"])
+    else:
+        images = run_dreamy(source, job["classes"], job["name"], steps=job["steps"], size=job["size"], seed=job["seed"])
+    return job["name"], images.detach().cpu(), time.perf_counter() - start
+
+
+def balanced_order(names: Sequence[str], cost: dict[str, float]) -> list[str]:
+    """Methods, most expensive first (workers of a pool take them in this order, so the long ones do not
+    come last).
+
+    Example:
+        >>> balanced_order(["fourier", "dip", "pixel"], {"dip": 2.0})
+        ['dip', 'fourier', 'pixel']
+    """
+    return sorted(names, key=lambda name: -cost.get(name, 1.0))
+
+
+def run_methods(names: Sequence[str], jobs: int, common_job: dict[str, Any]) -> dict[str, tuple[Tensor, float]]:
+    """Every method's (images, seconds): in this process (`jobs` 1) or in `jobs` worker processes of
+    `max(1, cores // jobs)` threads each (EfficientNet's depthwise convolutions and elementwise ops are
+    memory-bound on a small CPU, so two one-thread processes get more done than one two-thread process)."""
+    if jobs <= 1:
+        return {name: _run_method({**common_job, "name": name, "threads": torch.get_num_threads()})[1:] for name in names}
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    order = balanced_order(names, RELATIVE_COST)
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = pool.map(_run_method, [{**common_job, "name": name, "threads": threads} for name in order])
+        out = {name: (images, seconds) for name, images, seconds in done}
+    return {name: out[name] for name in names}
+
+
 def verdicts(judges: Sequence[LoadedModel], source: LoadedModel, images: Tensor, classes: Sequence[int]) -> dict[str, Any]:
     """Per judge: top-1 / top-5 transfer rates, mean probability of the target class, and per-class figures."""
     figures: dict[str, Any] = {}
@@ -114,6 +163,8 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL, help="the source model dreams are made on (default %(default)s)")
     parser.add_argument("--judge", action="append", help=f"judge models (default {', '.join(JUDGES)})")
     parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    parser.add_argument("--jobs", type=int, default=2, help="methods run in this many worker processes, one thread "
+                        "each on a 2-core CPU (default %(default)s; 1 runs them here; use 1 on a GPU)")
     args = parser.parse_args()
     steps = args.steps or (128 if args.full else 64)
     device = torch.device(args.device)
@@ -121,24 +172,23 @@ def main() -> None:
     source = load(args.model, device=device)
     judges = [load(name, device=device) for name in (args.judge or JUDGES)]
     classes = draw_classes(args.classes or (100 if args.full else 32), len(source.class_names or []), args.seed)
-    methods: list[tuple[str, Any]] = [(p, lambda p=p: run_dreamy(source, classes, p, steps=steps, size=args.size, seed=args.seed))
-                                      for p in args.params.split(",") if p]
+    names = [p for p in args.params.split(",") if p]
     lucent_note = "skipped (--no-lucent)" if args.no_lucent else "not installed (pip install torch-lucent)"
     if not args.no_lucent:
         try:
-            from benchmarks import vision_vs_lucent
+            from benchmarks import vision_vs_lucent  # noqa: F401  (lucent importable)
+            import lucent  # noqa: F401
 
-            vision_vs_lucent.point_lucent_at(device)
-            methods.append(("lucent render_vis", lambda: run_lucent(source, classes, steps=steps, size=args.size, seed=args.seed)))
+            names.append(LUCENT)
             lucent_note = "render_vis defaults: param.image(fft=True, decorrelate=True), standard_transforms, Adam lr 0.05"
         except ImportError:
             pass
+    made = run_methods(names, args.jobs, {"model": args.model, "device": args.device, "classes": classes, "steps": steps,
+                                          "size": args.size, "seed": args.seed})
     rows = []
-    for name, run in methods:
-        start = time.perf_counter()
-        images = run()
-        elapsed = time.perf_counter() - start
-        figures = verdicts(judges, source, images, classes)
+    for name in names:
+        images, elapsed = made[name]
+        figures = verdicts(judges, source, images.to(device), classes)
         row: dict[str, Any] = {"method": name, "s/class": elapsed / len(classes), "seconds": elapsed,
                                f"p {short(source.name)} (source)": figures[source.name]["p"]}
         for judge in judges:
@@ -154,6 +204,7 @@ def main() -> None:
                                             f"{args.size} px, seed {args.seed}) to {', '.join(j.name for j in judges)}")
     settings = {"model": args.model, "judges": [j.name for j in judges], "classes": classes, "steps": steps,
                 "size": args.size, "lr": LR, "seed": args.seed, "params": args.params.split(","), "lucent": lucent_note,
+                "jobs": args.jobs,
                 "dreamy": "vision.dream defaults: Transforms.standard(size), no regularizer, Adam, all classes in one batch"}
     path = common.write_result("transfer", {"rows": rows}, settings=settings, results_dir=args.results_dir,
                                device=device, started=started)
