@@ -67,13 +67,28 @@ def check_linear_embedding(embedding: nn.Module, ids: Tensor) -> None:
                          "embedding: expose its factor as `embed_scale`")
 
 
+class _OneHotLift(torch.autograd.Function):
+    """`((x - x.detach()) @ weight) * scale` without its forward matmul: the value is zero, the gradient with
+    respect to `x [N, L, V]` is `grad @ weight.T * scale` (a `[N*L, V] x [V, D]` product saved per pass)."""
+
+    @staticmethod
+    def forward(ctx: Any, one_hot: Tensor, weight: Tensor, scale: Any) -> Tensor:
+        ctx.save_for_backward(weight)
+        ctx.scale = scale
+        return one_hot.new_zeros(*one_hot.shape[:-1], weight.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return (grad.to(weight.dtype) @ weight.T) * ctx.scale, None, None
+
+
 def span_embeddings(embedding: nn.Module, ids: Tensor, one_hot: Tensor, span: tuple[int, int]) -> Tensor:
     """Embeddings `[N, T, D]` of `ids [N, T]` with the model's own semantics, whose span rows carry the gradient
     with respect to `one_hot [N, L, V]` (zero-valued straight-through term; values equal `embedding(ids)`)."""
     start, end = span
     embeds = embedding(ids).detach()
-    delta = (one_hot - one_hot.detach()) @ embedding.weight
-    delta = delta * embedding_scale(embedding)
+    delta = _OneHotLift.apply(one_hot, embedding.weight, embedding_scale(embedding))
     return torch.cat([embeds[:, :start], embeds[:, start:end] + delta.to(embeds.dtype), embeds[:, end:]], dim=1)
 
 
