@@ -179,7 +179,8 @@ def test_an_existing_out_needs_resume_or_overwrite(capsys, monkeypatch, finished
     assert main(PROMPT + ["--target", "logits:1", "--out", str(finished_run), "--overwrite"]) == 0
     saved = json.loads((finished_run / "results.json").read_text())
     assert saved["run"]["model"] == "tiny:lm" and [r["target"] for r in saved["records"]] == ["logits:1"]
-    assert not (finished_run / "images").exists()
+    # the image run's PNGs are gone; what is left is the prompt run's own frontier plot
+    assert [p.name.endswith("_frontier.png") for p in (finished_run / "images").iterdir()] == [True]
 
 
 @pytest.mark.parametrize("content", ['{"records": null}', '{"records": [1, 2]}', '{"records": [{"foo": 1}]}',
