@@ -100,11 +100,16 @@ def _gather_cache(layers: list[tuple[Tensor, Tensor]], parents: Tensor, length: 
     return grown
 
 
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model's forward can skip the output layer on some positions (`logits_to_keep`)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def _span_logits(model: nn.Module, length: int, span: tuple[int, int]) -> tuple[dict[str, int], int]:
     """`logits_to_keep` for a forward of `length` tokens whose logits serve only the span's cross-entropy and
     the last position: the output layer then skips the prefix (for a 135M model with a 50k vocabulary, a fifth
     of its FLOPs per token). Returns (extra forward kwargs, logits offset); nothing when the model lacks it."""
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if not _takes_logits_to_keep(model):
         return {}, 0
     offset = span[0] - 1
     return {"logits_to_keep": length - offset}, offset
@@ -222,7 +227,7 @@ def _group_logits(model: nn.Module, probe: Probe, p: int, own: int, end: int, le
                   device: torch.device) -> tuple[dict[str, Any], int]:
     """`logits_to_keep` for a group forward over positions p.. : only the positions that predict span tokens
     own..end-1 (the last position too when a target reads the logits). Returns (kwargs, logits offset)."""
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if not _takes_logits_to_keep(model):
         return {}, 0
     first = max(own - 1 - p, 0)
     stop = length - p if probe.reads_logits else max(end - 1 - p, first + 1)
