@@ -116,16 +116,17 @@ class SearchSetup:
         """`top_tokens`, and the spans' `ParentStates` kept from the same forward when scoring reuses them
         (`keeps_states`; else None): a search scores the children of these spans without another forward."""
         owners = self._owners(owners, spans.shape[0])
-        kept: list[ParentStates] | None = [] if self.keeps_states else None
 
-        def one(rows: slice) -> Tensor:
+        def one(rows: slice) -> tuple[Tensor, list[ParentStates]]:
+            kept: list[ParentStates] = []  # per call: a chunk retried after out-of-memory keeps nothing twice
             grad, _, _ = token_gradients(self.model, self.probe, self.layout, spans[rows], lambdas[rows],
                                          row_targets=owners[rows], chunk_size=GRADIENT_CHUNK,
-                                         fluency_model=self.fluency_model, states=kept)
-            return top_tokens(grad, self.allowed, topk, self.n_allowed)
+                                         fluency_model=self.fluency_model, states=kept if self.keeps_states else None)
+            return top_tokens(grad, self.allowed, topk, self.n_allowed), kept
 
-        tables = torch.cat(run_chunked(one, spans.shape[0], GRADIENT_CHUNK))
-        return tables, None if kept is None else ParentStates.cat(kept)
+        parts = run_chunked(one, spans.shape[0], GRADIENT_CHUNK)
+        tables = torch.cat([table for table, _ in parts])
+        return tables, ParentStates.cat([s for _, kept in parts for s in kept]) if self.keeps_states else None
 
     def states_of(self, spans: Tensor) -> ParentStates:
         """`ParentStates` of `spans [P, L]` from a plain forward (for parents whose gradient pass kept none)."""
