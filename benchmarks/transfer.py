@@ -85,10 +85,11 @@ def run_lucent(loaded: LoadedModel, classes: Sequence[int], *, steps: int, size:
     return vision_vs_lucent.run_lucent(loaded, targets, steps=steps, size=size, seed=seed)
 
 
-def _run_method(job: dict[str, Any]) -> tuple[str, Tensor, float]:
-    """One method in a worker process (`--jobs`): its images and wall seconds, on `job["threads"]` threads."""
+def _run_method(job: dict[str, Any], source: LoadedModel | None = None) -> tuple[str, Tensor, float]:
+    """One method: its images and wall seconds, on `job["threads"]` threads (a worker process of `--jobs`
+    loads the source model itself; in this process pass the loaded `source`)."""
     torch.set_num_threads(job["threads"])
-    source = load(job["model"], device=torch.device(job["device"]))
+    source = source or load(job["model"], device=torch.device(job["device"]))
     start = time.perf_counter()
     if job["name"] == LUCENT:
         from benchmarks import vision_vs_lucent
@@ -111,12 +112,15 @@ def balanced_order(names: Sequence[str], cost: dict[str, float]) -> list[str]:
     return sorted(names, key=lambda name: -cost.get(name, 1.0))
 
 
-def run_methods(names: Sequence[str], jobs: int, common_job: dict[str, Any]) -> dict[str, tuple[Tensor, float]]:
+def run_methods(names: Sequence[str], jobs: int, common_job: dict[str, Any],
+                source: LoadedModel | None = None) -> dict[str, tuple[Tensor, float]]:
     """Every method's (images, seconds): in this process (`jobs` 1) or in `jobs` worker processes of
     `max(1, cores // jobs)` threads each (EfficientNet's depthwise convolutions and elementwise ops are
-    memory-bound on a small CPU, so two one-thread processes get more done than one two-thread process)."""
+    memory-bound on a small CPU, so two one-thread processes get more done than one two-thread process).
+    `source`, the already loaded model, serves the in-process runs."""
     if jobs <= 1:
-        return {name: _run_method({**common_job, "name": name, "threads": torch.get_num_threads()})[1:] for name in names}
+        return {name: _run_method({**common_job, "name": name, "threads": torch.get_num_threads()}, source)[1:]
+                for name in names}
     import concurrent.futures
     import multiprocessing
     import os
@@ -184,7 +188,7 @@ def main() -> None:
         except ImportError:
             pass
     made = run_methods(names, args.jobs, {"model": args.model, "device": args.device, "classes": classes, "steps": steps,
-                                          "size": args.size, "seed": args.seed})
+                                          "size": args.size, "seed": args.seed}, source)
     rows = []
     for name in names:
         images, elapsed = made[name]
