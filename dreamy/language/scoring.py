@@ -1,12 +1,14 @@
 """Score candidate prompts fast: target activation and cross-entropy from one forward per token.
 
 Children of one parent differ from it from some position p on. The parent's KV cache already covers
-every position before p, so children are grouped by p and each group runs only positions >= p on
-top of the parents' caches (each row gathers its own parent's keys and values, so children of many
-parents, e.g. of many packed targets, share one forward per position). Cross-entropy terms before p
-come from the parent's logits. This needs every target to read the last position (`pos=-1`, the
-language default) or the logits; other targets fall back to full forwards. Batches are chunked; on out-of-memory the
-chunk size halves and the chunk is retried.
+every position before p, so only positions >= p need a forward. The default (`strategy="packed"`,
+`dreamy.language.packed`) lays the changed tokens of many children side by side in a few rows with a
+4-D attention mask: one forward for all of them. The older `"grouped"` strategy groups children by p and
+runs one forward per group on top of the parents' caches (each row gathers its own parent's keys and
+values, so children of many parents, e.g. of many packed targets, share one forward per position).
+Cross-entropy terms before p come from the parent's logits. This needs every target to read the last
+position (`pos=-1`, the language default) or the logits; other targets fall back to full forwards.
+Batches are chunked; on out-of-memory the chunk size halves and the chunk is retried.
 
 Example:
     >>> import torch
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamy.language.fluency import span_xentropy
+from dreamy.language.packed import ROW_TOKENS, first_changes, score_packed
 from dreamy.targets import Probe
 
 log = logging.getLogger(__name__)
@@ -291,7 +294,7 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
 def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: tuple[int, int],
                     parent_ids: Tensor | None = None, parent_index: Tensor | None = None,
                     fluency_model: nn.Module | None = None, chunk_size: int | None = None,
-                    parent_states: ParentStates | None = None) -> SequenceScores:
+                    parent_states: ParentStates | None = None, strategy: str = "packed") -> SequenceScores:
     """Score N token sequences `ids [N, T]`: the probe's targets and the mean cross-entropy of `xent_span`.
 
     With `parent_ids` (`[T]`, or `[P, T]` with `parent_index [N]` naming each row's parent) each parent's
@@ -299,8 +302,12 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
     one forward (see the module docstring); the results equal plain full forwards. `fluency_model`
     (sharing the tokenizer) computes the cross-entropy instead of `model` (then no cache reuse).
     `chunk_size` bounds rows per forward. `parent_states` (the parents' `ParentStates`, e.g. kept from their
-    gradient pass) saves the parents' forward.
+    gradient pass) saves the parents' forward. `strategy` says how children reuse their parents' caches:
+    `"packed"` (one forward, children's changed tokens side by side, `dreamy.language.packed`) or
+    `"grouped"` (one forward per change position).
     """
+    if strategy not in ("packed", "grouped"):
+        raise ValueError(f"strategy must be 'packed' or 'grouped', got {strategy!r}")
     if ids.ndim != 2:
         raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
     chunk = chunk_size or DEFAULT_CHUNK
@@ -319,4 +326,36 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
         raise ValueError(f"parent_index must hold one index in 0..{parents.shape[0] - 1} per row ({ids.shape[0]},)")
     if parent_states is not None and parent_states.n_parents != parents.shape[0]:
         raise ValueError(f"parent_states hold {parent_states.n_parents} parents, parent_ids {parents.shape[0]}")
-    return _grouped(model, probe, ids, xent_span, parents, owner, chunk, parent_states)
+    if strategy == "grouped":
+        return _grouped(model, probe, ids, xent_span, parents, owner, chunk, parent_states)
+    return _packed(model, probe, ids, xent_span, parents, owner, chunk, parent_states)
+
+
+def _packed(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], parents: Tensor, owner: Tensor,
+            chunk_size: int, states: ParentStates | None) -> SequenceScores:
+    """`score_packed` for the children that change their parent, plain forwards for the (rare) unchanged rows;
+    chunks hold at most `chunk_size` full sequences' worth of tokens, halved on out-of-memory."""
+    reuse = states if states is not None else parent_states(model, parents, span, chunk_size)
+    first = first_changes(ids, parents, owner)
+    changed = first < ids.shape[1]
+    if bool(changed.all()):
+        rows = None
+    else:  # one sync, only when some row equals its parent
+        rows = changed.nonzero().flatten()
+    activation = torch.empty(ids.shape[0], len(probe.targets), device=ids.device)
+    xent = torch.empty(ids.shape[0], device=ids.device)
+    pick = slice(None) if rows is None else rows
+    n_changed = ids.shape[0] if rows is None else len(rows)
+    if n_changed:
+        row_tokens = max(ROW_TOKENS, ids.shape[1])
+        max_rows = max(1, chunk_size * ids.shape[1] // row_tokens)
+        scored = run_chunked(lambda part: score_packed(model, probe, ids[pick][part], span, owner[pick][part], reuse,
+                                                        first[pick][part], row_tokens=row_tokens, max_rows=max_rows),
+                             n_changed, chunk_size)
+        activation[pick] = torch.cat([q.activation for q in scored])
+        xent[pick] = torch.cat([q.xentropy for q in scored])
+    if rows is not None:
+        same = (~changed).nonzero().flatten()
+        plain = _full(model, probe, ids[same], span, None, chunk_size)
+        activation[same], xent[same] = plain.activation, plain.xentropy
+    return SequenceScores(activation, xent)

@@ -32,23 +32,28 @@ def setup(tiny_lm):
     return tiny_lm.model, probe, parent
 
 
-def test_kv_reuse_equals_full_forward(setup):
+STRATEGIES = ["packed", "grouped"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_kv_reuse_equals_full_forward(setup, strategy):
     model, probe, parent = setup
     kids = torch.cat([children_of(parent, 40, 1), parent[None]])
     act, xent = plain(model, probe, kids, (1, 12))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy=strategy)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("span", [(1, 12), (2, 9)])
-def test_kv_reuse_without_logit_targets_equals_full_forward(tiny_lm, setup, span):
+def test_kv_reuse_without_logit_targets_equals_full_forward(tiny_lm, setup, span, strategy):
     # no target reads the logits: group forwards keep only the logits that predict span tokens
     model, _, parent = setup
     probe = Probe(model, ["model.layers.1.mlp.down_proj:3", "model.layers.0.mlp@in:7"], sequence_reduce="pos=-1")
     kids = torch.cat([children_of(parent, 60, 4), parent[None]])
     act, xent = plain(model, probe, kids, span)
-    out = score_sequences(model, probe, kids, xent_span=span, parent_ids=parent)
+    out = score_sequences(model, probe, kids, xent_span=span, parent_ids=parent, strategy=strategy)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
 
@@ -109,21 +114,25 @@ def test_span_must_be_scorable():
         span_xentropy(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), (0, 3))
 
 
-def test_grouping_really_reuses_the_cache(setup, monkeypatch):
+@pytest.mark.parametrize("strategy", ["grouped", "packed"])
+def test_kv_reuse_really_runs_only_the_changed_positions(setup, monkeypatch, strategy):
     model, probe, parent = setup
-    lengths = []
+    shapes = []
     original = probe.__call__
 
     def spy(*args, **kwargs):
-        lengths.append(kwargs["input_ids"].shape[1])
+        shapes.append(tuple(kwargs["input_ids"].shape))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(probe, "__call__", spy)
     monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: spy(*a, **k))
     kids = parent.repeat(8, 1)
     kids[:, 9] = torch.arange(8)
-    score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
-    assert lengths == [3]  # only positions 9..11 ran for the group
+    score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy=strategy)
+    if strategy == "grouped":
+        assert shapes == [(8, 3)]  # only positions 9..11 ran for the group
+    else:
+        assert shapes == [(1, 24)]  # the 8 children's positions 9..11 side by side in one row
     assert scoring.MIN_GROUP_FOR_CACHE <= 8
 
 
@@ -134,7 +143,7 @@ def test_thinly_spread_children_share_merged_groups(setup, monkeypatch):
     calls = []
     original = Probe.__call__
     monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: calls.append(k["input_ids"].shape) or original(self, *a, **k))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent)
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy="grouped")
     assert len(calls) <= 11 // scoring.MIN_GROUP_FOR_CACHE + 1  # groups of one were merged, not run one by one
     act, xent = plain(model, probe, kids, (1, 12))
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
@@ -162,7 +171,10 @@ def test_full_forwards_skip_the_output_layer_on_the_prefix(tiny_lm, setup, monke
     torch.testing.assert_close(out.xentropy, xent, atol=1e-5, rtol=1e-5)
 
 
-def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, monkeypatch):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, monkeypatch, strategy):
+    from dreamy.language import packed
+
     model, probe, parent = setup
     parents = torch.stack([parent, (parent * 7 + 3) % 300, (parent * 5 + 1) % 300])
     parents[:, 0] = 0
@@ -170,9 +182,13 @@ def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, 
     owner = torch.cat([torch.full((24,), i) for i in range(3)] + [torch.tensor([1])])
     act, xent = plain(model, probe, kids, (1, 12))
     mixed = []
-    original = scoring._gather_cache
-    monkeypatch.setattr(scoring, "_gather_cache", lambda layers, rows, length: mixed.append(len(rows.unique())) or original(layers, rows, length))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner)
+    if strategy == "grouped":
+        original = scoring._gather_cache
+        monkeypatch.setattr(scoring, "_gather_cache", lambda layers, rows, length: mixed.append(len(rows.unique())) or original(layers, rows, length))
+    else:
+        original = packed._rows_cache
+        monkeypatch.setattr(packed, "_rows_cache", lambda layers, rows: mixed.append(len(rows.unique())) or original(layers, rows))
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner, strategy=strategy)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
     assert max(mixed) == 3  # a forward ran the children of all three parents together
@@ -188,8 +204,9 @@ def test_many_parents_need_a_parent_index(setup):
 
 
 @pytest.mark.real
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", REAL_LMS)
-def test_many_parent_reuse_equals_full_forwards_on_real_models(name):
+def test_many_parent_reuse_equals_full_forwards_on_real_models(name, strategy):
     lm, probe = real_lm_with_mid_probe(name)
     gen = torch.Generator().manual_seed(0)
     parents = torch.randint(100, 5000, (2, 10), generator=gen)
@@ -198,6 +215,7 @@ def test_many_parent_reuse_equals_full_forwards_on_real_models(name):
     owner = torch.arange(2).repeat_interleave(8)
     with torch.no_grad():
         act, xent = plain(lm.model, probe, kids, (1, 10))
-    out = score_sequences(lm.model, probe, kids, xent_span=(1, 10), parent_ids=parents, parent_index=owner)
+    out = score_sequences(lm.model, probe, kids, xent_span=(1, 10), parent_ids=parents, parent_index=owner,
+                          strategy=strategy)
     torch.testing.assert_close(out.activation, act, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(out.xentropy, xent, atol=2e-3, rtol=2e-3)
