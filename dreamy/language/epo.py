@@ -79,7 +79,7 @@ def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters:
         n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
         init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
         fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-        progress: bool = True) -> PromptResult:
+        progress: bool = True, scoring: str = "auto") -> PromptResult:
     """Run EPO on `target`; see the module docstring. Returns history and the Pareto frontier.
 
     Defaults: `topk=64`, `restart_every=30` (never in the last iteration), `lambda_range=(0.1, 10.0)` (the
@@ -95,7 +95,7 @@ def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters:
     return epo_many(loaded, [target], n_tokens=n_tokens, iters=iters, population=population, lambda_range=lambda_range,
                     children_per_member=children_per_member, topk=topk, n_swaps=n_swaps, restart_every=restart_every,
                     prefix=prefix, suffix=suffix, init=init, ascii_only=ascii_only, retokenize=retokenize,
-                    fluency_model=fluency_model, chunk_size=chunk_size, seed=seed, progress=progress)[0]
+                    fluency_model=fluency_model, chunk_size=chunk_size, seed=seed, progress=progress, scoring=scoring)[0]
 
 
 class _Population:
@@ -132,7 +132,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
              topk: int = 64, n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
              init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
              fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-             progress: bool = True) -> list[PromptResult]:
+             progress: bool = True, scoring: str = "auto") -> list[PromptResult]:
     """EPO on every target of `targets` in lockstep, packed into shared batches; one result per target.
 
     One gradient pass serves every member of every target that needs a new gradient, and one scoring
@@ -151,7 +151,8 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     if population < 1:
         raise ValueError(f"population must be >= 1, got {population}")
     setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
-                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
+                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize,
+                              scoring=scoring)
     n_targets = len(setup.targets)
     lambdas = log_uniform_lambdas(population, lambda_range)
     lambda_list = lambdas.tolist()
@@ -183,8 +184,9 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
                                        parents=[ids for pop in pops for ids in pop.ids])  # per (target, member)
             _select(setup, pops, groups, lambdas, lambda_list, iteration)
             bar.update(1)
-            bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
-                            f"{n_targets} targets, mean best {sum(max(r['activation'] for r in p.history) for p in pops) / n_targets:.3g}")
+            if progress:  # the summary walks the whole history: only for a bar someone sees
+                bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
+                                f"{n_targets} targets, mean best {sum(max(r['activation'] for r in p.history) for p in pops) / n_targets:.3g}")
     loop_seconds = time.perf_counter() - started
     results = []
     for k, pop in enumerate(pops):

@@ -39,19 +39,19 @@ def gcg(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 16, iters:
         topk: int = 64, n_swaps: int = 1, fluency_weight: float = 0.0, prefix: str = "", suffix: str = "",
         init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
         fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-        progress: bool = True) -> PromptResult:
+        progress: bool = True, scoring: str = "auto") -> PromptResult:
     """Maximize `target` over an `n_tokens` prompt span with GCG; see the module docstring."""
     return gcg_many(loaded, [target], n_tokens=n_tokens, iters=iters, batch_size=batch_size, topk=topk, n_swaps=n_swaps,
                     fluency_weight=fluency_weight, prefix=prefix, suffix=suffix, init=init, ascii_only=ascii_only,
                     retokenize=retokenize, fluency_model=fluency_model, chunk_size=chunk_size, seed=seed,
-                    progress=progress)[0]
+                    progress=progress, scoring=scoring)[0]
 
 
 def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 16, iters: int = 100,
              batch_size: int = 128, topk: int = 64, n_swaps: int = 1, fluency_weight: float = 0.0, prefix: str = "",
              suffix: str = "", init: str | Sequence[int] | None = None, ascii_only: bool = True,
              retokenize: bool = True, fluency_model: nn.Module | None = None, chunk_size: int | None = None,
-             seed: int = 0, progress: bool = True) -> list[PromptResult]:
+             seed: int = 0, progress: bool = True, scoring: str = "auto") -> list[PromptResult]:
     """GCG on every target of `targets` at once, packed into shared batches; one result per target.
 
     Example:
@@ -62,7 +62,8 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     """
     check_iters(iters)
     setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
-                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize)
+                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize,
+                              scoring=scoring)
     n_targets = len(setup.targets)
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     start = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen) for gen in gens])

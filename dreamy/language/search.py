@@ -15,15 +15,28 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from dreamy.language.attribution import token_attribution
+from dreamy.language.attribution import token_attributions
 from dreamy.language.gradients import GRADIENT_CHUNK, check_linear_embedding, token_gradients, top_tokens
 from dreamy.language.layout import PromptLayout, make_layout
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.result import FrontierPoint, PromptResult
 from dreamy.language.scoring import ParentStates, SequenceScores, parent_states, run_chunked, score_sequences
-from dreamy.language.tokens import allowed_tokens
+from dreamy.language.tokens import allowed_tokens, decode_each
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
+
+
+SCORING = ("auto", "packed", "grouped", "full")
+
+
+def auto_scoring(device: "str | torch.device") -> str:
+    """The scoring strategy `"auto"` picks on `device` (see `SearchSetup`).
+
+    Example:
+        >>> auto_scoring("cpu")
+        'packed'
+    """
+    return "packed"
 
 
 @dataclass
@@ -33,13 +46,11 @@ class SearchSetup:
     Many targets share the layout and every batch: row i of a batch is scored by its own target
     `owners[i]` (an index into `targets`).
 
-    Scoring strategy (`reuse_kv`), chosen by device: on the CPU children are scored on top of their parents'
-    KV caches (`score_sequences` with parents), which saves FLOPs where FLOPs are the cost (2-core CPU,
-    SmolLM2-135M: 256 children of 8 parents, 12-token span, 3.0 s against 5.0 s for one plain batched forward;
-    `benchmarks/candidate_throughput`, 64 children: 2.9 s against 5.8 s). On a GPU the grouped forwards are
-    many small launches and one plain batched forward wins (the 256 children on an H100: 0.035 s against
-    0.36 s), so any non-CPU device scores with plain forwards. Batches under `MIN_GROUP_FOR_CACHE` rows use
-    plain forwards everywhere.
+    Scoring strategy (`scoring`): `"packed"` scores children on top of their parents' KV caches, their
+    changed tokens side by side in one forward (`dreamy.language.packed`); `"grouped"` does the same with
+    one forward per change position; `"full"` runs one plain batched forward over whole prompts. `build`'s
+    `"auto"` picks packed on every device (measured: `benchmarks/candidate_throughput` and
+    `benchmarks/epo_vs_reference`). Batches under `MIN_GROUP_FOR_CACHE` rows use plain forwards everywhere.
     """
 
     model: nn.Module
@@ -51,14 +62,22 @@ class SearchSetup:
     fluency_model: nn.Module | None = None
     chunk_size: int | None = None
     retokenize: bool = True
-    reuse_kv: bool = True
+    scoring: str = "packed"
     n_allowed: int = 0
+
+    @property
+    def reuse_kv(self) -> bool:
+        """Whether children are scored on their parents' KV caches (`scoring` is packed or grouped)."""
+        return self.scoring != "full"
 
     @classmethod
     def build(cls, loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", *, n_tokens: int,
               prefix: str = "", suffix: str = "", ascii_only: bool = True, fluency_model: nn.Module | None = None,
-              chunk_size: int | None = None, retokenize: bool = True) -> "SearchSetup":
-        """Parse the targets and tokenize the layout for `loaded` (a language `LoadedModel`)."""
+              chunk_size: int | None = None, retokenize: bool = True, scoring: str = "auto") -> "SearchSetup":
+        """Parse the targets and tokenize the layout for `loaded` (a language `LoadedModel`); `scoring` is
+        `"auto"`, `"packed"`, `"grouped"` or `"full"` (see the class docstring)."""
+        if scoring not in SCORING:
+            raise ValueError(f"scoring must be one of {', '.join(SCORING)}; got {scoring!r}")
         if loaded.tokenizer is None:
             raise ValueError(f"model '{loaded.name}' has no tokenizer; prompt search needs a language model")
         if isinstance(targets, (str, Target)):
@@ -79,7 +98,7 @@ class SearchSetup:
                                  "the fluency model must share the tokenizer (and vocabulary) of the searched model")
             check_linear_embedding(fluency_model.get_input_embeddings(), sample)
         return cls(loaded.model, loaded.tokenizer, parsed, probe, layout, allowed, fluency_model, chunk_size, retokenize,
-                   reuse_kv=torch.device(loaded.device).type == "cpu", n_allowed=int(allowed.sum()))
+                   scoring=auto_scoring(loaded.device) if scoring == "auto" else scoring, n_allowed=int(allowed.sum()))
 
     def _owners(self, owners: Tensor | None, n: int) -> Tensor:
         return torch.zeros(n, dtype=torch.long) if owners is None else torch.as_tensor(owners, dtype=torch.long)
@@ -95,7 +114,8 @@ class SearchSetup:
         parent_ids = None if parents is None else self.layout.full(parents if parents.ndim == 2 else parents[None])
         scores = score_sequences(self.model, self.probe, self.layout.full(spans), xent_span=self.layout.span,
                                  parent_ids=parent_ids, parent_index=parent_index, fluency_model=self.fluency_model,
-                                 chunk_size=self.chunk_size, parent_states=parent_states)
+                                 chunk_size=self.chunk_size, parent_states=parent_states,
+                                 strategy="grouped" if self.scoring == "grouped" else "packed")
         own = self._owners(owners, spans.shape[0]).to(scores.activation.device)
         return SequenceScores(scores.activation.gather(1, own[:, None]).squeeze(1), scores.xentropy)
 
@@ -145,14 +165,15 @@ class SearchSetup:
             unique.setdefault(tuple(row["token_ids"]), row)
         rows = list(unique.values())
         keep = pareto_indices([r["activation"] for r in rows], [r["xentropy"] for r in rows])
-        frontier = []
-        for i in keep:
-            row = rows[i]
-            full = self.layout.full(torch.tensor(row["token_ids"], device=self.layout.prefix.device)[None])[0]
-            attribution = token_attribution(self.model, self.probe, full, target_index)
-            start, end = self.layout.span
-            frontier.append(FrontierPoint(row["text"], row["token_ids"], row["activation"], row["xentropy"],
-                                          [self.tokenizer.decode([t]) for t in row["token_ids"]], attribution[start:end]))
+        points = [rows[i] for i in keep]
+        start, end = self.layout.span
+        attributions = []
+        for at in range(0, len(points), GRADIENT_CHUNK):  # one batched forward and backward per chunk
+            spans = torch.tensor([row["token_ids"] for row in points[at:at + GRADIENT_CHUNK]], device=self.layout.prefix.device)
+            attributions += token_attributions(self.model, self.probe, self.layout.full(spans), target_index)
+        frontier = [FrontierPoint(row["text"], row["token_ids"], row["activation"], row["xentropy"],
+                                  decode_each(self.tokenizer, row["token_ids"]), attribution[start:end])
+                    for row, attribution in zip(points, attributions)]
         settings = {**settings, "prefix": self.tokenizer.decode(self.layout.prefix.tolist()),
                     "suffix": self.tokenizer.decode(self.layout.suffix.tolist())}
         return PromptResult(str(self.targets[target_index]), history, frontier, settings, seed, method)

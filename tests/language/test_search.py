@@ -166,28 +166,37 @@ def test_an_epo_iteration_synchronizes_the_host_a_few_times_not_per_element(tiny
     assert per_iteration <= 4 * population, per_iteration
 
 
-def test_plain_forward_strategy_scores_like_kv_reuse(tiny_lm, monkeypatch):
-    # GPUs score children with one plain batched forward (`reuse_kv` False), CPUs on the parents' KV caches
+@pytest.mark.parametrize("strategy", ["packed", "grouped"])
+def test_every_scoring_strategy_scores_like_plain_forwards(tiny_lm, monkeypatch, strategy):
+    # packed (the default everywhere) and grouped reuse the parents' KV caches; full runs plain forwards
     from dreamy.language import scoring
     from dreamy.language.search import SearchSetup
 
-    setup = SearchSetup.build(tiny_lm, TARGET, n_tokens=6)
-    assert setup.reuse_kv  # on the CPU
+    assert SearchSetup.build(tiny_lm, TARGET, n_tokens=6).scoring == "packed"  # auto
+    setup = SearchSetup.build(tiny_lm, TARGET, n_tokens=6, scoring=strategy)
     parents = torch.randint(5, 200, (2, 6), generator=torch.Generator().manual_seed(0))
     kids = parents.repeat_interleave(8, dim=0)
     kids[torch.arange(16), torch.arange(16) % 6] = torch.arange(16) + 30
+    kids[3] = parents[0]  # a child equal to its parent
     index = torch.arange(2).repeat_interleave(8)
     spied = []
-    real = scoring._grouped
-    monkeypatch.setattr(scoring, "_grouped", lambda *a, **k: spied.append(1) or real(*a, **k))
+    real = getattr(scoring, f"_{strategy}")
+    monkeypatch.setattr(scoring, f"_{strategy}", lambda *a, **k: spied.append(1) or real(*a, **k))
     reused = setup.score(kids, parents=parents, parent_index=index)
-    assert spied  # grouped KV-reuse forwards on the CPU
-    setup.reuse_kv = False
+    assert spied  # the strategy's own path ran
+    setup.scoring = "full"
     spied.clear()
     plain = setup.score(kids, parents=parents, parent_index=index)
     assert not spied  # none with the plain strategy
     torch.testing.assert_close(plain.activation, reused.activation, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(plain.xentropy, reused.xentropy, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_scoring_strategy_is_refused(tiny_lm):
+    from dreamy.language.search import SearchSetup
+
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        SearchSetup.build(tiny_lm, TARGET, n_tokens=6, scoring="fast")
 
 
 @pytest.mark.parametrize("method", ["epo", "gcg"])
@@ -199,14 +208,14 @@ def test_searches_score_children_on_states_kept_from_the_gradient_pass(tiny_lm, 
     real = scoring.parent_states
     monkeypatch.setattr(scoring, "parent_states", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(search_module, "parent_states", scoring.parent_states)
-    grouped = []
-    real_grouped = scoring._grouped
-    monkeypatch.setattr(scoring, "_grouped", lambda *a, **k: grouped.append(a[-1] is not None) or real_grouped(*a, **k))
+    packed = []
+    real_packed = scoring._packed
+    monkeypatch.setattr(scoring, "_packed", lambda *a, **k: packed.append(a[-1] is not None) or real_packed(*a, **k))
     if method == "epo":
         epo(tiny_lm, TARGET, seed=0, restart_every=3, **SMALL)
     else:
         gcg(tiny_lm, TARGET, n_tokens=5, iters=4, batch_size=16, progress=False)
-    assert grouped and all(grouped)  # every grouped scoring got states
+    assert packed and all(packed)  # every packed scoring got states
     assert not calls
 
 
