@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -51,7 +51,10 @@ SHAPES = {  # random-init Llama models for GPU timing (SmolLM2 shapes)
                              num_key_value_heads=3),
     "llama-1.7b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
                              num_key_value_heads=32),
+    "llama-tiny-shape": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2),  # smoke tests only
 }
+TIMED_SHAPES = ("llama-135m-shape", "llama-1.7b-shape")
 
 
 def load_reference(src: str | os.PathLike) -> Any:
@@ -211,14 +214,62 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
             "speed_ratio": ours_speed / ref_speed}
 
 
-def timing_models(reference: Any, device: str, budget: dict[str, Any], iters: int, tokenizer_from: LoadedModel,
-                  ours: dict[str, Any]) -> list[dict[str, Any]]:
-    """s/iter of both methods on random-init Llama models of the SmolLM2 shapes (timing only)."""
+def _timed_epo(loaded: LoadedModel, target: str, budget: dict[str, Any], iters: int, ours: dict[str, Any]) -> tuple[float, float]:
+    """(s/iter of the whole call, s/iter of its loop) for one of our EPO runs, after a 2-iteration warm-up."""
+    kwargs = dict(n_tokens=budget["n_tokens"], population=budget["population"], children_per_member=budget["children"],
+                  seed=budget["seed"], progress=False, **ours)
+    epo(loaded, target, iters=2, **kwargs)
+    _sync(loaded.device)
+    start = time.perf_counter()
+    found = epo(loaded, target, iters=iters, **kwargs)
+    _sync(loaded.device)
+    return (time.perf_counter() - start) / iters, found.settings["loop_seconds"] / iters
+
+
+def _sync(device: Any) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _launches(run: Callable[[int], Any], device: Any) -> dict[str, float]:
+    """Kernel launches and host-device synchronizations per iteration of `run(iters)` (profiled at 3 and 1
+    iterations; the difference over 2)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def count(iters: int) -> tuple[int, int]:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run(iters)
+            _sync(device)
+        names = [e.name for e in prof.events()]
+        launches = sum(n in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx") for n in names)
+        syncs = sum(n in ("aten::item", "aten::_local_scalar_dense") for n in names)
+        return launches, syncs
+
+    one, three = count(1), count(3)
+    return {"launches_per_iter": (three[0] - one[0]) / 2, "syncs_per_iter": (three[1] - one[1]) / 2}
+
+
+def _our_loop(loaded: LoadedModel, target: str, budget: dict[str, Any], ours: dict[str, Any]) -> Callable[[int], Any]:
+    """Our EPO without building its result (frontier attributions grow with the iterations; profiles count the loop)."""
+    from unittest import mock
+
+    def run(iters: int) -> None:
+        with mock.patch.object(SearchSetup, "result", lambda *args, **kwargs: None):
+            epo(loaded, target, n_tokens=budget["n_tokens"], iters=iters, population=budget["population"],
+                children_per_member=budget["children"], seed=budget["seed"], progress=False, **ours)
+    return run
+
+
+def timing_models(reference: Any, device: str, budget: dict[str, Any], iters: int, tokenizer: Any,
+                  ours: dict[str, Any], scorings: list[str], profile_launches: bool = False,
+                  shapes: Sequence[str] = TIMED_SHAPES) -> list[dict[str, Any]]:
+    """s/iter of both methods on random-init Llama models of the SmolLM2 shapes (timing only; each run after a
+    2-iteration warm-up), ours once per scoring strategy in `scorings`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rows = []
-    tokenizer = tokenizer_from.tokenizer
-    for name, shape in SHAPES.items():
+    for name in shapes:
+        shape = SHAPES[name]
         config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **shape)
         torch.manual_seed(0)
@@ -228,14 +279,20 @@ def timing_models(reference: Any, device: str, budget: dict[str, Any], iters: in
         layer = config.num_hidden_layers // 2
         target = f"model.layers.{layer}.mlp.down_proj@in:5"
         timed = dict(budget, iters=iters)
-        start = time.perf_counter()
-        found = epo(loaded, target, n_tokens=timed["n_tokens"], iters=iters, population=timed["population"],
-                    children_per_member=timed["children"], seed=timed["seed"], progress=False, **ours)
-        ours_s = (time.perf_counter() - start) / iters
+        run_reference(reference, loaded, layer, 5, dict(timed, iters=2))  # warm-up
         ref_s = run_reference(reference, loaded, layer, 5, timed)["seconds"] / iters
-        rows.append({"model": name, "device": device, "iters": iters, "ours_s_per_iter": ours_s,
-                     "ours_loop_s_per_iter": found.settings["loop_seconds"] / iters, "reference_s_per_iter": ref_s,
-                     "ratio": ours_s / ref_s})
+        ref_counts = _launches(lambda n: run_reference(reference, loaded, layer, 5, dict(timed, iters=n)), device) \
+            if profile_launches else {}
+        for scoring in scorings:
+            options = dict(ours, scoring=scoring)
+            ours_s, loop_s = _timed_epo(loaded, target, budget, iters, options)
+            row = {"model": name, "device": device, "scoring": scoring, "iters": iters, "ours_s_per_iter": ours_s,
+                   "ours_loop_s_per_iter": loop_s, "reference_s_per_iter": ref_s, "ratio": ours_s / ref_s}
+            if profile_launches:
+                row.update(_launches(_our_loop(loaded, target, budget, options), device))
+                row.update({f"reference_{key}": value for key, value in ref_counts.items()})
+            rows.append(row)
+            print(row, flush=True)
         del model, loaded
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -255,6 +312,13 @@ def main() -> None:
     parser.add_argument("--topk", type=int, help="our EPO's topk (default: epo's)")
     parser.add_argument("--restart-every", type=int, help="our EPO's restart period (default: epo's; 0 = never)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP spinning on a loaded machine)")
+    parser.add_argument("--scoring", default="auto", help="our scoring strategy: auto, packed, grouped or full; "
+                                                          "for the timing runs a comma-separated list (default %(default)s)")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the random-init timing runs (no quality comparison; needs no model weights)")
+    parser.add_argument("--tokenizer", help="a tokenizer folder for --timing-only (default: the --model's)")
+    parser.add_argument("--shapes", default=",".join(TIMED_SHAPES), help=f"timing shapes, of {', '.join(SHAPES)}")
+    parser.add_argument("--profile-launches", action="store_true", help="count kernel launches and syncs per iteration")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -271,26 +335,38 @@ def main() -> None:
         ours["topk"] = args.topk
     if args.restart_every is not None:
         ours["restart_every"] = args.restart_every or None
+    scorings = args.scoring.split(",")
     started = time.perf_counter()
-    loaded = load(args.model, device=args.device)
-    figures = measure(loaded, reference, budget, ours)
-    table = []
-    for row in figures["rows"]:
-        for method in ("ours", "reference"):
-            table.append({"neuron": row["target"].replace(".mlp.down_proj@in", ""), "method": method,
-                          "s/iter": row[f"{method}_s_per_iter"],
-                          **{f"xent<={cut}": row[method][str(cut)] for cut in CUTOFFS}, "max": row[method]["max"]})
-    common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
-                                    f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
-    common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
-    print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
-          f"(ratio {figures['speed_ratio']:.2f})")
-    if args.device.startswith("cuda"):
-        figures["timing"] = timing_models(reference, args.device, budget, args.timing_iters, loaded, ours)
-        common.print_table(figures["timing"], title="GPU timing, random-init Llama models")
-    path = common.write_result("epo_vs_reference", figures, settings={"model": args.model, "device": args.device,
-                                                                      "reference_src": str(args.reference_src),
-                                                                      "ours": ours, **budget},
+    figures: dict[str, Any] = {}
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if not args.timing_only:
+        loaded = load(args.model, device=args.device)
+        tokenizer = tokenizer or loaded.tokenizer
+        figures = measure(loaded, reference, budget, dict(ours, scoring=scorings[0]))
+        table = []
+        for row in figures["rows"]:
+            for method in ("ours", "reference"):
+                table.append({"neuron": row["target"].replace(".mlp.down_proj@in", ""), "method": method,
+                              "s/iter": row[f"{method}_s_per_iter"],
+                              **{f"xent<={cut}": row[method][str(cut)] for cut in CUTOFFS}, "max": row[method]["max"]})
+        common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
+                                        f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
+        common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
+        print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
+              f"(ratio {figures['speed_ratio']:.2f})")
+    if args.device.startswith("cuda") or args.timing_only:
+        if tokenizer is None:
+            tokenizer = load(args.model).tokenizer
+        figures["timing"] = timing_models(reference, args.device, budget, args.timing_iters, tokenizer, ours, scorings,
+                                          args.profile_launches, args.shapes.split(","))
+        common.print_table(figures["timing"], title=f"timing, random-init Llama models on {args.device}")
+    name = "epo_vs_reference_timing" if args.timing_only else "epo_vs_reference"
+    path = common.write_result(name, figures, settings={"model": args.model, "device": args.device,
+                                                        "reference_src": str(args.reference_src), "ours": ours,
+                                                        "scoring": args.scoring, **budget},
                                results_dir=args.results_dir, device=args.device, started=started)
     print(f"\nwrote {path}")
 

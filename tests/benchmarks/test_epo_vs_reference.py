@@ -19,6 +19,17 @@ def test_epo_vs_reference_runs_small(run_script):
     assert set(figures["summary"]) == {"4.5", "5.0", "6.0", "7.0"}
 
 
+@pytest.mark.skipif(not (Path(REFERENCE) / "dreamy" / "epo.py").exists(), reason="no reference EPO")
+def test_epo_vs_reference_timing_only_runs_on_a_tiny_shape(run_script):
+    # the GPU timing runs, on the CPU: random-init Llama, every scoring strategy, launch counts
+    figures = run_script("epo_vs_reference", "--reference-src", REFERENCE, "--model", "tiny:lm", "--timing-only",
+                         "--shapes", "llama-tiny-shape", "--scoring", "packed,full", "--timing-iters", "1",
+                         "--children", "4", "--profile-launches", result="epo_vs_reference_timing")["figures"]
+    assert [row["scoring"] for row in figures["timing"]] == ["packed", "full"]
+    assert all(row["ours_s_per_iter"] > 0 and row["reference_s_per_iter"] > 0 for row in figures["timing"])
+    assert "rows" not in figures and figures["timing"][0]["syncs_per_iter"] <= 4 * 8
+
+
 def test_epo_vs_reference_skips_without_the_reference(monkeypatch, capsys, tmp_path):
     import sys
 
