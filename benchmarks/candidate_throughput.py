@@ -2,11 +2,13 @@
 
 Prompt search spends nearly all its time scoring children that differ from their parent in one
 position. For a batch of GCG-style children (one gradient-free random swap each, spread over the
-span) this script times `score_sequences` three ways on the same ids and checks they agree:
+span) this script times `score_sequences` four ways on the same ids and checks they agree:
 
 - `naive`: full forwards with logits at every position (what nanoGCG and the EPO reference code do),
 - `full`: full forwards, output layer only where the cross-entropy and the target need it,
-- `kv reuse`: children grouped by swap position on top of the parent's KV cache (the default).
+- `kv packed`: on top of the parent's KV cache, the children's changed tokens side by side in one forward
+  (the default, `dreamy.language.packed`),
+- `kv grouped`: on top of the parent's KV cache, one forward per swap position.
 
 For each it reports candidates/s, the FLOPs it actually ran (counted by torch), the model GFLOP/s
 it reached against the measured fp32 matmul peak, and the "effective" GFLOP/s: the naive method's
@@ -62,7 +64,9 @@ def measure(loaded: LoadedModel, target: str, settings: dict[str, Any], peak: fl
     methods = {
         "naive": lambda: naive_scores(probe, children, span),
         "full": lambda: score_sequences(model, probe, children, xent_span=span),
-        "kv reuse": lambda: score_sequences(model, probe, children, xent_span=span, parent_ids=parent),
+        "kv packed": lambda: score_sequences(model, probe, children, xent_span=span, parent_ids=parent),
+        "kv grouped": lambda: score_sequences(model, probe, children, xent_span=span, parent_ids=parent,
+                                              strategy="grouped"),
     }
     reference = None
     rows = []
