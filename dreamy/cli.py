@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--tokens", type=positive(int), default=10, help="prompt length in tokens")
     prompt.add_argument("--population", type=positive(int), default=6, help="EPO slots")
     prompt.add_argument("--children", type=positive(int), default=32, help="children per EPO member / GCG batch size")
-    prompt.add_argument("--topk", type=positive(int), default=64)
+    prompt.add_argument("--topk", type=positive(int), default=None,
+                        help="replacement tokens drawn from per position (default: the method's, EPO 128, GCG 64)")
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
@@ -105,7 +106,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         return {"steps": args.steps, "param": args.param, "lr": args.lr, "n_per_target": args.per_target,
                 "diversity": args.diversity, "regularizers": regs,
                 **({"image_size": (args.size, args.size)} if args.size else {})}
-    common = {"method": args.method, "n_tokens": args.tokens, "iters": args.iters, "topk": args.topk,
+    common = {"method": args.method, "n_tokens": args.tokens, "iters": args.iters,
+              **({} if args.topk is None else {"topk": args.topk}),
               "prefix": args.prefix, "suffix": args.suffix, **({} if args.describe else {"describe": False})}
     if args.method == "epo":
         return {**common, "population": args.population, "children_per_member": args.children}

@@ -75,7 +75,7 @@ def _frontier_summary(history: list[dict]) -> str:
 
 
 def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters: int = 100, population: int = 8,
-        lambda_range: tuple[float, float] = (0.1, 10.0), children_per_member: int = 32, topk: int = 64,
+        lambda_range: tuple[float, float] = (0.1, 10.0), children_per_member: int = 32, topk: int = 128,
         n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
         init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
         fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
@@ -129,7 +129,7 @@ class _Population:
 
 def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 12, iters: int = 100,
              population: int = 8, lambda_range: tuple[float, float] = (0.1, 10.0), children_per_member: int = 32,
-             topk: int = 64, n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
+             topk: int = 128, n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
              init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
              fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
              progress: bool = True, scoring: str = "auto") -> list[PromptResult]:
