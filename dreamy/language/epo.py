@@ -82,15 +82,18 @@ def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters:
         progress: bool = True, scoring: str = "auto") -> PromptResult:
     """Run EPO on `target`; see the module docstring. Returns history and the Pareto frontier.
 
-    Defaults: `topk=64`, `restart_every=30` (never in the last iteration), `lambda_range=(0.1, 10.0)` (the
-    reference's range), 8 slots x 32 children. Evidence (`benchmarks/epo_vs_reference`, SmolLM2-135M, 4 MLP
-    neurons at 4 depths, 12 tokens, 30 iterations, random starts; the reference with its own topk 512 and
-    whole vocabulary): the best activation at prompt cross-entropy <= 4.5 / 5 / 6 / 7 was at least the
-    reference's on 4 / 4 / 3 / 2 of 4 neurons, summed 8.9 vs 0, 9.6 vs 0.5, 13.1 vs 8.4, 13.9 vs 13.2 (the
-    deepest neuron is where the reference holds more at cross-entropy 6-7). `benchmarks/epo_defaults` sweeps
-    topk, lambda range and restart period on the same neurons; at 10 iterations only topk=64 has been run
-    (sums at <= 6 / 7: 0.93 / 1.16), so these remain the previous defaults, checked against the reference
-    rather than tuned.
+    Defaults: `topk=128`, `restart_every=30` (never in the last iteration), `lambda_range=(0.1, 10.0)` (the
+    reference's range), 8 slots x 32 children. `topk` is the pick of `benchmarks/epo_defaults --full`
+    (SmolLM2-135M, the 4 MLP neurons of `benchmarks/epo_vs_reference`, 12 tokens, 30 iterations, random
+    starts): the best activation at prompt cross-entropy <= 4.5 / 5 / 6 / 7, summed over the neurons, was
+    8.9 / 9.6 / 13.1 / 13.9 with topk 64, 5.6 / 11.6 / 16.4 / 20.5 with 128 and 0.3 / 10.8 / 16.2 / 18.2 with
+    256 (one seed: single neurons swing by several units between settings). Against the reference in
+    `benchmarks/epo_vs_reference` (two threads, idle machine; the reference with its own topk 512 over the
+    whole vocabulary), the best activation at cross-entropy <= 4.5 / 5 / 6 / 7 was at least the reference's
+    on 3 / 3 / 3 / 3 of 4 neurons, summed 5.6 vs 0.6, 11.6 vs 0.6, 16.4 vs 0.7, 20.5 vs 5.6, at 0.61x its
+    seconds per iteration (the layer-12 neuron is where the reference holds slightly more). The restart
+    period and lambda range were not swept at 30 iterations. `scoring` says how children are scored
+    (see `SearchSetup`; "auto" is packed KV reuse on every device).
     """
     return epo_many(loaded, [target], n_tokens=n_tokens, iters=iters, population=population, lambda_range=lambda_range,
                     children_per_member=children_per_member, topk=topk, n_swaps=n_swaps, restart_every=restart_every,
@@ -136,7 +139,7 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
     """EPO on every target of `targets` in lockstep, packed into shared batches; one result per target.
 
     One gradient pass serves every member of every target that needs a new gradient, and one scoring
-    call every child (children of different targets that swap the same position share a forward).
+    call every child (children of every member of every target packed side by side in one forward).
     Each target draws from its own generator seeded with `seed`, so its result is the one `epo` gives
     it alone (up to floating-point differences between batch sizes).
 

@@ -5,7 +5,7 @@ Each iteration ranks replacement tokens per position by the one-hot gradient of 
 moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span.
 
 `gcg_many` searches many targets in lockstep: one gradient pass for all their prompts, one scoring
-call for all their children (rows of different targets that swap the same position share a forward).
+call for all their children (packed side by side on their parents' KV caches, see `SearchSetup`).
 Each target draws from its own generator seeded with `seed`, so its result is the one `gcg` gives
 it alone (up to floating-point differences between batch sizes).
 

@@ -29,16 +29,6 @@ from dreamy.targets import Probe, Target, parse
 SCORING = ("auto", "packed", "grouped", "full")
 
 
-def auto_scoring(device: "str | torch.device") -> str:
-    """The scoring strategy `"auto"` picks on `device` (see `SearchSetup`).
-
-    Example:
-        >>> auto_scoring("cpu")
-        'packed'
-    """
-    return "packed"
-
-
 @dataclass
 class SearchSetup:
     """A model, its tokenizer, the targets searched together (one probe for all), and the prompt layout.
@@ -49,8 +39,11 @@ class SearchSetup:
     Scoring strategy (`scoring`): `"packed"` scores children on top of their parents' KV caches, their
     changed tokens side by side in one forward (`dreamy.language.packed`); `"grouped"` does the same with
     one forward per change position; `"full"` runs one plain batched forward over whole prompts. `build`'s
-    `"auto"` picks packed on every device (measured: `benchmarks/candidate_throughput` and
-    `benchmarks/epo_vs_reference`). Batches under `MIN_GROUP_FOR_CACHE` rows use plain forwards everywhere.
+    `"auto"` picks packed on every device. Measured (256 children of 8 parents, 13-token prompts): on this
+    2-core CPU with SmolLM2-135M, one thread beside another job, full 15.9 s, grouped 10.3 s, packed 8.5 s; on an H100 with a
+    random-init Llama of the 135M shape, full 51 ms, grouped 322 ms (one forward per position: launch-bound),
+    packed 48 ms, and whole EPO iterations 0.25 / 0.63 / 0.16 s. Batches under `MIN_GROUP_FOR_CACHE` rows
+    use plain forwards everywhere.
     """
 
     model: nn.Module
@@ -98,7 +91,7 @@ class SearchSetup:
                                  "the fluency model must share the tokenizer (and vocabulary) of the searched model")
             check_linear_embedding(fluency_model.get_input_embeddings(), sample)
         return cls(loaded.model, loaded.tokenizer, parsed, probe, layout, allowed, fluency_model, chunk_size, retokenize,
-                   scoring=auto_scoring(loaded.device) if scoring == "auto" else scoring, n_allowed=int(allowed.sum()))
+                   scoring="packed" if scoring == "auto" else scoring, n_allowed=int(allowed.sum()))
 
     def _owners(self, owners: Tensor | None, n: int) -> Tensor:
         return torch.zeros(n, dtype=torch.long) if owners is None else torch.as_tensor(owners, dtype=torch.long)
