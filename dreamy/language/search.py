@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from dreamy.language.attribution import token_attributions
 from dreamy.language.gradients import GRADIENT_CHUNK, check_linear_embedding, token_gradients, top_tokens
+from dreamy.language.graphs import GradientGraph, bucket_rows
 from dreamy.language.layout import PromptLayout, make_layout
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.result import FrontierPoint, PromptResult
@@ -57,6 +58,8 @@ class SearchSetup:
     retokenize: bool = True
     scoring: str = "packed"
     n_allowed: int = 0
+    cuda_graphs: bool = True
+    _graphs: dict = field(default_factory=dict, repr=False)
 
     @property
     def reuse_kv(self) -> bool:
@@ -129,6 +132,9 @@ class SearchSetup:
         """`top_tokens`, and the spans' `ParentStates` kept from the same forward when scoring reuses them
         (`keeps_states`; else None): a search scores the children of these spans without another forward."""
         owners = self._owners(owners, spans.shape[0])
+        replayed = self._replay_gradient_graph(spans, lambdas, topk, owners)
+        if replayed is not None:
+            return replayed
 
         def one(rows: slice) -> tuple[Tensor, list[ParentStates]]:
             kept: list[ParentStates] = []  # per call: a chunk retried after out-of-memory keeps nothing twice
@@ -140,6 +146,34 @@ class SearchSetup:
         parts = run_chunked(one, spans.shape[0], GRADIENT_CHUNK)
         tables = torch.cat([table for table, _ in parts])
         return tables, ParentStates.cat([s for _, kept in parts for s in kept]) if self.keeps_states else None
+
+    def _replay_gradient_graph(self, spans: Tensor, lambdas: Tensor, topk: int,
+                               owners: Tensor) -> tuple[Tensor, ParentStates] | None:
+        """On a CUDA device, the gradient pass as a replayed CUDA graph (`dreamy.language.graphs`; one per
+        padded row count and topk), when `cuda_graphs` is on and scoring keeps parent states; else None."""
+        if not (self.cuda_graphs and self.keeps_states and self._graph_device(spans.device)):
+            return None
+        rows = bucket_rows(spans.shape[0], GRADIENT_CHUNK)
+        if rows is None:
+            return None
+        key = (rows, topk)
+        if key not in self._graphs:
+            allowed = self.allowed.to(spans.device)
+
+            def run(batch: Tensor, weights: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                kept: list[ParentStates] = []
+                grad, _, _ = token_gradients(self.model, self.probe, self.layout, batch, weights, row_targets=targets,
+                                             chunk_size=batch.shape[0], states=kept)
+                state = kept[0]
+                kv = torch.stack([torch.stack(pair) for pair in state.layers])
+                return top_tokens(grad, allowed, topk, self.n_allowed), kv, state.token_xent, state.logprobs
+
+            self._graphs[key] = GradientGraph(run, rows, spans.shape[1], spans.device)
+        return self._graphs[key](spans, lambdas, owners)
+
+    @staticmethod
+    def _graph_device(device: torch.device) -> bool:
+        return device.type == "cuda"
 
     def states_of(self, spans: Tensor) -> ParentStates:
         """`ParentStates` of `spans [P, L]` from a plain forward (for parents whose gradient pass kept none)."""

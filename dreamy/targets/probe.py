@@ -133,6 +133,7 @@ class _Scorer:
         self.sequence_reduce = sequence_reduce
         self.patch_tokens = patch_tokens
         self.units: dict[Term, ResolvedUnit] = {}
+        self._coef_cache: dict[tuple, Tensor] = {}
         for target in self.targets:
             for term in target.terms:
                 if term not in self.units:
@@ -167,14 +168,18 @@ class _Scorer:
                     cache[term] = self.reduced_term(term, activations)
                 values.append(cache[term])
             per_target.append(torch.stack(values, dim=1))
-        scores = torch.stack(
-            [
-                (values * torch.tensor([t.coef for t in target.terms], dtype=values.dtype, device=values.device)).sum(dim=1)
-                for values, target in zip(per_target, self.targets)
-            ],
-            dim=1,
-        )
+        scores = torch.stack([(values * self._coefs(j, values)).sum(dim=1) for j, values in enumerate(per_target)], dim=1)
         return scores, per_target
+
+    def _coefs(self, j: int, values: Tensor) -> Tensor:
+        """Target j's term coefficients on `values`' device and dtype, made once (a host-to-device copy per call
+        would also break CUDA-graph capture)."""
+        key = (j, values.dtype, values.device)
+        if key not in self._coef_cache:
+            with torch.inference_mode(False):  # a normal tensor: gradient passes may save it for backward
+                self._coef_cache[key] = torch.tensor([t.coef for t in self.targets[j].terms], dtype=values.dtype,
+                                                     device=values.device)
+        return self._coef_cache[key]
 
     def maps(self, activations: dict[str, Tensor]) -> list[Tensor]:
         result = []
