@@ -188,8 +188,9 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
             _select(setup, pops, groups, lambdas, lambda_list, iteration)
             bar.update(1)
             if progress:  # the summary walks the whole history: only for a bar someone sees
+                mean_best = sum(max(r["activation"] for r in p.history) for p in pops) / n_targets
                 bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
-                                f"{n_targets} targets, mean best {sum(max(r['activation'] for r in p.history) for p in pops) / n_targets:.3g}")
+                                f"{n_targets} targets, mean best {mean_best:.3g}")
     loop_seconds = time.perf_counter() - started
     results = []
     for k, pop in enumerate(pops):

@@ -41,11 +41,12 @@ class SearchSetup:
     changed tokens side by side in one forward (`dreamy.language.packed`); `"grouped"` does the same with
     one forward per change position; `"full"` runs one plain batched forward over whole prompts. `build`'s
     `"auto"` picks packed on every device. Measured (256 children of 8 parents, 13-token prompts): on this
-    2-core CPU with SmolLM2-135M, one thread beside another job, full 15.9 s, grouped 10.3 s, packed 8.5 s; on an H100 with a
-    random-init Llama of the 135M shape, full 51 ms, grouped 322 ms (one forward per position: launch-bound),
-    packed 48 ms, and whole EPO iterations 0.25 / 0.63 / 0.16 s. Batches under `MIN_GROUP_FOR_CACHE` rows
-    use plain forwards everywhere. On CUDA (`cuda_graphs`, on by default) the gradient pass is replayed as a
-    CUDA graph (`dreamy.language.graphs`): the 135M-shape EPO iteration then took 0.08 s.
+    2-core CPU with SmolLM2-135M (one thread beside another job) full 15.9 s, grouped 10.3 s, packed
+    8.5 s; on an H100 with a random-init Llama of the 135M shape full 51 ms, grouped 322 ms (one forward
+    per position: launch-bound), packed 48 ms, and whole EPO iterations 0.25 / 0.63 / 0.16 s. Batches
+    under `MIN_GROUP_FOR_CACHE` rows use plain forwards everywhere. On CUDA (`cuda_graphs`, on by default)
+    the gradient pass is replayed as a CUDA graph (`dreamy.language.graphs`): the 135M-shape EPO iteration
+    then took 0.08 s.
     """
 
     model: nn.Module
