@@ -75,25 +75,27 @@ def _frontier_summary(history: list[dict]) -> str:
 
 
 def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters: int = 100, population: int = 8,
-        lambda_range: tuple[float, float] = (0.1, 10.0), children_per_member: int = 32, topk: int = 128,
+        lambda_range: tuple[float, float] = (0.3, 30.0), children_per_member: int = 32, topk: int = 128,
         n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
         init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
         fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
         progress: bool = True, scoring: str = "auto") -> PromptResult:
     """Run EPO on `target`; see the module docstring. Returns history and the Pareto frontier.
 
-    Defaults: `topk=128`, `restart_every=30` (never in the last iteration), `lambda_range=(0.1, 10.0)` (the
-    reference's range), 8 slots x 32 children. `topk` is the pick of `benchmarks/epo_defaults --full`
-    (SmolLM2-135M, the 4 MLP neurons of `benchmarks/epo_vs_reference`, 12 tokens, 30 iterations, random
-    starts): the best activation at prompt cross-entropy <= 4.5 / 5 / 6 / 7, summed over the neurons, was
-    8.9 / 9.6 / 13.1 / 13.9 with topk 64, 5.6 / 11.6 / 16.4 / 20.5 with 128 and 0.3 / 10.8 / 16.2 / 18.2 with
-    256 (one seed: single neurons swing by several units between settings). Against the reference in
-    `benchmarks/epo_vs_reference` (two threads, idle machine; the reference with its own topk 512 over the
-    whole vocabulary), the best activation at cross-entropy <= 4.5 / 5 / 6 / 7 was at least the reference's
-    on 3 / 3 / 3 / 3 of 4 neurons, summed 5.6 vs 0.6, 11.6 vs 0.6, 16.4 vs 0.7, 20.5 vs 5.6, at 0.61x its
-    seconds per iteration (the layer-12 neuron is where the reference holds slightly more). The restart
-    period and lambda range were not swept at 30 iterations. `scoring` says how children are scored
-    (see `SearchSetup`; "auto" is packed KV reuse on every device).
+    Defaults: `topk=128`, `lambda_range=(0.3, 30.0)`, `restart_every=30` (never in the last iteration), 8 slots
+    x 32 children, all picked by `benchmarks/epo_defaults --full` (SmolLM2-135M, the 4 MLP neurons of
+    `benchmarks/epo_vs_reference`, 12 tokens, 30 iterations, random starts; `benchmarks/results/full/epo_defaults*.json`):
+    the best activation at prompt cross-entropy <= 4.5 / 5 / 6 / 7, summed over the neurons, was
+    8.9 / 9.6 / 13.1 / 13.9 with topk 64 and the reference's lambda range (0.1, 10); 5.6 / 11.6 / 16.4 / 20.5
+    with topk 128; 0.3 / 10.8 / 16.2 / 18.2 with topk 256; with topk 128, restarts every 10 iterations gave
+    0.9 / 6.8 / 8.2 / 21.3 and lambda range (0.3, 30) 2.4 / 21.0 / 28.3 / 34.3 (one seed: single neurons swing
+    by several units between settings). Against the reference (`benchmarks/epo_vs_reference`, two threads,
+    idle machine; the reference with its own topk 512 over the whole vocabulary and lambda range (0.1, 10)),
+    with lambda range (0.3, 30) our best activation at cross-entropy <= 4.5 / 5 / 6 / 7 (from the sweep; our
+    results were identical at one and two threads) was at least the reference's on 3 / 3 / 4 / 3 of 4 neurons (sums 2.4 vs 0.6, 21.0 vs 0.6, 28.3 vs 0.7, 34.3 vs 5.6; with
+    (0.1, 10): 3 / 3 / 3 / 3, at 0.61x its seconds per iteration; the layer-12 neuron is where the reference
+    holds slightly more). `scoring` says how children are scored (see `SearchSetup`; "auto" is packed KV
+    reuse on every device).
     """
     return epo_many(loaded, [target], n_tokens=n_tokens, iters=iters, population=population, lambda_range=lambda_range,
                     children_per_member=children_per_member, topk=topk, n_swaps=n_swaps, restart_every=restart_every,
@@ -131,7 +133,7 @@ class _Population:
 
 
 def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 12, iters: int = 100,
-             population: int = 8, lambda_range: tuple[float, float] = (0.1, 10.0), children_per_member: int = 32,
+             population: int = 8, lambda_range: tuple[float, float] = (0.3, 30.0), children_per_member: int = 32,
              topk: int = 128, n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
              init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
              fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
