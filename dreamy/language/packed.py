@@ -191,9 +191,9 @@ def score_packed(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, i
     tokens, position, child, parents, mask = _packed_inputs(ids, first, layout, model.get_input_embeddings().weight.dtype)
 
     token_xent = states.token_xent[owner].clone()  # span tokens before a child's first change: its parent's
-    # the token at the first change: the parent's prediction one position earlier; later ones: set below
-    n = ((first >= start) & (first < end)).nonzero().flatten() if not all(start <= f < end for f in host_first) \
-        else torch.arange(ids.shape[0], device=device)
+    # the token at the first change (when in the span): the parent's prediction one position earlier; later ones
+    # are set below
+    n = torch.tensor([i for i, f in enumerate(host_first) if start <= f < end], dtype=torch.long, device=device)
     at = first[n] - start
     token_xent[n, at] = -states.logprobs[owner[n], at, ids[n, first[n]]]
     cache_name = cache_kwarg(model)

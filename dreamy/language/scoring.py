@@ -241,8 +241,7 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
              chunk_size: int, states: ParentStates | None) -> SequenceScores:
     n, length = ids.shape
     start, end = span
-    differs = ids != parents[owner]
-    first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), torch.full((n,), length, device=ids.device))
+    first = first_changes(ids, parents, owner)
     reuse = states if states is not None else parent_states(model, parents, span, chunk_size)
     swap_xent = torch.zeros(n, device=ids.device)  # each child's first changed token under its parent's prediction
     in_span = ((first >= start) & (first < end)).nonzero().flatten()
