@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from benchmarks import common
-from benchmarks.epo_vs_reference import BUDGET, CUTOFFS, our_bests, pick_neurons
+from benchmarks.epo_vs_reference import BUDGET, CUTOFFS, epo_budget, our_bests, pick_neurons
 from dreamy.language import epo
 from dreamy.models import load
 
@@ -60,8 +60,7 @@ def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict
         for layer, neuron in neurons:
             target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
             start = time.perf_counter()
-            found = epo(loaded, target, n_tokens=budget["n_tokens"], iters=budget["iters"], population=budget["population"],
-                        children_per_member=budget["children"], seed=budget["seed"], progress=False, **options)
+            found = epo(loaded, target, iters=budget["iters"], **epo_budget(budget), **options)
             seconds += time.perf_counter() - start
             per_neuron.append({"target": target, **our_bests(found.history)})
         sums = {str(cut): sum(r[str(cut)] or 0.0 for r in per_neuron) for cut in CUTOFFS}

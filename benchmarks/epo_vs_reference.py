@@ -88,6 +88,17 @@ def pick_neurons(loaded: LoadedModel, n: int, seed: int) -> list[tuple[int, int]
     return picks
 
 
+def epo_budget(budget: dict[str, Any]) -> dict[str, Any]:
+    """Our `epo` keyword arguments for a budget (all but `iters`).
+
+    Example:
+        >>> sorted(epo_budget(BUDGET))
+        ['children_per_member', 'n_tokens', 'population', 'progress', 'seed']
+    """
+    return dict(n_tokens=budget["n_tokens"], population=budget["population"], children_per_member=budget["children"],
+                seed=budget["seed"], progress=False)
+
+
 def reference_cache_run(model: torch.nn.Module, layer: int, neuron: int, bos: int) -> Callable[..., dict[str, Any]]:
     """The reference's `cache_run`: BOS + span in, {"target": neuron at the last token, "logits": one per span token}."""
     module = model.model.layers[layer].mlp.down_proj
@@ -191,8 +202,7 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
 
         def run_ours() -> dict[str, Any]:
             start = time.perf_counter()
-            found = epo(loaded, target, n_tokens=budget["n_tokens"], iters=budget["iters"], population=budget["population"],
-                        children_per_member=budget["children"], seed=budget["seed"], progress=False, **ours)
+            found = epo(loaded, target, iters=budget["iters"], **epo_budget(budget), **ours)
             return {"seconds": time.perf_counter() - start, "history": found.history,
                     "loop_seconds": found.settings["loop_seconds"]}
 
@@ -216,8 +226,7 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
 
 def _timed_epo(loaded: LoadedModel, target: str, budget: dict[str, Any], iters: int, ours: dict[str, Any]) -> tuple[float, float]:
     """(s/iter of the whole call, s/iter of its loop) for one of our EPO runs, after a 2-iteration warm-up."""
-    kwargs = dict(n_tokens=budget["n_tokens"], population=budget["population"], children_per_member=budget["children"],
-                  seed=budget["seed"], progress=False, **ours)
+    kwargs = dict(epo_budget(budget), **ours)
     epo(loaded, target, iters=2, **kwargs)
     _sync(loaded.device)
     start = time.perf_counter()
@@ -255,8 +264,7 @@ def _our_loop(loaded: LoadedModel, target: str, budget: dict[str, Any], ours: di
 
     def run(iters: int) -> None:
         with mock.patch.object(SearchSetup, "result", lambda *args, **kwargs: None):
-            epo(loaded, target, n_tokens=budget["n_tokens"], iters=iters, population=budget["population"],
-                children_per_member=budget["children"], seed=budget["seed"], progress=False, **ours)
+            epo(loaded, target, iters=iters, **epo_budget(budget), **ours)
     return run
 
 
