@@ -240,9 +240,10 @@ class Probe:
     def __repr__(self) -> str:
         return f"Probe({[str(t) for t in self.targets]})"
 
-    def _register(self, captured: dict[str, Tensor], stop_early: bool) -> list[Any]:
+    def _register(self, captured: dict[str, Tensor], stop_early: bool, handles: list[Any]) -> None:
+        """Hook every site, appending each handle to `handles` as soon as it exists (so a caller's `finally`
+        removes every hook even if registration itself is interrupted)."""
         remaining = set(self.sites)
-        handles = []
 
         def make_hook(site: Site):
             def on_fire(value: Any) -> None:
@@ -268,7 +269,6 @@ class Probe:
                 handles.append(module.register_forward_pre_hook(make_hook(site), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(make_hook(site)))
-        return handles
 
     def __call__(
         self,
@@ -282,8 +282,9 @@ class Probe:
         captured: dict[str, Tensor] = {}
         stop_early = not (need_output or self.reads_logits)
         output = None
-        handles = self._register(captured, stop_early)
-        try:
+        handles: list[Any] = []
+        try:  # registration inside: a Ctrl-C or SIGTERM while hooking must not leave hooks on the model
+            self._register(captured, stop_early, handles)
             output = self.model(*args, **kwargs)
         except _StopForward:
             output = None
@@ -348,17 +349,17 @@ def capture_raw(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: di
     """
     raw: dict[Site, Any] = {}
     handles = []
-    for site in sites:
-        module = resolve_module(model, site.path)
-        if site.input:
-            def pre_hook(module, hook_args, hook_kwargs, site=site):
-                raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-            def hook(module, hook_args, output, site=site):
-                raw.setdefault(site, output)
-            handles.append(module.register_forward_hook(hook))
-    try:
+    try:  # registration inside, as in `Probe.__call__`
+        for site in sites:
+            module = resolve_module(model, site.path)
+            if site.input:
+                def pre_hook(module, hook_args, hook_kwargs, site=site):
+                    raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            else:
+                def hook(module, hook_args, output, site=site):
+                    raw.setdefault(site, output)
+                handles.append(module.register_forward_hook(hook))
         with torch.no_grad():
             output = model(*args, **kwargs)
     finally:

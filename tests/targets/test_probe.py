@@ -119,6 +119,30 @@ def test_no_hook_remains_after_an_exception(net, images):
     assert all_hooks(net) == 0
 
 
+def test_no_hook_remains_when_hooking_itself_is_interrupted(net, images, monkeypatch):
+    # a Ctrl-C or SIGTERM that lands while the probe registers its hooks (after the first, before the second)
+    from dreamy.targets.probe import capture_raw
+    from dreamy.targets.spec import Site
+
+    real = nn.Module.register_forward_hook
+    calls = []
+
+    def interrupted_on_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "register_forward_hook", interrupted_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        Probe(net, ["1:0", "3:0"])(images)
+    assert all_hooks(net) == 0
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        capture_raw(net, [Site("1"), Site("3")], (images,), {})
+    assert all_hooks(net) == 0
+
+
 def test_unknown_site_suggests_close_names():
     model = nn.Module()
     model.layer4 = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
