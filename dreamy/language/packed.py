@@ -205,8 +205,10 @@ def score_packed(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, i
         hi = min(total, lo + step)
         slots = [s - lo * width for s in layout.label_slots if lo * width <= s < hi * width]
         slot_index = torch.tensor(slots, dtype=torch.long, device=device)
-        gather = None if probe.reads_logits or head is None else _GatherHead(head, slot_index)
+        gather = None
         try:
+            if not (probe.reads_logits or head is None):
+                gather = _GatherHead(head, slot_index)
             result = probe(input_ids=tokens[lo:hi], position_ids=position[lo:hi], attention_mask=mask[lo:hi],
                            **{cache_name: _rows_cache(states.layers, parents[lo:hi])}, need_output=True,
                            keep_activations=True)
