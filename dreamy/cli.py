@@ -249,7 +249,7 @@ def _sites(args: argparse.Namespace) -> int:
 def _dream(args: argparse.Namespace) -> int:
     from dreamy.batches import plan_batches, unusable_targets
     from dreamy.models import load
-    from dreamy.results import OutDirError, prepare_out_dir, run_info
+    from dreamy.results import OutDirError, prepare_out_dir, run_info, run_lock
     from dreamy.scale import dream_targets
 
     device = _check_arguments(args)
@@ -271,14 +271,18 @@ def _dream(args: argparse.Namespace) -> int:
         more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
         raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
     judges = _load_judges(args, loaded, device)
-    records = dream_targets(args.model, specs, kind=args.command, settings=settings, out_dir=out,
-                            resume=args.resume, overwrite=args.overwrite, seed=args.seed,
-                            batch_targets=args.batch_targets, use_ray=args.ray is not None,
-                            ray_address=args.ray or None, workers=args.workers, device=str(device),
-                            progress=not args.quiet, loaded=loaded)
-    if judges:
-        _attach_judges(args, judges, out)
-    _attach_maxima(args, loaded, out)
+    try:
+        with run_lock(out):  # one run per folder, for the dreams, the judges and the maxima alike
+            records = dream_targets(args.model, specs, kind=args.command, settings=settings, out_dir=out,
+                                    resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+                                    batch_targets=args.batch_targets, use_ray=args.ray is not None,
+                                    ray_address=args.ray or None, workers=args.workers, device=str(device),
+                                    progress=not args.quiet, loaded=loaded)
+            if judges:
+                _attach_judges(args, judges, out)
+            _attach_maxima(args, loaded, out)
+    except OutDirError as error:
+        raise UsageError(str(error)) from error
     failed = [r for r in records if "error" in r]
     for record in failed:
         print(f"dream: target {record['target']} failed: {record['error']}", file=sys.stderr)

@@ -22,13 +22,20 @@ import json
 import math
 import os
 import re
-import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-# What a dreamy run writes into its output folder (removed by `prepare_out_dir(..., overwrite=True)`).
-OUTPUT_NAMES = ("results.json", "index.html", "images", "maxima")
+# The files a dreamy run writes into its output folder besides those its records name (images, plots,
+# maxima PNGs); `clear_outputs` removes these and the recorded files, nothing else.
+OUTPUT_NAMES = ("results.json", "index.html")
+OUTPUT_FOLDERS = ("images", "maxima")  # removed only when nothing of the user's is left in them
+LOCK_NAME = ".dreamy.lock"
 
 
 class OutDirError(ValueError):
@@ -166,13 +173,20 @@ def _check_writable(directory: Path) -> None:
         raise OutDirError(f"--out {directory} is not writable ({error.strerror or error}); choose another folder") from error
 
 
+def _user_entries(directory: Path) -> list[Path]:
+    """What a folder holds, except this tool's lock file."""
+    return [entry for entry in directory.iterdir() if entry.name != LOCK_NAME]
+
+
 def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
     """Check, before any work, that `directory` can take the results of `run` (see `run_info`).
 
-    Refused (`OutDirError`): an empty path, a path that is a file, a folder that cannot be written, a
-    non-empty folder without `resume` or `overwrite`, a `resume` into results of another run (the message
-    names what differs) or into a broken results.json. `overwrite` lets any folder through (the caller
-    clears the old outputs with `clear_outputs` once its own checks pass). Nothing is created or removed here.
+    Refused (`OutDirError`): an empty path, a path that is a file, a folder that cannot be written, a folder
+    another run is writing into (see `run_lock`), a non-empty folder without `resume` or `overwrite`, a `resume`
+    into results of another run (the message names what differs) or into a broken results.json, and an
+    `overwrite` of a non-empty folder that holds no dreamy results.json (nothing there is known to be a run's
+    output). With `overwrite` the caller clears the old run's outputs with `clear_outputs` once its own checks
+    pass. Nothing is created or removed here.
 
     Example:
         >>> import tempfile
@@ -184,9 +198,16 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
     if directory.exists() and not directory.is_dir():
         raise OutDirError(f"--out {directory} exists and is not a folder")
     _check_writable(directory)
-    if not directory.exists() or not any(directory.iterdir()):
+    if not directory.exists():
+        return
+    check_unlocked(directory)
+    if not _user_entries(directory):
         return
     if overwrite:
+        if not (directory / "results.json").exists() and not (directory / "results.json").is_symlink():
+            raise OutDirError(f"--out {directory} is not empty and holds no dreamy results.json, so --overwrite cannot "
+                              "tell a run's outputs from your own files; empty it or choose another folder")
+        _read_results(directory / "results.json")  # refuses a file that is not ours
         return
     if not resume:
         raise OutDirError(f"--out {directory} is not empty; add --resume to continue its run, --overwrite to replace it, "
@@ -203,19 +224,146 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
                           "use the same settings, --overwrite, or another --out")
 
 
+def recorded_files(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The output-folder paths that `records` name: dreamed images, plots and dataset-maxima PNGs.
+
+    Example:
+        >>> recorded_files([{"target": "a:1", "images": ["images/a_0.png"], "plot": "images/a_steps.png",
+        ...                  "maxima": [{"image": "maxima/a_0.png"}, {"text": "hi"}]}])
+        ['images/a_0.png', 'images/a_steps.png', 'maxima/a_0.png']
+    """
+    names: list[str] = []
+    for record in records:
+        names += [name for name in record.get("images") or [] if isinstance(name, str)]
+        if isinstance(record.get("plot"), str):
+            names.append(record["plot"])
+        names += [item["image"] for item in record.get("maxima") or []
+                  if isinstance(item, dict) and isinstance(item.get("image"), str)]
+    return list(dict.fromkeys(names))
+
+
 def clear_outputs(directory: str | Path) -> None:
-    """Remove what a dreamy run wrote into `directory` (`OUTPUT_NAMES`); other files stay.
+    """Remove what the dreamy run in `directory` wrote: its results.json and index.html, and the files its
+    records name (images, plots, maxima PNGs); then `images/` and `maxima/` when that left them empty. Every
+    other file stays, also inside those folders. A record naming a path outside the folder is ignored.
 
     Example:
         >>> import tempfile
         >>> clear_outputs(tempfile.mkdtemp())
     """
-    for name in OUTPUT_NAMES:
-        path = Path(directory) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
+    directory = Path(directory)
+    results = directory / "results.json"
+    records = _read_results(results)[1] if results.is_file() else []
+    root = directory.resolve()
+    for name in recorded_files(records) + list(OUTPUT_NAMES):
+        path = directory / name
+        try:
+            inside = path.parent.resolve().is_relative_to(root) and ".." not in Path(name).parts
+        except OSError:
+            continue
+        if inside and (path.is_file() or path.is_symlink()):
             path.unlink()
+    for name in OUTPUT_FOLDERS:
+        folder = directory / name
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _holder(path: Path) -> str:
+    """Who holds a lock file, in words (what its holder wrote into it)."""
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"pid {info['pid']} on {info.get('host', '?')}, since {since}: {info.get('command', '?')}"
+
+
+def _locked_by_this_thread(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("pid") == os.getpid() and info.get("thread") == threading.get_ident()
+
+
+def check_unlocked(directory: str | Path) -> None:
+    """Refuse (`OutDirError`, naming the holder) a folder that another run holds with `run_lock`.
+
+    Example:
+        >>> import tempfile
+        >>> check_unlocked(tempfile.mkdtemp())
+    """
+    import fcntl
+
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not _locked_by_this_thread(path):
+            raise OutDirError(f"--out {directory} is in use by another dream run ({_holder(path)}); wait for it to "
+                              "finish or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
+    """Hold an exclusive lock on output folder `directory` (created if missing) while the block runs.
+
+    One run writes into a folder at a time: a second `run_lock` on it, from any process, raises `OutDirError`
+    naming the holder (pid, host, start, command). The lock is an `flock` on `DIR/.dreamy.lock`, which the
+    system releases when its process dies however it dies, so a killed run never leaves a stale lock; the file
+    is removed on every normal exit. Re-entrant within one thread (an inner `run_lock` of the same folder is a
+    no-op). Yields the folder.
+
+    Example:
+        >>> import tempfile
+        >>> with run_lock(tempfile.mkdtemp()) as folder:
+        ...     (folder / LOCK_NAME).exists()
+        True
+    """
+    import fcntl
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if _locked_by_this_thread(path):
+                yield folder
+                return
+            raise OutDirError(f"--out {folder} is in use by another dream run ({_holder(path)}); wait for it to "
+                              "finish or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # a releasing holder may have unlinked it meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {"pid": os.getpid(), "thread": threading.get_ident(), "host": socket.gethostname(),
+                "started": time.time(), "command": command or " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        yield folder
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

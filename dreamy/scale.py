@@ -87,7 +87,7 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
     `resume` (same run only) or `overwrite`. `loaded`: the model already loaded (else it is loaded
     here; with Ray it is still loaded once here, to check the targets).
     """
-    from dreamy.results import clear_outputs, prepare_out_dir, run_info
+    from dreamy.results import clear_outputs, prepare_out_dir, run_info, run_lock
 
     if kind not in KINDS:
         raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
@@ -100,8 +100,22 @@ def dream_targets(model: str, specs: Sequence[str], *, kind: str = "image", sett
         from dreamy.models import load
 
         loaded = load(model, device)
-    if out_dir is not None and overwrite:
-        clear_outputs(out_dir)
+    if out_dir is None:
+        return _dream_planned(model, kind, planned, settings, run, None, resume, seed, use_ray, ray_address, workers,
+                              device, progress, on_batch, loaded)
+    with run_lock(out_dir):
+        prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)  # again under the lock: a run may have
+        if overwrite:                                                     # finished in it meanwhile
+            clear_outputs(out_dir)
+        return _dream_planned(model, kind, planned, settings, run, out_dir, resume, seed, use_ray, ray_address, workers,
+                              device, progress, on_batch, loaded)
+
+
+def _dream_planned(model: str, kind: str, planned: list[list[str]], settings: dict[str, Any], run: dict[str, Any],
+                   out_dir: str | Path | None, resume: bool, seed: int, use_ray: bool, ray_address: str | None,
+                   workers: int, device: str, progress: bool, on_batch: Callable[[Any, int], None] | None,
+                   loaded: Any) -> list[dict[str, Any]]:
+    """The checked, planned batches of `dream_targets`, dreamed and written (the folder already locked)."""
     writer = _Writer(out_dir, gallery_title(kind, model), run)
     skip = writer.done() if resume else set()
     _, _, method = batches._packed_run(kind, settings)
@@ -143,11 +157,18 @@ def attach_maxima(out_dir: str | Path, loaded: Any, kind: str, dataset: str | No
         >>> [len(r["maxima"]) > 0 for r in attach_maxima(out, cnn, "image", "photos", progress=False)]
         [True]
     """
+    from dreamy.results import run_lock
+
+    with run_lock(out_dir):
+        return _attach_maxima(Path(out_dir), loaded, kind, dataset, model, describe, progress, scan)
+
+
+def _attach_maxima(out: Path, loaded: Any, kind: str, dataset: str | None, model: str | None, describe: bool,
+                   progress: bool, scan: dict[str, Any]) -> list[dict[str, Any]]:
     from dreamy import maxima
     from dreamy.gallery import write_index
     from dreamy.results import ResultsStore, safe_name, write_atomic
 
-    out = Path(out_dir)
     store = ResultsStore(out)
     model = model or (loaded.name if loaded is not None else (store.run or {}).get("model"))
     good = [r["target"] for r in store.records if "error" not in r]

@@ -178,3 +178,50 @@ def test_no_describe_is_a_setting_of_the_run(tmp_path):
                  "--population", "2", "--children", "4", "--no-describe", "--out", str(tmp_path), "--quiet"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["run"]["settings"]["describe"] is False and "description" not in data["records"][0]
+
+
+def test_overwrite_never_deletes_files_a_run_did_not_make(tmp_path):
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    (site / "maxima").mkdir()
+    (site / "index.html").write_text("my homepage")
+    (site / "images" / "holiday.png").write_bytes(b"png")
+    (site / "maxima" / "notes.txt").write_text("notes")
+    before = sorted(str(p.relative_to(site)) for p in site.rglob("*"))
+    refused = run("image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", str(site), "--overwrite",
+                  "--quiet")
+    assert refused.returncode == 2 and "holds no dreamy results.json" in refused.stderr
+    assert sorted(str(p.relative_to(site)) for p in site.rglob("*")) == before
+    assert (site / "index.html").read_text() == "my homepage"
+    # a folder that does hold a run: --overwrite replaces that run's files, and the user's own files stay
+    out = tmp_path / "run"
+    assert run("image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", str(out), "--quiet").returncode == 0
+    (out / "images" / "holiday.png").write_bytes(b"png")
+    (out / "maxima").mkdir()
+    (out / "maxima" / "notes.txt").write_text("notes")
+    old = set(records(out)[0]["images"])
+    done = run("image", "--model", "tiny:cnn", "--target", "head:2", "--steps", "2", "--out", str(out), "--overwrite", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert [r["target"] for r in records(out)] == ["head:2"]
+    assert (out / "images" / "holiday.png").read_bytes() == b"png" and (out / "maxima" / "notes.txt").exists()
+    assert not any((out / name).exists() for name in old)
+
+
+def test_a_second_run_into_a_busy_out_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "conc"
+    args = ["image", "--model", "tiny:cnn", "--target", "head:0-3", "--steps", "100", "--batch-targets", "1",
+            "--out", str(out), "--overwrite", "--quiet"]
+    first = subprocess.Popen(DREAM + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / ".dreamy.lock").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    second = run(*args)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2, second.stderr
+    err = second.stderr.strip()
+    assert len(err.splitlines()) == 1 and f"in use by another dream run (pid {first.pid} " in err, err
+    saved = records(out)
+    assert sorted(r["target"] for r in saved) == [f"head:{i}" for i in range(4)]
+    assert all((out / name).exists() for r in saved for name in r["images"] + [r["plot"]])
+    assert not (out / ".dreamy.lock").exists()

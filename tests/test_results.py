@@ -116,3 +116,94 @@ def test_out_dir_rules(tmp_path):
     assert (full / "results.json").exists()  # checking removes nothing
     clear_outputs(full)
     assert sorted(p.name for p in full.iterdir()) == ["notes.txt"]  # only dreamy's own outputs go
+
+
+def test_clear_outputs_removes_only_what_the_run_recorded(tmp_path):
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    for name in ("images/a_0.png", "images/a_steps.png", "maxima/a_0.png", "images/holiday.png", "maxima/notes.txt",
+                 "index.html", "mine.txt"):
+        write_atomic(tmp_path / name, b"x")
+    store.add({"target": "a:1", "images": ["images/a_0.png"], "plot": "images/a_steps.png",
+               "maxima": [{"image": "maxima/a_0.png"}, {"image": "../outside.png"}]})
+    (tmp_path.parent / "outside.png").write_bytes(b"keep")
+    clear_outputs(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "images", "images/holiday.png", "maxima", "maxima/notes.txt", "mine.txt"]
+    assert (tmp_path.parent / "outside.png").read_bytes() == b"keep"
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path):
+    run = run_info("tiny:cnn", "image", {}, 0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "holiday.png").write_bytes(b"x")
+    with pytest.raises(OutDirError, match="holds no dreamy results.json.*--overwrite"):
+        prepare_out_dir(tmp_path, run, overwrite=True)
+    (tmp_path / "results.json").write_text('{"records": [1]}')
+    with pytest.raises(OutDirError, match="not a dreamy results file"):
+        prepare_out_dir(tmp_path, run, overwrite=True)
+    assert (tmp_path / "images" / "holiday.png").exists()
+
+
+def _hold_lock_in_child(folder):
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom dreamy.results import run_lock\nwith run_lock(sys.argv[1], 'holder-cmd'):\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    from dreamy.results import LOCK_NAME, check_unlocked, run_lock
+
+    child = _hold_lock_in_child(tmp_path)
+    try:
+        with pytest.raises(OutDirError, match=f"in use by another dream run \\(pid {child.pid} .*holder-cmd"):
+            with run_lock(tmp_path):
+                pass
+        with pytest.raises(OutDirError, match="in use"):
+            check_unlocked(tmp_path)
+        with pytest.raises(OutDirError, match="in use"):
+            prepare_out_dir(tmp_path, run_info("tiny:cnn", "image", {}, 0), overwrite=True)
+    finally:
+        child.kill()
+        child.wait()
+    # the system dropped the dead holder's lock: its file is left, and it no longer blocks anyone
+    assert (tmp_path / LOCK_NAME).exists()
+    check_unlocked(tmp_path)
+    with run_lock(tmp_path):
+        with run_lock(tmp_path):  # re-entrant in one thread
+            check_unlocked(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()
+    prepare_out_dir(tmp_path, run_info("tiny:cnn", "image", {}, 0))  # the lock file alone is no content
+
+
+def test_run_lock_is_released_when_the_block_raises(tmp_path):
+    from dreamy.results import run_lock
+
+    with pytest.raises(KeyboardInterrupt):
+        with run_lock(tmp_path):
+            raise KeyboardInterrupt
+    with run_lock(tmp_path):
+        pass
+
+
+def test_another_thread_is_refused(tmp_path):
+    import threading
+
+    from dreamy.results import run_lock
+
+    errors = []
+    with run_lock(tmp_path):
+        def other():
+            try:
+                with run_lock(tmp_path):
+                    pass
+            except OutDirError as error:
+                errors.append(str(error))
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "in use" in errors[0]
