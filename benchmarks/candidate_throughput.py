@@ -29,7 +29,8 @@ import torch
 
 from benchmarks import common
 from dreamy.language.fluency import span_xentropy
-from dreamy.language.scoring import SequenceScores, score_sequences
+from dreamy.language.states import SequenceScores
+from dreamy.language.scoring import score_sequences
 from dreamy.models import LoadedModel, load
 from dreamy.targets import Probe
 

@@ -19,7 +19,8 @@ import torch
 from benchmarks import common
 from dreamy.datasets import open_images, open_text
 from dreamy.maxima import image_maxima, text_maxima
-from dreamy.maxima.text import start_token, tokenize_corpus
+from dreamy.language.layout import start_token
+from dreamy.maxima.text import tokenize_corpus
 from dreamy.models import LoadedModel, load
 from dreamy.targets import Probe
 

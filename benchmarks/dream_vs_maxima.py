@@ -88,7 +88,7 @@ def run_text(loaded: LoadedModel, settings: dict[str, Any], corpus: str, cache_d
         start = time.perf_counter()
         init = best.token_ids[-settings["n_tokens"]:] if settings["epo_init"] == "window" and best.token_ids else None
         result = epo(loaded, target, n_tokens=settings["n_tokens"], iters=settings["epo_iters"], population=settings["epo_population"],
-                     children_per_member=settings["epo_children"], init=init, seed=seed, progress=False)
+                     children=settings["epo_children"], init=init, seed=seed, progress=False)
         seconds = time.perf_counter() - start
         seed_row = result.history[0]
         matched = [p for p in result.frontier if p.xentropy <= best.xentropy and p.activation > best.activation]

@@ -26,26 +26,26 @@ from benchmarks.epo_vs_reference import BUDGET, CUTOFFS, epo_budget, our_bests, 
 from dreamy.language import epo
 from dreamy.models import load
 
-SETTINGS = ("topk=64", "topk=16", "topk=256", "lambda_range=0.3,30", "lambda_range=0.03,3")
+SETTINGS = ("topk=64", "topk=16", "topk=256", "fluency_weight_range=0.3,30", "fluency_weight_range=0.03,3")
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """`"topk=32,restart_every=10"`-style text to EPO keyword arguments (`lambda_range=LOW,HIGH`).
+    """`"topk=32,restart_every=10"`-style text to EPO keyword arguments (`fluency_weight_range=LOW,HIGH`).
 
     Example:
         >>> parse_setting("topk=32")
         {'topk': 32}
-        >>> parse_setting("lambda_range=0.3,30")
-        {'lambda_range': (0.3, 30.0)}
+        >>> parse_setting("fluency_weight_range=0.3,30")
+        {'fluency_weight_range': (0.3, 30.0)}
     """
-    if text.startswith("lambda_range="):
+    if text.startswith("fluency_weight_range="):
         low, high = text.split("=", 1)[1].split(",")
-        return {"lambda_range": (float(low), float(high))}
+        return {"fluency_weight_range": (float(low), float(high))}
     out: dict[str, Any] = {}
     for part in filter(None, text.split(",")):
         key, value = part.split("=", 1)
         if key not in ("topk", "restart_every", "n_swaps"):
-            raise SystemExit(f"unknown setting {key!r}: use topk, restart_every, n_swaps or lambda_range")
+            raise SystemExit(f"unknown setting {key!r}: use topk, restart_every, n_swaps or fluency_weight_range")
         out[key] = int(value) or None if key == "restart_every" else int(value)
     return out
 

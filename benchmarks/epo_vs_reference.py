@@ -93,9 +93,9 @@ def epo_budget(budget: dict[str, Any]) -> dict[str, Any]:
 
     Example:
         >>> sorted(epo_budget(BUDGET))
-        ['children_per_member', 'n_tokens', 'population', 'progress', 'seed']
+        ['children', 'n_tokens', 'population', 'progress', 'seed']
     """
-    return dict(n_tokens=budget["n_tokens"], population=budget["population"], children_per_member=budget["children"],
+    return dict(n_tokens=budget["n_tokens"], population=budget["population"], children=budget["children"],
                 seed=budget["seed"], progress=False)
 
 

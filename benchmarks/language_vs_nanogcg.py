@@ -153,7 +153,7 @@ def measure(loaded: LoadedModel, settings: dict[str, Any], *, word: str, corpus:
                  "prompt": nano["best_string"], "use_prefix_cache": nano["use_prefix_cache"]})
 
     start = time.perf_counter()
-    ours = gcg(loaded, target, n_tokens=n_tokens, iters=iters, batch_size=candidates, topk=settings["topk"], prefix=prefix,
+    ours = gcg(loaded, target, n_tokens=n_tokens, iters=iters, children=candidates, topk=settings["topk"], prefix=prefix,
                suffix=suffix, init=init, seed=seed, progress=False)
     seconds = time.perf_counter() - start
     best = max(ours.history, key=lambda r: r["activation"])
@@ -163,7 +163,7 @@ def measure(loaded: LoadedModel, settings: dict[str, Any], *, word: str, corpus:
 
     population = settings["population"]
     start = time.perf_counter()
-    found = epo(loaded, target, n_tokens=n_tokens, iters=iters, population=population, children_per_member=candidates // population,
+    found = epo(loaded, target, n_tokens=n_tokens, iters=iters, population=population, children=candidates // population,
                 topk=settings["topk"], prefix=prefix, suffix=suffix, init=init, seed=seed, progress=False,
                 restart_every=max(iters // 3, 2))
     seconds = time.perf_counter() - start

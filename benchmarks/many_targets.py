@@ -61,7 +61,7 @@ def prompt_packing(args: argparse.Namespace) -> dict[str, Any]:
     n = args.lm_targets or (16 if args.full else 4)
     iters = args.iters or (10 if args.full else 3)
     targets = [f"{args.lm_site}:{i}" for i in range(n)]
-    settings = dict(n_tokens=10, iters=iters, population=4, children_per_member=16, restart_every=None, seed=0,
+    settings = dict(n_tokens=10, iters=iters, population=4, children=16, restart_every=None, seed=0,
                     progress=False)
 
     epo(loaded, targets[0], **{**settings, "iters": 1})  # warm-up

@@ -1,5 +1,8 @@
 """dreamy: activation maximization ("dreaming") for vision and language models.
 
+The package imports nothing heavy until a name is used (`dream` starts, and sets its signal handlers, before
+torch loads).
+
 Example:
     >>> import dreamy
     >>> target = dreamy.parse("conv2:3")
@@ -11,17 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dreamy.targets import Probe, Target, parse
-
 __version__ = "0.1.0"
 
 __all__ = ["LoadedModel", "Probe", "Target", "load", "parse", "__version__"]
 
+_LAZY = {"load": "dreamy.models", "LoadedModel": "dreamy.models", "Probe": "dreamy.targets", "Target": "dreamy.targets",
+         "parse": "dreamy.targets"}
+
 
 def __getattr__(name: str) -> Any:
-    # models pulls in transformers; import it only when asked for
-    if name in ("load", "LoadedModel"):
-        from dreamy import models
+    if name in _LAZY:
+        import importlib
 
-        return getattr(models, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dreamy' has no attribute {name!r}")

@@ -40,10 +40,10 @@ sites = list_sites(classifier.model, classifier.preprocess.normalize(example))
 `dream` runs gradient ascent on a decorrelated Fourier parametrization with random jitter, scale and
 rotation per image. `result.activation` is measured on the final image *without* transforms: the number
 to compare with real images."""),
-    new_code_cell('''from dreamy.vision import dream
+    new_code_cell('''from dreamy.vision import DreamConfig, dream
 
-steps = 4 if SMALL else 64
-cat = dream(classifier, "logits:285", steps=steps, seed=0, progress=not SMALL)
+config = DreamConfig(steps=4 if SMALL else 64, seed=0)   # every knob of a dream, with its default; print(config)
+cat = dream(classifier, "logits:285", config, progress=not SMALL)
 probabilities = classifier.model(classifier.preprocess.normalize(cat.images)).softmax(dim=-1)
 print(f"logit {cat.activation[0]:.1f}; p(Egyptian cat) = {probabilities[0, 285]:.3f}; "
       f"top class: {classifier.class_names[int(probabilities[0].argmax())]}")
@@ -56,7 +56,7 @@ top-k images per target. The dream should beat the best photo."""),
 
 channel = "_blocks.8:12"
 found = image_maxima(classifier, [channel], "photos", k=3, cache_dir=None, progress=False)[channel]
-dreamed = dream(classifier, channel, steps=steps, seed=0, progress=not SMALL)
+dreamed = dream(classifier, channel, config, progress=not SMALL)
 print(f"dream {dreamed.activation[0]:.2f} vs best photo {found.best_activation:.2f} ({found.examples[0].source})")
 figure, axes = plt.subplots(1, 4, figsize=(12, 3))
 axes[0].imshow(dreamed.images[0].permute(1, 2, 0)); axes[0].set_title(f"dream {dreamed.activation[0]:.1f}")
@@ -66,7 +66,7 @@ for axis in axes: axis.axis("off")'''),
     new_markdown_cell("""## Several different images of one channel
 
 `n_per_target` rows per target; `diversity` pushes their Gram matrices apart (Cadena et al. / lucid)."""),
-    new_code_cell('''diverse = dream(classifier, channel, n_per_target=3, diversity=1.0, steps=steps, seed=1, progress=not SMALL)
+    new_code_cell('''diverse = dream(classifier, channel, config, n_per_target=3, diversity=1.0, seed=1, progress=not SMALL)  # keywords override the config
 figure, axes = plt.subplots(1, 3, figsize=(9, 3))
 for axis, image, value in zip(axes, diverse.images, diverse.activation):
     axis.imshow(image.permute(1, 2, 0)); axis.set_title(f"{value:.1f}"); axis.axis("off")'''),
@@ -108,13 +108,12 @@ median_xent = windows.stats["xentropy"]["median"]
 print("corpus median cross-entropy:", round(median_xent, 2))'''),
     new_markdown_cell("""## EPO: the activation / fluency frontier
 
-Each population slot has its own fluency weight λ (log-spaced 0.1..10) and keeps the best prompt under
+Each population slot has its own fluency weight λ (log-spaced over `EPOConfig.fluency_weight_range`, 0.3..30) and keeps the best prompt under
 `activation - λ · cross-entropy`; restarts collapse the population onto the best prompt under a random λ."""),
-    new_code_cell('''from dreamy.language import epo
+    new_code_cell('''from dreamy.language import EPOConfig, epo
 
-iters = 2 if SMALL else 40
-result = epo(lm, neuron, n_tokens=12, iters=iters, population=4, children_per_member=8 if SMALL else 32,
-             restart_every=20, seed=0, progress=not SMALL)
+config = EPOConfig(n_tokens=12, iters=2 if SMALL else 40, population=4, children=8 if SMALL else 32, restart_every=20, seed=0)
+result = epo(lm, neuron, config, progress=not SMALL)
 for point in result.frontier:
     print(f"{point.activation:7.2f}  xent {point.xentropy:5.2f}  {point.text!r}")
 fluent = result.best_below(median_xent)
@@ -136,15 +135,15 @@ for token, weight in zip(point.tokens, point.token_attribution):
 
 `logprobs:ID` is the log-probability of token ID at the last position. GCG with a fixed chat prefix and
 suffix around the optimized span makes the model answer "Paris" to an unrelated question."""),
-    new_code_cell('''from dreamy.language import gcg
+    new_code_cell('''from dreamy.language import GCGConfig, gcg
 
 tokenizer = lm.tokenizer
 paris = tokenizer("Paris", add_special_tokens=False)["input_ids"][0]
 chat = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour. {span}"}], tokenize=False,
                                      add_generation_prompt=True)
 prefix, suffix = chat.removeprefix(tokenizer.bos_token).split("{span}")
-forced = gcg(lm, f"logprobs:{paris}", n_tokens=12, iters=2 if SMALL else 30, batch_size=16 if SMALL else 128,
-             prefix=prefix, suffix=suffix, seed=0, progress=not SMALL)
+forced = gcg(lm, f"logprobs:{paris}", GCGConfig(n_tokens=12, iters=2 if SMALL else 30, children=16 if SMALL else 128,
+                                             prefix=prefix, suffix=suffix, seed=0), progress=not SMALL)
 print(f"log p(Paris) = {forced.best.activation:.2f}: {forced.best.text!r}")'''),
     new_markdown_cell("""From the command line, the same search and a gallery with per-token shading:
 
@@ -183,14 +182,14 @@ held-out windows: FVE (variance explained), L0 (active latents per token, = k fo
 latents, and *loss recovered*: how much of the LM's cross-entropy survives splicing the reconstruction in
 (1 = nothing lost, 0 = as bad as zeroing the site). `resume=True` continues an interrupted run, or just
 re-reads a finished one."""),
-    new_code_cell('''from dreamy.sae import train_sae
+    new_code_cell('''from dreamy.sae import SAETrainConfig, train_sae
 
 SAE_DIR = OUT / "sae"
 if SMALL:
-    budget = dict(features=128, k=8, tokens=2_048, batch_tokens=512, window=32, heldout_tokens=128, max_words=2_000)
+    config = SAETrainConfig(features=128, k=8, tokens=2_048, batch_tokens=512, window=32, heldout_tokens=128, max_words=2_000)
 else:
-    budget = dict(features=2_048, k=32, tokens=200_000, heldout_tokens=4_096)
-trained = train_sae(lm, SITE, ["fortunes"], out_dir=SAE_DIR, resume=True, seed=0, progress=not SMALL, **budget)
+    config = SAETrainConfig(features=2_048, k=32, tokens=200_000, heldout_tokens=4_096)
+trained = train_sae(lm, SITE, ["fortunes"], config, out_dir=SAE_DIR, resume=True, progress=not SMALL)
 m = trained.metrics
 print(f"held-out: FVE {m['fve']:.3f}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, loss recovered {m['loss_recovered']:.3f}")
 print(f"cross-entropy clean {m['xentropy_clean']:.2f}, SAE spliced in {m['xentropy_spliced']:.2f}, site zeroed {m['xentropy_zero']:.2f}")
@@ -227,22 +226,23 @@ shared EPO searches, and writes `results.json` and `index.html`. Each record car
 (activation, cross-entropy). We then find the corpus windows that drive each feature hardest
 (`attach_maxima`, a `text_maxima` search) and add them to the records, as `dream prompt --maxima fortunes` does:
 TokenChange is rerun over those windows and each card's frontier plot shows them as points."""),
-    new_code_cell('''from dreamy.scale import dream_targets
+    new_code_cell('''from dreamy.language import EPOConfig
+from dreamy.runs import dream_targets
 
 GALLERY = OUT / "gallery"
 if SMALL:
-    settings = dict(n_tokens=6, iters=1, population=2, children_per_member=4)
+    config = EPOConfig(n_tokens=6, iters=1, population=2, children=4)
 else:
-    settings = dict(n_tokens=10, iters=30, population=4, children_per_member=16, restart_every=15)
-records = dream_targets(lm.name, [f"{SITE}:sae={SAE_DIR}#{FEATURES[0]}-{FEATURES[-1]}"], kind="prompt",
-                        settings=settings, out_dir=GALLERY, overwrite=True, loaded=lm, progress=not SMALL)
+    config = EPOConfig(n_tokens=10, iters=30, population=4, children=16, restart_every=15)
+records = dream_targets(lm, [f"{SITE}:sae={SAE_DIR}#{FEATURES[0]}-{FEATURES[-1]}"], config, out_dir=GALLERY,
+                        overwrite=True, progress=not SMALL)
 for record in records:
     best = max(record.get("frontier") or [{}], key=lambda point: point.get("activation", 0))
     print("feature", record["target"].rsplit("#", 1)[-1], record.get("error") or f"{best['activation']:7.2f}  {best['text']!r}")'''),
-    new_code_cell('''from dreamy.scale import attach_maxima
+    new_code_cell('''from dreamy.runs import attach_maxima
 
 scan = dict(k=2, window=32, candidates=1, max_words=500, xent_windows=4) if SMALL else dict(k=3, max_words=20_000)
-records = attach_maxima(GALLERY, lm, "prompt", "fortunes", progress=False, cache_dir=None, **scan)
+records = attach_maxima(GALLERY, lm, "fortunes", progress=False, cache_dir=None, **scan)
 index = GALLERY / "index.html"
 print("gallery:", index.resolve())'''),
     new_code_cell('''import matplotlib.pyplot as plt

@@ -38,9 +38,9 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
 
 
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
-    import dreamy.batches as batches
+    import dreamy.runs.batch as batches
 
-    def fake_batch(loaded, kind, specs, settings, seed, progress=False):
+    def fake_batch(loaded, specs, config, progress=False, describe=True):
         return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
@@ -197,7 +197,7 @@ def test_overwrite_never_deletes_files_a_run_did_not_make(tmp_path):
     out = tmp_path / "run"
     assert run("image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", str(out), "--quiet").returncode == 0
     (out / "images" / "holiday.png").write_bytes(b"png")
-    (out / "maxima").mkdir()
+    (out / "maxima").mkdir(exist_ok=True)  # the run may have attached cached maxima there
     (out / "maxima" / "notes.txt").write_text("notes")
     old = set(records(out)[0]["images"])
     done = run("image", "--model", "tiny:cnn", "--target", "head:2", "--steps", "2", "--out", str(out), "--overwrite", "--quiet")

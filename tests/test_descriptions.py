@@ -2,7 +2,7 @@
 
 import torch
 
-from dreamy.descriptions import describe_record, has_output_direction
+from dreamy.runs.describe import describe_record, has_output_direction
 from dreamy.sae import output_direction, save, token_change, vocab_projection
 from dreamy.sae.model import SAE
 

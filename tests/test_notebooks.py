@@ -1,7 +1,8 @@
 """The quickstart notebooks run top to bottom offline on the bundled models (small budgets), and are
 in sync with notebooks/make_notebooks.py."""
 
-import os
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+# a line each notebook computes and prints, and a check of its numbers
+COMPUTED = {
+    "vision_quickstart.ipynb": (r"logit (-?[\d.]+); p\(Egyptian cat\) = ([\d.]+)", lambda logit, p: 0 <= p <= 1),
+    "language_quickstart.ipynb": (r"corpus median cross-entropy: ([\d.]+)", lambda median: 0 < median < 20),
+    "sae_quickstart.ipynb": (r"held-out: FVE (-?[\d.]+), L0 ([\d.]+)", lambda fve, l0: fve <= 1 and 0 < l0 <= 8),
+}
 
 
 @pytest.mark.real
@@ -22,8 +31,13 @@ def test_notebook_runs_top_to_bottom(name, monkeypatch, tmp_path):
     client.execute()
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert any(o.output_type in ("stream", "execute_result", "display_data") for cell in notebook.cells
-               if cell.cell_type == "code" for o in cell.outputs)
+    printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+                      if o.output_type == "stream")
+    pattern, check = COMPUTED[name]
+    found = re.search(pattern, printed)
+    assert found, f"{name} did not print {pattern!r}: {printed[-500:]}"
+    numbers = [float(group) for group in found.groups()]
+    assert all(math.isfinite(n) for n in numbers) and check(*numbers), found.group(0)
 
 
 def test_committed_notebooks_match_their_sources():

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from dreamy.results import (OutDirError, ResultsStore, clear_outputs, prepare_out_dir, run_differences, run_info, safe_name,
-                            write_atomic, write_json_atomic)
+from dreamy.runs.store import OutDirError, ResultsStore, clear_outputs, prepare_out_dir, run_differences, run_info
+from dreamy.core.files import safe_name, write_atomic, write_json_atomic
 
 
 def test_store_adds_replaces_and_reloads(tmp_path):
@@ -148,7 +148,7 @@ def _hold_lock_in_child(folder):
     import subprocess
     import sys
 
-    code = ("import sys, time\nfrom dreamy.results import run_lock\nwith run_lock(sys.argv[1], 'holder-cmd'):\n"
+    code = ("import sys, time\nfrom dreamy.runs.store import run_lock\nwith run_lock(sys.argv[1], 'holder-cmd'):\n"
             "    print('held', flush=True)\n    time.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
@@ -156,7 +156,7 @@ def _hold_lock_in_child(folder):
 
 
 def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
-    from dreamy.results import LOCK_NAME, check_unlocked, run_lock
+    from dreamy.runs.store import LOCK_NAME, check_unlocked, run_lock
 
     child = _hold_lock_in_child(tmp_path)
     try:
@@ -181,7 +181,7 @@ def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 
 
 def test_run_lock_is_released_when_the_block_raises(tmp_path):
-    from dreamy.results import run_lock
+    from dreamy.runs.store import run_lock
 
     with pytest.raises(KeyboardInterrupt):
         with run_lock(tmp_path):
@@ -193,7 +193,7 @@ def test_run_lock_is_released_when_the_block_raises(tmp_path):
 def test_another_thread_is_refused(tmp_path):
     import threading
 
-    from dreamy.results import run_lock
+    from dreamy.runs.store import run_lock
 
     errors = []
     with run_lock(tmp_path):

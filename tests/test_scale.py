@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamy.scale import dream_targets, plan_batches
+from dreamy.language import EPOConfig, GCGConfig
+from dreamy.runs import dream_targets, plan_batches
+from dreamy.vision import DreamConfig
+from tests.fixtures import cached
 
 IMAGE_SETTINGS = {"steps": 3}
-PROMPT_SETTINGS = {"n_tokens": 3, "iters": 1, "population": 2, "children_per_member": 4}
+PROMPT_SETTINGS = {"n_tokens": 3, "iters": 1, "population": 2, "children": 4}
+IMAGE = DreamConfig(**IMAGE_SETTINGS)
+PROMPT = EPOConfig(**PROMPT_SETTINGS)
 
 
 def pixels(path):
@@ -29,7 +34,7 @@ def test_batches_are_planned_the_same_way_every_time():
 
 
 def test_local_run_writes_records_images_and_gallery(tmp_path):
-    records = dream_targets("tiny:cnn", ["conv3:0-2", "head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path,
+    records = dream_targets(cached("tiny:cnn"), ["conv3:0-2", "head:1"], IMAGE, out_dir=tmp_path,
                             batch_targets=3, progress=False)
     assert len(records) == 4
     saved = records_by_target(tmp_path)
@@ -42,11 +47,10 @@ def test_local_run_writes_records_images_and_gallery(tmp_path):
 
 
 def test_prompt_records_carry_their_description_and_frontier_plot(tmp_path):
-    from dreamy.descriptions import describe_record
-    from tests.fixtures import cached
+    from dreamy.runs.describe import describe_record
 
     specs = ["model.layers.0.mlp.down_proj@in:3", "logits:5"]
-    records = dream_targets("tiny:lm", specs, kind="prompt", settings=PROMPT_SETTINGS, out_dir=tmp_path,
+    records = dream_targets(cached("tiny:lm"), specs, PROMPT, out_dir=tmp_path,
                             batch_targets=2, progress=False)
     saved = records_by_target(tmp_path)
     neuron, logits = saved[specs[0]], saved["logits:5"]
@@ -63,27 +67,26 @@ def test_prompt_records_carry_their_description_and_frontier_plot(tmp_path):
 
 
 def test_describe_false_skips_descriptions_and_is_another_run(tmp_path):
-    from dreamy.results import OutDirError
+    from dreamy.runs.store import OutDirError
 
-    settings = {**PROMPT_SETTINGS, "describe": False}
-    (record,) = dream_targets("tiny:lm", ["model.layers.1:4"], kind="prompt", settings=settings, out_dir=tmp_path,
+    (record,) = dream_targets(cached("tiny:lm"), ["model.layers.1:4"], PROMPT, out_dir=tmp_path, describe=False,
                               progress=False)
     assert "description" not in record and record["plot"]
     with pytest.raises(OutDirError, match="describe"):
-        dream_targets("tiny:lm", ["model.layers.1:5"], kind="prompt", settings=PROMPT_SETTINGS, out_dir=tmp_path,
+        dream_targets(cached("tiny:lm"), ["model.layers.1:5"], PROMPT, out_dir=tmp_path,
                       resume=True, progress=False)
 
 
 def test_resume_skips_finished_targets(tmp_path):
-    dream_targets("tiny:cnn", ["head:0-1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, progress=False)
-    again = dream_targets("tiny:cnn", ["head:0-3"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1,
+    dream_targets(cached("tiny:cnn"), ["head:0-1"], IMAGE, out_dir=tmp_path, batch_targets=1, progress=False)
+    again = dream_targets(cached("tiny:cnn"), ["head:0-3"], IMAGE, out_dir=tmp_path, batch_targets=1,
                           resume=True, progress=False)
     assert sorted(r["target"] for r in again) == ["head:2", "head:3"]
     assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 4
 
 
 def test_a_failing_target_does_not_lose_the_others(tmp_path):
-    records = dream_targets("tiny:cnn", ["head:1", "head:99"], settings=IMAGE_SETTINGS, out_dir=tmp_path,
+    records = dream_targets(cached("tiny:cnn"), ["head:1", "head:99"], IMAGE, out_dir=tmp_path,
                             batch_targets=2, progress=False)
     by_target = {r["target"]: r for r in records}
     assert "error" in by_target["head:99"] and "0..9" in by_target["head:99"]["error"]
@@ -91,24 +94,23 @@ def test_a_failing_target_does_not_lose_the_others(tmp_path):
 
 
 def test_prompt_targets_of_a_batch_are_packed_and_equal_one_at_a_time(tmp_path, monkeypatch):
-    import dreamy.language as language
+    import importlib
+
+    epo = importlib.import_module("dreamy.language.epo")  # the module (dreamy.language.epo is also the function)
 
     calls = []
-    original = language.epo_many
-    monkeypatch.setattr(language, "epo_many", lambda loaded, specs, **k: calls.append(list(specs)) or original(loaded, specs, **k))
-    packed = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-3"], kind="prompt", settings=PROMPT_SETTINGS,
+    original = epo.epo_many
+    monkeypatch.setattr(epo, "epo_many", lambda loaded, specs, **k: calls.append(list(specs)) or original(loaded, specs, **k))
+    packed = dream_targets(cached("tiny:lm"), ["model.layers.1.mlp.down_proj:1-3"], PROMPT,
                            batch_targets=3, progress=False)
     assert calls == [[f"model.layers.1.mlp.down_proj:{i}" for i in (1, 2, 3)]]
-    from tests.fixtures import cached
-
     alone = {spec: original(cached("tiny:lm"), [spec], seed=0, progress=False, **PROMPT_SETTINGS)[0].best.activation
              for spec in calls[0]}  # batch 0 runs with seed 0
     assert {r["target"]: r["activation"] for r in packed} == pytest.approx(alone, rel=1e-4, abs=1e-6)
 
 
 def test_a_failing_prompt_target_does_not_lose_the_others():
-    records = dream_targets("tiny:lm", ["logits:3", "logits:99999"], kind="prompt",
-                            settings={"n_tokens": 3, "iters": 1, "method": "gcg", "batch_size": 4},
+    records = dream_targets(cached("tiny:lm"), ["logits:3", "logits:99999"], GCGConfig(n_tokens=3, iters=1, children=4),
                             batch_targets=2, progress=False)
     by_target = {r["target"]: r for r in records}
     assert "error" in by_target["logits:99999"] and "error" not in by_target["logits:3"]
@@ -116,14 +118,14 @@ def test_a_failing_prompt_target_does_not_lose_the_others():
 
 
 def test_a_non_empty_out_needs_resume_or_overwrite(tmp_path):
-    from dreamy.results import OutDirError
+    from dreamy.runs.store import OutDirError
 
-    dream_targets("tiny:cnn", ["head:0"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+    dream_targets(cached("tiny:cnn"), ["head:0"], IMAGE, out_dir=tmp_path, progress=False)
     with pytest.raises(OutDirError, match="not empty"):
-        dream_targets("tiny:cnn", ["head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+        dream_targets(cached("tiny:cnn"), ["head:1"], IMAGE, out_dir=tmp_path, progress=False)
     with pytest.raises(OutDirError, match="steps: 3 there, 4 now"):
-        dream_targets("tiny:cnn", ["head:1"], settings={"steps": 4}, out_dir=tmp_path, resume=True, progress=False)
-    dream_targets("tiny:cnn", ["head:1"], settings={"steps": 4}, out_dir=tmp_path, overwrite=True, progress=False)
+        dream_targets(cached("tiny:cnn"), ["head:1"], DreamConfig(steps=4), out_dir=tmp_path, resume=True, progress=False)
+    dream_targets(cached("tiny:cnn"), ["head:1"], DreamConfig(steps=4), out_dir=tmp_path, overwrite=True, progress=False)
     assert set(records_by_target(tmp_path)) == {"head:1"}
 
 
@@ -140,28 +142,27 @@ def test_an_interrupted_batch_is_not_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(render, "dream", interrupted_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        dream_targets("tiny:cnn", ["head:0-2"], settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1,
+        dream_targets(cached("tiny:cnn"), ["head:0-2"], IMAGE, out_dir=tmp_path, batch_targets=1,
                       progress=False)
     assert set(records_by_target(tmp_path)) == {"head:0"}
 
 
 def test_a_packed_batch_reruns_only_the_targets_that_failed(monkeypatch):
-    import dreamy.batches as batches
+    import dreamy.runs.batch as batches
     import dreamy.vision.render as render
-    from tests.fixtures import cached
 
     runs = []
     real = render.dream
     monkeypatch.setattr(render, "dream", lambda loaded, specs, **k: runs.append(list(specs)) or real(loaded, specs, **k))
-    real_output = batches._image_target
+    real_output = batches._image_record
 
-    def failing_output(loaded, result, t, spec):
+    def failing_output(loaded, record, result, t, spec):
         if spec == "head:2" and len(result.targets) > 1:
             raise OSError("disk hiccup")
-        return real_output(loaded, result, t, spec)
+        return real_output(loaded, record, result, t, spec)
 
-    monkeypatch.setattr(batches, "_image_target", failing_output)
-    output = batches.dream_batch(cached("tiny:cnn"), "image", ["head:1", "head:2", "head:3"], IMAGE_SETTINGS, seed=0)
+    monkeypatch.setattr(batches, "_image_record", failing_output)
+    output = batches.dream_batch(cached("tiny:cnn"), ["head:1", "head:2", "head:3"], IMAGE)
     assert runs == [["head:1", "head:2", "head:3"], ["head:2"]]
     assert [r["target"] for r in output.records] == ["head:1", "head:2", "head:3"]
     assert not any("error" in r for r in output.records) and len(output.files) == 6  # a dream and a plot each
@@ -178,7 +179,7 @@ def test_a_diverged_dream_is_an_error_record_with_null_activation(tmp_path, monk
         return result
 
     monkeypatch.setattr(render, "dream", diverged)
-    (record,) = dream_targets("tiny:cnn", ["head:1"], settings=IMAGE_SETTINGS, out_dir=tmp_path, progress=False)
+    (record,) = dream_targets(cached("tiny:cnn"), ["head:1"], IMAGE, out_dir=tmp_path, progress=False)
     assert "not finite" in record["error"] and record["activation"] is None
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and json.loads(text)["records"][0]["activation"] is None
@@ -196,9 +197,9 @@ def local_ray():
 @pytest.mark.ray
 def test_ray_run_equals_local_run(tmp_path, local_ray):
     specs = ["conv3:0-3"]
-    assert len(dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "local", batch_targets=1,
+    assert len(dream_targets(cached("tiny:cnn"), specs, IMAGE, out_dir=tmp_path / "local", batch_targets=1,
                              progress=False)) == 4
-    assert len(dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path / "ray", batch_targets=1,
+    assert len(dream_targets(cached("tiny:cnn"), specs, IMAGE, out_dir=tmp_path / "ray", batch_targets=1,
                              use_ray=True, workers=2, progress=False)) == 4
     a, b = records_by_target(tmp_path / "local"), records_by_target(tmp_path / "ray")
     assert set(a) == set(b) == {f"conv3:{i}" for i in range(4)}
@@ -208,9 +209,9 @@ def test_ray_run_equals_local_run(tmp_path, local_ray):
         assert a[target]["activation"] == pytest.approx(b[target]["activation"], rel=1e-4, abs=1e-6)
         local, ray = (pixels(tmp_path / run / r[target]["images"][0]) for run, r in (("local", a), ("ray", b)))
         assert local.shape == ray.shape and np.abs(local - ray).max() <= 1
-    prompts = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
+    prompts = dream_targets(cached("tiny:lm"), ["model.layers.1.mlp.down_proj:1-2"], PROMPT,
                             batch_targets=1, use_ray=True, workers=2, progress=False)
-    alone = dream_targets("tiny:lm", ["model.layers.1.mlp.down_proj:1-2"], kind="prompt", settings=PROMPT_SETTINGS,
+    alone = dream_targets(cached("tiny:lm"), ["model.layers.1.mlp.down_proj:1-2"], PROMPT,
                           batch_targets=1, progress=False)
     assert {r["target"]: r["activation"] for r in prompts} == pytest.approx({r["target"]: r["activation"] for r in alone},
                                                                               rel=1e-4, abs=1e-6)
@@ -226,10 +227,10 @@ def test_killed_worker_loses_only_its_batch_and_resume_completes(tmp_path, local
             local_ray.kill(runner.workers[1])
             killed.append(k)
 
-    first = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, use_ray=True,
+    first = dream_targets(cached("tiny:cnn"), specs, IMAGE, out_dir=tmp_path, batch_targets=1, use_ray=True,
                           workers=2, progress=False, on_batch=kill_second_worker)
     assert killed and 0 < len(first) < 8
-    second = dream_targets("tiny:cnn", specs, settings=IMAGE_SETTINGS, out_dir=tmp_path, batch_targets=1, use_ray=True,
+    second = dream_targets(cached("tiny:cnn"), specs, IMAGE, out_dir=tmp_path, batch_targets=1, use_ray=True,
                            workers=2, resume=True, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())["records"]
     targets = [r["target"] for r in saved]

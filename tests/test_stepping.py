@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dreamy.stepping import Plateau, make_generator, progress, should_snapshot
+from dreamy.core.stepping import Plateau, make_generator, progress, should_snapshot
 
 
 def test_same_seed_same_draws_regardless_of_global_rng():

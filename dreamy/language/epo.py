@@ -3,7 +3,7 @@
 A population of M slots, slot m with its own fluency weight lambda_m (log-uniform in a range). Each
 iteration every member makes children by gradient-guided token swaps (its gradient computed under
 ITS OWN lambda); each slot then keeps the best of all members and children under its own objective
-`activation - lambda_m * cross-entropy`. Every `restart_every` iterations the population collapses
+`activation - lambda_m * cross-entropy` (lambda: the slot's fluency weight, see `EPOConfig`). Every `restart_every` iterations the population collapses
 onto the best prompt seen so far under a lambda drawn at random (really at random: a fresh draw from
 the seeded generator each restart), and each slot's new gradient is again computed with its own
 lambda. Token rankings (from the gradients) of members that survive unchanged are reused. The result's
@@ -12,9 +12,9 @@ into shared batches.
 
 Example:
     >>> from dreamy.models import load
-    >>> r = epo(load("tiny:lm"), "model.layers.1.mlp.down_proj:3", n_tokens=4, iters=2, population=3,
-    ...         children_per_member=4, progress=False)
-    >>> r.method, len(r.settings["lambdas"])
+    >>> r = epo(load("tiny:lm"), "model.layers.1.mlp.down_proj:3", n_tokens=4, iters=2, population=3, children=4,
+    ...         progress=False)
+    >>> r.method, len(r.settings["fluency_weights"])
     ('epo', 3)
 """
 
@@ -23,17 +23,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dreamy import stepping
+from dreamy.core import stepping
+from dreamy.language.config import EPOConfig
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.proposals import initial_spans, swap_children
-from dreamy.language.result import PromptResult
-from dreamy.language.scoring import ParentStates
-from dreamy.language.search import SearchSetup, check_iters, history_rows
+from dreamy.language.result import PromptResult, PromptResults
+from dreamy.language.states import ParentStates
+from dreamy.language.search import SearchSetup, history_rows
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
@@ -74,33 +75,40 @@ def _frontier_summary(history: list[dict]) -> str:
     return " ".join(f"{p['activation']:.3g}@{p['xentropy']:.2f}" for p in picks)
 
 
-def epo(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 12, iters: int = 100, population: int = 8,
-        lambda_range: tuple[float, float] = (0.3, 30.0), children_per_member: int = 32, topk: int = 128,
-        n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
-        init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
-        fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-        progress: bool = True, scoring: str = "auto") -> PromptResult:
-    """Run EPO on `target`; see the module docstring. Returns history and the Pareto frontier.
+def epo(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", config: EPOConfig | None = None, *,
+        fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
+    """Run EPO (see the module docstring) as `config` says (`EPOConfig`; keywords override its fields).
 
-    Defaults: `topk=128`, `lambda_range=(0.3, 30.0)`, `restart_every=30` (never in the last iteration), 8 slots
-    x 32 children, all picked by `benchmarks/epo_defaults --full` (SmolLM2-135M, the 4 MLP neurons of
-    `benchmarks/epo_vs_reference`, 12 tokens, 30 iterations, random starts; `benchmarks/results/full/epo_defaults*.json`):
-    the best activation at prompt cross-entropy <= 4.5 / 5 / 6 / 7, summed over the neurons, was
-    8.9 / 9.6 / 13.1 / 13.9 with topk 64 and the reference's lambda range (0.1, 10); 5.6 / 11.6 / 16.4 / 20.5
-    with topk 128; 0.3 / 10.8 / 16.2 / 18.2 with topk 256; with topk 128, restarts every 10 iterations gave
-    0.9 / 6.8 / 8.2 / 21.3 and lambda range (0.3, 30) 2.4 / 21.0 / 28.3 / 34.3 (one seed: single neurons swing
-    by several units between settings). Against the reference (`benchmarks/epo_vs_reference`, two threads,
-    idle machine; the reference with its own topk 512 over the whole vocabulary and lambda range (0.1, 10)),
-    with lambda range (0.3, 30) our best activation at cross-entropy <= 4.5 / 5 / 6 / 7 (from the sweep; our
-    results were identical at one and two threads) was at least the reference's on 3 / 3 / 4 / 3 of 4 neurons (sums 2.4 vs 0.6, 21.0 vs 0.6, 28.3 vs 0.7, 34.3 vs 5.6; with
-    (0.1, 10): 3 / 3 / 3 / 3, at 0.61x its seconds per iteration; the layer-12 neuron is where the reference
-    holds slightly more). `scoring` says how children are scored (see `SearchSetup`; "auto" is packed KV
-    reuse on every device).
+    One target (a spec) gives its `PromptResult`; a list gives `PromptResults`, one per target, searched in
+    lockstep: one gradient pass serves every member of every target that needs a new gradient, and one
+    scoring call every child (children of every member of every target packed side by side in one forward).
+    Each target draws from its own generator seeded with the config's seed, so its result is the one it gets
+    alone (up to floating-point differences between batch sizes). `fluency_model` (sharing the tokenizer)
+    measures the cross-entropy instead of the searched model.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> results = epo(load("tiny:lm"), ["logits:3", "logits:4"], n_tokens=3, iters=1, population=2, children=4,
+        ...               progress=False)
+        >>> [r.target for r in results]
+        ['logits:3', 'logits:4']
     """
-    return epo_many(loaded, [target], n_tokens=n_tokens, iters=iters, population=population, lambda_range=lambda_range,
-                    children_per_member=children_per_member, topk=topk, n_swaps=n_swaps, restart_every=restart_every,
-                    prefix=prefix, suffix=suffix, init=init, ascii_only=ascii_only, retokenize=retokenize,
-                    fluency_model=fluency_model, chunk_size=chunk_size, seed=seed, progress=progress, scoring=scoring)[0]
+    config = EPOConfig.build(config, **overrides)
+    results = _epo(loaded, [targets] if isinstance(targets, (str, Target)) else list(targets), config, fluency_model,
+                   progress)
+    return results[0] if isinstance(targets, (str, Target)) else results
+
+
+def epo_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: EPOConfig | None = None, *,
+             fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> PromptResults:
+    """`epo` on a list of targets (always a `PromptResults`).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> len(epo_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, population=2, children=4, progress=False))
+        1
+    """
+    return _epo(loaded, list(targets), EPOConfig.build(config, **overrides), fluency_model, progress)
 
 
 class _Population:
@@ -125,39 +133,19 @@ class _Population:
         self.members = torch.tensor(best["token_ids"], device=device)[None].repeat(n, 1)
         self.act = torch.full((n,), best["activation"], device=device)
         self.xent = torch.full((n,), best["xentropy"], device=device)
-        self.restarts.append({"iteration": iteration, "lambda": lam_star, "text": best["text"]})
+        self.restarts.append({"iteration": iteration, "fluency_weight": lam_star, "text": best["text"]})
         log.info("restart at %d onto %r (lambda %.3g)", iteration, best["text"], lam_star)
 
     def keys(self, lambdas: list[float]) -> list[tuple[tuple[int, ...], float]]:
         return list(zip(self.ids, lambdas))
 
 
-def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 12, iters: int = 100,
-             population: int = 8, lambda_range: tuple[float, float] = (0.3, 30.0), children_per_member: int = 32,
-             topk: int = 128, n_swaps: int = 1, restart_every: int | None = 30, prefix: str = "", suffix: str = "",
-             init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
-             fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-             progress: bool = True, scoring: str = "auto") -> list[PromptResult]:
-    """EPO on every target of `targets` in lockstep, packed into shared batches; one result per target.
-
-    One gradient pass serves every member of every target that needs a new gradient, and one scoring
-    call every child (children of every member of every target packed side by side in one forward).
-    Each target draws from its own generator seeded with `seed`, so its result is the one `epo` gives
-    it alone (up to floating-point differences between batch sizes).
-
-    Example:
-        >>> from dreamy.models import load
-        >>> results = epo_many(load("tiny:lm"), ["logits:3", "logits:4"], n_tokens=3, iters=1, population=2,
-        ...                    children_per_member=4, progress=False)
-        >>> [r.target for r in results]
-        ['logits:3', 'logits:4']
-    """
-    check_iters(iters)
-    if population < 1:
-        raise ValueError(f"population must be >= 1, got {population}")
-    setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
-                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize,
-                              scoring=scoring)
+def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
+         progress: bool) -> PromptResults:
+    n_tokens, iters, population, topk = config.n_tokens, config.iters, config.population, config.topk
+    lambda_range, children_per_member = config.fluency_weight_range, config.children
+    n_swaps, restart_every, init, seed = config.n_swaps, config.restart_every, config.init, config.seed
+    setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
     lambdas = log_uniform_lambdas(population, lambda_range)
     lambda_list = lambdas.tolist()
@@ -194,11 +182,9 @@ def epo_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
                 bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
                                 f"{n_targets} targets, mean best {mean_best:.3g}")
     loop_seconds = time.perf_counter() - started
-    results = []
+    results = PromptResults()
     for k, pop in enumerate(pops):
-        settings = {"n_tokens": n_tokens, "iters": iters, "population": population, "lambdas": lambdas.tolist(),
-                    "lambda_range": list(lambda_range), "children_per_member": children_per_member, "topk": topk,
-                    "n_swaps": n_swaps, "restart_every": restart_every, "restarts": pop.restarts, "ascii_only": ascii_only,
+        settings = {**config.to_dict(), "fluency_weights": lambdas.tolist(), "restarts": pop.restarts,
                     "loop_seconds": loop_seconds}
         results.append(setup.result(pop.history, settings, seed, "epo", k))
     return results

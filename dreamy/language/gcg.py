@@ -11,59 +11,63 @@ it alone (up to floating-point differences between batch sizes).
 
 Example:
     >>> from dreamy.models import load
-    >>> r = gcg(load("tiny:lm"), "model.layers.1.mlp.down_proj:3", n_tokens=4, iters=2, batch_size=8, progress=False)
+    >>> r = gcg(load("tiny:lm"), "model.layers.1.mlp.down_proj:3", n_tokens=4, iters=2, children=8, progress=False)
     >>> len(r.frontier) >= 1
     True
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from dreamy import stepping
+from dreamy.core import stepping
+from dreamy.language.config import GCGConfig
 from dreamy.language.proposals import initial_spans, swap_children
-from dreamy.language.result import PromptResult
-from dreamy.language.search import SearchSetup, check_iters, history_rows
+from dreamy.language.result import PromptResult, PromptResults
+from dreamy.language.search import SearchSetup, history_rows
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
 
-log = logging.getLogger(__name__)
 
-
-def gcg(loaded: LoadedModel, target: str | Target, *, n_tokens: int = 16, iters: int = 100, batch_size: int = 128,
-        topk: int = 64, n_swaps: int = 1, fluency_weight: float = 0.0, prefix: str = "", suffix: str = "",
-        init: str | Sequence[int] | None = None, ascii_only: bool = True, retokenize: bool = True,
-        fluency_model: nn.Module | None = None, chunk_size: int | None = None, seed: int = 0,
-        progress: bool = True, scoring: str = "auto") -> PromptResult:
-    """Maximize `target` over an `n_tokens` prompt span with GCG; see the module docstring."""
-    return gcg_many(loaded, [target], n_tokens=n_tokens, iters=iters, batch_size=batch_size, topk=topk, n_swaps=n_swaps,
-                    fluency_weight=fluency_weight, prefix=prefix, suffix=suffix, init=init, ascii_only=ascii_only,
-                    retokenize=retokenize, fluency_model=fluency_model, chunk_size=chunk_size, seed=seed,
-                    progress=progress, scoring=scoring)[0]
-
-
-def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: int = 16, iters: int = 100,
-             batch_size: int = 128, topk: int = 64, n_swaps: int = 1, fluency_weight: float = 0.0, prefix: str = "",
-             suffix: str = "", init: str | Sequence[int] | None = None, ascii_only: bool = True,
-             retokenize: bool = True, fluency_model: nn.Module | None = None, chunk_size: int | None = None,
-             seed: int = 0, progress: bool = True, scoring: str = "auto") -> list[PromptResult]:
-    """GCG on every target of `targets` at once, packed into shared batches; one result per target.
+def gcg(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", config: GCGConfig | None = None, *,
+        fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
+    """Maximize each target over an `n_tokens` prompt span with GCG (see the module docstring), as `config` says
+    (`GCGConfig`; keywords override its fields). One target (a spec) gives its `PromptResult`; a list gives
+    `PromptResults`, searched in lockstep.
 
     Example:
         >>> from dreamy.models import load
-        >>> results = gcg_many(load("tiny:lm"), ["logits:3", "logits:4"], n_tokens=3, iters=1, batch_size=8, progress=False)
+        >>> results = gcg(load("tiny:lm"), ["logits:3", "logits:4"], n_tokens=3, iters=1, children=8, progress=False)
         >>> [r.target for r in results]
         ['logits:3', 'logits:4']
     """
-    check_iters(iters)
-    setup = SearchSetup.build(loaded, targets, n_tokens=n_tokens, prefix=prefix, suffix=suffix, ascii_only=ascii_only,
-                              fluency_model=fluency_model, chunk_size=chunk_size, retokenize=retokenize,
-                              scoring=scoring)
+    config = GCGConfig.build(config, **overrides)
+    results = _gcg(loaded, [targets] if isinstance(targets, (str, Target)) else list(targets), config, fluency_model,
+                   progress)
+    return results[0] if isinstance(targets, (str, Target)) else results
+
+
+def gcg_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: GCGConfig | None = None, *,
+             fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> PromptResults:
+    """`gcg` on a list of targets (always a `PromptResults`).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> len(gcg_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, children=8, progress=False))
+        1
+    """
+    return _gcg(loaded, list(targets), GCGConfig.build(config, **overrides), fluency_model, progress)
+
+
+def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
+         progress: bool) -> PromptResults:
+    n_tokens, iters, batch_size, topk = config.n_tokens, config.iters, config.children, config.topk
+    n_swaps, fluency_weight, init, seed = config.n_swaps, config.fluency_weight, config.init, config.seed
+    setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     start = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen) for gen in gens])
@@ -104,12 +108,11 @@ def gcg_many(loaded: LoadedModel, targets: Sequence[str | Target], *, n_tokens: 
                     histories[k] += history_rows(setup, flat[lo:hi], host[lo:hi], host[n + lo:n + hi], iteration)
                     current_ids[k] = flat[int(host[2 * n + k])]
                 current = torch.where((picks >= 0)[:, None], spans[picks.clamp(min=0)], current)
-            bests = [max(history, key=objective_of) for history in histories]
             bar.update(1)
-            if n_targets == 1:
-                bar.set_postfix(best=f"{bests[0]['activation']:.3g}", xent=f"{bests[0]['xentropy']:.2f}")
-            else:
-                bar.set_postfix(mean_best=f"{sum(b['activation'] for b in bests) / n_targets:.3g}")
-    settings = {"n_tokens": n_tokens, "iters": iters, "batch_size": batch_size, "topk": topk, "n_swaps": n_swaps,
-                "fluency_weight": fluency_weight, "ascii_only": ascii_only}
-    return [setup.result(histories[k], settings, seed, "gcg", k) for k in range(n_targets)]
+            if progress:  # the best so far walks every history: only for a bar someone sees
+                bests = [max(history, key=objective_of) for history in histories]
+                if n_targets == 1:
+                    bar.set_postfix(best=f"{bests[0]['activation']:.3g}", xent=f"{bests[0]['xentropy']:.2f}")
+                else:
+                    bar.set_postfix(mean_best=f"{sum(b['activation'] for b in bests) / n_targets:.3g}")
+    return PromptResults(setup.result(histories[k], config.to_dict(), seed, "gcg", k) for k in range(n_targets))

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from dreamy.language.fluency import relaxed_span_xentropy
 from dreamy.language.layout import PromptLayout
-from dreamy.language.scoring import ParentStates, run_chunked
+from dreamy.language.states import ParentStates
+from dreamy.core.memory import run_chunked
 from dreamy.targets import Probe
 
 GRADIENT_CHUNK = 32  # rows per gradient pass: each holds a [L, vocab] one-hot and its gradient

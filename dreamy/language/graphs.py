@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dreamy.language.scoring import ParentStates
+from dreamy.language.states import ParentStates
 
 log = logging.getLogger(__name__)
 

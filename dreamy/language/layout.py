@@ -47,6 +47,21 @@ class PromptLayout:
         return torch.cat([self.prefix.expand(n, -1), spans, self.suffix.expand(n, -1)], dim=1)
 
 
+def start_token(tokenizer: Any, required: bool = True) -> int | None:
+    """The token that starts every prompt and every corpus window: BOS, else EOS (`ValueError` for a tokenizer
+    with neither, unless not `required`).
+
+    Example:
+        >>> from dreamy.models.tiny import tiny_tokenizer
+        >>> start_token(tiny_tokenizer())
+        0
+    """
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None and required:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start windows with")
+    return None if token is None else int(token)
+
+
 def make_layout(tokenizer: Any, n_tokens: int, prefix: str = "", suffix: str = "", device: str | torch.device = "cpu") -> PromptLayout:
     """Tokenize fixed prefix/suffix texts; a BOS token (if the tokenizer has one) starts the prefix so that
     the first span token has a prediction to be scored against.
@@ -59,9 +74,7 @@ def make_layout(tokenizer: Any, n_tokens: int, prefix: str = "", suffix: str = "
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        bos = tokenizer.eos_token_id
+    bos = start_token(tokenizer, required=False)
     if bos is not None and (not prefix_ids or prefix_ids[0] != bos):
         prefix_ids = [bos] + prefix_ids
     if not prefix_ids:

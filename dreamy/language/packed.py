@@ -16,7 +16,7 @@ row's own logits. The activation is each target's per-position map read at the c
 Example:
     >>> import torch
     >>> from dreamy.models import load
-    >>> from dreamy.language.scoring import parent_states
+    >>> from dreamy.language.states import parent_states
     >>> from dreamy.targets import Probe
     >>> lm = load("tiny:lm")
     >>> probe = Probe(lm.model, ["model.layers.1.mlp.down_proj:3"], sequence_reduce="pos=-1")
@@ -32,16 +32,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamy.language.states import ParentStates, SequenceScores, cache_kwarg, cache_rows
 from dreamy.targets import Probe
 
-if TYPE_CHECKING:  # scoring imports this module
-    from dreamy.language.scoring import ParentStates, SequenceScores
 
 ROW_TOKENS = 128  # slots per packed row: attention costs ~ row length per token; children never split across rows
 
@@ -132,20 +131,6 @@ def _packed_inputs(ids: Tensor, first: Tensor, layout: PackedLayout, dtype: torc
     return tokens, position, child, parents, mask
 
 
-def _rows_cache(layers: list[tuple[Tensor, Tensor]], parents: Tensor) -> Any:
-    """A cache whose row r holds the keys and values of parents `parents[r]` (`[R, K]`) end to end."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    rows, k = parents.shape
-    for index, (keys, values) in enumerate(layers):
-        def joined(x: Tensor) -> Tensor:  # [P, H, T, d] -> [R, H, K * T, d]
-            picked = x[parents.flatten()].view(rows, k, *x.shape[1:])
-            return picked.transpose(1, 2).reshape(rows, x.shape[1], k * x.shape[2], x.shape[3])
-        cache.update(joined(keys), joined(values), index)
-    return cache
-
-
 class _GatherHead:
     """A forward pre-hook on the output layer that keeps only some flat positions of its input: the logits
     become `[1, K, V]` for those K slots (the rest predict no span token)."""
@@ -172,15 +157,13 @@ def first_changes(ids: Tensor, parents: Tensor, owner: Tensor) -> Tensor:
 
 
 def score_packed(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], owner: Tensor,
-                 states: "ParentStates", first: Tensor, *, row_tokens: int = ROW_TOKENS,
-                 max_rows: int | None = None) -> "SequenceScores":
+                 states: ParentStates, first: Tensor, *, row_tokens: int = ROW_TOKENS,
+                 max_rows: int | None = None) -> SequenceScores:
     """Targets `[N, n_targets]` and span cross-entropy `[N]` of children `ids [N, T]` of parents with `states`
     (`owner [N]` names each child's parent, `first [N]` its first changed position, see `first_changes`);
     see the module docstring. Every child must differ from its parent, and every target must read the last
     position (`pos=-1`). `max_rows` bounds the rows per forward (default: all at once). The
     layout is built on the host from one transfer of `first` and `owner`."""
-    from dreamy.language.scoring import SequenceScores, cache_kwarg
-
     start, end = span
     device = ids.device
     first = first.to(device=device, dtype=torch.long)
@@ -210,7 +193,7 @@ def score_packed(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, i
             if not (probe.reads_logits or head is None):
                 gather = _GatherHead(head, slot_index)
             result = probe(input_ids=tokens[lo:hi], position_ids=position[lo:hi], attention_mask=mask[lo:hi],
-                           **{cache_name: _rows_cache(states.layers, parents[lo:hi])}, need_output=True,
+                           **{cache_name: cache_rows(states.layers, parents[lo:hi])}, need_output=True,
                            keep_activations=True)
         finally:
             if gather is not None:

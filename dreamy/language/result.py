@@ -26,7 +26,7 @@ class FrontierPoint:
 
 @dataclass
 class PromptResult:
-    """History rows are dicts: iteration, slot, lambda, text, token_ids, activation, xentropy."""
+    """History rows are dicts: iteration, slot, fluency_weight (the slot's), text, token_ids, activation, xentropy."""
 
     target: str
     history: list[dict[str, Any]]
@@ -45,6 +45,15 @@ class PromptResult:
         eligible = [p for p in self.frontier if p.xentropy <= xentropy]
         return max(eligible, key=lambda p: p.activation, default=None)
 
+    def to_records(self) -> list[dict[str, Any]]:
+        """`[to_record()]`: every method's results give their records the same way.
+
+        Example:
+            >>> PromptResult("logits:5", [], [], {}, 0).to_records()[0]["target"]
+            'logits:5'
+        """
+        return [self.to_record()]
+
     def to_record(self, include_history: bool = False) -> dict[str, Any]:
         """A JSON-able record (the history is long; include it on request)."""
         record = {
@@ -59,3 +68,17 @@ class PromptResult:
         if include_history:
             record["history"] = self.history
         return record
+
+
+class PromptResults(list):
+    """The results of a search over many targets, one `PromptResult` per target in order.
+
+    Example:
+        >>> results = PromptResults([PromptResult("logits:5", [], [], {}, 0), PromptResult("logits:6", [], [], {}, 0)])
+        >>> [r["target"] for r in results.to_records()]
+        ['logits:5', 'logits:6']
+    """
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-able record per target."""
+        return [record for result in self for record in result.to_records()]

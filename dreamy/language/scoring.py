@@ -24,105 +24,31 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamy.core.memory import run_chunked
 from dreamy.language.fluency import span_xentropy
 from dreamy.language.packed import ROW_TOKENS, first_changes, score_packed
+from dreamy.language.states import (ParentStates, SequenceScores, cache_kwarg, cache_rows, parent_states, span_logits,
+                                    takes_logits_to_keep)
 from dreamy.targets import Probe
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 256
 MIN_GROUP_FOR_CACHE = 8
-PARENT_CHUNK = 16  # parents per forward when building the caches children reuse
-
-
-@dataclass
-class SequenceScores:
-    """Target scores `[N, n_targets]` and mean span cross-entropy `[N]` of N sequences."""
-
-    activation: Tensor
-    xentropy: Tensor
-
-    def take(self, rows: "slice | Tensor") -> "SequenceScores":
-        """The scores of some rows."""
-        return SequenceScores(self.activation[rows], self.xentropy[rows])
-
-
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def run_chunked(fn: Callable[[slice], Any], n: int, chunk_size: int) -> list[Any]:
-    """Call `fn(slice)` over `range(n)` in chunks, halving the chunk size on out-of-memory errors.
-
-    Example:
-        >>> run_chunked(lambda s: list(range(10))[s], 10, 4)
-        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    """
-    results = []
-    start = 0
-    size = max(1, chunk_size)
-    while start < n:
-        try:
-            results.append(fn(slice(start, min(n, start + size))))
-            start += size
-        except (RuntimeError, torch.OutOfMemoryError) as error:
-            if not _is_oom(error) or size == 1:
-                raise
-            size = max(1, size // 2)
-            log.warning("out of memory; retrying with chunks of %d", size)
-    return results
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """The keyword a Hugging Face model takes for its KV cache (`cache` in transformers 5, else `past_key_values`)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def output_cache(output: Any) -> Any:
-    """The KV cache of a Hugging Face model output, whichever name it has."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def _gather_cache(layers: list[tuple[Tensor, Tensor]], parents: Tensor, length: int) -> Any:
-    """A cache holding, for each row, the first `length` positions of parent `parents[row]`'s keys and values."""
-    from transformers import DynamicCache
-
-    grown = DynamicCache()
-    for index, (keys, values) in enumerate(layers):
-        grown.update(keys[parents, :, :length], values[parents, :, :length], index)
-    return grown
-
-
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the model's forward can skip the output layer on some positions (`logits_to_keep`)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def _span_logits(model: nn.Module, length: int, span: tuple[int, int]) -> tuple[dict[str, int], int]:
-    """`logits_to_keep` for a forward of `length` tokens whose logits serve only the span's cross-entropy and
-    the last position: the output layer then skips the prefix (for a 135M model with a 50k vocabulary, a fifth
-    of its FLOPs per token). Returns (extra forward kwargs, logits offset); nothing when the model lacks it."""
-    if not _takes_logits_to_keep(model):
-        return {}, 0
-    offset = span[0] - 1
-    return {"logits_to_keep": length - offset}, offset
 
 
 def _keep_kwargs(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int]) -> tuple[dict[str, int], int]:
     """`_span_logits` for a probed forward, unless a target reads the logits at other positions."""
     if probe.reads_logits and not probe.reads_last_position_only():
         return {}, 0
-    return _span_logits(model, ids.shape[1], span)
+    return span_logits(model, ids.shape[1], span)
 
 
 def _full(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int], fluency_model: nn.Module | None,
@@ -166,71 +92,11 @@ def _merged_groups(first: Tensor, length: int) -> list[tuple[int, Tensor]]:
     return sorted(groups, key=lambda group: -group[0])
 
 
-@dataclass
-class ParentStates:
-    """What the children of P parents reuse: each parent's keys and values per layer (`[P, heads, T, d]`),
-    the cross-entropy `[P, L]` of each span token, and the log-probabilities `[P, L, V]` predicting each span
-    token (a child's first changed token is scored by its parent's prediction at the position before it).
-    Built by a plain parent forward (`parent_states`) or kept from the token-gradient forward of the same
-    prompts (`dreamy.language.gradients.token_gradients(..., states=...)`), so searches need not recompute it."""
-
-    layers: list[tuple[Tensor, Tensor]]
-    token_xent: Tensor
-    logprobs: Tensor
-
-    @classmethod
-    def from_output(cls, output: Any, ids: Tensor, span: tuple[int, int], logits_offset: int = 0) -> "ParentStates":
-        """The states of a forward of `ids [P, T]` run with `use_cache=True` (detached from any graph)."""
-        start, end = span
-        logits = output.logits.detach()[:, start - 1 - logits_offset : end - 1 - logits_offset]
-        logprobs = logits.float().log_softmax(dim=-1)
-        token_xent = -logprobs.gather(2, ids[:, start:end, None]).squeeze(2)
-        cache = output_cache(output)
-        layers = [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
-        return cls(layers, token_xent, logprobs)
-
-    @classmethod
-    def cat(cls, parts: "Sequence[ParentStates]") -> "ParentStates":
-        """The states of several sets of parents, in order."""
-        layers = [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
-                  for i in range(len(parts[0].layers))]
-        return cls(layers, torch.cat([p.token_xent for p in parts]), torch.cat([p.logprobs for p in parts]))
-
-    def rows(self, index: "int | slice | Tensor") -> "ParentStates":
-        """The states of some parents (an int keeps its row as a batch of one)."""
-        index = slice(index, index + 1) if isinstance(index, int) else index
-        return ParentStates([(k[index], v[index]) for k, v in self.layers], self.token_xent[index], self.logprobs[index])
-
-    @property
-    def n_parents(self) -> int:
-        return self.token_xent.shape[0]
-
-
-@torch.no_grad()
-def parent_states(model: nn.Module, parents: Tensor, span: tuple[int, int], chunk_size: int | None = None) -> ParentStates:
-    """`ParentStates` of `parents [P, T]` from plain forwards (chunks of at most `PARENT_CHUNK` rows: the
-    `[chunk, L, vocab]` log-probabilities bound it, not the children's chunk size).
-
-    Example:
-        >>> from dreamy.models import load
-        >>> states = parent_states(load("tiny:lm").model, torch.tensor([[0, 5, 6, 7]]), (1, 4))
-        >>> tuple(states.token_xent.shape), states.n_parents
-        ((1, 3), 1)
-    """
-    keep, offset = _span_logits(model, parents.shape[1], span)
-
-    def one(chunk: slice) -> ParentStates:
-        out = model(input_ids=parents[chunk], use_cache=True, **keep)
-        return ParentStates.from_output(out, parents[chunk], span, offset)
-
-    return ParentStates.cat(run_chunked(one, parents.shape[0], max(1, min(chunk_size or PARENT_CHUNK, PARENT_CHUNK))))
-
-
 def _group_logits(model: nn.Module, probe: Probe, p: int, own: int, end: int, length: int,
                   device: torch.device) -> tuple[dict[str, Any], int]:
     """`logits_to_keep` for a group forward over positions p.. : only the positions that predict span tokens
     own..end-1 (the last position too when a target reads the logits). Returns (kwargs, logits offset)."""
-    if not _takes_logits_to_keep(model):
+    if not takes_logits_to_keep(model):
         return {}, 0
     first = max(own - 1 - p, 0)
     stop = length - p if probe.reads_logits else max(end - 1 - p, first + 1)
@@ -262,7 +128,7 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
         def one(chunk: slice, rows: Tensor = rows, p: int = p, own: int = own, keep: dict = keep,
                 offset: int = offset) -> tuple[Tensor, Tensor]:
             sel = rows[chunk]
-            cache = _gather_cache(reuse.layers, owner[sel], p)
+            cache = cache_rows(reuse.layers, owner[sel], p)
             result = probe(input_ids=ids[sel, p:], need_output=True, **{cache_name: cache}, **keep)
             # tokens before p are the parent's (its cross-entropy); the token at p is predicted by the
             # parent's position p-1; tokens after p by this forward's own logits

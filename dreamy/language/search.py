@@ -16,18 +16,18 @@ import torch
 from torch import Tensor, nn
 
 from dreamy.language.attribution import token_attributions
+from dreamy.language.config import PromptConfig
 from dreamy.language.gradients import GRADIENT_CHUNK, check_linear_embedding, token_gradients, top_tokens
 from dreamy.language.graphs import GradientGraph, bucket_rows
 from dreamy.language.layout import PromptLayout, make_layout
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.result import FrontierPoint, PromptResult
-from dreamy.language.scoring import ParentStates, SequenceScores, parent_states, run_chunked, score_sequences
+from dreamy.language.states import ParentStates, SequenceScores
+from dreamy.language.scoring import parent_states, score_sequences
+from dreamy.core.memory import run_chunked
 from dreamy.language.tokens import allowed_tokens, decode_each
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
-
-
-SCORING = ("auto", "packed", "grouped", "full")
 
 
 @dataclass
@@ -40,13 +40,10 @@ class SearchSetup:
     Scoring strategy (`scoring`): `"packed"` scores children on top of their parents' KV caches, their
     changed tokens side by side in one forward (`dreamy.language.packed`); `"grouped"` does the same with
     one forward per change position; `"full"` runs one plain batched forward over whole prompts. `build`'s
-    `"auto"` picks packed on every device. Measured (256 children of 8 parents, 13-token prompts): on this
-    2-core CPU with SmolLM2-135M (one thread beside another job) full 15.9 s, grouped 10.3 s, packed
-    8.5 s; on an H100 with a random-init Llama of the 135M shape full 51 ms, grouped 322 ms (one forward
-    per position: launch-bound), packed 48 ms, and whole EPO iterations 0.25 / 0.63 / 0.16 s. Batches
-    under `MIN_GROUP_FOR_CACHE` rows use plain forwards everywhere. On CUDA (`cuda_graphs`, on by default)
-    the gradient pass is replayed as a CUDA graph (`dreamy.language.graphs`): the 135M-shape EPO iteration
-    then took 0.08 s.
+    `"auto"` picks packed on every device (measured faster than both on a CPU and an H100; the figures are in
+    the README and `benchmarks/results/`). Batches under `MIN_GROUP_FOR_CACHE` rows use plain forwards
+    everywhere. On CUDA (`cuda_graphs`, on by default) the gradient pass is replayed as a CUDA graph
+    (`dreamy.language.graphs`).
     """
 
     model: nn.Module
@@ -63,19 +60,15 @@ class SearchSetup:
     cuda_graphs: bool = True
     _graphs: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def reuse_kv(self) -> bool:
-        """Whether children are scored on their parents' KV caches (`scoring` is packed or grouped)."""
-        return self.scoring != "full"
-
     @classmethod
-    def build(cls, loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", *, n_tokens: int,
-              prefix: str = "", suffix: str = "", ascii_only: bool = True, fluency_model: nn.Module | None = None,
-              chunk_size: int | None = None, retokenize: bool = True, scoring: str = "auto") -> "SearchSetup":
-        """Parse the targets and tokenize the layout for `loaded` (a language `LoadedModel`); `scoring` is
-        `"auto"`, `"packed"`, `"grouped"` or `"full"` (see the class docstring)."""
-        if scoring not in SCORING:
-            raise ValueError(f"scoring must be one of {', '.join(SCORING)}; got {scoring!r}")
+    def build(cls, loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]",
+              config: PromptConfig | None = None, *, fluency_model: nn.Module | None = None,
+              **overrides: Any) -> "SearchSetup":
+        """Parse the targets and tokenize the layout for `loaded` (a language `LoadedModel`) as `config` says
+        (an `EPOConfig`, `GCGConfig`, or the shared `PromptConfig`; keywords override its fields): its layout
+        (`n_tokens`, `prefix`, `suffix`), vocabulary (`ascii_only`, `retokenize`), `chunk_size` and `scoring`
+        (see the class docstring)."""
+        config = (type(config) if config is not None else PromptConfig).build(config, **overrides)
         if loaded.tokenizer is None:
             raise ValueError(f"model '{loaded.name}' has no tokenizer; prompt search needs a language model")
         if isinstance(targets, (str, Target)):
@@ -84,9 +77,9 @@ class SearchSetup:
         if not parsed:
             raise ValueError("no targets given; name at least one, e.g. 'logits:42'")
         probe = Probe(loaded.model, parsed, sequence_reduce="pos=-1")
-        layout = make_layout(loaded.tokenizer, n_tokens, prefix, suffix, device=loaded.device)
+        layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix, device=loaded.device)
         vocab = loaded.model.get_input_embeddings().weight.shape[0]
-        allowed = allowed_tokens(loaded.tokenizer, ascii_only=ascii_only, vocab_size=vocab)
+        allowed = allowed_tokens(loaded.tokenizer, ascii_only=config.ascii_only, vocab_size=vocab)
         sample = allowed.nonzero().flatten()[:8].to(loaded.device)
         check_linear_embedding(loaded.model.get_input_embeddings(), sample)
         if fluency_model is not None:
@@ -95,8 +88,9 @@ class SearchSetup:
                 raise ValueError(f"fluency_model has a vocabulary of {fluency_vocab} tokens and '{loaded.name}' {vocab}; "
                                  "the fluency model must share the tokenizer (and vocabulary) of the searched model")
             check_linear_embedding(fluency_model.get_input_embeddings(), sample)
-        return cls(loaded.model, loaded.tokenizer, parsed, probe, layout, allowed, fluency_model, chunk_size, retokenize,
-                   scoring="packed" if scoring == "auto" else scoring, n_allowed=int(allowed.sum()))
+        return cls(loaded.model, loaded.tokenizer, parsed, probe, layout, allowed, fluency_model, config.chunk_size,
+                   config.retokenize, scoring="packed" if config.scoring == "auto" else config.scoring,
+                   n_allowed=int(allowed.sum()))
 
     def _owners(self, owners: Tensor | None, n: int) -> Tensor:
         return torch.zeros(n, dtype=torch.long) if owners is None else torch.as_tensor(owners, dtype=torch.long)
@@ -105,9 +99,9 @@ class SearchSetup:
               parent_index: Tensor | None = None, parent_states: ParentStates | None = None) -> SequenceScores:
         """Activation `[N]` of each span under its own target `owners[i]` (default: the first target) and span
         cross-entropy `[N]`. `parents [P, L]` (a span or several, with `parent_index [N]`) enable KV reuse where
-        it pays (`reuse_kv`, see the class docstring); `parent_states` (from `top_tokens_and_states` or
+        it pays (scoring other than "full", see the class docstring); `parent_states` (from `top_tokens_and_states` or
         `states_of`) spare the parents' forward."""
-        if not self.reuse_kv:
+        if self.scoring == "full":
             parents = parent_index = parent_states = None
         parent_ids = None if parents is None else self.layout.full(parents if parents.ndim == 2 else parents[None])
         scores = score_sequences(self.model, self.probe, self.layout.full(spans), xent_span=self.layout.span,
@@ -117,17 +111,10 @@ class SearchSetup:
         own = self._owners(owners, spans.shape[0]).to(scores.activation.device)
         return SequenceScores(scores.activation.gather(1, own[:, None]).squeeze(1), scores.xentropy)
 
-    def top_tokens(self, spans: Tensor, lambdas: Tensor, topk: int, owners: Tensor | None = None) -> Tensor:
-        """For each row, the `topk` allowed replacement tokens per position `[N, L, k]`, ranked by the one-hot
-        gradient of `activation - lambda * xentropy` under target `owners[i]` (the cross-entropy under
-        `fluency_model` when one is set). Gradients (`[rows, L, V]`) are reduced chunk by chunk, so many packed
-        prompts never hold all their gradients at once."""
-        return self.top_tokens_and_states(spans, lambdas, topk, owners)[0]
-
     @property
     def keeps_states(self) -> bool:
         """Whether scoring reuses parent states (KV reuse on, cross-entropy from the searched model)."""
-        return self.reuse_kv and self.fluency_model is None
+        return self.scoring != "full" and self.fluency_model is None
 
     def top_tokens_and_states(self, spans: Tensor, lambdas: Tensor, topk: int,
                               owners: Tensor | None = None) -> tuple[Tensor, ParentStates | None]:
@@ -181,10 +168,6 @@ class SearchSetup:
         """`ParentStates` of `spans [P, L]` from a plain forward (for parents whose gradient pass kept none)."""
         return parent_states(self.model, self.layout.full(spans), self.layout.span, self.chunk_size)
 
-    def text(self, span: Tensor) -> str:
-        """Decoded span text."""
-        return self.tokenizer.decode(span.tolist())
-
     def result(self, history: list[dict[str, Any]], settings: dict[str, Any], seed: int, method: str,
                target_index: int = 0) -> PromptResult:
         """Build the result of target `target_index`: Pareto frontier of its history (unique prompts) with
@@ -221,18 +204,5 @@ def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation:
         1.5
     """
     texts = setup.tokenizer.batch_decode([list(span) for span in spans]) if len(spans) else []
-    return [{"iteration": iteration, "slot": slot, "lambda": lam, "text": text, "token_ids": list(span),
+    return [{"iteration": iteration, "slot": slot, "fluency_weight": lam, "text": text, "token_ids": list(span),
              "activation": a, "xentropy": x} for text, span, a, x in zip(texts, spans, activation, xentropy)]
-
-
-def check_iters(iters: int) -> None:
-    """Refuse a search of no iterations (`iters` < 1), as the CLI does.
-
-    Example:
-        >>> check_iters(0)
-        Traceback (most recent call last):
-        ...
-        ValueError: iters must be >= 1 (one gradient step at least), got 0
-    """
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1 (one gradient step at least), got {iters}")

@@ -15,10 +15,10 @@ Example:
 """
 
 from dreamy.maxima.images import image_maxima
-from dreamy.maxima.records import (Example, Maxima, default_cache_dir, entry_dir, list_cached_maxima, load_cached_maxima,
+from dreamy.maxima.records import (Example, Maxima, MaximaResults, default_cache_dir, entry_dir, list_cached_maxima, load_cached_maxima,
                                    save_maxima)
 from dreamy.maxima.text import corpus_xentropy, text_maxima
 from dreamy.maxima.topk import StreamingTopK, summarize
 
-__all__ = ["Example", "Maxima", "StreamingTopK", "corpus_xentropy", "default_cache_dir", "entry_dir", "image_maxima",
+__all__ = ["Example", "Maxima", "MaximaResults", "StreamingTopK", "corpus_xentropy", "default_cache_dir", "entry_dir", "image_maxima",
            "list_cached_maxima", "load_cached_maxima", "save_maxima", "summarize", "text_maxima"]

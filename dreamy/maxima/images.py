@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamy.core.files import fingerprint, safe_name
 from dreamy.datasets import ImageSet, open_images
-from dreamy.maxima.records import Example, Maxima, canonical_target, default_cache_dir, entry_dir, load_cached_maxima, save_maxima, slug
-from dreamy.maxima.topk import scan, settings_fingerprint, summarize
+from dreamy.maxima.records import Example, Maxima, MaximaResults, canonical_target, default_cache_dir, entry_dir, load_cached_maxima, save_maxima
+from dreamy.maxima.topk import scan, summarize
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe
 
@@ -62,7 +63,7 @@ def image_maxima(
     cache_dir: str | os.PathLike | None = "default",
     refresh: bool = False,
     progress: bool = True,
-) -> dict[str, Maxima]:
+) -> MaximaResults:
     """The top-`k` images of `images` (a name for `dreamy.datasets.open_images`, or an `ImageSet`) per target.
 
     Returns `{canonical target spec: Maxima}`. Entries already in `cache_dir` (with at least `k`
@@ -76,7 +77,7 @@ def image_maxima(
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
     found, todo = cached_or_todo(loaded, targets, dataset.name, k, cache, refresh)
     if not todo:
-        return found
+        return MaximaResults(found)
     from dreamy.vision.render import patch_tokens
 
     probe = Probe(loaded.model, todo, patch_tokens=patch_tokens(loaded.model))  # ViT token sites: as the dreams read them
@@ -91,10 +92,10 @@ def image_maxima(
     settings = {"k": k, "batch_size": batch_size, "image_size": list(size), "n_images": len(dataset)}
     checkpoint = None
     if cache is not None:
-        checkpoint = entry_dir(cache, loaded.name, dataset.name, todo[0]).parent / f".scan-{slug('|'.join(todo))}.pt"
+        checkpoint = entry_dir(cache, loaded.name, dataset.name, todo[0]).parent / f".scan-{safe_name('|'.join(todo))}.pt"
     top, all_scores, seconds = scan(score_batch, len(dataset), n_targets=len(todo), k=k, batch_size=batch_size,
                                     checkpoint=checkpoint, desc=f"maxima {dataset.name}", progress=progress,
-                                    fingerprint=settings_fingerprint({"model": loaded.name, "targets": todo, **settings}))
+                                    fingerprint=fingerprint({"model": loaded.name, "targets": todo, **settings}))
     for j, target in enumerate(todo):
         indices = [int(i) for i, v in zip(top.indices[j], top.values[j]) if torch.isfinite(v)]
         maxima = _describe(loaded, probe, j, target, dataset, indices, size)
@@ -103,7 +104,7 @@ def image_maxima(
         if cache is not None:
             save_maxima(maxima, cache)
         found[target] = maxima
-    return {canonical_target(t): found[canonical_target(t)] for t in targets}
+    return MaximaResults({canonical_target(t): found[canonical_target(t)] for t in targets})
 
 
 @torch.no_grad()

@@ -17,11 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamy.png import png_bytes
-from dreamy.results import write_atomic
+from dreamy.core.png import png_bytes
+from dreamy.core.files import safe_name, write_atomic
 from dreamy.targets import parse
 
 
@@ -129,6 +127,19 @@ class Maxima:
                    arrays.get("images"), arrays.get("maps"), [Example(**e) for e in record.get("frontier", [])], path)
 
 
+class MaximaResults(dict):
+    """The maxima of several targets, `{canonical target spec: Maxima}`.
+
+    Example:
+        >>> MaximaResults({"t": Maxima("m", "t", "d", "text", [], {}, {})}).to_records()[0]["target"]
+        't'
+    """
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-able record per target (every method's results give their records the same way)."""
+        return [maxima.to_record() for maxima in self.values()]
+
+
 def default_cache_dir() -> Path:
     """`<dreamy cache>/maxima` (see `dreamy.models.cache_dir`; `$DREAMY_CACHE` moves it).
 
@@ -141,17 +152,6 @@ def default_cache_dir() -> Path:
     return cache_dir() / "maxima"
 
 
-def slug(name: str) -> str:
-    """A file-name-safe, collision-free form of `name`: readable part + 8 hex digits of its hash.
-
-    Example:
-        >>> slug("bundled:smollm2-135m")
-        'bundled_smollm2-135m-7458d1c7'
-    """
-    readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("._")[:60] or "x"
-    return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
 def canonical_target(target: str) -> str:
     """The canonical spec of a target (so `conv2 : 1` and `conv2:1` share a cache entry)."""
     return str(parse(target))
@@ -159,7 +159,7 @@ def canonical_target(target: str) -> str:
 
 def entry_dir(cache_dir: str | os.PathLike, model_name: str, dataset: str, target: str) -> Path:
     """The folder of one cache entry."""
-    return Path(cache_dir) / slug(model_name) / slug(dataset) / slug(canonical_target(target))
+    return Path(cache_dir) / safe_name(model_name) / safe_name(dataset) / safe_name(canonical_target(target))
 
 
 def save_maxima(maxima: Maxima, cache_dir: str | os.PathLike) -> Path:
@@ -194,8 +194,8 @@ def load_cached_maxima(cache_dir: str | os.PathLike, model_name: str, target: st
     """The cached maxima of `target` on `model_name` (from `dataset`, else the most recent of any data set), or None."""
     if dataset is not None:
         return _read_entry(entry_dir(cache_dir, model_name, dataset, target))
-    model_dir = Path(cache_dir) / slug(model_name)
-    records = sorted(model_dir.glob(f"*/{slug(canonical_target(target))}/maxima.json"), key=lambda p: p.stat().st_mtime)
+    model_dir = Path(cache_dir) / safe_name(model_name)
+    records = sorted(model_dir.glob(f"*/{safe_name(canonical_target(target))}/maxima.json"), key=lambda p: p.stat().st_mtime)
     return _read_entry(records[-1].parent) if records else None
 
 
@@ -207,6 +207,6 @@ def list_cached_maxima(cache_dir: str | os.PathLike, model_name: str | None = No
         []
     """
     root = Path(cache_dir)
-    pattern = f"{slug(model_name)}/*/*/maxima.json" if model_name else "*/*/*/maxima.json"
+    pattern = f"{safe_name(model_name)}/*/*/maxima.json" if model_name else "*/*/*/maxima.json"
     found = [_read_entry(p.parent) for p in sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)]
     return [m for m in found if m is not None]

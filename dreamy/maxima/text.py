@@ -37,31 +37,25 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from dreamy.core.files import fingerprint, safe_name
 from dreamy.datasets import TextCorpus, open_text
 from dreamy.language.fluency import span_xentropy
-from dreamy.stepping import make_generator
+from dreamy.language.layout import start_token
+from dreamy.core.stepping import make_generator
 from dreamy.maxima.images import cached_or_todo
-from dreamy.maxima.records import Example, Maxima, canonical_target, default_cache_dir, entry_dir, save_maxima, slug
-from dreamy.maxima.topk import scan, settings_fingerprint, summarize
+from dreamy.maxima.records import Example, Maxima, MaximaResults, canonical_target, default_cache_dir, entry_dir, save_maxima
+from dreamy.maxima.topk import scan, summarize
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe
 
 log = logging.getLogger(__name__)
 
 
-def start_token(tokenizer: Any) -> int:
-    """The token that starts every window (BOS, else EOS), as on the language side."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start windows with")
-    return int(token)
-
-
 def tokenize_corpus(tokenizer: Any, corpus: TextCorpus) -> Tensor:
     """All token ids of the corpus `[N]` (no special tokens).
 
     Example:
-        >>> from dreamy.tiny import tiny_tokenizer
+        >>> from dreamy.models.tiny import tiny_tokenizer
         >>> tokenize_corpus(tiny_tokenizer(), TextCorpus("t", "The cat")).ndim
         1
     """
@@ -130,7 +124,7 @@ def text_maxima(
     cache_dir: str | os.PathLike | None = "default",
     refresh: bool = False,
     progress: bool = True,
-) -> dict[str, Maxima]:
+) -> MaximaResults:
     """The top-`k` `window`-token windows of `corpus` per target; see the module docstring.
 
     `corpus` is a name or path for `dreamy.datasets.open_text` (cut to `max_words`) or a `TextCorpus`.
@@ -146,7 +140,7 @@ def text_maxima(
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
     found, todo = cached_or_todo(loaded, targets, key, k, cache, refresh)
     if not todo:
-        return found
+        return MaximaResults(found)
     ids = tokenize_corpus(loaded.tokenizer, corpus)
     n_chunks = len(ids) // window
     if n_chunks < 1:
@@ -177,10 +171,10 @@ def text_maxima(
                 "n_words": corpus.n_words, "xent_windows": xent_windows, "seed": seed}
     checkpoint = None
     if cache is not None:
-        checkpoint = entry_dir(cache, loaded.name, key, todo[0]).parent / f".scan-{slug('|'.join(todo))}.pt"
+        checkpoint = entry_dir(cache, loaded.name, key, todo[0]).parent / f".scan-{safe_name('|'.join(todo))}.pt"
     top, window_scores, seconds = scan(score_batch, n_chunks, n_targets=len(todo), k=k * candidates, batch_size=batch_size,
                                        checkpoint=checkpoint, desc=f"maxima {corpus.name}", progress=progress,
-                                       fingerprint=settings_fingerprint({"model": loaded.name, "targets": todo, **settings}))
+                                       fingerprint=fingerprint({"model": loaded.name, "targets": todo, **settings}))
     xents = _random_window_xentropy(loaded, ids, window, xent_windows, batch_size, seed)
     for j, target in enumerate(todo):
         ends = list(dict.fromkeys(int(i) for i, v in zip(top.indices[j], top.values[j]) if torch.isfinite(v)))
@@ -191,7 +185,7 @@ def text_maxima(
         if cache is not None:
             save_maxima(maxima, cache)
         found[target] = maxima
-    return {canonical_target(t): found[canonical_target(t)] for t in targets}
+    return MaximaResults({canonical_target(t): found[canonical_target(t)] for t in targets})
 
 
 def _refine(loaded: LoadedModel, probe: Probe, j: int, target: str, dataset: str, ids: Tensor, ends: list[int],

@@ -13,12 +13,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from dreamy import stepping
+from dreamy.core import stepping
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,3 @@ def scan(
         checkpoint.unlink()
     all_summaries = torch.cat(summaries) if summaries else torch.empty(0, n_targets)
     return top, all_summaries, spent + time.perf_counter() - began
-
-
-def settings_fingerprint(settings: dict[str, Any]) -> str:
-    """A stable string of scan settings (targets, model, data set...) that a resumed scan must match.
-
-    Example:
-        >>> settings_fingerprint({"b": 1, "a": [2]})
-        '{"a": [2], "b": 1}'
-    """
-    import json
-
-    return json.dumps(settings, sort_keys=True, default=str)

@@ -26,9 +26,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from dreamy.maxima.text import start_token  # the one definition: BOS, else EOS
+from dreamy.language.layout import start_token
 from dreamy.datasets import TextCorpus, open_text
-from dreamy.stepping import make_generator
+from dreamy.core.stepping import make_generator
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, parse
 
@@ -46,7 +46,7 @@ def tokenize(tokenizer: Any, corpus: TextCorpus) -> Tensor:
     """All token ids of `corpus` (`[N]`, no special tokens), tokenized paragraph by paragraph.
 
     Example:
-        >>> from dreamy.tiny import tiny_tokenizer
+        >>> from dreamy.models.tiny import tiny_tokenizer
         >>> tokenize(tiny_tokenizer(), TextCorpus("t", "The cat")).ndim
         1
     """
@@ -65,7 +65,7 @@ def corpus_windows(tokenizer: Any, corpora: Sequence[str | TextCorpus], *, windo
     give fewer than `heldout_windows + 1` windows.
 
     Example:
-        >>> from dreamy.tiny import tiny_tokenizer
+        >>> from dreamy.models.tiny import tiny_tokenizer
         >>> split = corpus_windows(tiny_tokenizer(), [TextCorpus("t", "a b c d " * 40)], window=4,
         ...                        heldout_windows=3, seed=0)
         >>> split.heldout.shape[0], split.corpora

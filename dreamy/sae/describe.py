@@ -55,14 +55,14 @@ class OutputTokens:
     suppressed: list[TokenScore]
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able dict: method and the tokens with their values.
+        """A JSON-able dict: method and the tokens as `[text, value]` pairs (the form records and cards use).
 
         Example:
             >>> OutputTokens("vocab_proj", [TokenScore("a", 1, 2.0)], []).to_record()["promoted"]
-            [{'token': 'a', 'id': 1, 'value': 2.0}]
+            [['a', 2.0]]
         """
-        return {"method": self.method, "promoted": [vars(t) for t in self.promoted],
-                "suppressed": [vars(t) for t in self.suppressed]}
+        return {"method": self.method, "promoted": [[t.token, t.value] for t in self.promoted],
+                "suppressed": [[t.token, t.value] for t in self.suppressed]}
 
 
 def final_norm(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dreamy.results import write_atomic
+from dreamy.core.files import write_atomic
 from dreamy.sae.model import SAE
 from dreamy.targets.saelens import CFG_NAME, WEIGHTS_NAME, read_sae_folder
 

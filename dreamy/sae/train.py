@@ -47,9 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamy.datasets import TextCorpus
-from dreamy.stepping import make_generator, progress as progress_bar
+from dreamy.core.stepping import make_generator, progress as progress_bar
 from dreamy.models import LoadedModel
-from dreamy.results import write_atomic, write_json_atomic
+from dreamy.sae.config import SAETrainConfig
+from dreamy.core.files import write_atomic, write_json_atomic
 from dreamy.sae.activations import corpus_windows, site_activations, site_probe
 from dreamy.sae.files import save
 from dreamy.sae.metrics import DEAD_WINDOW_TOKENS, dead_fraction, evaluate
@@ -58,7 +59,6 @@ from dreamy.targets.saelens import CFG_NAME, WEIGHTS_NAME
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
-AUX_COEF = 1 / 32
 WARMUP_SHARE = 0.05
 DECAY_SHARE = 0.2
 
@@ -75,15 +75,14 @@ class TrainResult:
     metrics: dict[str, Any]
     out_dir: Path
 
+    def to_records(self) -> list[dict[str, Any]]:
+        """`[metrics with the folder]`: every method's results give their records the same way.
 
-def default_lr(features: int) -> float:
-    """The default Adam learning rate: 2e-3 at 4096 features, scaled by `1/sqrt(features / 4096)`.
-
-    Example:
-        >>> default_lr(4096), default_lr(16384)
-        (0.002, 0.001)
-    """
-    return 2e-3 / math.sqrt(features / 4096)
+        Example:
+            >>> TrainResult(None, {"fve": 0.9}, Path("sae")).to_records()
+            [{'fve': 0.9, 'out_dir': 'sae'}]
+        """
+        return [{**self.metrics, "out_dir": str(self.out_dir)}]
 
 
 def lr_factor(step: int, n_steps: int) -> float:
@@ -251,27 +250,16 @@ def train_sae(
     loaded: LoadedModel,
     site: str,
     corpora: Sequence[str | TextCorpus],
+    config: SAETrainConfig | None = None,
     *,
-    features: int,
-    k: int,
-    tokens: int,
     out_dir: str | os.PathLike,
-    batch_tokens: int = 2048,
-    lm_batch_tokens: int = 4096,
-    lr: float | None = None,
-    window: int = 64,
-    seed: int = 0,
     resume: bool = False,
-    checkpoint_every: int = 50,
-    aux_k: int | None = None,
-    aux_coef: float = AUX_COEF,
-    aux_dead_tokens: int = 50_000,
-    heldout_tokens: int = 8192,
-    max_words: int | None = None,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    **overrides: Any,
 ) -> TrainResult:
-    """Train a TopK SAE with `features` latents on `tokens` activations of `site`; see the module docstring.
+    """Train a TopK SAE on activations of `site` as `config` says (`SAETrainConfig`; keywords override its
+    fields); see the module docstring.
 
     `callback(step, stats)` runs after every step (1-based, after any checkpoint); an exception it raises
     stops training (the last checkpoint stays for `resume`).
@@ -281,20 +269,15 @@ def train_sae(
         >>> train_sae(load("tiny:lm"), "model.layers.0", ["fortunes"], features=8, k=9, tokens=10, out_dir="unused")
         Traceback (most recent call last):
         ...
-        ValueError: k=9 must be <= features=8
+        dreamy.core.config.ConfigError: SAETrainConfig.k 9 must be <= features 8
     """
+    config = SAETrainConfig.build(config, **overrides)
     if loaded.tokenizer is None:
         raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
-    for name, value in (("features", features), ("k", k), ("tokens", tokens), ("batch_tokens", batch_tokens),
-                        ("lm_batch_tokens", lm_batch_tokens),
-                        ("window", window), ("checkpoint_every", checkpoint_every), ("heldout_tokens", heldout_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if k > features:
-        raise ValueError(f"k={k} must be <= features={features}")
-    lr = default_lr(features) if lr is None else lr
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be > 0 and finite, got {lr}")
+    features, k, tokens, batch_tokens = config.features, config.k, config.tokens, config.batch_tokens
+    lm_batch_tokens, window, seed, checkpoint_every = config.lm_batch_tokens, config.window, config.seed, config.checkpoint_every
+    aux_k, aux_coef, aux_dead_tokens = config.aux_k, config.aux_coef, config.aux_dead_tokens
+    heldout_tokens, max_words, lr = config.heldout_tokens, config.max_words, config.lr_or_default
     folder = check_out_dir(out_dir, resume)
     probe = site_probe(loaded, site)
     per_step = max(1, batch_tokens // window)

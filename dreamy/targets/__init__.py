@@ -11,11 +11,11 @@ Example:
 from dreamy.targets.check import check_targets
 from dreamy.targets.errors import SpecError, TargetError
 from dreamy.targets.probe import Probe, ProbeResult, features_last, list_sites, resolve_module, score_map
-from dreamy.targets.spec import Site, Target, Term, expand, parse
+from dreamy.targets.spec import Site, Target, Term, class_index, expand, parse
 from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit, load_unit
 
 __all__ = [
     "Direction", "Neuron", "Probe", "ProbeResult", "SAEFeature", "Site", "SpecError", "Target", "check_targets",
-    "TargetError", "Term", "Unit", "expand", "features_last", "list_sites", "load_unit", "parse",
+    "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites", "load_unit", "parse",
     "resolve_module", "score_map",
 ]

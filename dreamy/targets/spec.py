@@ -148,6 +148,22 @@ class Target:
         """True when a term reads the model's output (no early exit possible)."""
         return any(site.is_logits for site in self.sites)
 
+    @property
+    def class_index(self) -> int | None:
+        """The class this target dreams when it is one positive `logits:N` or `logprobs:N` term (a class
+        dream: what judges judge, galleries label and show large); None for every other target.
+
+        Example:
+            >>> parse("logits:285").class_index, parse("-logits:3").class_index, parse("logits:1-logits:2").class_index
+            (285, None, None)
+        """
+        if len(self.terms) != 1:
+            return None
+        term = self.terms[0]
+        if not term.site.is_logits or not isinstance(term.unit, Neuron) or term.coef <= 0:
+            return None
+        return term.unit.index
+
 
 class _Parser:
     def __init__(self, spec: str) -> None:
@@ -326,6 +342,16 @@ def parse(spec: "str | Target") -> Target:
         raise TypeError(f"a target spec must be a string, got {type(spec).__name__}: {spec!r}")
     target, _ = _Parser(spec).target(allow_range=False)
     return target
+
+
+def class_index(spec: "str | Target") -> int | None:
+    """The class a target dreams when it is one positive `logits:N` / `logprobs:N` term (see `Target.class_index`).
+
+    Example:
+        >>> class_index("logits:285"), class_index("_blocks.8:12")
+        (285, None)
+    """
+    return parse(spec).class_index
 
 
 def expand(spec: "str | Target") -> list[Target]:

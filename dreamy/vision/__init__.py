@@ -7,6 +7,7 @@ Example:
     torch.Size([1, 3, 32, 32])
 """
 
+from dreamy.vision.config import DreamConfig
 from dreamy.vision.facets import dream_facets, facet_starts, kmeans
 from dreamy.vision.generators import GeneratorParam, RandomDecoder, random_decoder_param
 from dreamy.vision.judges import judge_images
@@ -16,6 +17,6 @@ from dreamy.vision.regularizers import pull_to
 from dreamy.vision.render import DreamResult, dream
 from dreamy.vision.transforms import Transforms
 
-__all__ = ["DeepImagePrior", "DreamResult", "FourierParam", "GeneratorParam", "ImageParam", "MacoParam", "PixelParam",
+__all__ = ["DeepImagePrior", "DreamConfig", "DreamResult", "FourierParam", "GeneratorParam", "ImageParam", "MacoParam", "PixelParam",
            "RandomDecoder", "Transforms", "dream", "dream_facets", "facet_starts", "judge_images", "kmeans",
            "magnitude_of", "make_param", "pull_to", "random_decoder_param"]

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamy.stepping import make_generator
+from dreamy.core.stepping import make_generator
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
+from dreamy.vision.config import DreamConfig
 from dreamy.vision.param import ImageParam
 from dreamy.vision.render import DreamResult, dream
 
@@ -91,10 +92,11 @@ def facet_starts(loaded: LoadedModel, target: str | Target, images: Tensor, *, k
     return torch.stack([resized[labels == j].mean(dim=0) for j in order.tolist()])
 
 
-def dream_facets(loaded: LoadedModel, target: str | Target, images: Tensor, *, k: int = 4, seed: int = 0,
-                 center: float = 1.0, **dream_kwargs: Any) -> DreamResult:
+def dream_facets(loaded: LoadedModel, target: str | Target, images: Tensor, config: DreamConfig | None = None, *,
+                 k: int = 4, center: float = 1.0, progress: bool = True, **overrides: Any) -> DreamResult:
     """Multifaceted visualization: `k` dreams of `target`, each started from one facet's mean image
-    and optimized with the centre bias (weight `center`); other keywords go to `render.dream`.
+    and optimized with the centre bias (weight `center`) besides `config`'s regularizers; other keywords
+    override `config` (`DreamConfig`) as in `render.dream`. The config's seed also seeds the facets.
 
     Example:
         >>> from dreamy.models import load
@@ -102,10 +104,10 @@ def dream_facets(loaded: LoadedModel, target: str | Target, images: Tensor, *, k
         >>> dream_facets(load("tiny:cnn"), "head:3", photos, k=2, steps=2, progress=False).images.shape
         torch.Size([2, 3, 32, 32])
     """
-    starts = facet_starts(loaded, target, images, k=k, seed=seed)
-    regularizers = {"center": center, **dict(dream_kwargs.pop("regularizers", None) or {})}
-    result = dream(loaded, [target], param=ImageParam(starts, device=loaded.device), n_per_target=k, seed=seed,
-                   regularizers=regularizers, **dream_kwargs)
+    config = DreamConfig.build(config, **overrides)
+    starts = facet_starts(loaded, target, images, k=k, seed=config.seed)
+    result = dream(loaded, [target], config, param=ImageParam(starts, device=loaded.device), n_per_target=k,
+                   regularizers={"center": center, **config.regularizers}, progress=progress)
     result.settings["facets"] = k
     return result
 

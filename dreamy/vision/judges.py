@@ -17,9 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -55,21 +53,6 @@ class Verdict:
             1
         """
         return asdict(self)
-
-
-def class_index(spec: str) -> int | None:
-    """The class a one-term `logits:N` / `logprobs:N` target names (None for any other target).
-
-    Example:
-        >>> class_index("logits:285"), class_index("logits:1-logits:2"), class_index("_blocks.8:12")
-        (285, None, None)
-    """
-    from dreamy.targets import Neuron, parse
-
-    terms = parse(spec).terms
-    if len(terms) != 1 or not terms[0].site.is_logits or not isinstance(terms[0].unit, Neuron) or terms[0].coef <= 0:
-        return None
-    return terms[0].unit.index
 
 
 def check_judge(judge: LoadedModel, n_classes: int | None = None) -> None:
@@ -120,69 +103,4 @@ def judge_images(judge: LoadedModel, images: Tensor, targets: Sequence[int], *, 
     return verdicts
 
 
-def read_png(path: str | Path) -> Tensor:
-    """A PNG file as a `[3, H, W]` float tensor in [0, 1].
-
-    Example:
-        >>> import tempfile
-        >>> from dreamy.png import png_bytes
-        >>> path = Path(tempfile.mkdtemp()) / "a.png"
-        >>> _ = path.write_bytes(png_bytes(torch.ones(3, 4, 5)))
-        >>> read_png(path).shape
-        torch.Size([3, 4, 5])
-    """
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(Path(path).read_bytes())) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any]],
-                  directory: str | Path) -> list[dict[str, Any]]:
-    """Add each judge's verdicts to the class-logit image records of a run written in `directory`.
-
-    Every image of a record is judged from its PNG (what the gallery shows). A record gets
-    `judges`: one entry per judge for its best image (the one with the record's activation), with
-    `probabilities` of every image. Returns the updated records (the others are left out).
-
-    Example:
-        >>> import tempfile
-        >>> from dreamy.models import load
-        >>> from dreamy.scale import dream_targets
-        >>> out = tempfile.mkdtemp()
-        >>> records = dream_targets("tiny:cnn", ["logits:3", "conv3:1"], settings={"steps": 2}, out_dir=out, progress=False)
-        >>> judged = judge_records([load("tiny:cnn")], records, out)
-        >>> [r["target"] for r in judged], sorted(judged[0]["judges"][0])
-        (['logits:3'], ['judge', 'label', 'probabilities', 'probability', 'rank', 'target', 'top5'])
-    """
-    todo = [(r, class_index(r["target"])) for r in records
-            if "error" not in r and r.get("images") and r.get("kind", "image") == "image"]
-    todo = [(r, c) for r, c in todo if c is not None]
-    if not todo:
-        return []
-    images, targets, owners = [], [], []
-    for k, (record, target) in enumerate(todo):
-        for name in record["images"]:
-            images.append(read_png(Path(directory) / name))
-            targets.append(target)
-            owners.append(k)
-    sizes = {tuple(image.shape) for image in images}
-    stacked = [torch.stack(images)] if len(sizes) == 1 else [image[None] for image in images]
-    updated = [dict(record, judges=[]) for record, _ in todo]
-    for judge in judges:
-        verdicts: list[Verdict] = []
-        start = 0
-        for chunk in stacked:
-            verdicts += judge_images(judge, chunk, targets[start : start + len(chunk)])
-            start += len(chunk)
-        for k, record in enumerate(updated):
-            mine = [v for v, owner in zip(verdicts, owners) if owner == k]
-            activations = record.get("activations") or [record.get("activation")]
-            best = max(range(len(mine)), key=lambda j: activations[j] if j < len(activations) and activations[j] is not None else float("-inf"))
-            record["judges"].append({**mine[best].to_record(), "probabilities": [v.probability for v in mine]})
-    return updated
-
-
-__all__ = ["JudgeError", "Verdict", "check_judge", "class_index", "judge_images", "judge_records", "read_png"]
+__all__ = ["JudgeError", "Verdict", "check_judge", "judge_images"]

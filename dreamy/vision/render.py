@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dreamy import stepping
-from dreamy.stepping import Plateau, make_generator, should_snapshot
+from dreamy.core import stepping
+from dreamy.core.stepping import Plateau, make_generator, should_snapshot
 from dreamy.models import LoadedModel, Preprocess
 from dreamy.targets import Probe, Target, parse
 from dreamy.vision import regularizers as regs
+from dreamy.vision.config import DreamConfig
 from dreamy.vision.param import ImageParametrization, make_param
 from dreamy.vision.transforms import Transforms
 
@@ -65,6 +67,25 @@ class DreamResult:
         """
         return [i for i, t in enumerate(self.row_targets) if t == target]
 
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-able record per target (in target order): its first image's record (`to_record`) with
+        every image's `activations` and the best as `activation` (None when one is not finite).
+
+        Example:
+            >>> from dreamy.models import load
+            >>> records = dream(load("tiny:cnn"), ["head:1", "head:2"], steps=1, n_per_target=2, progress=False).to_records()
+            >>> [(r["target"], len(r["activations"])) for r in records]
+            [('head:1', 2), ('head:2', 2)]
+        """
+        records = []
+        for t in range(len(self.targets)):
+            rows = self.rows_of(t)
+            activations = [float(self.activation[r]) for r in rows]
+            finite = all(math.isfinite(a) for a in activations)
+            records.append({**self.to_record(rows[0]), "activations": activations,
+                            "activation": max(activations) if finite else None})
+        return records
+
     def to_record(self, i: int) -> dict[str, Any]:
         """A JSON-able record of row i (no pixels).
 
@@ -102,11 +123,11 @@ def _model_and_preprocess(loaded: LoadedModel | nn.Module,
     return loaded, preprocess, tensors[0].device if tensors else torch.device("cpu")
 
 
-def _penalties(regularizers: Mapping[str | Penalty, float] | None,
-               param: ImageParametrization) -> list[tuple[str, Penalty, float]]:
-    """Resolve `{"tv": 0.1, "pull": 1.0, callable: w}` into (name, function, weight) triples."""
+def _penalties(regularizers: Mapping[str | Penalty, float], param: ImageParametrization) -> list[tuple[str, Penalty, float]]:
+    """Resolve `{"tv": 0.1, "pull": 1.0, callable: w}` (names checked by `DreamConfig`) into (name, function,
+    weight) triples."""
     resolved = []
-    for key, weight in (regularizers or {}).items():
+    for key, weight in regularizers.items():
         if key == "pull":
             start = getattr(param, "start", None)
             if start is None:
@@ -114,14 +135,9 @@ def _penalties(regularizers: Mapping[str | Penalty, float] | None,
                                  f"this dream uses {type(param).__name__}. Pass param=ImageParam(images)")
             resolved.append(("pull", regs.pull_to(start), float(weight)))
         elif isinstance(key, str):
-            if key not in regs.REGULARIZERS:
-                raise ValueError(f"unknown regularizer '{key}'; use one of {', '.join(regs.REGULARIZERS)}, "
-                                 "'pull' or a callable images -> [n] penalty")
             resolved.append((key, regs.REGULARIZERS[key], float(weight)))
-        elif callable(key):
-            resolved.append((getattr(key, "__name__", type(key).__name__), key, float(weight)))
         else:
-            raise TypeError(f"regularizer keys are names or callables, got {key!r}")
+            resolved.append((getattr(key, "__name__", type(key).__name__), key, float(weight)))
     return resolved
 
 
@@ -185,53 +201,34 @@ def _with_gradients(function: Callable[..., Any]) -> Callable[..., Any]:
 def dream(
     loaded: LoadedModel | nn.Module,
     targets: Sequence[str | Target] | str | Target,
+    config: DreamConfig | None = None,
     *,
-    param: str | ImageParametrization = "fourier",
-    steps: int = 256,
-    lr: float = 0.05,
-    image_size: tuple[int, int] | None = None,
-    n_per_target: int = 1,
-    transforms: Transforms | None = None,
-    regularizers: Mapping[str | Penalty, float] | None = None,
-    diversity: float = 0.0,
-    diversity_site: str | None = None,
-    seed: int = 0,
-    optimizer: OptimizerFactory | None = None,
-    snapshot_steps: Sequence[int] = (),
-    plateau: Plateau | None = None,
     progress: bool = True,
     preprocess: Preprocess | None = None,
+    **overrides: Any,
 ) -> DreamResult:
-    """Dream images that maximize each target (see the module docstring).
+    """Dream images that maximize each target (see the module docstring), as `config` says (`DreamConfig`;
+    keywords override its fields, e.g. `steps=64`: a name it lacks is a `ConfigError` before any work).
 
-    - `param`: `"pixel"`, `"fourier"`, `"maco"`, `"dip"` (deep image prior: a conv generator's weights),
-      `"decoder"` (the latent of a frozen random decoder), or a parametrization
-      object with `n_targets * n_per_target` rows (e.g. `ImageParam(photos)`, `GeneratorParam(...)`);
-      rows are target-major (target 0's rows first).
-    - `image_size`: the dream's (H, W); default the model's input size (the preprocessing resizes).
-    - `transforms`: default `Transforms.standard(image_size)`; `Transforms()` for none.
-    - `regularizers`: `{"tv": 0.1, "l2": 0.05, "pull": 1.0, callable: weight}`; names from
-      `regularizers.REGULARIZERS`; `"pull"` pulls an `ImageParam` dream toward its start images.
-    - `diversity`: weight of the Gram-matrix diversity term among rows of the same target, at each
-      target's own site or at `diversity_site` (needed for `logits` targets; e.g. a middle block).
-    - `optimizer`: a factory `params -> torch.optim.Optimizer` (default Adam at `lr`).
-    - `plateau`: stop early when the mean objective stops improving.
-    - Ctrl-C stops the loop and returns what was dreamed so far (`settings["interrupted"]`).
-    - Works under `torch.no_grad()` and `torch.inference_mode()` (gradients are switched on inside).
+    `preprocess` replaces the loaded model's (needed for a bare `nn.Module`). Ctrl-C stops the loop and
+    returns what was dreamed so far (`settings["interrupted"]`). Works under `torch.no_grad()` and
+    `torch.inference_mode()` (gradients are switched on inside).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> dream(load("tiny:cnn"), "head:3", steps=2, lr=0.1, progress=False).settings["lr"]
+        0.1
     """
+    config = DreamConfig.build(config, **overrides)
+    param, steps, lr, n_per_target, seed = config.param, config.steps, config.lr, config.n_per_target, config.seed
+    transforms, diversity, diversity_site = config.transforms, config.diversity, config.diversity_site
     model, preprocess, device = _model_and_preprocess(loaded, preprocess)
     if isinstance(targets, (str, Target)):
         targets = [targets]
     parsed = [parse(t) for t in targets]
     if not parsed:
         raise ValueError("dream() needs at least one target")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if n_per_target < 1:
-        raise ValueError(f"n_per_target must be >= 1, got {n_per_target}")
-    if diversity < 0:
-        raise ValueError(f"diversity is a weight >= 0, got {diversity}")
-    size = tuple(image_size or (preprocess.size if preprocess else (224, 224)))
+    size = tuple(config.image_size or (preprocess.size if preprocess else (224, 224)))
     n = len(parsed) * n_per_target
     gen = make_generator(seed)
     param_name = param if isinstance(param, str) else type(param).__name__
@@ -243,11 +240,12 @@ def dream(
                          f"{n_per_target} per target need {n}")
     size = tuple(first.shape[-2:])
     transforms = Transforms.standard(size) if transforms is None else transforms
-    penalties = _penalties(regularizers, param)
+    penalties = _penalties(config.regularizers, param)
     row_sites, extra = _diversity_sites(parsed, diversity_site) if diversity > 0 else ([], [])
     probe = Probe(model, parsed + extra, patch_tokens=patch_tokens(model))
     rows = torch.arange(len(parsed), device=device).repeat_interleave(n_per_target)
-    opt = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
+    opt = (config.optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
+    plateau = Plateau(config.plateau, config.plateau_tol) if config.plateau else None
     normalize = preprocess.normalize if preprocess else (lambda x: x)
     history: list[Tensor] = []
     snapshots: dict[int, Tensor] = {}
@@ -270,7 +268,7 @@ def dream(
                 if hasattr(param, "after_step"):
                     param.after_step()
                 history.append(objective.detach().cpu())
-                if should_snapshot(step, snapshot_steps):
+                if should_snapshot(step, config.snapshot_steps):
                     with torch.no_grad():
                         snapshots[step] = param.images().cpu()
                 bar.update(1)

@@ -107,7 +107,7 @@ def test_top_tokens_skip_disallowed_tokens():
 
 
 def test_fluency_model_gives_the_gradient_its_cross_entropy(tiny_lm):
-    from dreamy.tiny import tiny_lm as build
+    from dreamy.models.tiny import tiny_lm as build
 
     other, _ = build(seed=1)
     other.eval().requires_grad_(False)

@@ -5,7 +5,8 @@ import torch
 
 from dreamy.language import scoring
 from dreamy.language.fluency import span_xentropy
-from dreamy.language.scoring import run_chunked, score_sequences
+from dreamy.core.memory import run_chunked
+from dreamy.language.scoring import score_sequences
 from dreamy.targets import Probe
 from tests.fixtures import REAL_LMS, real_lm_with_mid_probe
 
@@ -99,7 +100,7 @@ def xentropy(model, ids, span):
 
 def test_fluency_model_computes_the_cross_entropy(setup, tiny_lm):
     model, probe, parent = setup
-    from dreamy.tiny import tiny_lm as build
+    from dreamy.models.tiny import tiny_lm as build
 
     other, _ = build(seed=1)
     other.eval().requires_grad_(False)
@@ -182,12 +183,9 @@ def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, 
     owner = torch.cat([torch.full((24,), i) for i in range(3)] + [torch.tensor([1])])
     act, xent = plain(model, probe, kids, (1, 12))
     mixed = []
-    if strategy == "grouped":
-        original = scoring._gather_cache
-        monkeypatch.setattr(scoring, "_gather_cache", lambda layers, rows, length: mixed.append(len(rows.unique())) or original(layers, rows, length))
-    else:
-        original = packed._rows_cache
-        monkeypatch.setattr(packed, "_rows_cache", lambda layers, rows: mixed.append(len(rows.unique())) or original(layers, rows))
+    module = scoring if strategy == "grouped" else packed  # both build their caches with states.cache_rows
+    original = module.cache_rows
+    monkeypatch.setattr(module, "cache_rows", lambda layers, rows, *a: mixed.append(len(rows.unique())) or original(layers, rows, *a))
     out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner, strategy=strategy)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)

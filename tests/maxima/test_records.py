@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamy.maxima.records import Example, Maxima, entry_dir, list_cached_maxima, load_cached_maxima, save_maxima, slug
+from dreamy.core.files import safe_name as slug
+from dreamy.maxima.records import Example, Maxima, entry_dir, list_cached_maxima, load_cached_maxima, save_maxima
 
 
 def _maxima(target="conv2:1", dataset="photos", activation=2.0, k=3):

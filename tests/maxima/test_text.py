@@ -6,7 +6,8 @@ import torch
 from dreamy.datasets import TextCorpus
 from dreamy.language.fluency import span_xentropy
 from dreamy.maxima import corpus_xentropy, load_cached_maxima, text_maxima
-from dreamy.maxima.text import start_token, tokenize_corpus
+from dreamy.language.layout import start_token
+from dreamy.maxima.text import tokenize_corpus
 from dreamy.targets import Probe
 
 CORPUS = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park and the bird sang in the tree. "

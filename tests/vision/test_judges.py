@@ -8,7 +8,9 @@ import torch
 
 from dreamy.cli import main
 from dreamy.models import load
-from dreamy.vision.judges import JudgeError, class_index, judge_images, judge_records
+from dreamy.vision.judges import JudgeError, judge_images
+from dreamy.targets import class_index
+from dreamy.runs.enrich import judge_records
 from tests.fixtures import cached
 
 
@@ -71,9 +73,10 @@ def test_bad_judges_are_refused_with_one_line_and_exit_2(judge, words, tmp_path,
 
 
 def test_judge_records_reads_the_written_pngs(tmp_path):
-    from dreamy.scale import dream_targets
+    from dreamy.runs import dream_targets
+    from dreamy.vision import DreamConfig
 
-    records = dream_targets("tiny:cnn", ["logits:1"], settings={"steps": 2, "n_per_target": 2}, out_dir=tmp_path,
+    records = dream_targets(load("tiny:cnn"), ["logits:1"], DreamConfig(steps=2, n_per_target=2), out_dir=tmp_path,
                             progress=False)
     (judged,) = judge_records([load("tiny:cnn")], records, tmp_path)
     verdict = judged["judges"][0]

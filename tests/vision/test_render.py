@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from dreamy.stepping import Plateau
 from dreamy.targets import Probe
 from dreamy.vision import regularizers as regs
 from dreamy.vision.param import ImageParam
@@ -50,20 +49,23 @@ def test_snapshots_history_and_records(tiny_cnn):
 
 
 def test_plateau_stops_early(tiny_cnn):
-    result = dream(tiny_cnn, ["head:0"], steps=200, lr=1e-9, plateau=Plateau(patience=3, rel_tol=0.01),
+    result = dream(tiny_cnn, ["head:0"], steps=200, lr=1e-9, plateau=3, plateau_tol=0.01,
                    transforms=Transforms(), progress=False)
     assert result.history.shape[0] < 20
 
 
 def test_custom_optimizer_factory(tiny_cnn):
-    used = []
+    steps = []
 
-    def sgd(params):
-        used.append(True)
-        return torch.optim.SGD(params, lr=1.0)
+    class CountingSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
 
-    dream(tiny_cnn, ["head:0"], steps=2, optimizer=sgd, progress=False)
-    assert used
+    made = dream(tiny_cnn, ["head:0"], steps=3, optimizer=lambda params: CountingSGD(params, lr=1.0), progress=False)
+    frozen = dream(tiny_cnn, ["head:0"], steps=3, optimizer=lambda params: CountingSGD(params, lr=0.0), progress=False)
+    assert len(steps) == 6 and made.settings["optimizer"] == "CountingSGD"
+    assert not torch.equal(made.images, frozen.images)  # its steps moved the images (lr 0 keeps the start)
 
 
 def test_bad_arguments_are_explained(tiny_cnn):

@@ -11,7 +11,8 @@ import torch
 pytest.importorskip("timm")
 
 from dreamy.cli import main  # noqa: E402
-from dreamy.models import ModelLoadError, _hub_reachable, kind_of, load  # noqa: E402
+from dreamy.models import ModelLoadError, kind_of, load  # noqa: E402
+from dreamy.models.loading import _hub_reachable  # noqa: E402
 from dreamy.targets import Probe  # noqa: E402
 from dreamy.vision import dream  # noqa: E402
 from dreamy.vision.render import patch_tokens  # noqa: E402

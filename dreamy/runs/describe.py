@@ -73,10 +73,6 @@ def has_output_direction(loaded: LoadedModel, spec: str) -> bool:
     return isinstance(unit, (Neuron, Direction)) and bool(_RESIDUAL.search(site.path))
 
 
-def _pairs(tokens: Any) -> list[list[Any]]:
-    return [[t.token, t.value] for t in tokens]
-
-
 def _contexts(record: dict[str, Any], max_contexts: int) -> tuple[str, Any]:
     """('maxima', window texts) when the record has dataset maxima windows, else ('frontier', span ids)."""
     windows = [m.get("text") or "".join(m.get("tokens") or []) for m in record.get("maxima") or []]
@@ -107,11 +103,11 @@ def describe(loaded: LoadedModel, record: dict[str, Any], k: int = K_TOKENS, max
 
     site, direction = output_direction(loaded, record["target"])
     source, contexts = _contexts(record, max_contexts)
-    vocab = vocab_projection(loaded, direction, k=k)
-    change = token_change(loaded, site, direction, contexts, alpha=alpha, k=k)
+    vocab = vocab_projection(loaded, direction, k=k).to_record()
+    change = token_change(loaded, site, direction, contexts, alpha=alpha, k=k).to_record()
     return {"site": site,
-            "vocab_proj": {"promoted": _pairs(vocab.promoted), "suppressed": _pairs(vocab.suppressed)},
-            "token_change": {"promoted": _pairs(change.promoted), "suppressed": _pairs(change.suppressed),
+            "vocab_proj": {"promoted": vocab["promoted"], "suppressed": vocab["suppressed"]},
+            "token_change": {"promoted": change["promoted"], "suppressed": change["suppressed"],
                              "contexts": source, "n_contexts": len(contexts), "alpha": alpha}}
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from dreamy import stepping
+from dreamy.core import stepping
+from dreamy.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class RayRunner:
             import ray
         except ImportError as error:
             raise RuntimeError("--ray needs Ray: pip install 'ray' (or the project's [ray] extra)") from error
-        from dreamy.batches import dream_batch
+        from dreamy.runs.batch import dream_batch
 
         @ray.remote(num_cpus=1, max_restarts=0)
         class Worker:
@@ -40,8 +41,8 @@ class RayRunner:
                 torch.set_num_threads(1)
                 self.loaded = load(model_name, device_name)
 
-            def run(self, kind: str, specs: list[str], settings: dict, seed: int):
-                return dream_batch(self.loaded, kind, specs, settings, seed)
+            def run(self, specs: list[str], config: Config, describe: bool):
+                return dream_batch(self.loaded, specs, config, describe=describe)
 
             def pid(self) -> int:
                 import os
@@ -52,11 +53,14 @@ class RayRunner:
         self.workers = [Worker.remote(model, device) for _ in range(workers)]
 
 
-def run_on_ray(model: str, kind: str, todo: list[tuple[int, list[str]]], settings: dict[str, Any], seed: int, writer: Any,
-               *, address: str | None, workers: int, device: str, progress: bool,
+def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, writer: Any, *, address: str | None,
+               workers: int, device: str, describe: bool, progress: bool,
                on_batch: Callable[[Any, int], None] | None) -> None:
-    """Run `todo` batches (index, specs) on `workers` Ray actors, writing results through `writer`."""
+    """Run `todo` batches (index, specs) of `config`'s run on `workers` Ray actors that each load `model` by name,
+    writing results through `writer` (batch k runs with seed `config.seed + k`)."""
     import ray
+
+    from dreamy.runs.plan import batch_config
 
     if not ray.is_initialized():
         if address:
@@ -71,11 +75,11 @@ def run_on_ray(model: str, kind: str, todo: list[tuple[int, list[str]]], setting
     def hand_out(worker: int) -> None:
         if queue and worker in alive:
             k, specs = queue.pop(0)
-            running[runner.workers[worker].run.remote(kind, specs, settings, seed + k)] = (worker, k, specs)
+            running[runner.workers[worker].run.remote(specs, batch_config(config, k), describe)] = (worker, k, specs)
 
     for worker in sorted(alive):
         hand_out(worker)
-    with stepping.progress(len(todo), f"{kind} batches on Ray", enabled=progress) as bar:
+    with stepping.progress(len(todo), f"{config.kind} batches on Ray", enabled=progress) as bar:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             ref = ready[0]

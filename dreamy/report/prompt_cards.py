@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dreamy.gallery import _anchor, _esc, _fmt
+from dreamy.report.html import anchor, esc, fmt
 
 INDEX_TOKENS = 5
 STYLE = """
@@ -39,7 +39,7 @@ def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
     for token, weight in zip(tokens, list(weights) + [0.0] * (len(tokens) - len(weights))):
         alpha = min(1.0, abs(weight) / scale) * 0.8
         color = f"rgba(230,80,40,{alpha:.2f})" if weight >= 0 else f"rgba(40,110,230,{alpha:.2f})"
-        spans.append(f'<span class="tok" style="background:{color}" title="{weight:.3g}">{_esc(token)}</span>')
+        spans.append(f'<span class="tok" style="background:{color}" title="{weight:.3g}">{esc(token)}</span>')
     return "".join(spans)
 
 
@@ -64,13 +64,13 @@ def beats_best_window(record: dict[str, Any]) -> bool | None:
 
 
 def _tokens(pairs: Sequence[Sequence[Any]], limit: int | None = None) -> str:
-    return " ".join(f'<span title="{_fmt(value)}">{_esc(repr(token))}</span>' for token, value in list(pairs)[:limit])
+    return " ".join(f'<span title="{fmt(value)}">{esc(repr(token))}</span>' for token, value in list(pairs)[:limit])
 
 
 def _output_tokens(record: dict[str, Any]) -> str:
     """The VocabProj and TokenChange tokens of a record, as a small table ('' without a description)."""
     if record.get("description_error"):
-        return f'<div class="label error">no output-side description: {_esc(record["description_error"])}</div>'
+        return f'<div class="label error">no output-side description: {esc(record["description_error"])}</div>'
     description = record.get("description")
     if not description:
         return ""
@@ -79,7 +79,7 @@ def _output_tokens(record: dict[str, Any]) -> str:
         part = description.get(key)
         if not part:
             continue
-        note = f' ({_esc(part["contexts"])}, {_esc(part.get("n_contexts", "?"))} contexts)' if "contexts" in part else ""
+        note = f' ({esc(part["contexts"])}, {esc(part.get("n_contexts", "?"))} contexts)' if "contexts" in part else ""
         rows.append(f'<tr><th>{name}{note}</th><td class="up">+ {_tokens(part.get("promoted", []))}</td></tr>'
                     f'<tr><th></th><td class="down">− {_tokens(part.get("suppressed", []))}</td></tr>')
     return ('<div><div class="label">output side: tokens the direction promotes (+) and suppresses (−)</div>'
@@ -95,7 +95,7 @@ def prompt_card(record: dict[str, Any]) -> str:
     """
     top = []
     if record.get("plot"):
-        src = _esc(record["plot"])
+        src = esc(record["plot"])
         top.append(f'<a href="{src}" target="_blank"><img class="plot" src="{src}" alt="activation against '
                    f'cross-entropy: dream frontier and dataset windows" loading="lazy"></a>')
     outputs = _output_tokens(record)
@@ -104,16 +104,16 @@ def prompt_card(record: dict[str, Any]) -> str:
     rows = []
     for point in sorted(record.get("frontier", []), key=lambda p: p["xentropy"]):
         tokens = point.get("tokens") or [point.get("text", "")]
-        rows.append(f"<tr><td>{_fmt(point['xentropy'])}</td><td>{_fmt(point['activation'])}</td>"
+        rows.append(f"<tr><td>{fmt(point['xentropy'])}</td><td>{fmt(point['activation'])}</td>"
                     f"<td>{_shaded_tokens(tokens, point.get('token_attribution', []))}</td></tr>")
     body = ('<div class="label">dream frontier</div>'
             "<table><tr><th>cross-entropy</th><th>activation</th><th>prompt (shaded by attribution)</th></tr>"
             + "".join(rows) + "</table>")
     maxima = record.get("maxima") or []
     if maxima:
-        body += (f'<div class="label">dataset maxima ({_esc(record.get("maxima_dataset", "corpus"))})</div>'
+        body += (f'<div class="label">dataset maxima ({esc(record.get("maxima_dataset", "corpus"))})</div>'
                  "<table><tr><th>cross-entropy</th><th>activation</th><th>window</th></tr>"
-                 + "".join(f"<tr><td>{_fmt(m.get('xentropy', ''))}</td><td>{_fmt(m['activation'])}</td>"
+                 + "".join(f"<tr><td>{fmt(m.get('xentropy', ''))}</td><td>{fmt(m['activation'])}</td>"
                            f"<td>{_shaded_tokens(m.get('tokens') or [m.get('text', '')], m.get('token_activations', []))}</td></tr>"
                            for m in maxima) + "</table>")
     return (f'<div class="card">{"".join(top)}</div>' if top else "") + body
@@ -132,14 +132,14 @@ def feature_index(records: Sequence[dict[str, Any]]) -> str:
     verdicts = {True: '<span class="beats">yes</span>', False: '<span class="short">no</span>', None: "–"}
     rows = []
     for record in prompts:
-        link = f'<a href="#{_esc(_anchor(str(record["target"])))}">{_esc(record["target"])}</a>'
+        link = f'<a href="#{esc(anchor(str(record["target"])))}">{esc(record["target"])}</a>'
         if "error" in record:
             rows.append(f'<tr><td>{link}</td><td colspan="4" class="error">failed</td></tr>')
             continue
         best = _best_window(record)
         promoted = ((record.get("description") or {}).get("vocab_proj") or {}).get("promoted", [])
-        rows.append(f"<tr><td>{link}</td><td>{_fmt(record.get('activation'))}</td>"
-                    f"<td>{_fmt(best['activation']) if best else '–'}</td><td>{verdicts[beats_best_window(record)]}</td>"
+        rows.append(f"<tr><td>{link}</td><td>{fmt(record.get('activation'))}</td>"
+                    f"<td>{fmt(best['activation']) if best else '–'}</td><td>{verdicts[beats_best_window(record)]}</td>"
                     f'<td class="tokens">{_tokens(promoted, INDEX_TOKENS)}</td></tr>')
     return ('<div class="target findex"><h2>index <small>one row per prompt target; click a target for its card</small></h2>'
             "<table><tr><th>target</th><th>best dream activation</th><th>best dataset window</th>"

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dreamy import tiny
+from dreamy.models import tiny
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import io
 import math
 from typing import Any, Sequence
 
-from dreamy.results import safe_name
+from dreamy.core.files import safe_name
 
 MAX_EVALUATED = 1000
 SIZE_INCHES = (4.8, 3.2)

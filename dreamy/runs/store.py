@@ -1,11 +1,7 @@
-"""Results on disk: atomic writes and a results.json of one record per target, safe to resume.
+"""A run's output folder: its results.json of one record per target (safe to resume), its rules and its lock.
 
-Every write goes to a temporary file in the same folder and is renamed over the old one, so a kill
-at any moment leaves either the old or the new file, never half of one. Files get the usual
-permissions (0666 less the umask), and JSON never holds a bare NaN or Infinity (they become null).
-
-A results.json also records the run that made it (`run_info`: model, kind, settings, seed and a
-fingerprint of them), so a resumed run with other settings is refused instead of mixed in.
+Every file is written atomically (`dreamy.core.files`). A results.json also records the run that made it
+(`run_info`: model, kind, settings, seed and a fingerprint of them), so a resumed run with other settings is refused instead of mixed in.
 
 Example:
     >>> import tempfile
@@ -17,11 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -30,6 +23,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from dreamy.core.config import Config
+from dreamy.core.files import fingerprint, umask, write_json_atomic
 
 # The files a dreamy run writes into its output folder besides those its records name (images, plots,
 # maxima PNGs); `clear_outputs` removes these and the recorded files, nothing else.
@@ -42,85 +38,7 @@ class OutDirError(ValueError):
     """The output folder cannot be used for this run (unwritable, holds another run, not a results file)."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write `data` to `path` atomically (temporary file + rename).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"; write_atomic(p, "hi"); p.read_text()
-        'hi'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a served gallery must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def json_safe(obj: Any) -> Any:
-    """`obj` with every non-finite float (NaN, +-inf) replaced by None, so the JSON is standard.
-
-    Example:
-        >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
-        {'a': [1.0, None], 'b': None}
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {key: json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(value) for value in obj]
-    return obj
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented standard JSON (non-finite floats become null), atomically.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"; write_json_atomic(p, {"a": 1}); json.loads(p.read_text())
-        {'a': 1}
-    """
-    write_atomic(path, json.dumps(json_safe(obj), indent=1, allow_nan=False))
-
-
-def short_hash(text: str, length: int = 8) -> str:
-    """The first `length` hex digits of the SHA-256 of `text`.
-
-    Example:
-        >>> short_hash("conv3:1")
-        '74bf4bd9'
-    """
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def safe_name(spec: str) -> str:
-    """A file-name-safe, collision-free name for a target spec: a readable slug plus a short hash of
-    the whole spec (specs that differ only in characters the slug drops, or after its first 80
-    characters, still get different names).
-
-    Example:
-        >>> safe_name("0.5*layer3:1-layer4:2")
-        '0.5_layer3_1-layer4_2-ee9085d2'
-    """
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_.")[:80] or "target"
-    return f"{slug}-{short_hash(spec)}"
+RUN_FORMAT = 2  # 2: settings are a method config's fields (`run_info_of`); runs without "format" came before
 
 
 def run_info(model: str, kind: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -131,9 +49,48 @@ def run_info(model: str, kind: str, settings: dict[str, Any], seed: int) -> dict
         >>> info["fingerprint"] == run_info("tiny:cnn", "image", {"steps": 4}, 0)["fingerprint"]
         True
     """
-    info = json.loads(json.dumps({"model": model, "kind": kind, "settings": settings, "seed": seed}, sort_keys=True))
-    info["fingerprint"] = short_hash(json.dumps(info, sort_keys=True), 16)
+    info = json.loads(json.dumps({"model": model, "kind": kind, "settings": settings, "seed": seed,
+                                  "format": RUN_FORMAT}, sort_keys=True))
+    info["fingerprint"] = fingerprint(info)
     return info
+
+
+def run_info_of(model: str, config: Config, *, describe: bool = True) -> dict[str, Any]:
+    """The `run_info` of a run of `config` on `model`: its settings are the config's fields and its method
+    (the seed apart); `describe=False` (no output-side descriptions) is recorded only when set.
+
+    Example:
+        >>> from dreamy.vision import DreamConfig
+        >>> info = run_info_of("tiny:cnn", DreamConfig(steps=4, seed=3))
+        >>> info["kind"], info["seed"], info["settings"]["steps"], info["settings"]["method"]
+        ('image', 3, 4, 'fourier')
+    """
+    settings = {"method": config.method, **config.to_dict()}
+    settings.pop("seed", None)
+    if not describe:
+        settings["describe"] = False
+    return run_info(model, config.kind, settings, getattr(config, "seed", 0))
+
+
+def comparable_run(run: dict[str, Any]) -> dict[str, Any]:
+    """`run` as this version writes it: a run recorded before configs (no "format") has its settings read as
+    the config they meant (`runs.legacy`); `OutDirError` when they cannot be.
+
+    Example:
+        >>> old = {"model": "tiny:cnn", "kind": "image", "settings": {"steps": 4, "lr": 0.05}, "seed": 0}
+        >>> comparable_run(old)["settings"]["steps"], comparable_run(old)["format"]
+        (4, 2)
+    """
+    if "format" in run:
+        return run
+    from dreamy.runs.legacy import config_of_settings
+
+    try:
+        config, describe = config_of_settings(run.get("kind"), run.get("settings") or {}, run.get("seed", 0))
+    except ValueError as error:
+        raise OutDirError(f"this results.json was written by an older dreamy whose settings this version cannot read "
+                          f"({str(error).splitlines()[0]}); use --overwrite (overwrite=True) or another folder") from error
+    return run_info_of(run.get("model"), config, describe=describe)
 
 
 def run_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -143,6 +100,7 @@ def run_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         >>> run_differences(run_info("m", "image", {"steps": 4}, 0), run_info("m", "image", {"steps": 50}, 0))
         ['steps: 4 there, 50 now']
     """
+    old, new = comparable_run(old), comparable_run(new)
     if old.get("fingerprint") == new.get("fingerprint"):
         return []
     found = [f"{key}: {old.get(key)!r} there, {new.get(key)!r} now" for key in ("model", "kind", "seed")
@@ -335,7 +293,7 @@ def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

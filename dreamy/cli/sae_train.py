@@ -1,4 +1,4 @@
-"""The `dream sae-train` command: its arguments and what it runs.
+"""The `dream sae-train` command: its arguments and what it runs (`dreamy.sae.train_sae` with an `SAETrainConfig`).
 
     dream sae-train --model bundled:smollm2-135m --site model.layers.9 --corpus fortunes --corpus bible-kjv \\
         --features 4096 --k 32 --tokens 1000000 --out sae-l9/ [--resume] [--seed N] [--batch-tokens N] [--lr X]
@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dreamy.arguments import UsageError, check_seed, positive
+from dreamy.cli.arguments import UsageError, check_seed, positive
 
 DEFAULT_MODEL = "bundled:smollm2-135m"
 CORPUS_NAMES = ("fortunes", "bible-kjv", "bible")
@@ -63,7 +63,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         ...                 tokens=10, out="x", resume=False, seed=0, batch_tokens=8, window=4, device="cpu"))
         Traceback (most recent call last):
         ...
-        dreamy.arguments.UsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
+        dreamy.cli.arguments.UsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
     """
     from dreamy.models import check_device, kind_of
     from dreamy.sae.train import SAERunError, check_out_dir
@@ -98,6 +98,24 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(str(error).splitlines()[0]) from error
 
 
+def config_of(args: argparse.Namespace) -> Any:
+    """The `SAETrainConfig` the flags ask for (`UsageError` for a value it refuses).
+
+    Example:
+        >>> config_of(argparse.Namespace(features=64, k=4, tokens=1024, batch_tokens=256, lr=None, window=16, seed=0,
+        ...                              heldout_tokens=64)).features
+        64
+    """
+    from dreamy.core.config import ConfigError
+    from dreamy.sae.config import SAETrainConfig
+
+    try:
+        return SAETrainConfig(features=args.features, k=args.k, tokens=args.tokens, batch_tokens=args.batch_tokens,
+                              lr=args.lr, window=args.window, seed=args.seed, heldout_tokens=args.heldout_tokens)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+
+
 def summary(metrics: dict[str, Any], folder: Path) -> str:
     """The lines the command prints about a trained SAE.
 
@@ -123,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         ...                        tokens=10, out="unused", resume=False, seed=0, batch_tokens=64, window=16, device="cpu"))
         Traceback (most recent call last):
         ...
-        dreamy.arguments.UsageError: --k 16 must be <= --features 8
+        dreamy.cli.arguments.UsageError: --k 16 must be <= --features 8
     """
     check_arguments(args)
     from dreamy.models import load
@@ -138,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
         site_probe(loaded, args.site)
     except TargetError as error:
         raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
-    result = train_sae(loaded, args.site, args.corpus, features=args.features, k=args.k, tokens=args.tokens,
-                       out_dir=args.out, batch_tokens=args.batch_tokens, lr=args.lr, window=args.window, seed=args.seed,
-                       heldout_tokens=args.heldout_tokens, resume=args.resume, progress=not args.quiet)
+    result = train_sae(loaded, args.site, args.corpus, config_of(args), out_dir=args.out, resume=args.resume,
+                       progress=not args.quiet)
     print(summary(result.metrics, result.out_dir))
     return 0

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -96,17 +95,3 @@ def should_snapshot(step: int, snapshot_steps: Sequence[int]) -> bool:
         True
     """
     return step in snapshot_steps
-
-
-@dataclass
-class StepLog:
-    """One optimizer step: the objective and the per-target values.
-
-    Example:
-        >>> StepLog(step=1, objective=0.5, values=[0.5]).objective
-        0.5
-    """
-
-    step: int
-    objective: float
-    values: list[float] = field(default_factory=list)

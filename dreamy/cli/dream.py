@@ -1,0 +1,198 @@
+"""`dream image` and `dream prompt`: check everything knowable first, build the method's config, run, enrich.
+
+Everything that can be checked before the work is checked first: the arguments (the config is built from the
+flags, so a bad value is one line), the device, the output folder (a non-empty one needs `--resume`, for the
+same run only, or `--overwrite`; another run holding it is refused), the `--maxima` dataset, an image batch's
+memory, and every target against the loaded model. A bad one prints one line and exits with code 2, with
+nothing written. A target that fails mid-run is recorded with its error, the others go on, and the command
+exits with 1 at the end.
+
+Example:
+    >>> import tempfile
+    >>> from dreamy.cli.parser import build_parser
+    >>> args = build_parser().parse_args(["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out",
+    ...                                   tempfile.mkdtemp(), "--method", "gcg", "--children", "8"])
+    >>> config_of(args)
+    GCGConfig(n_tokens=10, iters=50, children=8, topk=64, n_swaps=1, prefix='', suffix='', init=None, ascii_only=True, retokenize=True, chunk_size=None, scoring='auto', seed=0, fluency_weight=0.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamy.cli.arguments import MAX_SEED, UsageError, check_seed
+from dreamy.cli.parser import DEFAULT_MODELS, REGULARIZER_FLAGS
+from dreamy.core.config import Config, ConfigError
+from dreamy.targets import TargetError, expand
+
+DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
+
+MIN_IMAGE_SIDE = 16
+# Image memory estimate: bytes per input value (3 x H x W per image) that a forward + backward keeps
+# (activations of every layer, the parametrization, Adam's state); measured EfficientNet-Lite0 needs
+# about a third of this, so the estimate refuses only sizes that cannot fit.
+BYTES_PER_INPUT_VALUE = 1200
+
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The method config the flags of `dream image|prompt` ask for (`UsageError` for a value it refuses)."""
+    try:
+        if args.command == "image":
+            from dreamy.vision import DreamConfig
+
+            regularizers = {name: getattr(args, name) for name in REGULARIZER_FLAGS if getattr(args, name)}
+            return DreamConfig(steps=args.steps, param=args.param, lr=args.lr, n_per_target=args.per_target,
+                               diversity=args.diversity, regularizers=regularizers,
+                               image_size=(args.size, args.size) if args.size else None, seed=args.seed)
+        from dreamy.language import EPOConfig, GCGConfig
+
+        common = {"n_tokens": args.tokens, "iters": args.iters, "children": args.children, "prefix": args.prefix,
+                  "suffix": args.suffix, "seed": args.seed, **({} if args.topk is None else {"topk": args.topk})}
+        if args.method == "epo":
+            return EPOConfig(population=args.population, **common)
+        return GCGConfig(**common)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    specs = args.target
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip() or spec.strip() == "--":
+            shown = spec if isinstance(spec, str) else "--"
+            raise UsageError(f"--target {shown!r} is not a target spec; give one like --target 'conv3:1' (see `dream sites MODEL`)")
+    if not specs:
+        if args.command == "image" and args.model == DEFAULT_MODELS["image"]:
+            specs = DEMO_TARGETS
+        else:
+            raise UsageError("give at least one --target SPEC (e.g. --target 'model.layers.5.mlp.down_proj@in:100')")
+    try:
+        return list(dict.fromkeys(str(t) for spec in specs for t in expand(spec)))
+    except TargetError as error:
+        raise UsageError(str(error).splitlines()[0]) from error
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_image_memory(args: argparse.Namespace, n_targets: int, size: tuple[int, int], device: torch.device) -> None:
+    """Refuse an image batch whose estimated memory exceeds what the device has free."""
+    images = min(args.batch_targets, n_targets) * args.per_target
+    need = images * 3 * size[0] * size[1] * BYTES_PER_INPUT_VALUE
+    free = _available_bytes(device)
+    if free is not None and need > free:
+        raise UsageError(f"{images} image(s) of {size[0]}x{size[1]} need about {need / 2**30:.1f} GiB but "
+                         f"{free / 2**30:.1f} GiB is free; lower --size, --batch-targets or --per-target")
+
+
+def _check_dataset(args: argparse.Namespace) -> None:
+    from dreamy.datasets import DatasetError, open_images, open_text
+
+    if args.maxima is None:
+        return
+    try:
+        if args.command == "image":
+            open_images(args.maxima, limit=1)
+        else:
+            open_text(args.maxima, max_words=1)
+    except DatasetError as error:
+        raise UsageError(f"--maxima: {str(error).splitlines()[0]}") from error
+
+
+def _check_arguments(args: argparse.Namespace) -> torch.device:
+    """Everything about a dream command that is known before loading the model."""
+    from dreamy.models import ModelLoadError, check_device, kind_of
+
+    wanted = "vision" if args.command == "image" else "language"
+    kind = kind_of(args.model)
+    if kind is not None and kind != wanted:
+        other = "prompt" if args.command == "image" else "image"
+        raise UsageError(f"--model {args.model} is a {kind} model; `{args.command}` needs a {wanted} model "
+                         f"(use `dream {other}`, or e.g. --model {DEFAULT_MODELS[args.command]})")
+    try:
+        device = check_device(args.device)
+    except ModelLoadError as error:
+        raise UsageError(f"--device: {error}") from error
+    check_seed(args.seed)
+    if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
+        raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
+    for judge in getattr(args, "judge", []):
+        if kind_of(judge) != "vision":
+            what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
+            raise UsageError(f"--judge {judge} is {what}; a judge is an image classifier, e.g. --judge bundled:efficientnet-lite1")
+    _check_dataset(args)
+    return device
+
+
+def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) -> list[Any]:
+    """Load the --judge models and check that each classifies the dreamed model's classes."""
+    from dreamy.models import load
+    from dreamy.vision.judges import JudgeError, check_judge
+
+    judges = [load(name, device) for name in dict.fromkeys(getattr(args, "judge", []))]
+    for judge in judges:
+        try:
+            check_judge(judge, len(loaded.class_names) if loaded.class_names else None)
+        except JudgeError as error:
+            raise UsageError(f"--judge: {error}") from error
+    return judges
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `dream image|prompt` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
+    from dreamy.models import load
+    from dreamy.runs import dream_targets, plan_batches, unusable_targets
+    from dreamy.runs.enrich import attach_judges, attach_maxima
+    from dreamy.runs.store import OutDirError, prepare_out_dir, run_info_of, run_lock
+
+    device = _check_arguments(args)
+    specs = _targets(args)
+    if args.seed + len(plan_batches(specs, args.batch_targets)) > MAX_SEED:
+        raise UsageError(f"--seed {args.seed} is too large: batch k uses seed + k, which must stay <= {MAX_SEED}")
+    config = config_of(args)
+    out = Path(args.out)
+    try:
+        prepare_out_dir(args.out, run_info_of(args.model, config, describe=getattr(args, "describe", True)),
+                        resume=args.resume, overwrite=args.overwrite)
+    except OutDirError as error:
+        raise UsageError(str(error)) from error
+    loaded = load(args.model, device)
+    if args.command == "image":
+        _check_image_memory(args, len(specs), tuple(config.image_size or loaded.preprocess.size), device)
+    bad = unusable_targets(loaded, specs, config)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
+        raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
+    judges = _load_judges(args, loaded, device)
+    try:
+        with run_lock(out):  # one run per folder, for the dreams, the judges and the maxima alike
+            records = dream_targets(loaded, specs, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                                    batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
+                                    use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
+                                    progress=not args.quiet)
+            if judges:
+                attach_judges(out, judges)
+            attach_maxima(out, loaded, args.maxima, describe=getattr(args, "describe", True), progress=not args.quiet)
+    except OutDirError as error:
+        raise UsageError(str(error)) from error
+    failed = [r for r in records if "error" in r]
+    for record in failed:
+        print(f"dream: target {record['target']} failed: {record['error']}", file=sys.stderr)
+    print(f"{len(records) - len(failed)} target(s) dreamed, {len(failed)} failed; gallery: {out / 'index.html'}")
+    return 1 if failed else 0

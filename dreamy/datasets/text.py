@@ -1,0 +1,127 @@
+"""Text corpora for dataset maxima and SAE training: Debian's fortunes and King James Bible, or your own files.
+
+`open_text(name)`: `fortunes` (Debian `fortunes`, ~440k words), `bible-kjv` (Debian `bible-kjv`, ~790k words),
+or any text file or folder. A `max_words` limit becomes part of the name, so cached maxima of a subset never
+pass for the whole corpus.
+
+Example:
+    >>> open_text("fortunes", max_words=1000).name
+    'fortunes[:1000w]'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamy.datasets.errors import DatasetError
+
+FORTUNES_DIR = "/usr/share/games/fortunes"
+TEXT_CORPORA = ("fortunes", "bible-kjv", "PATH (a text file or folder)")
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """A named text (documents joined by blank lines)."""
+
+    name: str
+    text: str
+
+    @property
+    def n_words(self) -> int:
+        """Whitespace-separated words in the text."""
+        return len(self.text.split())
+
+    def limited(self, max_words: int | None) -> "TextCorpus":
+        """The first `max_words` words (named accordingly), or self when the corpus is not longer.
+
+        Example:
+            >>> TextCorpus("t", "a b\\nc d").limited(3)
+            TextCorpus(name='t[:3w]', text='a b\\nc')
+        """
+        if max_words is None or max_words >= self.n_words:
+            return self
+        if max_words < 1:
+            raise DatasetError(f"max_words must be >= 1, got {max_words}")
+        cut = [m.end() for m in re.finditer(r"\S+", self.text)][max_words - 1]
+        return TextCorpus(f"{self.name}[:{max_words}w]", self.text[:cut])
+
+
+def fortunes(directory: str | os.PathLike = FORTUNES_DIR) -> TextCorpus:
+    """Every fortune cookie file of Debian `fortunes` (files in sorted order, cookies split on `%` lines).
+
+    Example:
+        >>> fortunes().n_words > 200_000
+        True
+    """
+    root = Path(directory)
+    files = sorted(p for p in root.glob("*") if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
+    if not files:
+        raise DatasetError(f"no fortune files in {root}; install them with: apt-get install -y fortunes")
+    cookies = []
+    for path in files:
+        for cookie in re.split(r"^%[ \t]*$", path.read_text(encoding="utf-8", errors="replace"), flags=re.M):
+            if cookie.strip():
+                cookies.append(cookie.strip("\n"))
+    return TextCorpus("fortunes", "\n\n".join(cookies))
+
+
+def bible_kjv() -> TextCorpus:
+    """The King James Bible, verse per line without references, via the `bible` program (Debian `bible-kjv`).
+
+    Example:
+        >>> bible_kjv().text.startswith("In the beginning God created")
+        True
+    """
+    program = shutil.which("bible")
+    if program is None:
+        raise DatasetError("the 'bible-kjv' corpus needs the `bible` program: apt-get install -y bible-kjv")
+    output = subprocess.run([program, "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True).stdout
+    verses = [re.sub(r"^\S+?\d+:\d+\s+", "", line) for line in output.splitlines() if line.strip()]
+    return TextCorpus("bible-kjv", "\n".join(verses))
+
+
+def text_files(path: str | os.PathLike) -> TextCorpus:
+    """A text file, or every file under a folder (sorted, decoded as UTF-8 with replacement), as one corpus.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp(); _ = Path(folder, "a.txt").write_text("hello world")
+        >>> text_files(folder).n_words
+        2
+    """
+    root = Path(path).expanduser()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        raise DatasetError(f"text corpus '{root}' is neither a file nor a folder; or use one of {', '.join(TEXT_CORPORA[:2])}")
+    text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in files)
+    if not text.strip():
+        raise DatasetError(f"text corpus '{root}' is empty")
+    return TextCorpus(f"file:{root.resolve()}", text)
+
+
+def open_text(spec: "str | TextCorpus", max_words: int | None = None) -> TextCorpus:
+    """A text corpus by name or path (see the module docstring), optionally cut to its first `max_words` words.
+
+    Example:
+        >>> open_text("fortunes", max_words=1000).name
+        'fortunes[:1000w]'
+    """
+    if isinstance(spec, TextCorpus):
+        return spec.limited(max_words)
+    if spec == "fortunes":
+        found = fortunes()
+    elif spec in ("bible-kjv", "bible"):
+        found = bible_kjv()
+    elif Path(spec).expanduser().exists():
+        found = text_files(spec)
+    else:
+        raise DatasetError(f"unknown text corpus '{spec}'; use one of {', '.join(TEXT_CORPORA)}")
+    return found.limited(max_words)

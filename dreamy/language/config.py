@@ -1,0 +1,119 @@
+"""`EPOConfig` and `GCGConfig`: every knob of a prompt search, with its default, checked when built.
+
+Both share the prompt's layout (`n_tokens` between a fixed `prefix` and `suffix`), the budget (`iters`), how
+children are made (`children` per parent, `topk` replacement tokens per position, `n_swaps` swaps each),
+the vocabulary (`ascii_only`, `retokenize`), the start (`init`), the scoring strategy and the seed. The
+concept "weight of the prompt's cross-entropy in the objective" is the fluency weight: one number for GCG
+(`fluency_weight`), a range spread over the population's slots for EPO (`fluency_weight_range`).
+
+Example:
+    >>> EPOConfig(iters=30).population, GCGConfig().children
+    (8, 128)
+    >>> EPOConfig.build(children_per_member=16)
+    Traceback (most recent call last):
+    ...
+    dreamy.core.config.ConfigError: EPOConfig has no setting 'children_per_member': it is called 'children' now
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from dreamy.core.config import Config, ConfigError, check_bool, check_choice, check_int, check_number, set_field
+
+SCORING = ("auto", "packed", "grouped", "full")
+RENAMED = {"children_per_member": "children", "batch_size": "children", "lambda_range": "fluency_weight_range"}
+
+
+@dataclass(frozen=True)
+class PromptConfig(Config):
+    """The settings EPO and GCG share (see the module docstring).
+
+    - `init`: None (random allowed tokens), a start text, or token ids of the span.
+    - `chunk_size`: rows per forward when scoring (default: the scorer's own); `scoring`: "auto" (packed KV
+      reuse), "packed", "grouped" or "full" (see `dreamy.language.search.SearchSetup`).
+    """
+
+    kind: ClassVar[str] = "prompt"
+    renamed: ClassVar[Mapping[str, str]] = RENAMED
+
+    n_tokens: int = 12
+    iters: int = 100
+    children: int = 32
+    topk: int = 128
+    n_swaps: int = 1
+    prefix: str = ""
+    suffix: str = ""
+    init: Any = None
+    ascii_only: bool = True
+    retokenize: bool = True
+    chunk_size: int | None = None
+    scoring: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("n_tokens", "iters", "children", "topk", "n_swaps"):
+            check_int(self, name, minimum=1)
+        check_int(self, "chunk_size", minimum=1, optional=True)
+        check_int(self, "seed", minimum=0)
+        check_bool(self, "ascii_only")
+        check_bool(self, "retokenize")
+        check_choice(self, "scoring", SCORING)
+        for name in ("prefix", "suffix"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{type(self).__name__}.{name} must be text, got {getattr(self, name)!r}")
+        if self.init is not None and not isinstance(self.init, str):
+            try:
+                ids = tuple(int(t) for t in self.init)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{type(self).__name__}.init must be None, a text or token ids, got {self.init!r}") from None
+            set_field(self, "init", ids)
+
+    @property
+    def method(self) -> str:
+        return "epo" if isinstance(self, EPOConfig) else "gcg"
+
+
+@dataclass(frozen=True)
+class EPOConfig(PromptConfig):
+    """EPO (Thompson et al., 2024): a population of `population` slots, each with its own fluency weight,
+    spaced log-uniformly over `fluency_weight_range`; `children` per member per iteration; every
+    `restart_every` iterations (None: never) the population restarts from the best prompt so far under a
+    fluency weight drawn at random from the range. Defaults from `benchmarks/epo_defaults` (topk, range)."""
+
+    n_tokens: int = 12
+    children: int = 32
+    topk: int = 128
+    population: int = 8
+    fluency_weight_range: tuple[float, float] = (0.3, 30.0)
+    restart_every: int | None = 30
+
+    def check(self) -> None:
+        super().check()
+        check_int(self, "population", minimum=1)
+        check_int(self, "restart_every", minimum=1, optional=True)
+        weights = tuple(self.fluency_weight_range)
+        if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights) \
+                or not 0 < weights[0] <= weights[1] < float("inf"):
+            raise ConfigError(f"EPOConfig.fluency_weight_range must be (low, high) with 0 < low <= high, "
+                              f"got {self.fluency_weight_range!r}")
+        set_field(self, "fluency_weight_range", (float(weights[0]), float(weights[1])))
+
+
+@dataclass(frozen=True)
+class GCGConfig(PromptConfig):
+    """GCG (Zou et al., 2023): `children` single- (or `n_swaps`-) token swaps of the current prompt per
+    iteration, the best under `activation - fluency_weight * cross-entropy` kept."""
+
+    n_tokens: int = 16
+    children: int = 128
+    topk: int = 64
+    fluency_weight: float = 0.0
+
+    def check(self) -> None:
+        super().check()
+        check_number(self, "fluency_weight", minimum=0)
+
+
+__all__ = ["EPOConfig", "GCGConfig", "PromptConfig", "SCORING"]

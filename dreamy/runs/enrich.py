@@ -1,0 +1,178 @@
+"""Enrich a finished run's records in its output folder: dataset maxima, judges' verdicts, descriptions.
+
+Each step reads the run's results.json, adds fields to the finished (non-error) records, rewrites the file
+and the gallery, and holds the folder's lock while it does (`store.run_lock`). This is what `dream ...
+--maxima DATASET` and `--judge MODEL` do after dreaming.
+
+Example:
+    >>> import tempfile
+    >>> from dreamy.models import load
+    >>> from dreamy.runs import dream_targets
+    >>> from dreamy.vision import DreamConfig
+    >>> out, cnn = tempfile.mkdtemp(), load("tiny:cnn")
+    >>> _ = dream_targets(cnn, ["logits:3"], DreamConfig(steps=2), out_dir=out, progress=False)
+    >>> [sorted(r["judges"][0])[:3] for r in attach_judges(out, [cnn])]
+    [['judge', 'label', 'probabilities']]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from dreamy.core.files import safe_name, write_atomic
+from dreamy.core.png import read_png
+from dreamy.models import LoadedModel
+from dreamy.report.page import gallery_title, write_index
+from dreamy.report.plots import frontier_png, plot_name
+from dreamy.runs.describe import describe_record
+from dreamy.runs.store import ResultsStore, run_lock
+from dreamy.targets import class_index
+from dreamy.vision.judges import Verdict, judge_images
+
+log = logging.getLogger(__name__)
+
+
+def attach_maxima(out_dir: str | Path, loaded: LoadedModel, dataset: str | None = None, *, describe: bool = True,
+                  progress: bool = True, **scan: Any) -> list[dict[str, Any]]:
+    """Put dataset maxima into the finished records of the run in `out_dir` and rewrite its gallery.
+
+    With `dataset` (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file) the maxima
+    are found now; without it, cached maxima of an earlier search are attached where they exist. Prompt
+    records then get TokenChange over those windows (`describe`) and their frontier plot redrawn with the
+    windows as points. Returns the updated records. `scan` goes to `maxima.image_maxima` /
+    `maxima.text_maxima` (e.g. `k`, `max_words`, `cache_dir`).
+
+    Example:
+        >>> import tempfile
+        >>> from dreamy.models import load
+        >>> from dreamy.runs import dream_targets
+        >>> from dreamy.vision import DreamConfig
+        >>> out, cnn = tempfile.mkdtemp(), load("tiny:cnn")
+        >>> _ = dream_targets(cnn, ["head:1"], DreamConfig(steps=2), out_dir=out, progress=False)
+        >>> [len(r["maxima"]) > 0 for r in attach_maxima(out, cnn, "photos", progress=False, cache_dir=tempfile.mkdtemp())]
+        [True]
+    """
+    with run_lock(out_dir):
+        return _attach_maxima(Path(out_dir), loaded, dataset, describe, progress, scan)
+
+
+def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe: bool, progress: bool,
+                   scan: dict[str, Any]) -> list[dict[str, Any]]:
+    from dreamy import maxima
+
+    store = ResultsStore(out)
+    kind = (store.run or {}).get("kind") or ("image" if loaded.kind == "vision" else "prompt")
+    good = [r["target"] for r in store.records if "error" not in r]
+    if not good:
+        return []
+    if dataset:
+        find = maxima.image_maxima if kind == "image" else maxima.text_maxima
+        found = find(loaded, good, dataset, progress=progress, **scan)
+    else:
+        found = {t: maxima.load_cached_maxima(maxima.default_cache_dir(), loaded.name, t) for t in good}
+    updated = []
+    for record in store.records:
+        entry = found.get(record["target"])
+        if entry is None or "error" in record:
+            continue
+        items = entry.gallery_items()
+        for j, item in enumerate(items):
+            if "image" in item:
+                name = f"maxima/{safe_name(record['target'])}_{j}.png"
+                write_atomic(out / name, Path(item["image"]).read_bytes())
+                item["image"] = name
+        updated.append(_refresh_prompt_card(loaded, {**record, "maxima": items, "maxima_dataset": entry.dataset},
+                                            out, describe=describe))
+    if updated:
+        store.add_many(updated)
+        write_index(out, store.records, gallery_title(kind, loaded.name))
+    return updated
+
+
+def _refresh_prompt_card(loaded: LoadedModel, record: dict[str, Any], out: Path, describe: bool) -> dict[str, Any]:
+    """A prompt record that just got its dataset maxima: TokenChange over those windows, and its frontier plot
+    redrawn with the windows as points."""
+    if record.get("kind") != "prompt":
+        return record
+    if describe:
+        record = describe_record(loaded, record)
+    name = record.get("plot") or plot_name(record["target"], "frontier")
+    try:
+        write_atomic(out / name, frontier_png(record))
+    except Exception as error:  # a plot must never cost the run its maxima
+        log.warning("no plot for %s: %s: %s", record["target"], type(error).__name__, error)
+        return record
+    return {**record, "plot": name}
+
+
+def attach_judges(out_dir: str | Path, judges: Sequence[LoadedModel]) -> list[dict[str, Any]]:
+    """Add the judges' verdicts to every finished class-dream record of the run in `out_dir` (see
+    `judge_records`) and rewrite its results.json and gallery; returns the judged records.
+
+    Example:
+        >>> import tempfile
+        >>> attach_judges(tempfile.mkdtemp(), [])
+        []
+    """
+    with run_lock(out_dir):
+        store = ResultsStore(out_dir)
+        updated = {r["target"]: r for r in judge_records(judges, store.records, out_dir)} if judges else {}
+        if updated:
+            store.add_many([updated.get(r["target"], r) for r in store.records])  # keeps the gallery's order
+            run = store.run or {}
+            write_index(out_dir, store.records, gallery_title(run.get("kind", "image"), run.get("model", "?")))
+        return list(updated.values())
+
+
+def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any]],
+                  directory: str | Path) -> list[dict[str, Any]]:
+    """Add each judge's verdicts to the class-logit image records of a run written in `directory`.
+
+    Every image of a record is judged from its PNG (what the gallery shows). A record gets
+    `judges`: one entry per judge for its best image (the one with the record's activation), with
+    `probabilities` of every image. Returns the updated records (the others are left out).
+
+    Example:
+        >>> import tempfile
+        >>> from dreamy.models import load
+        >>> from dreamy.runs import dream_targets
+        >>> from dreamy.vision import DreamConfig
+        >>> out = tempfile.mkdtemp()
+        >>> records = dream_targets(load("tiny:cnn"), ["logits:3", "conv3:1"], DreamConfig(steps=2), out_dir=out, progress=False)
+        >>> judged = judge_records([load("tiny:cnn")], records, out)
+        >>> [r["target"] for r in judged], sorted(judged[0]["judges"][0])
+        (['logits:3'], ['judge', 'label', 'probabilities', 'probability', 'rank', 'target', 'top5'])
+    """
+    todo = [(r, class_index(r["target"])) for r in records
+            if "error" not in r and r.get("images") and r.get("kind", "image") == "image"]
+    todo = [(r, c) for r, c in todo if c is not None]
+    if not todo:
+        return []
+    images, targets, owners = [], [], []
+    for k, (record, target) in enumerate(todo):
+        for name in record["images"]:
+            images.append(read_png(Path(directory) / name))
+            targets.append(target)
+            owners.append(k)
+    sizes = {tuple(image.shape) for image in images}
+    stacked = [torch.stack(images)] if len(sizes) == 1 else [image[None] for image in images]
+    updated = [dict(record, judges=[]) for record, _ in todo]
+    for judge in judges:
+        verdicts: list[Verdict] = []
+        start = 0
+        for chunk in stacked:
+            verdicts += judge_images(judge, chunk, targets[start : start + len(chunk)])
+            start += len(chunk)
+        for k, record in enumerate(updated):
+            mine = [v for v, owner in zip(verdicts, owners) if owner == k]
+            activations = record.get("activations") or [record.get("activation")]
+            best = max(range(len(mine)), key=lambda j: activations[j] if j < len(activations) and activations[j] is not None else float("-inf"))
+            record["judges"].append({**mine[best].to_record(), "probabilities": [v.probability for v in mine]})
+    return updated
+
+
+__all__ = ["attach_judges", "attach_maxima", "judge_records"]

@@ -1,0 +1,132 @@
+"""Dream many targets: packed into shared batches on one machine, or sharded over a Ray cluster.
+
+Targets are cut into batches of `batch_targets`; the targets of a batch share ONE batched optimization
+(images: one row per target; prompts: EPO or GCG in lockstep, one gradient pass and one scoring call per
+iteration for all of them). Batch k always holds the same targets and uses seed `config.seed + k`, so a local
+run and a Ray run of the same list give the same results. Each finished batch is written at once (PNGs, then
+the records, atomically) into `out_dir/results.json` and the gallery, so an interrupted run keeps every
+finished target and `resume=True` skips them. With Ray, each worker loads the model once; a worker that dies
+loses only the batch it was running, which a resumed run completes.
+
+Before any dreaming, every target is checked against the model (`plan.unusable_targets`): a target that
+cannot be scored is recorded with its error at once and never dreamed. results.json records the run (model,
+kind, settings, seed); resuming it with anything else is refused (`store.OutDirError`). One run writes into a
+folder at a time (`store.run_lock`). Ctrl-C or SIGTERM stops the run: finished batches are kept, the
+interrupted one is not recorded.
+
+Example:
+    >>> import tempfile
+    >>> from dreamy.models import load
+    >>> from dreamy.vision import DreamConfig
+    >>> records = dream_targets(load("tiny:cnn"), ["head:1", "head:2"], DreamConfig(steps=2), out_dir=tempfile.mkdtemp(),
+    ...                         progress=False)
+    >>> sorted(r["target"] for r in records.to_records())
+    ['head:1', 'head:2']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from dreamy.core import stepping
+from dreamy.core.config import Config
+from dreamy.core.files import write_atomic
+from dreamy.models import LoadedModel
+from dreamy.report.page import gallery_title, write_index
+from dreamy.runs import batch
+from dreamy.runs.batch import BatchOutput, error_record
+from dreamy.runs.plan import batch_config, check_model, plan_batches, unusable_targets
+from dreamy.runs.store import ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
+
+
+class RunRecords(list):
+    """The records of a run, one per target (finished, failed or unusable), in the order they were written.
+
+    Example:
+        >>> RunRecords([{"target": "a:1"}]).to_records()
+        [{'target': 'a:1'}]
+    """
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The records themselves (every method's results give records the same way)."""
+        return list(self)
+
+
+class _Writer:
+    """Writes finished batches into the output folder: PNGs first, then the records, then the gallery."""
+
+    def __init__(self, out_dir: str | Path | None, title: str, run: dict[str, Any]) -> None:
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.store = ResultsStore(self.out_dir, run) if self.out_dir is not None else None
+        self.title = title
+        self.records = RunRecords()
+
+    def done(self) -> set[str]:
+        return self.store.done() if self.store else set()
+
+    def write(self, output: BatchOutput) -> None:
+        self.records.extend(output.records)
+        if self.out_dir is None or not output.records:
+            return
+        for name, data in output.files.items():
+            write_atomic(self.out_dir / name, data)
+        self.store.add_many(output.records)
+        write_index(self.out_dir, self.store.records, self.title)
+
+
+def dream_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *, out_dir: str | Path | None = None,
+                  resume: bool = False, overwrite: bool = False, batch_targets: int = 8, describe: bool = True,
+                  use_ray: bool = False, ray_address: str | None = None, workers: int = 2, progress: bool = True,
+                  on_batch: Callable[[Any, int], None] | None = None) -> RunRecords:
+    """Dream every target of `specs` on `loaded` as `config` says, locally or over Ray; returns the records.
+
+    The config's type says what is dreamed: a `DreamConfig` images, an `EPOConfig` or `GCGConfig` prompts.
+    With `use_ray` (or a `ray_address`) batches are sharded over `workers` Ray actors that each load the model
+    by name (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)` is called
+    after batch k is written (for tests and monitoring). A non-empty `out_dir` needs `resume` (same run only)
+    or `overwrite`. `describe=False` skips the output-side descriptions of prompt records.
+    """
+    check_model(loaded, config)
+    run = run_info_of(loaded.name, config, describe=describe)
+    if out_dir is not None:
+        prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)
+    planned = plan_batches(specs, batch_targets)
+    if out_dir is None:
+        return _dream_planned(loaded, planned, config, run, None, resume, describe, use_ray, ray_address, workers,
+                              progress, on_batch)
+    with run_lock(out_dir):
+        prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)  # again under the lock: a run may have
+        if overwrite:                                                     # finished in it meanwhile
+            clear_outputs(out_dir)
+        return _dream_planned(loaded, planned, config, run, out_dir, resume, describe, use_ray, ray_address, workers,
+                              progress, on_batch)
+
+
+def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config, run: dict[str, Any],
+                   out_dir: str | Path | None, resume: bool, describe: bool, use_ray: bool, ray_address: str | None,
+                   workers: int, progress: bool, on_batch: Callable[[Any, int], None] | None) -> RunRecords:
+    """The checked, planned batches of `dream_targets`, dreamed and written (the folder already locked)."""
+    writer = _Writer(out_dir, gallery_title(config.kind, loaded.name), run)
+    skip = writer.done() if resume else set()
+    unusable = unusable_targets(loaded, [s for part in planned for s in part if s not in skip], config)
+    writer.write(BatchOutput([error_record(loaded, config, spec, error) for spec, error in unusable]))
+    skip |= {spec for spec, _ in unusable}
+    todo = [(k, [s for s in part if s not in skip]) for k, part in enumerate(planned)]
+    todo = [(k, part) for k, part in todo if part]
+    if use_ray or ray_address:
+        from dreamy.runs.on_ray import run_on_ray
+
+        run_on_ray(loaded.name, todo, config, writer, address=ray_address, workers=workers,
+                   device=str(loaded.device), describe=describe, progress=progress, on_batch=on_batch)
+        return writer.records
+    with stepping.progress(len(todo), f"{config.kind} batches", enabled=progress) as bar:
+        for k, part in todo:
+            writer.write(batch.dream_batch(loaded, part, batch_config(config, k), progress=progress, describe=describe))
+            if on_batch:
+                on_batch(None, k)
+            bar.update(1)
+    return writer.records
+
+
+__all__ = ["RunRecords", "dream_targets"]

@@ -1,0 +1,121 @@
+"""Plan a run: cut the target list into batches, and check every target against the loaded model up front.
+
+Batch k always holds the same targets (and uses seed + k), in every way of running them; the checks run one
+example forward shaped like the run's (the prompt's full length, the model's image size), so a target that
+cannot be scored is known before anything is dreamed.
+
+Example:
+    >>> from dreamy.models import load
+    >>> from dreamy.vision import DreamConfig
+    >>> plan_batches(["conv3:0-2"], 2), unusable_targets(load("tiny:cnn"), ["conv3:1", "conv3:99"], DreamConfig())[0][0]
+    ([['conv3:0', 'conv3:1'], ['conv3:2']], 'conv3:99')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from dreamy.core.config import Config
+from dreamy.models import LoadedModel
+from dreamy.targets import check_targets, expand
+
+KINDS = ("image", "prompt")  # what a run dreams; its records' "kind"
+MODEL_KINDS = {"image": "vision", "prompt": "language"}  # the kind of model each needs (`LoadedModel.kind`)
+
+
+def plan_batches(specs: Sequence[str], batch_targets: int) -> list[list[str]]:
+    """Expand ranges and cut the target list into batches (batch k is the same in every mode).
+
+    Example:
+        >>> plan_batches(["conv:0-4"], 2)
+        [['conv:0', 'conv:1'], ['conv:2', 'conv:3'], ['conv:4']]
+    """
+    if batch_targets < 1:
+        raise ValueError(f"batch_targets must be >= 1, got {batch_targets}")
+    expanded = list(dict.fromkeys(str(t) for spec in specs for t in expand(spec)))
+    return [expanded[i : i + batch_targets] for i in range(0, len(expanded), batch_targets)]
+
+
+def batch_config(config: Config, k: int) -> Config:
+    """The config batch `k` runs with: the run's, seeded with `seed + k`.
+
+    Example:
+        >>> from dreamy.vision import DreamConfig
+        >>> batch_config(DreamConfig(seed=5), 2).seed
+        7
+    """
+    return dataclasses.replace(config, seed=config.seed + k)
+
+
+def model_kind(config: Config) -> str:
+    """The kind of model a config's run needs: "vision" for image dreams, "language" for prompt searches.
+
+    Example:
+        >>> from dreamy.vision import DreamConfig
+        >>> model_kind(DreamConfig())
+        'vision'
+    """
+    if config.kind not in KINDS:
+        raise ValueError(f"a run dreams images or prompts; {type(config).__name__} makes {config.kind!r}")
+    return MODEL_KINDS[config.kind]
+
+
+def check_model(loaded: LoadedModel, config: Config) -> None:
+    """Refuse a model of the wrong kind for the config (a vision model for a prompt search, or the reverse).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.language import EPOConfig
+        >>> check_model(load("tiny:cnn"), EPOConfig())
+        Traceback (most recent call last):
+        ...
+        ValueError: model 'tiny:cnn' is a vision model; an EPOConfig run (prompt) needs a language model
+    """
+    wanted = model_kind(config)
+    if loaded.kind != wanted:
+        raise ValueError(f"model '{loaded.name}' is a {loaded.kind} model; an {type(config).__name__} run "
+                         f"({config.kind}) needs a {wanted} model")
+
+
+def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
+    """Keyword arguments of one forward shaped like the run's: two images at the model's input size, or
+    two prompts of the run's full length (prefix, span, suffix), so checks see the real positions.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.language import EPOConfig
+        >>> tuple(example_input(load("tiny:lm"), EPOConfig(n_tokens=4))["input_ids"].shape)
+        (2, 5)
+    """
+    check_model(loaded, config)
+    if config.kind == "image":
+        from dreamy.vision.render import patch_tokens
+
+        size = loaded.preprocess.size if loaded.preprocess else (224, 224)
+        return {"args": (torch.zeros(2, 3, *size, device=loaded.device),), "sequence_reduce": "mean",
+                "patch_tokens": patch_tokens(loaded.model)}
+    from dreamy.language.layout import make_layout
+
+    layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix, device=loaded.device)
+    filler = int(layout.prefix[-1])
+    span = torch.full((2, layout.n_tokens), filler, dtype=torch.long, device=loaded.device)
+    return {"input_ids": layout.full(span), "sequence_reduce": "pos=-1"}
+
+
+def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) -> list[tuple[str, str]]:
+    """`(spec, error)` for every target that cannot be scored on `loaded` in a run of `config` (see
+    `targets.check_targets`).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.vision import DreamConfig
+        >>> unusable_targets(load("tiny:cnn"), ["head:1", "head:10"], DreamConfig())
+        [('head:10', "unit 10 out of range for site 'head' with 10 features; valid units are 0..9")]
+    """
+    example = example_input(loaded, config)
+    args = example.pop("args", ())
+    reduce = example.pop("sequence_reduce")
+    return check_targets(loaded.model, specs, *args, sequence_reduce=reduce, **example)
