@@ -4,15 +4,10 @@ Each step reads the run's results.json, adds fields to the finished (non-error) 
 and the gallery, and holds the folder's lock while it does (`store.run_lock`). This is what `dream ...
 --maxima DATASET` and `--judge MODEL` do after dreaming.
 
-Example:
+Example (judges on a run with no class dreams judge nothing):
     >>> import tempfile
-    >>> from dreamy.models import load
-    >>> from dreamy.runs import dream_targets
-    >>> from dreamy.vision import DreamConfig
-    >>> out, cnn = tempfile.mkdtemp(), load("tiny:cnn")
-    >>> _ = dream_targets(cnn, ["logits:3"], DreamConfig(steps=2), out_dir=out, progress=False)
-    >>> [sorted(r["judges"][0])[:3] for r in attach_judges(out, [cnn])]
-    [['judge', 'label', 'probabilities']]
+    >>> attach_judges(tempfile.mkdtemp(), [])
+    []
 """
 
 from __future__ import annotations
@@ -114,9 +109,13 @@ def attach_judges(out_dir: str | Path, judges: Sequence[LoadedModel]) -> list[di
     `judge_records`) and rewrite its results.json and gallery; returns the judged records.
 
     Example:
-        >>> import tempfile
-        >>> attach_judges(tempfile.mkdtemp(), [])
-        []
+        >>> from dreamy.models import load
+        >>> from dreamy.runs import dream_targets
+        >>> from dreamy.vision import DreamConfig
+        >>> out, cnn = __import__("tempfile").mkdtemp(), load("tiny:cnn")
+        >>> _ = dream_targets(cnn, ["logits:3", "conv3:1"], DreamConfig(steps=2), out_dir=out, progress=False)
+        >>> [(r["target"], r["judges"][0]["judge"]) for r in attach_judges(out, [cnn])]
+        [('logits:3', 'tiny:cnn')]
     """
     with run_lock(out_dir):
         store = ResultsStore(out_dir)

@@ -124,11 +124,11 @@ def _check_writable(directory: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise OutDirError(f"--out {directory}: '{existing}' is a file, not a folder")
+        raise OutDirError(f"output folder {directory}: '{existing}' is a file, not a folder")
     try:
         Path(tempfile.mkdtemp(prefix=".dreamy-write-test-", dir=existing)).rmdir()
     except OSError as error:
-        raise OutDirError(f"--out {directory} is not writable ({error.strerror or error}); choose another folder") from error
+        raise OutDirError(f"output folder {directory} is not writable ({error.strerror or error}); choose another folder") from error
 
 
 def _user_entries(directory: Path) -> list[Path]:
@@ -151,10 +151,10 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         >>> prepare_out_dir(tempfile.mkdtemp(), run_info("tiny:cnn", "image", {}, 0))
     """
     if str(directory).strip() == "":
-        raise OutDirError("--out is empty; name an output folder, e.g. --out dreams/")
+        raise OutDirError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise OutDirError(f"--out {directory} exists and is not a folder")
+        raise OutDirError(f"output folder {directory} exists and is not a folder")
     _check_writable(directory)
     if not directory.exists():
         return
@@ -163,23 +163,23 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         return
     if overwrite:
         if not (directory / "results.json").exists() and not (directory / "results.json").is_symlink():
-            raise OutDirError(f"--out {directory} is not empty and holds no dreamy results.json, so --overwrite cannot "
-                              "tell a run's outputs from your own files; empty it or choose another folder")
+            raise OutDirError(f"output folder {directory} is not empty and holds no dreamy results.json, so --overwrite "
+                              "(overwrite=True) cannot tell a run's outputs from your own files; empty it or choose another folder")
         _read_results(directory / "results.json")  # refuses a file that is not ours
         return
     if not resume:
-        raise OutDirError(f"--out {directory} is not empty; add --resume to continue its run, --overwrite to replace it, "
-                          "or choose another folder")
+        raise OutDirError(f"output folder {directory} is not empty; add --resume (resume=True) to continue its run, "
+                          "--overwrite (overwrite=True) to replace it, or choose another folder")
     store = ResultsStore(directory)
     if store.run is None:
         if store.records or (directory / "results.json").exists():
             raise OutDirError(f"{store.path} records no run settings (an older dreamy made it), so --resume cannot "
-                              "check it is the same run; use --overwrite or another --out")
+                              "check it is the same run; use --overwrite (overwrite=True) or another folder")
         return
     different = run_differences(store.run, run)
     if different:
-        raise OutDirError(f"--resume: {store.path} holds another run ({'; '.join(different)}); "
-                          "use the same settings, --overwrite, or another --out")
+        raise OutDirError(f"resume: {store.path} holds another run ({'; '.join(different)}); "
+                          "use the same settings, --overwrite (overwrite=True), or another folder")
 
 
 def recorded_files(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -265,8 +265,8 @@ def check_unlocked(directory: str | Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         if not _locked_by_this_thread(path):
-            raise OutDirError(f"--out {directory} is in use by another dream run ({_holder(path)}); wait for it to "
-                              "finish or choose another --out") from None
+            raise OutDirError(f"output folder {directory} is in use by another dream run ({_holder(path)}); wait for it "
+                              "to finish or choose another folder") from None
     finally:
         os.close(fd)
 
@@ -301,8 +301,8 @@ def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
             if _locked_by_this_thread(path):
                 yield folder
                 return
-            raise OutDirError(f"--out {folder} is in use by another dream run ({_holder(path)}); wait for it to "
-                              "finish or choose another --out") from None
+            raise OutDirError(f"output folder {folder} is in use by another dream run ({_holder(path)}); wait for it "
+                              "to finish or choose another folder") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # a releasing holder may have unlinked it meanwhile
         except FileNotFoundError:
@@ -327,7 +327,7 @@ def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
 def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The run and records of a results.json; `OutDirError` for anything that is not one."""
     def refuse(why: str) -> OutDirError:
-        return OutDirError(f"{path} is not a dreamy results file ({why}); choose another --out or use --overwrite")
+        return OutDirError(f"{path} is not a dreamy results file ({why}); choose another folder or use --overwrite (overwrite=True)")
 
     if path.is_dir():
         raise refuse("it is a folder")

@@ -130,7 +130,7 @@ def site_probe(loaded: LoadedModel, site: str) -> Probe:
     """
     target = parse(site)
     if len(target.terms) != 1 or target.terms[0].unit is not None or target.terms[0].reduce is not None or target.terms[0].coef != 1:
-        raise ValueError(f"--site {site!r} must be a bare site like 'model.layers.9' (no unit, reduction or sum)")
+        raise ValueError(f"site {site!r} must be a bare site like 'model.layers.9' (no unit, reduction or sum)")
     if target.terms[0].site.is_logits:
-        raise ValueError(f"--site {site!r}: an SAE reads a hidden site, not the model's logits")
+        raise ValueError(f"site {site!r}: an SAE reads a hidden site, not the model's logits")
     return Probe(loaded.model, [target])

@@ -107,11 +107,11 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
     """
     folder = Path(out_dir).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise SAERunError(f"--out '{out_dir}' is a file; give a folder")
+        raise SAERunError(f"output folder '{out_dir}' (--out, out_dir) is a file; give a folder")
     taken = [name for name in (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME) if (folder / name).exists()]
     if taken and not resume:
-        raise SAERunError(f"--out '{out_dir}' already holds an SAE run ({', '.join(taken)}); "
-                          "pass --resume to continue it, or choose another folder")
+        raise SAERunError(f"output folder '{out_dir}' already holds an SAE run ({', '.join(taken)}); "
+                          "pass --resume (resume=True) to continue it, or choose another folder")
     return folder
 
 
@@ -232,8 +232,8 @@ def _load_checkpoint(folder: Path, settings: dict[str, Any]) -> dict[str, Any] |
     old = state.get("settings", {})
     changed = [f"{key}: {old.get(key)!r} -> {settings[key]!r}" for key in settings if old.get(key) != settings[key]]
     if changed:
-        raise SAERunError(f"--resume: '{folder}' holds a run with other settings ({'; '.join(changed)}); "
-                          "use the same settings or another --out")
+        raise SAERunError(f"resume: '{folder}' holds a run with other settings ({'; '.join(changed)}); "
+                          "use the same settings or another folder")
     return state
 
 

@@ -238,3 +238,27 @@ def test_states_kept_from_the_gradient_pass_equal_a_plain_parent_forward(tiny_lm
     b = setup.score(kids, parents=spans, parent_index=index)
     torch.testing.assert_close(a.activation, b.activation, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.xentropy, b.xentropy, rtol=1e-4, atol=1e-4)
+
+
+def test_an_old_setting_name_fails_before_any_forward(tiny_lm, monkeypatch):
+    from dreamy.core.config import ConfigError
+
+    calls = []
+    forward = tiny_lm.model.forward
+    monkeypatch.setattr(tiny_lm.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    with pytest.raises(ConfigError, match="'children_per_member': it is called 'children' now"):
+        epo(tiny_lm, TARGET, n_tokens=3, iters=1, children_per_member=4, progress=False)
+    with pytest.raises(ConfigError, match="'batch_size': it is called 'children' now"):
+        gcg_many(tiny_lm, [TARGET], batch_size=4, progress=False)
+    assert calls == []
+
+
+def test_one_spec_gives_a_result_and_a_list_gives_results(tiny_lm):
+    from dreamy.language import EPOConfig, PromptResult, PromptResults
+
+    config = EPOConfig(n_tokens=3, iters=1, population=2, children=4)
+    one = epo(tiny_lm, TARGET, config, progress=False)
+    many = epo(tiny_lm, [TARGET], config, progress=False)
+    assert isinstance(one, PromptResult) and isinstance(many, PromptResults)
+    assert [r["frontier"] for r in many.to_records()] == [r["frontier"] for r in one.to_records()]
+    assert one.settings["children"] == 4 and one.settings["fluency_weight_range"] == [0.3, 30.0]

@@ -182,3 +182,14 @@ def test_dream_works_under_no_grad_and_inference_mode(tiny_cnn, context):
         inside = dream(tiny_cnn, ["head:1"], steps=3, progress=False)
     torch.testing.assert_close(inside.images, plain.images)  # the same three gradient steps were taken
     assert inside.settings["steps"] == 3 and not torch.equal(inside.images, dream(tiny_cnn, ["head:1"], steps=1, progress=False).images)
+
+
+def test_a_misspelt_setting_fails_before_any_forward(tiny_cnn, monkeypatch):
+    from dreamy.core.config import ConfigError
+
+    calls = []
+    forward = tiny_cnn.model.forward
+    monkeypatch.setattr(tiny_cnn.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        dream(tiny_cnn, "head:0", stpes=3, progress=False)
+    assert calls == []

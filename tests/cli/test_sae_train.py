@@ -1,4 +1,4 @@
-"""`dream sae-train` (dreamy/sae/command.py, wired into dreamy/cli.py): end to end on tiny:lm, bad arguments."""
+"""`dream sae-train` (dreamy/cli/sae_train.py): end to end on tiny:lm, bad arguments."""
 
 import json
 
