@@ -13,7 +13,7 @@ Example:
     >>> args = build_parser().parse_args(["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out",
     ...                                   tempfile.mkdtemp(), "--method", "gcg", "--children", "8"])
     >>> config_of(args)
-    GCGConfig(n_tokens=10, iters=50, children=8, topk=64, n_swaps=1, prefix='', suffix='', init=None, ascii_only=True, retokenize=True, chunk_size=None, scoring='auto', seed=0, fluency_weight=0.0)
+    GCGConfig(n_tokens=10, iters=50, children=8, topk=64, n_swaps=1, prefix='', suffix='', init=None, ascii_only=True, retokenize=True, chunk_size=None, scoring='auto', minutes=None, plateau=None, seed=0, fluency_weight=0.0)
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def config_of(args: argparse.Namespace) -> Config:
         from dreamy.language import EPOConfig, GCGConfig
 
         common = {"n_tokens": args.tokens, "iters": args.iters, "children": args.children, "prefix": args.prefix,
-                  "suffix": args.suffix, "seed": args.seed, **({} if args.topk is None else {"topk": args.topk})}
+                  "suffix": args.suffix, "seed": args.seed, "init": args.init, "minutes": args.minutes,
+                  "plateau": args.plateau, **({} if args.topk is None else {"topk": args.topk})}
         if args.method == "epo":
             return EPOConfig(population=args.population, **common)
         return GCGConfig(**common)
@@ -132,6 +133,8 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     check_seed(args.seed)
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
+    if args.command == "prompt" and args.init != "random" and args.maxima is None:
+        raise UsageError(f"--init {args.init} starts from dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     for judge in getattr(args, "judge", []):
         if kind_of(judge) != "vision":
             what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             records = dream_targets(loaded, specs, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
                                     batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
                                     use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, maxima=args.maxima)
             if judges:
                 attach_judges(out, judges)
             attach_maxima(out, loaded, args.maxima, describe=getattr(args, "describe", True), progress=not args.quiet)

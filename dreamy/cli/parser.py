@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "the library's: EPO 32, GCG 128)")
     prompt.add_argument("--topk", type=positive(int), default=None,
                         help="replacement tokens drawn from per position (default: the method's, EPO 128, GCG 64)")
+    prompt.add_argument("--init", default="random", choices=["random", "maxima", "mixed"],
+                        help="where the search starts: random tokens, the target's --maxima windows of the prompt's length "
+                             "(one per member), or those for half the members and random tokens for the rest "
+                             "(default %(default)s)")
+    prompt.add_argument("--minutes", type=positive(float), default=None,
+                        help="wall-clock budget per batch of targets; a search that reaches it stops and says so")
+    prompt.add_argument("--plateau", type=positive(int), default=None,
+                        help="stop a batch's search once no target's frontier has moved for this many iterations")
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
     prompt.add_argument("--no-describe", dest="describe", action="store_false",

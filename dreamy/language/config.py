@@ -30,7 +30,11 @@ RENAMED = {"children_per_member": "children", "batch_size": "children", "lambda_
 class PromptConfig(Config):
     """The settings EPO and GCG share (see the module docstring).
 
-    - `init`: None (random allowed tokens), a start text, or token ids of the span.
+    - `init`: None or "random" (random allowed tokens), "maxima" (the target's dataset windows of the prompt's
+      length, one per member, given as `starts`), "mixed" (windows for half the members, random tokens for the
+      rest), a start text, or token ids of the span.
+    - `minutes`: a wall-clock budget per search (a packed batch of targets shares it); `plateau`: stop once no
+      target's frontier has moved for this many iterations. A stopped search says why (`settings["stopped"]`).
     - `chunk_size`: rows per forward when scoring (default: the scorer's own); `scoring`: "auto" (packed KV
       reuse), "packed", "grouped" or "full" (see `dreamy.language.search.SearchSetup`).
     """
@@ -50,6 +54,8 @@ class PromptConfig(Config):
     retokenize: bool = True
     chunk_size: int | None = None
     scoring: str = "auto"
+    minutes: float | None = None
+    plateau: int | None = None
     seed: int = 0
 
     def check(self) -> None:
@@ -60,9 +66,13 @@ class PromptConfig(Config):
         check_bool(self, "ascii_only")
         check_bool(self, "retokenize")
         check_choice(self, "scoring", SCORING)
+        check_number(self, "minutes", above=0, optional=True)
+        check_int(self, "plateau", minimum=1, optional=True)
         for name in ("prefix", "suffix"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{type(self).__name__}.{name} must be text, got {getattr(self, name)!r}")
+        if self.init == "random":
+            set_field(self, "init", None)  # one spelling of the default, so runs fingerprint alike
         if self.init is not None and not isinstance(self.init, str):
             try:
                 ids = tuple(int(t) for t in self.init)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from dreamy.core import stepping
 from dreamy.language.config import EPOConfig
 from dreamy.language.frontier import pareto_indices
-from dreamy.language.proposals import initial_spans, swap_children
+from dreamy.language.proposals import initial_members, swap_children
 from dreamy.language.result import PromptResult, PromptResults
 from dreamy.language.states import ParentStates
-from dreamy.language.search import SearchSetup, history_rows
+from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
@@ -76,7 +76,8 @@ def _frontier_summary(history: list[dict]) -> str:
 
 
 def epo(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", config: EPOConfig | None = None, *,
-        fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
+        fluency_model: nn.Module | None = None, starts: Mapping[str, Sequence[Sequence[int]]] | None = None,
+        progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
     """Run EPO (see the module docstring) as `config` says (`EPOConfig`; keywords override its fields).
 
     One target (a spec) gives its `PromptResult`; a list gives `PromptResults`, one per target, searched in
@@ -84,7 +85,8 @@ def epo(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", c
     scoring call every child (children of every member of every target packed side by side in one forward).
     Each target draws from its own generator seeded with the config's seed, so its result is the one it gets
     alone (up to floating-point differences between batch sizes). `fluency_model` (sharing the tokenizer)
-    measures the cross-entropy instead of the searched model.
+    measures the cross-entropy instead of the searched model. `starts` (`{target spec: [span token ids, ...]}`,
+    best first) are the dataset windows an `init` of "maxima" or "mixed" starts the members from.
 
     Example:
         >>> from dreamy.models import load
@@ -95,12 +97,13 @@ def epo(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", c
     """
     config = EPOConfig.build(config, **overrides)
     results = _epo(loaded, [targets] if isinstance(targets, (str, Target)) else list(targets), config, fluency_model,
-                   progress)
+                   progress, starts)
     return results[0] if isinstance(targets, (str, Target)) else results
 
 
 def epo_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: EPOConfig | None = None, *,
-             fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> PromptResults:
+             fluency_model: nn.Module | None = None, starts: Mapping[str, Sequence[Sequence[int]]] | None = None,
+             progress: bool = True, **overrides: Any) -> PromptResults:
     """`epo` on a list of targets (always a `PromptResults`).
 
     Example:
@@ -108,7 +111,7 @@ def epo_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: EPO
         >>> len(epo_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, population=2, children=4, progress=False))
         1
     """
-    return _epo(loaded, list(targets), EPOConfig.build(config, **overrides), fluency_model, progress)
+    return _epo(loaded, list(targets), EPOConfig.build(config, **overrides), fluency_model, progress, starts)
 
 
 class _Population:
@@ -116,8 +119,9 @@ class _Population:
     history, token rankings and restarts."""
 
     def __init__(self, members: Tensor, ids: list[tuple[int, ...]], act: Tensor, xent: Tensor,
-                 generator: torch.Generator, history: list[dict]) -> None:
+                 generator: torch.Generator, history: list[dict], origins: list[str]) -> None:
         self.members, self.ids, self.act, self.xent = members, ids, act, xent
+        self.origins = origins  # where each member's line started (host list, beside `ids`)
         self.generator = generator
         self.history = history
         self.top_cache: dict[tuple[tuple[int, ...], float], Tensor] = {}  # (prompt, lambda) -> top tokens [L, k]
@@ -130,6 +134,7 @@ class _Population:
         best = max(self.history, key=lambda r: r["activation"] - lam_star * r["xentropy"])
         n, device = len(self.ids), self.members.device
         self.ids = [tuple(best["token_ids"])] * n
+        self.origins = [best.get("origin", "")] * n
         self.members = torch.tensor(best["token_ids"], device=device)[None].repeat(n, 1)
         self.act = torch.full((n,), best["activation"], device=device)
         self.xent = torch.full((n,), best["xentropy"], device=device)
@@ -141,7 +146,7 @@ class _Population:
 
 
 def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
-         progress: bool) -> PromptResults:
+         progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
     n_tokens, iters, population, topk = config.n_tokens, config.iters, config.population, config.topk
     lambda_range, children_per_member = config.fluency_weight_range, config.children
     n_swaps, restart_every, init, seed = config.n_swaps, config.restart_every, config.init, config.seed
@@ -150,18 +155,24 @@ def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: n
     lambdas = log_uniform_lambdas(population, lambda_range)
     lambda_list = lambdas.tolist()
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
-    starts = [initial_spans(setup.tokenizer, setup.allowed, population, n_tokens, init=init, generator=gen)
-              for gen in gens]  # on the host
-    start_ids = [[tuple(row) for row in start.tolist()] for start in starts]
-    spans = torch.cat(starts).to(loaded.device)
+    windows = starts_of(setup, starts, init)
+    firsts = [initial_members(setup.tokenizer, setup.allowed, population, n_tokens, init=init, windows=windows[k],
+                              generator=gen) for k, gen in enumerate(gens)]  # on the host
+    start_ids = [[tuple(row) for row in first.tolist()] for first, _ in firsts]
+    spans = torch.cat([first for first, _ in firsts]).to(loaded.device)
     scores = setup.score(spans, torch.arange(n_targets).repeat_interleave(population))
     host = torch.stack([scores.activation, scores.xentropy]).tolist()  # one transfer
     pops = []
     for k, gen in enumerate(gens):
         rows = slice(k * population, (k + 1) * population)
+        origins = firsts[k][1]
         pops.append(_Population(spans[rows], start_ids[k], scores.activation[rows].clone(), scores.xentropy[rows].clone(),
-                                gen, history_rows(setup, start_ids[k], host[0][rows], host[1][rows], 0)))
+                                gen, history_rows(setup, start_ids[k], host[0][rows], host[1][rows], 0, origins=origins),
+                                list(origins)))
     started = time.perf_counter()
+    stop = StopRule(config, [(host[0][k * population:(k + 1) * population], host[1][k * population:(k + 1) * population])
+                             for k in range(n_targets)])
+    iteration = 0
     with stepping.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
             if restart_every and iteration % restart_every == 0 and iteration < iters:  # never in the last one
@@ -175,30 +186,34 @@ def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: n
                                                          for g in range(n_targets * population)],
                                        retokenize=setup.retokenize,
                                        parents=[ids for pop in pops for ids in pop.ids])  # per (target, member)
-            _select(setup, pops, groups, lambdas, lambda_list, iteration)
+            new_points = _select(setup, pops, groups, lambdas, lambda_list, iteration)
             bar.update(1)
             if progress:  # the summary walks the whole history: only for a bar someone sees
                 mean_best = sum(max(r["activation"] for r in p.history) for p in pops) / n_targets
                 bar.set_postfix(frontier=_frontier_summary(pops[0].history) if n_targets == 1 else
                                 f"{n_targets} targets, mean best {mean_best:.3g}")
+            if stop.update(new_points, iteration < iters):
+                log.info("EPO stopped after %d of %d iterations: %s", iteration, iters, stop.reason)
+                break
     loop_seconds = time.perf_counter() - started
     results = PromptResults()
     for k, pop in enumerate(pops):
         settings = {**config.to_dict(), "fluency_weights": lambdas.tolist(), "restarts": pop.restarts,
-                    "loop_seconds": loop_seconds}
+                    "loop_seconds": loop_seconds, "iterations_run": iteration, "stopped": stop.reason or "iters"}
         results.append(setup.result(pop.history, settings, seed, "epo", k))
     return results
 
 
 def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple[int, ...]]], lambdas: Tensor,
-            lambda_list: list[float], iteration: int) -> None:
+            lambda_list: list[float], iteration: int) -> list[tuple[list[float], list[float]]]:
     """Score every kept child (of every member of every target) in one call; each slot keeps the best of its
     population and their children under its own lambda (chosen on the device); then one transfer brings the
-    scores and choices to the host for the history and the members' token lists."""
+    scores and choices to the host for the history and the members' token lists. Returns each target's new
+    (activations, cross-entropies)."""
     population = len(lambda_list)
     flat = [span for group in groups for span in group]
     if not flat:
-        return
+        return [([], []) for _ in pops]
     parent_index = torch.tensor([g for g, group in enumerate(groups) for _ in group])
     device = pops[0].members.device
     spans = torch.tensor(flat, dtype=torch.long, device=device)
@@ -222,13 +237,20 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
     act_host, xent_host, choice_host = host[:n], host[n:2 * n], [int(c) for c in host[2 * n:]]
     row = 0
     for k, pop in enumerate(pops):
+        children_origins = []
         for m in range(population):
             group = groups[k * population + m]
+            origins = [pop.origins[m]] * len(group)  # a child carries its parent's line
             pop.history += history_rows(setup, group, act_host[row:row + len(group)], xent_host[row:row + len(group)],
-                                        iteration, m, lambda_list[m])
+                                        iteration, m, lambda_list[m], origins)
+            children_origins += origins
             row += len(group)
         pool = pop.ids + flat[bounds[k]:bounds[k + 1]]
-        pop.ids = [pool[c] for c in choice_host[k * population:(k + 1) * population]]
+        pool_origins = pop.origins + children_origins
+        chosen = choice_host[k * population:(k + 1) * population]
+        pop.ids = [pool[c] for c in chosen]
+        pop.origins = [pool_origins[c] for c in chosen]
+    return [(act_host[bounds[k]:bounds[k + 1]], xent_host[bounds[k]:bounds[k + 1]]) for k in range(len(pops))]
 
 
 def _member_states(setup: SearchSetup, pops: list[_Population]) -> ParentStates | None:

@@ -36,3 +36,37 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
         (True, False)
     """
     return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+class FrontierTracker:
+    """The running Pareto frontier of a search, to tell whether an iteration moved it (a plateau stop).
+
+    Example:
+        >>> front = FrontierTracker()
+        >>> front.add([1.0, 2.0], [3.0, 4.0]), front.add([1.5], [5.0]), front.add([3.0], [3.5])
+        (True, False, True)
+        >>> front.points
+        [(3.0, 1.0), (3.5, 3.0)]
+    """
+
+    def __init__(self) -> None:
+        self.points: list[tuple[float, float]] = []  # (xentropy, activation), rising in both
+
+    def add(self, activation: Sequence[float], xentropy: Sequence[float]) -> bool:
+        """Add evaluated points; True when one of them joined the frontier."""
+        import bisect
+
+        moved = False
+        for act, xent in zip(activation, xentropy):
+            if not (act == act and xent == xent):  # NaN never joins
+                continue
+            at = bisect.bisect_right(self.points, (xent, float("inf")))
+            if at and self.points[at - 1][1] >= act:
+                continue  # a point at least as fluent activates at least as much
+            start = at - 1 if at and self.points[at - 1][0] == xent else at  # as fluent, less active: replaced
+            end = at
+            while end < len(self.points) and self.points[end][1] <= act:
+                end += 1
+            self.points[start:end] = [(xent, act)]
+            moved = True
+        return moved

@@ -18,23 +18,24 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from dreamy.core import stepping
 from dreamy.language.config import GCGConfig
-from dreamy.language.proposals import initial_spans, swap_children
+from dreamy.language.proposals import initial_members, swap_children
 from dreamy.language.result import PromptResult, PromptResults
-from dreamy.language.search import SearchSetup, history_rows
+from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
 
 
 def gcg(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", config: GCGConfig | None = None, *,
-        fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
+        fluency_model: nn.Module | None = None, starts: Mapping[str, Sequence[Sequence[int]]] | None = None,
+        progress: bool = True, **overrides: Any) -> "PromptResult | PromptResults":
     """Maximize each target over an `n_tokens` prompt span with GCG (see the module docstring), as `config` says
     (`GCGConfig`; keywords override its fields). One target (a spec) gives its `PromptResult`; a list gives
     `PromptResults`, searched in lockstep.
@@ -47,12 +48,13 @@ def gcg(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", c
     """
     config = GCGConfig.build(config, **overrides)
     results = _gcg(loaded, [targets] if isinstance(targets, (str, Target)) else list(targets), config, fluency_model,
-                   progress)
+                   progress, starts)
     return results[0] if isinstance(targets, (str, Target)) else results
 
 
 def gcg_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: GCGConfig | None = None, *,
-             fluency_model: nn.Module | None = None, progress: bool = True, **overrides: Any) -> PromptResults:
+             fluency_model: nn.Module | None = None, starts: Mapping[str, Sequence[Sequence[int]]] | None = None,
+             progress: bool = True, **overrides: Any) -> PromptResults:
     """`gcg` on a list of targets (always a `PromptResults`).
 
     Example:
@@ -60,23 +62,30 @@ def gcg_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: GCG
         >>> len(gcg_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, children=8, progress=False))
         1
     """
-    return _gcg(loaded, list(targets), GCGConfig.build(config, **overrides), fluency_model, progress)
+    return _gcg(loaded, list(targets), GCGConfig.build(config, **overrides), fluency_model, progress, starts)
 
 
 def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
-         progress: bool) -> PromptResults:
+         progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
     n_tokens, iters, batch_size, topk = config.n_tokens, config.iters, config.children, config.topk
     n_swaps, fluency_weight, init, seed = config.n_swaps, config.fluency_weight, config.init, config.seed
     setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
-    start = torch.cat([initial_spans(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, generator=gen) for gen in gens])
+    windows = starts_of(setup, starts, init)
+    firsts = [initial_members(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, windows=windows[k], generator=gen)
+              for k, gen in enumerate(gens)]  # one current prompt: "maxima" and "mixed" start from the best window
+    origins = [origin for _, (origin,) in firsts]
+    start = torch.cat([first for first, _ in firsts])
     current_ids = [tuple(row) for row in start.tolist()]  # host copy of the current prompts
     current = start.to(loaded.device)
     everyone = torch.arange(n_targets)
     scores = setup.score(current, everyone)
     act, xent = torch.stack([scores.activation, scores.xentropy]).tolist()
-    histories = [history_rows(setup, start[k : k + 1].tolist(), act[k : k + 1], xent[k : k + 1], 0) for k in range(n_targets)]
+    histories = [history_rows(setup, start[k : k + 1].tolist(), act[k : k + 1], xent[k : k + 1], 0, origins=origins[k:k + 1])
+                 for k in range(n_targets)]
+    stop = StopRule(config, [(act[k:k + 1], xent[k:k + 1]) for k in range(n_targets)])
+    iteration = 0
     lambdas = torch.full((n_targets,), float(fluency_weight))
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
     with stepping.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
@@ -101,11 +110,14 @@ def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: n
                                      for lo, hi in zip(bounds[:-1], bounds[1:])])
                 host = torch.cat([scored.activation.float(), scored.xentropy.float(), picks.float()]).tolist()  # one transfer
                 n = len(flat)
+                new_points = []
                 for k in range(n_targets):
                     lo, hi = bounds[k], bounds[k + 1]
+                    new_points.append((host[lo:hi], host[n + lo:n + hi]))
                     if hi == lo:
                         continue
-                    histories[k] += history_rows(setup, flat[lo:hi], host[lo:hi], host[n + lo:n + hi], iteration)
+                    histories[k] += history_rows(setup, flat[lo:hi], host[lo:hi], host[n + lo:n + hi], iteration,
+                                                 origins=[origins[k]] * (hi - lo))
                     current_ids[k] = flat[int(host[2 * n + k])]
                 current = torch.where((picks >= 0)[:, None], spans[picks.clamp(min=0)], current)
             bar.update(1)
@@ -115,4 +127,7 @@ def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: n
                     bar.set_postfix(best=f"{bests[0]['activation']:.3g}", xent=f"{bests[0]['xentropy']:.2f}")
                 else:
                     bar.set_postfix(mean_best=f"{sum(b['activation'] for b in bests) / n_targets:.3g}")
-    return PromptResults(setup.result(histories[k], config.to_dict(), seed, "gcg", k) for k in range(n_targets))
+            if stop.update(new_points if flat else [([], [])] * n_targets, iteration < iters):
+                break
+    settings = {**config.to_dict(), "iterations_run": iteration, "stopped": stop.reason or "iters"}
+    return PromptResults(setup.result(histories[k], settings, seed, "gcg", k) for k in range(n_targets))

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass
 class FrontierPoint:
-    """One prompt on the frontier, with per-token attribution of its activation."""
+    """One prompt on the frontier, with per-token attribution of its activation and where its line started."""
 
     text: str
     token_ids: list[int]
@@ -22,6 +22,7 @@ class FrontierPoint:
     xentropy: float
     tokens: list[str] = field(default_factory=list)
     token_attribution: list[float] = field(default_factory=list)
+    origin: str = ""  # where its search line started: "random", "init", "window i" (see proposals.initial_members)
 
 
 @dataclass

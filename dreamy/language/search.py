@@ -9,8 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,8 @@ from dreamy.language.config import PromptConfig
 from dreamy.language.gradients import GRADIENT_CHUNK, check_linear_embedding, token_gradients, top_tokens
 from dreamy.language.graphs import GradientGraph, bucket_rows
 from dreamy.language.layout import PromptLayout, make_layout
-from dreamy.language.frontier import pareto_indices
+from dreamy.language.frontier import FrontierTracker, pareto_indices
+from dreamy.language.proposals import SEEDED_INITS
 from dreamy.language.result import FrontierPoint, PromptResult
 from dreamy.language.states import ParentStates, SequenceScores
 from dreamy.language.scoring import parent_states, score_sequences
@@ -184,18 +186,78 @@ class SearchSetup:
             spans = torch.tensor([row["token_ids"] for row in points[at:at + GRADIENT_CHUNK]], device=self.layout.prefix.device)
             attributions += token_attributions(self.model, self.probe, self.layout.full(spans), target_index)
         frontier = [FrontierPoint(row["text"], row["token_ids"], row["activation"], row["xentropy"],
-                                  decode_each(self.tokenizer, row["token_ids"]), attribution[start:end])
+                                  decode_each(self.tokenizer, row["token_ids"]), attribution[start:end],
+                                  row.get("origin", ""))
                     for row, attribution in zip(points, attributions)]
         settings = {**settings, "prefix": self.tokenizer.decode(self.layout.prefix.tolist()),
                     "suffix": self.tokenizer.decode(self.layout.suffix.tolist())}
         return PromptResult(str(self.targets[target_index]), history, frontier, settings, seed, method)
 
 
+def starts_of(setup: SearchSetup, starts: Mapping[str, Sequence[Sequence[int]]] | None,
+              init: Any) -> list[Sequence[Sequence[int]] | None]:
+    """Each searched target's starting windows from `starts` (keyed by any spelling of its spec), when `init`
+    starts from windows; None per target otherwise.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> setup = SearchSetup.build(load("tiny:lm"), ["logits:3"], n_tokens=2)
+        >>> starts_of(setup, {"1 * logits:3": [[5, 6]]}, "maxima"), starts_of(setup, None, None)
+        ([[[5, 6]]], [None])
+    """
+    if init not in SEEDED_INITS:
+        return [None] * len(setup.targets)
+    if starts is None:
+        raise ValueError(f"init={init!r} starts from dataset windows: pass starts={{target: [token ids, ...]}} (each "
+                         "target's matched-length maxima, e.g. text_maxima(..., lengths=[n_tokens]))")
+    by_spec = {str(parse(spec)): windows for spec, windows in starts.items()}
+    missing = [str(t) for t in setup.targets if str(t) not in by_spec]
+    if missing:
+        raise ValueError(f"init={init!r}: no starting windows for target {missing[0]!r} (starts has "
+                         f"{len(by_spec)} target(s))")
+    return [by_spec[str(t)] for t in setup.targets]
+
+
+class StopRule:
+    """When a search stops before its last iteration: its wall-clock budget (`config.minutes`, for the whole
+    packed batch) ran out, or no target's Pareto frontier moved for `config.plateau` iterations. `reason` is
+    "minutes" or "plateau" once it stops.
+
+    Example:
+        >>> from dreamy.language.config import PromptConfig
+        >>> rule = StopRule(PromptConfig(plateau=2), [([1.0], [3.0])])
+        >>> [rule.update([([0.5], [4.0])]) for _ in range(2)], rule.reason
+        ([False, True], 'plateau')
+    """
+
+    def __init__(self, config: PromptConfig, first: Sequence[tuple[Sequence[float], Sequence[float]]]) -> None:
+        self.deadline = time.perf_counter() + 60 * config.minutes if config.minutes else None
+        self.patience = config.plateau
+        self.fronts = [FrontierTracker() for _ in first]
+        for front, (activation, xentropy) in zip(self.fronts, first):
+            front.add(activation, xentropy)
+        self.still = 0
+        self.reason: str | None = None
+
+    def update(self, points: Sequence[tuple[Sequence[float], Sequence[float]]], more: bool = True) -> bool:
+        """Add each target's points of one iteration; True when the search should stop (only while `more`
+        iterations remain, so a stop is never reported on the last one)."""
+        moved = [front.add(activation, xentropy) for front, (activation, xentropy) in zip(self.fronts, points)]
+        self.still = 0 if any(moved) else self.still + 1
+        if not more:
+            return False
+        if self.patience and self.still >= self.patience:
+            self.reason = "plateau"
+        elif self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.reason = "minutes"
+        return self.reason is not None
+
+
 def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation: Sequence[float],
                  xentropy: Sequence[float], iteration: int, slot: int | None = None,
-                 lam: float | None = None) -> list[dict[str, Any]]:
+                 lam: float | None = None, origins: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """History dicts for evaluated spans, from host lists (token ids and scores already transferred; one
-    batched decode).
+    batched decode); `origins` says where each span's line started (see `proposals.initial_members`).
 
     Example:
         >>> from dreamy.models import load
@@ -204,5 +266,7 @@ def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation:
         1.5
     """
     texts = setup.tokenizer.batch_decode([list(span) for span in spans]) if len(spans) else []
+    origins = origins if origins is not None else [""] * len(spans)
     return [{"iteration": iteration, "slot": slot, "fluency_weight": lam, "text": text, "token_ids": list(span),
-             "activation": a, "xentropy": x} for text, span, a, x in zip(texts, spans, activation, xentropy)]
+             "activation": a, "xentropy": x, "origin": origin}
+            for text, span, a, x, origin in zip(texts, spans, activation, xentropy, origins)]

@@ -19,6 +19,8 @@ from dreamy.maxima.records import (Example, Maxima, MaximaResults, default_cache
                                    save_maxima)
 from dreamy.maxima.text import corpus_xentropy, text_maxima
 from dreamy.maxima.topk import StreamingTopK, summarize
+from dreamy.maxima.verdict import near_copy_distance, token_edit_distance, verdict_of
 
 __all__ = ["Example", "Maxima", "MaximaResults", "StreamingTopK", "corpus_xentropy", "default_cache_dir", "entry_dir", "image_maxima",
-           "list_cached_maxima", "load_cached_maxima", "save_maxima", "summarize", "text_maxima"]
+           "list_cached_maxima", "load_cached_maxima", "near_copy_distance", "save_maxima", "summarize", "text_maxima",
+           "token_edit_distance", "verdict_of"]

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from torch import Tensor
 from dreamy.core.png import png_bytes
 from dreamy.core.files import safe_name, write_atomic
 from dreamy.targets import parse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,8 +110,8 @@ class Maxima:
                 if self.path is not None:
                     item["image"] = str((self.path / f"example_{example.rank:02d}.png").resolve())
             else:
-                item.update(text=example.text, tokens=example.tokens, token_activations=example.token_activations,
-                            xentropy=example.xentropy)
+                item.update(text=example.text, tokens=example.tokens, token_ids=example.token_ids,
+                            token_activations=example.token_activations, xentropy=example.xentropy)
             items.append(item)
         return items
 
@@ -135,9 +138,28 @@ class MaximaResults(dict):
         't'
     """
 
+    lengths: dict[int, "MaximaResults"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = {}
+
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-able record per target (every method's results give their records the same way)."""
         return [maxima.to_record() for maxima in self.values()]
+
+    def at(self, n_tokens: int) -> "MaximaResults":
+        """The maxima of windows of `n_tokens` tokens found in the same search (`text_maxima(..., lengths=...)`).
+
+        Example:
+            >>> MaximaResults().at(12)
+            Traceback (most recent call last):
+            ...
+            KeyError: 'no maxima of 12-token windows in this search; ask text_maxima for lengths=[12]'
+        """
+        if n_tokens not in self.lengths:
+            raise KeyError(f"no maxima of {n_tokens}-token windows in this search; ask text_maxima for lengths=[{n_tokens}]")
+        return self.lengths[n_tokens]
 
 
 def default_cache_dir() -> Path:
@@ -179,24 +201,44 @@ def save_maxima(maxima: Maxima, cache_dir: str | os.PathLike) -> Path:
 
 
 def _read_entry(folder: Path) -> Maxima | None:
+    """The entry in `folder`, or None when it is missing or unreadable (a damaged entry is logged and found anew)."""
     record_path = folder / "maxima.json"
     if not record_path.exists():
         return None
-    record = json.loads(record_path.read_text())
-    arrays: dict[str, np.ndarray] = {}
-    if (folder / "arrays.npz").exists():
-        with np.load(folder / "arrays.npz") as data:
-            arrays = {name: data[name] for name in data.files}
-    return Maxima.from_record(record, arrays, folder)
+    try:
+        record = json.loads(record_path.read_text())
+        arrays: dict[str, np.ndarray] = {}
+        if (folder / "arrays.npz").exists():
+            with np.load(folder / "arrays.npz") as data:
+                arrays = {name: data[name] for name in data.files}
+        return Maxima.from_record(record, arrays, folder)
+    except Exception as error:  # a damaged cache must never cost a run: rescan instead
+        log.warning("ignoring the damaged maxima cache entry %s (%s: %s); it will be found again", folder,
+                    type(error).__name__, error)
+        return None
 
 
-def load_cached_maxima(cache_dir: str | os.PathLike, model_name: str, target: str, dataset: str | None = None) -> Maxima | None:
-    """The cached maxima of `target` on `model_name` (from `dataset`, else the most recent of any data set), or None."""
+def load_cached_maxima(cache_dir: str | os.PathLike, model_name: str, target: str, dataset: str | None = None, *,
+                       matching: Callable[[Maxima], bool] | None = None) -> Maxima | None:
+    """The cached maxima of `target` on `model_name` (from `dataset`, else the most recent of any data set that
+    `matching` accepts), or None.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save_maxima(Maxima("m", "t:1", "corpus@12tok", "text", [], {}, {"window": 12}), folder)
+        >>> load_cached_maxima(folder, "m", "t:1", matching=lambda m: m.settings.get("window") == 64) is None
+        True
+    """
     if dataset is not None:
         return _read_entry(entry_dir(cache_dir, model_name, dataset, target))
     model_dir = Path(cache_dir) / safe_name(model_name)
     records = sorted(model_dir.glob(f"*/{safe_name(canonical_target(target))}/maxima.json"), key=lambda p: p.stat().st_mtime)
-    return _read_entry(records[-1].parent) if records else None
+    for path in reversed(records):
+        entry = _read_entry(path.parent)
+        if entry is not None and (matching is None or matching(entry)):
+            return entry
+    return None
 
 
 def list_cached_maxima(cache_dir: str | os.PathLike, model_name: str | None = None) -> list[Maxima]:

@@ -100,7 +100,14 @@ def scan(
     summaries: list[Tensor] = []
     start, spent = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
+        try:
+            state = torch.load(checkpoint, weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a scan state")
+        except Exception as error:  # a damaged checkpoint (a kill mid-write, another program's file): start over
+            log.warning("ignoring the unreadable scan checkpoint %s (%s: %s); scanning from the start", checkpoint,
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            state = {}
         if state.get("fingerprint") == fingerprint:
             top.restore(state)
             summaries, start, spent = [state["summaries"]], int(state["next"]), float(state["seconds"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 STYLE = """
@@ -74,3 +75,25 @@ def anchor(target: str) -> str:
     return "t-" + re.sub(r"[^A-Za-z0-9_.:-]", "_", target)
 
 
+
+
+def short_target(spec: str) -> str:
+    """A target's name for a page: a direction or SAE file by its file name (`sae-l9#3`), not its whole path.
+
+    Example:
+        >>> short_target("model.layers.9:sae=/home/me/runs/sae-l9#3"), short_target("logits:5")
+        ('sae-l9#3', 'logits:5')
+    """
+    from dreamy.targets import Direction, SAEFeature, TargetError, parse
+
+    try:
+        target = parse(spec)
+    except TargetError:
+        return spec
+    if len(target.terms) != 1 or not isinstance(target.terms[0].unit, (Direction, SAEFeature)):
+        return spec
+    unit = target.terms[0].unit
+    name = Path(unit.path.rstrip("/")).name or unit.path
+    key = unit.index if isinstance(unit, SAEFeature) else unit.key
+    reduce = f"/{target.terms[0].reduce}" if target.terms[0].reduce else ""
+    return f"{name}#{key}{reduce}" if key is not None else f"{name}{reduce}"

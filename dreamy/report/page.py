@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dreamy.core.files import write_atomic
-from dreamy.report.html import STYLE, anchor, esc, fmt
+from dreamy.report.html import STYLE, anchor, esc, fmt, short_target
 from dreamy.report.image_cards import comparison, image_section, judge_verdicts, layer_sheets
 from dreamy.report.prompt_cards import STYLE as PROMPT_STYLE, feature_index, prompt_card
 
@@ -36,7 +36,7 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
     sections = []
     for record in records:
         label = f' <small>{esc(record["label"])}</small>' if record.get("label") else ""
-        head = f'<h2>{esc(record["target"])}{label}</h2><div class="label">model {esc(record.get("model", "?"))} · method {esc(record.get("method", "?"))}'
+        head = f'<h2 title="{esc(record["target"])}">{esc(short_target(str(record["target"])))}{label}</h2><div class="label">model {esc(record.get("model", "?"))} · method {esc(record.get("method", "?"))}'
         if record.get("activation") is not None:
             head += f' · best activation {fmt(record["activation"])}'
         head += comparison(record) + judge_verdicts(record) + "</div>"

@@ -2,7 +2,8 @@
 
 - `frontier_png(record)`: a prompt record's activation (y) against prompt cross-entropy (x): every
   evaluated prompt faint (when the record holds `evaluated`), the Pareto frontier as a line, the dataset
-  maxima windows as distinct points on the same axes (as in the EPO paper's figures).
+  windows of the prompt's own length as diamonds (the yardstick) and longer context windows as faint crosses
+  (as in the EPO paper's figures).
 - `steps_png(series)`: activation (or objective) per step, one line per dreamed image of a target.
 - `evaluated_points(history)`: the compact `(xentropy, activation)` lists a prompt record keeps for the plot.
 - `plot_name(spec, what)`: where a target's plot goes in the output folder (`images/`).
@@ -89,15 +90,23 @@ def frontier_png(record: dict[str, Any]) -> bytes:
                       if p.get("xentropy") is not None and p.get("activation") is not None)
     if frontier:
         axes.plot([x for x, _ in frontier], [a for _, a in frontier], "-o", color="#d2502a", markersize=4, label="dream frontier")
-    windows = [(m["xentropy"], m["activation"]) for m in record.get("maxima") or []
-               if isinstance(m.get("xentropy"), (int, float)) and isinstance(m.get("activation"), (int, float))]
-    if windows:
-        axes.scatter([x for x, _ in windows], [a for _, a in windows], marker="D", s=28, color="#286ee6", zorder=3,
-                     label=f"dataset windows ({record.get('maxima_dataset', 'corpus')})")
+    def points(items: Any) -> list[tuple[float, float]]:
+        return [(m["xentropy"], m["activation"]) for m in items or []
+                if isinstance(m.get("xentropy"), (int, float)) and isinstance(m.get("activation"), (int, float))]
+
+    matched, context = points(record.get("maxima_matched")), points(record.get("maxima"))
+    if matched:  # the yardstick: windows of the prompt's own length, scored as the prompts are
+        axes.scatter([x for x, _ in matched], [a for _, a in matched], marker="D", s=28, color="#286ee6", zorder=3,
+                     label=f"windows of the prompt's length ({record.get('maxima_matched_dataset', 'corpus')})")
+    if context:
+        axes.scatter([x for x, _ in context], [a for _, a in context], marker="x" if matched else "D",
+                     s=20 if matched else 28, color="#9aa7bd" if matched else "#286ee6", zorder=2,
+                     label=(f"longer context windows ({record.get('maxima_dataset', 'corpus')})" if matched else
+                            f"dataset windows ({record.get('maxima_dataset', 'corpus')})"))
     axes.set_xlabel("prompt cross-entropy (nats/token)")
     axes.set_ylabel("activation")
     axes.grid(alpha=0.3)
-    if frontier or windows or evaluated.get("xentropy"):
+    if frontier or matched or context or evaluated.get("xentropy"):
         axes.legend(fontsize=7, loc="lower right")
     return _png(figure)
 

@@ -1,18 +1,23 @@
 """The prompt side of the gallery: one feature-dashboard card per prompt target, and the index over them.
 
-A card shows, for one target: its frontier plot (activation against cross-entropy, dataset windows as
-points) when the record has one (`"plot"`), the output-side tokens (VocabProj promoted / suppressed, the
-top TokenChange tokens, from `"description"`), the EPO frontier with each token shaded by its attribution,
-and the dataset maxima windows with each token shaded by its activation. The index (`feature_index`) has one
-row per prompt target: best dream activation, the best dataset window's activation, whether a dream
-beats that window at or below its cross-entropy, and the top promoted tokens, each linked to its card.
-Records from older runs (no plot, no description) render without those parts. All record text is escaped.
+A card shows, for one target: its frontier plot (activation against cross-entropy, the matched-length windows
+and the context windows as points of their own) when the record has one (`"plot"`), the verdict at matched
+length (`maxima.verdict`: does a dream beat the best window of the prompt's own length at or below its
+cross-entropy, by how much, and is the winner more than a near copy of a window), the output-side tokens
+(VocabProj promoted / suppressed, the top TokenChange tokens, from `"description"`), the frontier (at most
+`FRONTIER_ROWS` rows shown, the rest folded) with each token shaded by its attribution and where its line
+started, the matched windows, and the longer context windows, folded and labelled as context (never the
+yardstick). The index (`feature_index`) has one row per prompt target. Targets read from files are named by the
+file's name (`sae-l9#3`), the whole spec on hover. Records from older runs (no plot, no description, no matched
+windows) render without those parts. All record text is escaped.
 
 Example:
-    >>> record = {"target": "m.layers.0:3", "activation": 2.0, "frontier": [{"text": "a", "activation": 2.0, "xentropy": 4.0}],
-    ...           "maxima": [{"text": "b", "activation": 1.0, "xentropy": 5.0}],
+    >>> record = {"target": "m.layers.0:3", "activation": 2.0, "settings": {"n_tokens": 1},
+    ...           "frontier": [{"text": "a", "token_ids": [1], "activation": 2.0, "xentropy": 4.0}],
+    ...           "maxima_matched": [{"text": "b", "token_ids": [2], "activation": 1.0, "xentropy": 5.0}],
     ...           "description": {"vocab_proj": {"promoted": [["<x>", 1.5]], "suppressed": []}}}
-    >>> beats_best_window(record), "&lt;x&gt;" in feature_index([record])
+    >>> page = feature_index([record])
+    >>> "&lt;x&gt;" in page, "yes (2x" in page
     (True, True)
 """
 
@@ -20,9 +25,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dreamy.report.html import anchor, esc, fmt
+from dreamy.maxima.verdict import verdict_of
+from dreamy.report.html import anchor, esc, fmt, short_target
 
 INDEX_TOKENS = 5
+FRONTIER_ROWS = 12  # frontier rows a card shows before folding the rest
 STYLE = """
 .card{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start;margin-bottom:8px}
 img.plot{width:480px;max-width:100%;border:1px solid #ddd}
@@ -43,24 +50,29 @@ def _shaded_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
     return "".join(spans)
 
 
-def _best_window(record: dict[str, Any]) -> dict[str, Any] | None:
-    windows = [m for m in record.get("maxima") or [] if isinstance(m.get("activation"), (int, float))]
-    return max(windows, key=lambda m: m["activation"], default=None)
-
-
-def beats_best_window(record: dict[str, Any]) -> bool | None:
-    """Whether a frontier prompt activates more than the best dataset window at or below that window's
-    cross-entropy; None without windows (or without the window's cross-entropy).
+def verdict_html(record: dict[str, Any]) -> str:
+    """The matched-length verdict of a prompt record in words ('' without matched windows).
 
     Example:
-        >>> beats_best_window({"frontier": [{"activation": 3.0, "xentropy": 6.0}], "maxima": [{"activation": 1.0, "xentropy": 5.0}]})
-        False
+        >>> verdict_html({"settings": {"n_tokens": 2}, "frontier": [{"token_ids": [1, 2], "activation": 1.0, "xentropy": 3.0}],
+        ...               "maxima_matched": [{"token_ids": [1, 2], "activation": 2.0, "xentropy": 4.0}]})[:32]
+        '<span class="short">no: no dream'
     """
-    best = _best_window(record)
-    if best is None or not isinstance(best.get("xentropy"), (int, float)):
-        return None
-    return any(p["activation"] > best["activation"] and p["xentropy"] <= best["xentropy"]
-               for p in record.get("frontier") or [])
+    verdict = verdict_of(record)
+    if verdict is None:
+        return ""
+    window = verdict["window"]
+    yardstick = (f'the best {verdict["n_tokens"]}-token window ({fmt(window["activation"])} at cross-entropy '
+                 f'{fmt(window["xentropy"])})')
+    if not verdict["beats"]:
+        return f'<span class="short">no: no dream beats {yardstick} at or below its cross-entropy</span>'
+    winner = verdict["winner"]
+    copy = ("a near copy of a window" if winner["near_copy"] else "not a near copy of a window")
+    also = "" if not winner["near_copy"] or not verdict["beats_without_copying"] else "; another winner is not"
+    ratio = f' ({verdict["ratio"]:.3g}x)' if verdict["ratio"] is not None else ""
+    return (f'<span class="beats">yes{ratio}: a dream beats {yardstick}: {fmt(winner["activation"])} at '
+            f'{fmt(winner["xentropy"])}, {esc(winner["distance"])} token edit(s) from the nearest window, {copy}{also} '
+            f'(near copy: at most {verdict["near_copy_distance"]} edits)</span>')
 
 
 def _tokens(pairs: Sequence[Sequence[Any]], limit: int | None = None) -> str:
@@ -86,6 +98,25 @@ def _output_tokens(record: dict[str, Any]) -> str:
             f'<table class="outtok">{"".join(rows)}</table></div>')
 
 
+def _spread(n: int, limit: int) -> set[int]:
+    """At most `limit` of `n` rows, spread evenly and keeping both ends.
+
+    Example:
+        >>> sorted(_spread(10, 4)), len(_spread(3, 12))
+        ([0, 3, 6, 9], 3)
+    """
+    if n <= limit:
+        return set(range(n))
+    return {round(i * (n - 1) / (limit - 1)) for i in range(limit)}
+
+
+def _window_table(windows: Sequence[dict[str, Any]]) -> str:
+    return ("<table><tr><th>cross-entropy</th><th>activation</th><th>window</th></tr>"
+            + "".join(f"<tr><td>{fmt(m.get('xentropy', ''))}</td><td>{fmt(m['activation'])}</td>"
+                      f"<td>{_shaded_tokens(m.get('tokens') or [m.get('text', '')], m.get('token_activations', []))}</td></tr>"
+                      for m in windows) + "</table>")
+
+
 def prompt_card(record: dict[str, Any]) -> str:
     """The body of a prompt target's card (see the module docstring).
 
@@ -101,21 +132,29 @@ def prompt_card(record: dict[str, Any]) -> str:
     outputs = _output_tokens(record)
     if outputs:
         top.append(outputs)
-    rows = []
-    for point in sorted(record.get("frontier", []), key=lambda p: p["xentropy"]):
-        tokens = point.get("tokens") or [point.get("text", "")]
-        rows.append(f"<tr><td>{fmt(point['xentropy'])}</td><td>{fmt(point['activation'])}</td>"
-                    f"<td>{_shaded_tokens(tokens, point.get('token_attribution', []))}</td></tr>")
-    body = ('<div class="label">dream frontier</div>'
-            "<table><tr><th>cross-entropy</th><th>activation</th><th>prompt (shaded by attribution)</th></tr>"
-            + "".join(rows) + "</table>")
+    frontier = sorted(record.get("frontier", []), key=lambda p: p["xentropy"])
+    rows = [f"<tr><td>{fmt(point['xentropy'])}</td><td>{fmt(point['activation'])}</td><td>{esc(point.get('origin', ''))}</td>"
+            f"<td>{_shaded_tokens(point.get('tokens') or [point.get('text', '')], point.get('token_attribution', []))}</td></tr>"
+            for point in frontier]
+    shown = _spread(len(rows), FRONTIER_ROWS)
+    head = "<tr><th>cross-entropy</th><th>activation</th><th>started from</th><th>prompt (shaded by attribution)</th></tr>"
+    verdict = verdict_html(record)
+    body = (f'<div class="label">{verdict}</div>' if verdict else "")
+    body += (f'<div class="label">dream frontier ({len(rows)} prompt(s), {len(shown)} shown)</div>'
+             f"<table>{head}{''.join(rows[i] for i in shown)}</table>")
+    if len(shown) < len(rows):
+        body += (f"<details><summary>the other {len(rows) - len(shown)} frontier prompts</summary><table>{head}"
+                 f"{''.join(row for i, row in enumerate(rows) if i not in shown)}</table></details>")
+    matched = record.get("maxima_matched") or []
+    if matched:
+        body += (f'<div class="label">dataset windows of the prompt\'s length, the yardstick '
+                 f'({esc(record.get("maxima_matched_dataset", "corpus"))})</div>' + _window_table(matched))
     maxima = record.get("maxima") or []
     if maxima:
-        body += (f'<div class="label">dataset maxima ({esc(record.get("maxima_dataset", "corpus"))})</div>'
-                 "<table><tr><th>cross-entropy</th><th>activation</th><th>window</th></tr>"
-                 + "".join(f"<tr><td>{fmt(m.get('xentropy', ''))}</td><td>{fmt(m['activation'])}</td>"
-                           f"<td>{_shaded_tokens(m.get('tokens') or [m.get('text', '')], m.get('token_activations', []))}</td></tr>"
-                           for m in maxima) + "</table>")
+        table = _window_table(maxima)
+        label = f'dataset maxima ({esc(record.get("maxima_dataset", "corpus"))})'
+        body += (f"<details><summary>{label}: longer context windows, not comparable with the prompts</summary>{table}</details>"
+                 if matched else f'<div class="label">{label}</div>{table}')
     return (f'<div class="card">{"".join(top)}</div>' if top else "") + body
 
 
@@ -129,19 +168,31 @@ def feature_index(records: Sequence[dict[str, Any]]) -> str:
     prompts = [r for r in records if r.get("kind") == "prompt" or "frontier" in r]
     if not prompts:
         return ""
-    verdicts = {True: '<span class="beats">yes</span>', False: '<span class="short">no</span>', None: "–"}
     rows = []
     for record in prompts:
-        link = f'<a href="#{esc(anchor(str(record["target"])))}">{esc(record["target"])}</a>'
+        link = (f'<a href="#{esc(anchor(str(record["target"])))}" title="{esc(record["target"])}">'
+                f'{esc(short_target(str(record["target"])))}</a>')
         if "error" in record:
             rows.append(f'<tr><td>{link}</td><td colspan="4" class="error">failed</td></tr>')
             continue
-        best = _best_window(record)
+        verdict = verdict_of(record)
         promoted = ((record.get("description") or {}).get("vocab_proj") or {}).get("promoted", [])
-        rows.append(f"<tr><td>{link}</td><td>{fmt(record.get('activation'))}</td>"
-                    f"<td>{fmt(best['activation']) if best else '–'}</td><td>{verdicts[beats_best_window(record)]}</td>"
+        if verdict is None:
+            window, says = "–", "–"
+        else:
+            window = f'{fmt(verdict["window"]["activation"])} @ {fmt(verdict["window"]["xentropy"])}'
+            if verdict["beats"]:
+                ratio = f' ({verdict["ratio"]:.3g}x)' if verdict["ratio"] is not None else ""
+                copy = "not a copy" if verdict["beats_without_copying"] else "near copy only"
+                says = f'<span class="beats">yes{ratio}, {copy}</span>'
+            else:
+                says = '<span class="short">no</span>'
+        rows.append(f"<tr><td>{link}</td><td>{fmt(record.get('activation'))}</td><td>{window}</td><td>{says}</td>"
                     f'<td class="tokens">{_tokens(promoted, INDEX_TOKENS)}</td></tr>')
-    return ('<div class="target findex"><h2>index <small>one row per prompt target; click a target for its card</small></h2>'
-            "<table><tr><th>target</th><th>best dream activation</th><th>best dataset window</th>"
+    length = next((v["n_tokens"] for v in map(verdict_of, prompts) if v), None)
+    what = f"{length}-token windows, the prompts' length" if length else "windows of the prompts' length"
+    return ('<div class="target findex"><h2>index <small>one row per prompt target; click a target for its card; '
+            f'dreams are compared with dataset {what}</small></h2>'
+            "<table><tr><th>target</th><th>best dream activation</th><th>best window (activation @ cross-entropy)</th>"
             "<th>a dream beats it at ≤ its cross-entropy</th><th>top promoted tokens (VocabProj)</th></tr>"
             + "".join(rows) + "</table></div>")

@@ -119,22 +119,24 @@ def _target_output(loaded: LoadedModel, config: Config, result: Any, record: dic
 
 
 def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, progress: bool = False,
-                describe: bool = True) -> BatchOutput:
+                describe: bool = True, starts: dict[str, Any] | None = None) -> BatchOutput:
     """Dream one batch of targets, packed, on an already loaded model, as `config` says (a `DreamConfig` dreams
     images with `vision.dream`, an `EPOConfig` or `GCGConfig` prompts). One bad target must not sink the
     batch: if the packed run fails, its targets are retried one by one; a target whose output fails is retried
     alone, the finished ones are kept; a target that fails alone becomes an error record. An interrupted run
     raises `KeyboardInterrupt`. `progress` shows the batch's own bar. Each record gets its plot (`"plot"`, a
-    PNG in `files`); prompt records also their output-side `"description"` when `describe`."""
+    PNG in `files`); prompt records also their output-side `"description"` when `describe`. `starts` holds the
+    dataset windows a prompt search seeded from the corpus starts from (`{spec: [token ids, ...]}`)."""
     check_model(loaded, config)
     try:
-        result = _method_function(config)(loaded, list(specs), config=config, progress=progress)
+        extra = {"starts": {spec: starts[spec] for spec in specs}} if starts else {}
+        result = _method_function(config)(loaded, list(specs), config=config, progress=progress, **extra)
     except Exception as error:
         if len(specs) == 1:
             return BatchOutput([error_record(loaded, config, specs[0], f"{type(error).__name__}: {error}")])
         out = BatchOutput([])
         for spec in specs:
-            out.extend(dream_batch(loaded, [spec], config, progress=progress, describe=describe))
+            out.extend(dream_batch(loaded, [spec], config, progress=progress, describe=describe, starts=starts))
         return out
     if config.kind == "image" and result.settings.get("interrupted"):
         raise KeyboardInterrupt  # the images are cut short: never record them as finished
@@ -144,7 +146,7 @@ def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, pr
         try:
             out.extend(_target_output(loaded, config, result, records[t], t, spec, describe))
         except Exception as error:
-            out.extend(dream_batch(loaded, [spec], config, describe=describe) if len(specs) > 1 else
+            out.extend(dream_batch(loaded, [spec], config, describe=describe, starts=starts) if len(specs) > 1 else
                        BatchOutput([error_record(loaded, config, spec, f"{type(error).__name__}: {error}")]))
     return out
 

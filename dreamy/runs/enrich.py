@@ -38,7 +38,9 @@ def attach_maxima(out_dir: str | Path, loaded: LoadedModel, dataset: str | None 
     With `dataset` (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file) the maxima
     are found now; without it, cached maxima of an earlier search are attached where they exist. Prompt
     records then get TokenChange over those windows (`describe`) and their frontier plot redrawn with the
-    windows as points. Returns the updated records. `scan` goes to `maxima.image_maxima` /
+    windows as points. Prompt records also get, from the same corpus pass, the windows of the prompt's own length
+    scored as the prompt is (`maxima_matched`: the verdict's yardstick, see `maxima.verdict`); `maxima` keeps the
+    longer context windows. Returns the updated records. `scan` goes to `maxima.image_maxima` /
     `maxima.text_maxima` (e.g. `k`, `max_words`, `cache_dir`).
 
     Example:
@@ -55,20 +57,62 @@ def attach_maxima(out_dir: str | Path, loaded: LoadedModel, dataset: str | None 
         return _attach_maxima(Path(out_dir), loaded, dataset, describe, progress, scan)
 
 
+def _prompt_layout(run: dict[str, Any] | None) -> tuple[int, str, str] | None:
+    """(n_tokens, prefix, suffix) of a prompt run's settings, or None."""
+    settings = (run or {}).get("settings") or {}
+    if (run or {}).get("kind") != "prompt" or not isinstance(settings.get("n_tokens"), int):
+        return None
+    return settings["n_tokens"], settings.get("prefix") or "", settings.get("suffix") or ""
+
+
+def matched_windows(loaded: LoadedModel, specs: Sequence[str], config: Any, corpus: Any, **scan: Any) -> dict[str, list[list[int]]]:
+    """Each target's matched-length dataset windows (`text_maxima(..., lengths=[config.n_tokens])` in the
+    prompt's layout, cached), best first, as the token ids an `init` of "maxima" or "mixed" starts from.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.datasets import TextCorpus
+        >>> from dreamy.language import EPOConfig
+        >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park. " * 8)
+        >>> found = matched_windows(load("tiny:lm"), ["logits:3"], EPOConfig(n_tokens=3), corpus, k=2, window=8,
+        ...                         xent_windows=2, cache_dir=None, progress=False)
+        >>> [len(ids) for ids in found["logits:3"]]
+        [3, 3]
+    """
+    from dreamy import maxima
+
+    found = maxima.text_maxima(loaded, list(specs), corpus, lengths=[config.n_tokens], prefix=config.prefix,
+                               suffix=config.suffix, **scan).at(config.n_tokens)
+    return {spec: [e.token_ids for e in found[maxima.records.canonical_target(spec)].examples] for spec in specs}
+
+
 def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe: bool, progress: bool,
                    scan: dict[str, Any]) -> list[dict[str, Any]]:
     from dreamy import maxima
 
     store = ResultsStore(out)
     kind = (store.run or {}).get("kind") or ("image" if loaded.kind == "vision" else "prompt")
+    layout = _prompt_layout(store.run)
     good = [r["target"] for r in store.records if "error" not in r]
     if not good:
         return []
+    matched: dict[str, Any] = {}
     if dataset:
-        find = maxima.image_maxima if kind == "image" else maxima.text_maxima
-        found = find(loaded, good, dataset, progress=progress, **scan)
+        if kind == "image":
+            found = maxima.image_maxima(loaded, good, dataset, progress=progress, **scan)
+        else:
+            lengths = [layout[0]] if layout else []
+            found = maxima.text_maxima(loaded, good, dataset, lengths=lengths, prefix=layout[1] if layout else "",
+                                       suffix=layout[2] if layout else "", progress=progress, **scan)
+            matched = dict(found.at(layout[0])) if layout else {}
     else:
-        found = {t: maxima.load_cached_maxima(maxima.default_cache_dir(), loaded.name, t) for t in good}
+        cache = maxima.default_cache_dir()
+        context = (lambda m: not layout or m.settings.get("window") != layout[0])
+        found = {t: maxima.load_cached_maxima(cache, loaded.name, t, matching=context) for t in good}
+        if layout:
+            same = (lambda m: m.settings.get("window") == layout[0] and (m.settings.get("prefix") or "") == layout[1]
+                    and (m.settings.get("suffix") or "") == layout[2])
+            matched = {t: maxima.load_cached_maxima(cache, loaded.name, t, matching=same) for t in good}
     updated = []
     for record in store.records:
         entry = found.get(record["target"])
@@ -80,8 +124,11 @@ def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe
                 name = f"maxima/{safe_name(record['target'])}_{j}.png"
                 write_atomic(out / name, Path(item["image"]).read_bytes())
                 item["image"] = name
-        updated.append(_refresh_prompt_card(loaded, {**record, "maxima": items, "maxima_dataset": entry.dataset},
-                                            out, describe=describe))
+        record = {**record, "maxima": items, "maxima_dataset": entry.dataset}
+        windows = matched.get(record["target"])
+        if windows is not None:
+            record.update(maxima_matched=windows.gallery_items(), maxima_matched_dataset=windows.dataset)
+        updated.append(_refresh_prompt_card(loaded, record, out, describe=describe))
     if updated:
         store.add_many(updated)
         write_index(out, store.records, gallery_title(kind, loaded.name))
@@ -174,4 +221,4 @@ def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any
     return updated
 
 
-__all__ = ["attach_judges", "attach_maxima", "judge_records"]
+__all__ = ["attach_judges", "attach_maxima", "judge_records", "matched_windows"]

@@ -35,7 +35,9 @@ from dreamy.core.files import write_atomic
 from dreamy.models import LoadedModel
 from dreamy.report.page import gallery_title, write_index
 from dreamy.runs import batch
+from dreamy.language.proposals import SEEDED_INITS
 from dreamy.runs.batch import BatchOutput, error_record
+from dreamy.runs.enrich import matched_windows
 from dreamy.runs.plan import batch_config, check_model, plan_batches, unusable_targets
 from dreamy.runs.store import ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
 
@@ -78,34 +80,41 @@ class _Writer:
 def dream_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *, out_dir: str | Path | None = None,
                   resume: bool = False, overwrite: bool = False, batch_targets: int = 8, describe: bool = True,
                   use_ray: bool = False, ray_address: str | None = None, workers: int = 2, progress: bool = True,
-                  on_batch: Callable[[Any, int], None] | None = None) -> RunRecords:
+                  on_batch: Callable[[Any, int], None] | None = None, maxima: Any = None,
+                  maxima_scan: dict[str, Any] | None = None) -> RunRecords:
     """Dream every target of `specs` on `loaded` as `config` says, locally or over Ray; returns the records.
 
     The config's type says what is dreamed: a `DreamConfig` images, an `EPOConfig` or `GCGConfig` prompts.
     With `use_ray` (or a `ray_address`) batches are sharded over `workers` Ray actors that each load the model
     by name (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)` is called
     after batch k is written (for tests and monitoring). A non-empty `out_dir` needs `resume` (same run only)
-    or `overwrite`. `describe=False` skips the output-side descriptions of prompt records.
+    or `overwrite`. `describe=False` skips the output-side descriptions of prompt records. A prompt config whose
+    `init` is "maxima" or "mixed" starts each target's search from its matched-length windows of corpus `maxima`
+    (found first, in one pass for every target, and cached; `maxima_scan` goes to `text_maxima`).
     """
     check_model(loaded, config)
+    if getattr(config, "init", None) in SEEDED_INITS and maxima is None:
+        raise ValueError(f"init={config.init!r} starts from dataset windows: give a corpus, e.g. maxima='fortunes' "
+                         "(--maxima fortunes)")
     run = run_info_of(loaded.name, config, describe=describe)
     if out_dir is not None:
         prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)
     planned = plan_batches(specs, batch_targets)
     if out_dir is None:
         return _dream_planned(loaded, planned, config, run, None, resume, describe, use_ray, ray_address, workers,
-                              progress, on_batch)
+                              progress, on_batch, maxima, maxima_scan)
     with run_lock(out_dir):
         prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)  # again under the lock: a run may have
         if overwrite:                                                     # finished in it meanwhile
             clear_outputs(out_dir)
         return _dream_planned(loaded, planned, config, run, out_dir, resume, describe, use_ray, ray_address, workers,
-                              progress, on_batch)
+                              progress, on_batch, maxima, maxima_scan)
 
 
 def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config, run: dict[str, Any],
                    out_dir: str | Path | None, resume: bool, describe: bool, use_ray: bool, ray_address: str | None,
-                   workers: int, progress: bool, on_batch: Callable[[Any, int], None] | None) -> RunRecords:
+                   workers: int, progress: bool, on_batch: Callable[[Any, int], None] | None, maxima: Any,
+                   maxima_scan: dict[str, Any] | None) -> RunRecords:
     """The checked, planned batches of `dream_targets`, dreamed and written (the folder already locked)."""
     writer = _Writer(out_dir, gallery_title(config.kind, loaded.name), run)
     skip = writer.done() if resume else set()
@@ -114,15 +123,20 @@ def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config
     skip |= {spec for spec, _ in unusable}
     todo = [(k, [s for s in part if s not in skip]) for k, part in enumerate(planned)]
     todo = [(k, part) for k, part in todo if part]
+    starts = None
+    if getattr(config, "init", None) in SEEDED_INITS and todo:
+        starts = matched_windows(loaded, [s for _, part in todo for s in part], config, maxima,
+                                 **{"progress": progress, **(maxima_scan or {})})
     if use_ray or ray_address:
         from dreamy.runs.on_ray import run_on_ray
 
         run_on_ray(loaded.name, todo, config, writer, address=ray_address, workers=workers,
-                   device=str(loaded.device), describe=describe, progress=progress, on_batch=on_batch)
+                   device=str(loaded.device), describe=describe, progress=progress, on_batch=on_batch, starts=starts)
         return writer.records
     with stepping.progress(len(todo), f"{config.kind} batches", enabled=progress) as bar:
         for k, part in todo:
-            writer.write(batch.dream_batch(loaded, part, batch_config(config, k), progress=progress, describe=describe))
+            writer.write(batch.dream_batch(loaded, part, batch_config(config, k), progress=progress, describe=describe,
+                                           starts=starts))
             if on_batch:
                 on_batch(None, k)
             bar.update(1)

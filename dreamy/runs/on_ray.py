@@ -41,8 +41,8 @@ class RayRunner:
                 torch.set_num_threads(1)
                 self.loaded = load(model_name, device_name)
 
-            def run(self, specs: list[str], config: Config, describe: bool):
-                return dream_batch(self.loaded, specs, config, describe=describe)
+            def run(self, specs: list[str], config: Config, describe: bool, starts: dict | None):
+                return dream_batch(self.loaded, specs, config, describe=describe, starts=starts)
 
             def pid(self) -> int:
                 import os
@@ -55,7 +55,7 @@ class RayRunner:
 
 def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, writer: Any, *, address: str | None,
                workers: int, device: str, describe: bool, progress: bool,
-               on_batch: Callable[[Any, int], None] | None) -> None:
+               on_batch: Callable[[Any, int], None] | None, starts: dict[str, Any] | None = None) -> None:
     """Run `todo` batches (index, specs) of `config`'s run on `workers` Ray actors that each load `model` by name,
     writing results through `writer` (batch k runs with seed `config.seed + k`)."""
     import ray
@@ -75,7 +75,8 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
     def hand_out(worker: int) -> None:
         if queue and worker in alive:
             k, specs = queue.pop(0)
-            running[runner.workers[worker].run.remote(specs, batch_config(config, k), describe)] = (worker, k, specs)
+            mine = {spec: starts[spec] for spec in specs} if starts else None
+            running[runner.workers[worker].run.remote(specs, batch_config(config, k), describe, mine)] = (worker, k, specs)
 
     for worker in sorted(alive):
         hand_out(worker)

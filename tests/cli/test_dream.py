@@ -40,7 +40,7 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
     import dreamy.runs.batch as batches
 
-    def fake_batch(loaded, specs, config, progress=False, describe=True):
+    def fake_batch(loaded, specs, config, progress=False, describe=True, starts=None):
         return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
@@ -225,3 +225,23 @@ def test_a_second_run_into_a_busy_out_is_refused_naming_the_first(tmp_path):
     assert sorted(r["target"] for r in saved) == [f"head:{i}" for i in range(4)]
     assert all((out / name).exists() for r in saved for name in r["images"] + [r["plot"]])
     assert not (out / ".dreamy.lock").exists()
+
+
+def test_a_seeded_prompt_run_compares_with_windows_of_its_own_length(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. The dog ran in the park and the bird sang in the tree. " * 30)
+    base = ["prompt", "--model", "tiny:lm", "--target", "model.layers.1.mlp.down_proj@in:7", "--target", "logits:5",
+            "--iters", "2", "--tokens", "4", "--population", "4", "--children", "4", "--quiet"]
+    assert main(base + ["--init", "mixed", "--out", str(tmp_path / "no")]) == 2
+    assert "--init mixed starts from dataset windows: add --maxima" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(base + ["--init", "mixed", "--maxima", str(corpus), "--out", str(out)]) == 0
+    for record in records(out):
+        matched = record["maxima_matched"]
+        assert matched and all(len(w["token_ids"]) == 4 for w in matched)
+        assert all(len(w["tokens"]) > 4 for w in record["maxima"])  # the 64-token windows stay, as context
+        origins = [p["origin"] for p in record["frontier"]]
+        assert origins and set(origins) <= {"random"} | {f"window {i}" for i in range(16)}
+        assert record["settings"]["init"] == "mixed" and record["settings"]["stopped"] == "iters"
+    page = (out / "index.html").read_text()
+    assert "4-token windows, the prompts&#x27; length" in page or "4-token windows, the prompts' length" in page

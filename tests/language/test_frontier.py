@@ -23,3 +23,21 @@ def test_duplicates_and_ties():
     assert pareto_indices([1.0, 1.0], [2.0, 2.0]) == [0]
     assert pareto_indices([1.0, 2.0], [2.0, 2.0]) == [1]
     assert pareto_indices([], []) == []
+
+
+def test_the_running_frontier_equals_the_pareto_front_of_everything_added():
+    import random
+
+    from dreamy.language.frontier import FrontierTracker, pareto_indices
+
+    draw = random.Random(0)
+    for _ in range(200):
+        tracker, activation, xentropy = FrontierTracker(), [], []
+        for _ in range(25):
+            a, x = round(draw.random() * 4, 1), round(draw.random() * 4, 1)
+            moved = tracker.add([a], [x])
+            before = sorted({(xentropy[i], activation[i]) for i in pareto_indices(activation, xentropy)}) if activation else []
+            activation.append(a)
+            xentropy.append(x)
+            after = sorted({(xentropy[i], activation[i]) for i in pareto_indices(activation, xentropy)})
+            assert tracker.points == after and moved == (after != before)

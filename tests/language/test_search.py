@@ -262,3 +262,34 @@ def test_one_spec_gives_a_result_and_a_list_gives_results(tiny_lm):
     assert isinstance(one, PromptResult) and isinstance(many, PromptResults)
     assert [r["frontier"] for r in many.to_records()] == [r["frontier"] for r in one.to_records()]
     assert one.settings["children"] == 4 and one.settings["fluency_weight_range"] == [0.3, 30.0]
+
+
+def test_seeded_starts_put_one_window_per_member_and_frontier_points_say_where_they_came_from(tiny_lm):
+    from dreamy.language import EPOConfig
+
+    windows = [[5, 6, 7, 8], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    config = EPOConfig(n_tokens=4, iters=3, population=4, children=8, init="maxima")
+    result = epo(tiny_lm, TARGET, config, starts={TARGET: windows}, progress=False)
+    first = [r for r in result.history if r["iteration"] == 0]
+    assert [r["token_ids"] for r in first[:3]] == [windows[0], windows[2], windows[3]]  # distinct windows, best first
+    assert [r["origin"] for r in first] == ["window 0", "window 2", "window 3", "random"]  # then random members
+    assert {p.origin for p in result.frontier} <= {"window 0", "window 2", "window 3", "random"}
+    assert all(r["origin"] for r in result.history)
+    mixed = epo(tiny_lm, TARGET, EPOConfig.build(config, init="mixed"), starts={TARGET: windows}, progress=False)
+    assert [r["origin"] for r in mixed.history if r["iteration"] == 0] == ["window 0", "window 2", "random", "random"]
+    with pytest.raises(ValueError, match="pass starts="):
+        epo(tiny_lm, TARGET, config, progress=False)
+    with pytest.raises(ValueError, match="no starting windows for target 'logits:4'"):
+        epo(tiny_lm, [TARGET, "logits:4"], config, starts={TARGET: windows}, progress=False)
+    one = gcg(tiny_lm, TARGET, n_tokens=4, iters=1, children=4, init="maxima", starts={TARGET: windows}, progress=False)
+    assert one.history[0]["token_ids"] == windows[0] and one.history[0]["origin"] == "window 0"
+
+
+def test_a_search_stops_at_its_minutes_or_on_a_plateau_and_says_so(tiny_lm):
+    quick = epo(tiny_lm, TARGET, n_tokens=3, iters=50, population=2, children=4, minutes=1e-9, progress=False)
+    assert quick.settings["stopped"] == "minutes" and quick.settings["iterations_run"] == 1
+    assert max(r["iteration"] for r in quick.history) == 1
+    flat = gcg(tiny_lm, "logits:4", n_tokens=3, iters=60, children=4, topk=1, plateau=2, progress=False)
+    assert flat.settings["stopped"] == "plateau" and flat.settings["iterations_run"] < 60
+    done = epo(tiny_lm, TARGET, n_tokens=3, iters=2, population=2, children=4, progress=False)
+    assert done.settings["stopped"] == "iters" and done.settings["iterations_run"] == 2

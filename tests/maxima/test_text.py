@@ -71,3 +71,32 @@ def test_windows_longer_than_the_corpus_are_refused(tiny_lm):
         text_maxima(tiny_lm, [TARGET], TextCorpus("tiny", "The cat"), window=64, cache_dir=None, progress=False)
     with pytest.raises(ValueError, match="language model"):
         text_maxima(__import__("tests.fixtures").fixtures.cached("tiny:cnn"), ["conv1:0"], CORPUS, cache_dir=None)
+
+
+def test_matched_length_windows_come_from_the_same_pass_and_are_scored_like_prompts(tiny_lm, tmp_path, monkeypatch):
+    import dreamy.maxima.text as text_module
+    from dreamy.language.layout import make_layout
+
+    scans = []
+    real_scan = text_module.scan
+    monkeypatch.setattr(text_module, "scan", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
+    found = text_maxima(tiny_lm, [TARGET], CORPUS, k=3, window=12, lengths=[4], prefix="The", suffix=" cat",
+                        xent_windows=4, cache_dir=tmp_path, progress=False)
+    assert len(scans) == 1  # one corpus pass serves both lengths
+    matched = found.at(4)[TARGET]
+    assert matched.dataset.startswith("toy@4tok[") and found[TARGET].dataset == "toy@12tok"
+    layout = make_layout(tiny_lm.tokenizer, 4, "The", " cat")
+    ids = tokenize_corpus(tiny_lm.tokenizer, CORPUS)
+    for example in matched.examples:
+        assert len(example.token_ids) == 4 and example.token_ids == ids[example.index - 3:example.index + 1].tolist()
+        row = layout.full(torch.tensor([example.token_ids]))
+        with torch.no_grad():
+            scored = Probe(tiny_lm.model, [TARGET], sequence_reduce="pos=-1")(input_ids=row, need_output=True)
+        assert example.activation == pytest.approx(float(scored.scores[0, 0]), rel=1e-4, abs=1e-6)
+        assert example.xentropy == pytest.approx(float(span_xentropy(scored.output.logits, row, layout.span)), rel=1e-4, abs=1e-6)
+    # cached per length: a second call scans nothing
+    again = text_maxima(tiny_lm, [TARGET], CORPUS, k=3, window=12, lengths=[4], prefix="The", suffix=" cat",
+                        xent_windows=4, cache_dir=tmp_path, progress=False)
+    assert len(scans) == 1 and [e.token_ids for e in again.at(4)[TARGET].examples] == [e.token_ids for e in matched.examples]
+    with pytest.raises(KeyError, match="lengths=\\[5\\]"):
+        again.at(5)

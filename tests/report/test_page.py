@@ -90,8 +90,11 @@ def test_dream_image_over_a_channel_range_writes_one_layer_sheet(tmp_path):
 
 def prompt_record(target, activation, window, promoted, plot=None):
     record = {"kind": "prompt", "target": target, "model": "m", "method": "epo", "activation": activation,
-              "frontier": [{"text": "x", "tokens": ["x"], "token_attribution": [1.0], "activation": activation, "xentropy": 4.0}],
-              "maxima": [{"text": "w", "tokens": ["w"], "token_activations": [1.0], "activation": window, "xentropy": 5.0}],
+              "settings": {"n_tokens": 4},
+              "frontier": [{"text": "x", "tokens": ["x"], "token_ids": [7, 7, 7, 7], "token_attribution": [1.0], "activation": activation,
+                            "xentropy": 4.0}],
+              "maxima_matched": [{"text": "w", "tokens": ["w"], "token_ids": [8, 8, 8, 8], "token_activations": [1.0],
+                                  "activation": window, "xentropy": 5.0}],
               "description": {"site": "s", "vocab_proj": {"promoted": [[t, 2.0] for t in promoted], "suppressed": [["down", -1.0]]},
                               "token_change": {"promoted": [["tc<up>", 0.5]], "suppressed": [["tcdown", -0.5]],
                                                "contexts": "maxima", "n_contexts": 1, "alpha": 8.0}}}
@@ -105,7 +108,7 @@ def test_prompt_cards_have_an_index_output_tokens_and_the_frontier_plot(tmp_path
                prompt_record("m.layers.1:sae=s#1", 1.0, 2.0, ["dog"])]
     page = write_index(tmp_path, records).read_text()
     index = page[page.index('class="target findex"'):page.index('id="t-')]
-    assert index.count('<a href="#t-m.layers.1:sae_s_0">') == 1 and '<a href="#t-m.layers.1:sae_s_1">' in index
+    assert index.count('<a href="#t-m.layers.1:sae_s_0"') == 1 and '<a href="#t-m.layers.1:sae_s_1"' in index
     assert index.index('class="beats">yes') < index.index('class="short">no')  # 3.0 at xent 4 beats the window 2.0 at 5
     assert "&#x27;&lt;b&gt;&#x27;" in index and "<b>" not in index  # tokens are shown quoted and escaped
     assert "tc&lt;up&gt;" in page and "tcdown" in page and "VocabProj" in page and "TokenChange (maxima, 1 contexts)" in page
@@ -126,3 +129,16 @@ def test_image_cards_show_their_steps_plot():
                           "plot": "images/a_steps.png"}])
     assert '<img class="plot" src="images/a_steps.png"' in page and "objective per step" in page
     assert 'class="target findex"' not in page
+
+
+def test_the_verdict_is_at_matched_length_and_context_windows_are_only_context(tmp_path):
+    record = prompt_record("model.layers.9:sae=/home/me/runs/sae-l9#3", 3.0, 2.0, ["cat"])
+    record["maxima"] = [{"text": "long", "tokens": ["long"], "token_activations": [1.0], "activation": 9.0, "xentropy": 3.0}]
+    record["frontier"] += [{"text": f"p{i}", "tokens": [f"p{i}"], "token_ids": [i], "activation": 0.1 * i, "xentropy": 6.0 + i}
+                           for i in range(20)]
+    page = write_index(tmp_path, [record]).read_text()
+    index = page[page.index('class="target findex"'):page.index('id="t-')]
+    assert ">sae-l9#3<" in index and "/home/me/runs" not in index.replace('title="model.layers.9:sae=/home/me/runs/sae-l9#3"', "")
+    # the 64-token context window (9.0 at 3.0) would win by construction; the verdict uses the 1-token window
+    assert 'class="beats">yes (1.5x), not a copy' in index and "4-token windows" in index
+    assert "longer context windows, not comparable" in page and "the other 9 frontier prompts" in page
