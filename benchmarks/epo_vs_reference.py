@@ -180,9 +180,10 @@ def our_bests(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per cut-off: on how many neurons ours >= reference (no point on either side counts as a tie), and sums."""
+    """Per cut-off, and at any cross-entropy ("max": the frontier's high-activation end): on how many neurons
+    ours >= reference (no point on either side counts as a tie), and sums."""
     summary = {}
-    for cut in map(str, CUTOFFS):
+    for cut in [*map(str, CUTOFFS), "max"]:
         wins, ours_sum, ref_sum = 0, 0.0, 0.0
         for row in rows:
             a, b = row["ours"][cut], row["reference"][cut]
@@ -193,10 +194,13 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
-    """Both methods on every drawn neuron, back to back (order alternating)."""
+def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: dict[str, Any],
+            cache: Path | None = None) -> dict[str, Any]:
+    """Both methods on every drawn neuron, back to back (order alternating). The neurons are drawn with seed 0
+    whatever `budget["seed"]` (the searches' seed) is. With `cache`, a reference run of the same model, neuron,
+    budget and seed is read back instead of run again (its results do not depend on our settings)."""
     rows = []
-    for index, (layer, neuron) in enumerate(pick_neurons(loaded, budget["neurons"], budget["seed"])):
+    for index, (layer, neuron) in enumerate(pick_neurons(loaded, budget["neurons"], 0)):
         target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
         setup = SearchSetup.build(loaded, target, n_tokens=budget["n_tokens"])
 
@@ -207,7 +211,7 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
                     "loop_seconds": found.settings["loop_seconds"]}
 
         def run_ref() -> dict[str, Any]:
-            return run_reference(reference, loaded, layer, neuron, budget)
+            return cached_reference(cache, reference, loaded, layer, neuron, budget)
 
         first, second = (run_ours, run_ref) if index % 2 == 0 else (run_ref, run_ours)
         done = [first(), second()]
@@ -222,6 +226,28 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
     ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
     return {"rows": rows, "summary": compare(rows), "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed,
             "speed_ratio": ours_speed / ref_speed}
+
+
+def cached_reference(cache: Path | None, reference: Any, loaded: LoadedModel, layer: int, neuron: int,
+                     budget: dict[str, Any]) -> dict[str, Any]:
+    """`run_reference`, read from / written to the JSON file `cache` when one is given."""
+    import json
+
+    key = json.dumps({"model": loaded.name, "layer": layer, "neuron": neuron, **budget}, sort_keys=True)
+    stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if key in stored:
+        entry = stored[key]
+        return {"seconds": entry["seconds"], "prompts": {tuple(ids): (a, x) for ids, a, x in entry["prompts"]},
+                "cached": True}
+    done = run_reference(reference, loaded, layer, neuron, budget)
+    if cache is not None:
+        stored = json.loads(cache.read_text()) if cache.exists() else {}  # again: another run may have added some
+        stored[key] = {"seconds": done["seconds"], "prompts": [[list(ids), a, x] for ids, (a, x) in done["prompts"].items()]}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        from dreamy.core.files import write_json_atomic
+
+        write_json_atomic(cache, stored)
+    return done
 
 
 def _timed_epo(loaded: LoadedModel, target: str, budget: dict[str, Any], iters: int, ours: dict[str, Any]) -> tuple[float, float]:
@@ -319,6 +345,10 @@ def main() -> None:
     parser.add_argument("--timing-iters", type=int, default=5, help="iterations of the GPU timing runs (default %(default)s)")
     parser.add_argument("--topk", type=int, help="our EPO's topk (default: epo's)")
     parser.add_argument("--restart-every", type=int, help="our EPO's restart period (default: epo's; 0 = never)")
+    parser.add_argument("--fluency-weight-range", help="our EPO's LOW,HIGH range of slot fluency weights (default: epo's)")
+    parser.add_argument("--seeds", default="0", help="comma-separated search seeds (the neurons stay drawn with seed 0)")
+    parser.add_argument("--reference-cache", default=str(Path("~/.cache/dreamy/benchmarks/reference_epo.json").expanduser()),
+                        help="JSON file of reference runs to reuse ('none': always run it; default %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP spinning on a loaded machine)")
     parser.add_argument("--scoring", default="auto", help="our scoring strategy: auto, packed, grouped or full; "
                                                           "for the timing runs a comma-separated list (default %(default)s)")
@@ -343,6 +373,10 @@ def main() -> None:
         ours["topk"] = args.topk
     if args.restart_every is not None:
         ours["restart_every"] = args.restart_every or None
+    if args.fluency_weight_range:
+        low, high = (float(v) for v in args.fluency_weight_range.split(","))
+        ours["fluency_weight_range"] = (low, high)
+    cache = None if args.reference_cache.lower() == "none" else Path(args.reference_cache)
     scorings = args.scoring.split(",")
     started = time.perf_counter()
     figures: dict[str, Any] = {}
@@ -353,7 +387,18 @@ def main() -> None:
     if not args.timing_only:
         loaded = load(args.model, device=args.device)
         tokenizer = tokenizer or loaded.tokenizer
-        figures = measure(loaded, reference, budget, dict(ours, scoring=scorings[0]))
+        per_seed = {}
+        for seed in [int(v) for v in args.seeds.split(",")]:
+            per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
+        figures = dict(per_seed[min(per_seed)])
+        figures["seeds"] = {str(seed): {"summary": run["summary"], "rows": run["rows"]} for seed, run in per_seed.items()}
+        spread = []
+        for cut in [*map(str, CUTOFFS), "max"]:
+            wins = [run["summary"][cut]["ours_at_least_reference"] for run in per_seed.values()]
+            spread.append({"cut-off": cut, "seeds": len(wins), "ours >= reference (min..max of 4)": f"{min(wins)}..{max(wins)}",
+                           "ours sum (mean)": sum(r["summary"][cut]["ours_sum"] for r in per_seed.values()) / len(wins),
+                           "reference sum (mean)": sum(r["summary"][cut]["reference_sum"] for r in per_seed.values()) / len(wins)})
+        figures["over_seeds"] = spread
         table = []
         for row in figures["rows"]:
             for method in ("ours", "reference"):
@@ -363,6 +408,7 @@ def main() -> None:
         common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
                                         f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
         common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
+        common.print_table(spread, title=f"over seeds {args.seeds}")
         print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
               f"(ratio {figures['speed_ratio']:.2f})")
     if args.device.startswith("cuda") or args.timing_only:

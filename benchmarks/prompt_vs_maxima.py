@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
         m = args.subset // 2
         features = features[:args.subset - m]
         neurons = [neurons[round(i * (len(neurons) - 1) / max(1, m - 1))] for i in range(m)] if m > 1 else neurons[:m]
-    kinds = {**{t: "feature" for t in features}, **{t: "neuron" for t in neurons}}
+    from dreamy.targets import parse
+
+    kinds = {**{str(parse(t)): "feature" for t in features}, **{str(parse(t)): "neuron" for t in neurons}}
     corpus = args.corpus
     if settings["max_words"]:
         from dreamy.datasets import open_text

@@ -40,6 +40,18 @@ BYTES_PER_INPUT_VALUE = 1200
 
 
 
+def init_of(args: argparse.Namespace) -> str:
+    """Where a prompt search starts: `--init`, else "mixed" when `--maxima` gives windows to start from, else "random".
+
+    Example:
+        >>> init_of(argparse.Namespace(init=None, maxima="fortunes")), init_of(argparse.Namespace(init=None, maxima=None))
+        ('mixed', 'random')
+    """
+    if args.init is not None:
+        return args.init
+    return "mixed" if args.maxima else "random"
+
+
 def config_of(args: argparse.Namespace) -> Config:
     """The method config the flags of `dream image|prompt` ask for (`UsageError` for a value it refuses)."""
     try:
@@ -53,7 +65,7 @@ def config_of(args: argparse.Namespace) -> Config:
         from dreamy.language import EPOConfig, GCGConfig
 
         common = {"n_tokens": args.tokens, "iters": args.iters, "children": args.children, "prefix": args.prefix,
-                  "suffix": args.suffix, "seed": args.seed, "init": args.init, "minutes": args.minutes,
+                  "suffix": args.suffix, "seed": args.seed, "init": init_of(args), "minutes": args.minutes,
                   "plateau": args.plateau, **({} if args.topk is None else {"topk": args.topk})}
         if args.method == "epo":
             return EPOConfig(population=args.population, **common)
@@ -133,7 +145,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     check_seed(args.seed)
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
-    if args.command == "prompt" and args.init != "random" and args.maxima is None:
+    if args.command == "prompt" and init_of(args) not in (None, "random") and args.maxima is None:
         raise UsageError(f"--init {args.init} starts from dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     for judge in getattr(args, "judge", []):
         if kind_of(judge) != "vision":

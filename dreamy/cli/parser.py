@@ -76,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the library's: EPO 32, GCG 128)")
     prompt.add_argument("--topk", type=positive(int), default=None,
                         help="replacement tokens drawn from per position (default: the method's, EPO 128, GCG 64)")
-    prompt.add_argument("--init", default="random", choices=["random", "maxima", "mixed"],
+    prompt.add_argument("--init", default=None, choices=["random", "maxima", "mixed"],
                         help="where the search starts: random tokens, the target's --maxima windows of the prompt's length "
-                             "(one per member), or those for half the members and random tokens for the rest "
-                             "(default %(default)s)")
+                             "(one per member), or those for half the members and random tokens for the rest (default: "
+                             "mixed with --maxima, random without; benchmarks/prompt_vs_maxima: from random tokens 0 of 4 "
+                             "targets beat the corpus at matched length in 30 iterations, seeded 4 of 4)")
     prompt.add_argument("--minutes", type=positive(float), default=None,
                         help="wall-clock budget per batch of targets; a search that reaches it stops and says so")
     prompt.add_argument("--plateau", type=positive(int), default=None,

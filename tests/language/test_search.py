@@ -293,3 +293,22 @@ def test_a_search_stops_at_its_minutes_or_on_a_plateau_and_says_so(tiny_lm):
     assert flat.settings["stopped"] == "plateau" and flat.settings["iterations_run"] < 60
     done = epo(tiny_lm, TARGET, n_tokens=3, iters=2, population=2, children=4, progress=False)
     assert done.settings["stopped"] == "iters" and done.settings["iterations_run"] == 2
+
+
+@pytest.mark.parametrize("search", ["epo", "gcg"])
+def test_host_syncs_per_iteration_do_not_grow_with_the_number_of_targets(tiny_lm, search):
+    from torch.profiler import ProfilerActivity, profile
+
+    targets = [f"model.layers.1.mlp.down_proj:{i}" for i in range(32)]
+
+    def syncs(n, iters):
+        # 2 x 8 children per target: every batch takes the packed path (tiny ones run plain forwards)
+        run = (lambda: epo(tiny_lm, targets[:n], n_tokens=4, iters=iters, population=2, children=8, restart_every=None,
+                           progress=False)) if search == "epo" else \
+              (lambda: gcg(tiny_lm, targets[:n], n_tokens=4, iters=iters, children=8, progress=False))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        return sum(e.name in ("aten::item", "aten::_local_scalar_dense") for e in prof.events())
+
+    per_iteration = {n: syncs(n, 2) - syncs(n, 1) for n in (1, 8, 32)}
+    assert per_iteration[32] == per_iteration[8] == per_iteration[1], per_iteration
