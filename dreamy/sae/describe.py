@@ -163,6 +163,9 @@ def token_change(loaded: LoadedModel, site: str, direction: Tensor, contexts: Te
 def _sae_decoder_row(path: str, index: int) -> Tensor:
     if is_sae_folder(path):
         weights = read_sae_folder(path)
+        if weights.transcoder:
+            raise TargetError(f"'{path}' is a transcoder: its decoder writes {weights.metadata.get('hook_name_out') or 'another site'}, "
+                              "not the site it reads, so it has no output direction there")
         if not 0 <= index < weights.d_sae:
             raise TargetError(f"SAE feature {index} out of range for '{path}' with {weights.d_sae} features")
         return weights.W_dec[index]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from dreamy.targets.errors import TargetError
-from dreamy.targets.saelens import is_sae_folder, read_sae_folder
+from dreamy.targets.saelens import FeatureEncoder, SiteInfo, feature_encoder, is_sae_folder, read_sae_folder
 
 _SAFE_PATH = re.compile(r"^[\w./~]+$")
 _REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
@@ -191,10 +191,11 @@ class ResolvedUnit:
 
     unit: Unit | None
     vector: Tensor | None = None
-    encoder: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None = None
+    encoder: FeatureEncoder | None = None
 
-    def project(self, features_last: Tensor, site: str) -> Tensor:
-        """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors."""
+    def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
+        """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors, `info` is what the
+        model says about it (per-head layout, normalization; see `dreamy.targets.dialects`)."""
         size = features_last.shape[-1]
         unit = self.unit
         if unit is None:
@@ -208,33 +209,18 @@ class ResolvedUnit:
             if vec.numel() != size:
                 raise TargetError(f"direction {unit} has {vec.numel()} values but site '{site}' has {size} features")
             return features_last @ vec.reshape(-1)
-        w_enc, b_enc, b_dec, threshold = self.encoder
-        if w_enc.shape[0] != size:
-            raise TargetError(f"SAE {unit.path} reads d_in={w_enc.shape[0]} features but site '{site}' has {size}; "
-                              "use the site the SAE was trained on")
-        x = features_last if b_dec is None else features_last - b_dec.to(features_last)
-        pre = x @ w_enc.to(features_last) + b_enc.to(features_last)
-        gate = pre > (0.0 if threshold is None else threshold.to(features_last))
-        post = torch.where(gate, pre, torch.zeros_like(pre))
-        # straight-through: the value is the SAE's real activation, the gradient is the
-        # pre-activation's, so a dream that starts with the feature off still gets a signal
-        return pre + (post - pre).detach()
+        return self.encoder(features_last, site, info)
 
 
 def _load_sae_folder_feature(unit: SAEFeature) -> ResolvedUnit:
     """Feature `unit.index` of an SAE folder in the SAELens layout (see `dreamy.targets.saelens`).
 
-    ReLU and JumpReLU features read as the SAE computes them. A TopK feature reads as its pre-activation
+    ReLU, JumpReLU and gated features read as the SAE computes them. A TopK feature reads as its pre-activation
     after ReLU: which `k` features a row keeps depends on all the others, so it is no function of one feature.
-    `b_dec` is subtracted from the input only when the folder's `apply_b_dec_to_input` is true (the default).
+    The input is normalized as the folder's `normalize_activations` says, and `b_dec` subtracted from it when
+    `apply_b_dec_to_input` is true (the default).
     """
-    weights = read_sae_folder(unit.path)
-    if not 0 <= unit.index < weights.d_sae:
-        raise TargetError(f"SAE feature {unit.index} out of range for '{unit.path}' with {weights.d_sae} features; valid 0..{weights.d_sae - 1}")
-    i = unit.index
-    threshold = weights.threshold[i] if weights.threshold is not None else None
-    return ResolvedUnit(unit, encoder=(weights.W_enc[:, i].contiguous(), weights.b_enc[i],
-                                       weights.b_dec if weights.apply_b_dec_to_input else None, threshold))
+    return ResolvedUnit(unit, encoder=feature_encoder(read_sae_folder(unit.path), unit.index, unit.path))
 
 
 def load_unit(unit: Unit | None) -> ResolvedUnit:
@@ -276,12 +262,7 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     b_dec = _first(data, ("b_dec", "decoder.bias"))
     threshold = _first(data, ("threshold",))
     i = unit.index
-    return ResolvedUnit(
-        unit,
-        encoder=(
-            w_enc[:, i].contiguous(),
-            b_enc[i].float(),
-            None if b_dec is None else b_dec.float(),
-            None if threshold is None else threshold[i].float(),
-        ),
-    )
+    return ResolvedUnit(unit, encoder=FeatureEncoder(
+        path=unit.path, index=i, architecture="relu" if threshold is None else "jumprelu",
+        w=w_enc[:, i].contiguous(), b=b_enc[i].float(), b_dec=None if b_dec is None else b_dec.float(),
+        threshold=None if threshold is None else threshold[i].float()))
