@@ -91,3 +91,39 @@ def smollm2_layer9_activations() -> Any:
     with torch.no_grad():
         acts = Probe(lm.model, ["model.layers.9"])(input_ids=ids, keep_activations=True).activations["model.layers.9"]
     return acts.reshape(-1, acts.shape[-1]).float()
+
+
+TINY_FAMILIES = ("llama", "gemma3", "gpt2", "gpt_neox", "gpt_neox_sequential")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_hf(family: str, attention: str = "eager") -> Any:
+    """A seeded random 3-block Hugging Face causal LM of `family` (no download), norm weights and biases made
+    non-trivial, in eval mode, with `attention` as its attention implementation (tests must not modify it)."""
+    import torch
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
+                              GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM)
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=100, num_hidden_layers=3, max_position_embeddings=64, attn_implementation=attention)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                             rms_norm_eps=1e-5, **common))
+    elif family == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=1,
+                                                   head_dim=8, sliding_window=4, rms_norm_eps=1e-6, query_pre_attn_scalar=8,
+                                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                                   final_logit_softcapping=None, attn_logit_softcapping=None, **common))
+    elif family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=0,
+                                           eos_token_id=0, attn_implementation=attention))
+    else:
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, rotary_pct=0.25,
+                                                 use_parallel_residual=family == "gpt_neox", **common))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or "ln" in name:
+                param.add_(torch.randn_like(param) * 0.3)
+            elif name.endswith("bias"):
+                param.copy_(torch.randn_like(param) * 0.1)
+    return model.eval().requires_grad_(False)

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sites = sub.add_parser("sites", help="list a model's sites with their output shapes")
     sites.add_argument("model", nargs="?", default=DEFAULT_MODELS["image"])
     sites.add_argument("--device", default="cpu")
+    sites.add_argument("--names", default="modules", choices=["modules", "transformerlens"],
+                       help="module paths (default), or the TransformerLens hook names a Llama-, Gemma-3-, GPT-2- or "
+                            "GPT-NeoX-style language model gives (blocks.L.hook_resid_post, ...)")
     for kind in ("image", "prompt"):
         cmd = sub.add_parser(kind, help=f"dream {'images' if kind == 'image' else 'prompts'} for targets")
         cmd.add_argument("--model", default=DEFAULT_MODELS[kind], help="model name (default: %(default)s)")

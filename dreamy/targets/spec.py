@@ -3,13 +3,16 @@
 Grammar::
 
     target := term (("+" | "-") term)*
-    term   := [coef "*"] site [":" unit] ["/" reduce]
+    term   := [coef "*"] site [":" unit] ["/" reduce]  |  [coef "*"] [":"] "sae=" DIR "#" INT ["/" reduce]
     site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"  |  "logprobs"
     unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
     reduce := "mean" | "max" | "sum" | "center" | "cls" | "pos=" INT | "tokens=" INT
 
 `cls` reads the class token and `tokens=N` patch token N of a vision transformer's `[B, tokens, D]` site (see
-`Probe(patch_tokens=...)`). `str()` of a parsed target gives back its canonical spec, and `parse(str(t)) == t`.
+`Probe(patch_tokens=...)`). A site may be a TransformerLens hook name (`blocks.9.hook_resid_post`; see
+`dreamy.targets.dialects`). An SAE feature with no site (`sae=DIR#i`) reads the site its SAELens folder's cfg names
+(its site is the empty `Site("")` until `dialects.complete_sites` fills it in). `str()` of a parsed target gives
+back its canonical spec, and `parse(str(t)) == t`.
 
 Example:
     >>> t = parse("0.5*layer3:1-layer4:2")
@@ -91,7 +94,7 @@ class Term:
         """The term without its coefficient."""
         text = str(self.site)
         if self.unit is not None:
-            text += f":{self.unit}"
+            text += f":{self.unit}" if text else str(self.unit)  # `sae=DIR#i`: the SAE's own site
         if self.reduce is not None:
             text += f"/{self.reduce}"
         return text
@@ -229,12 +232,17 @@ class _Parser:
             coef = float(found.group(1))
             if not math.isfinite(coef):  # '1e999' overflows to inf, which no spec can print back
                 raise self.fail(f"coefficient '{found.group(1)}' is too large for a float; use a smaller weight", start)
-        site = self.site()
         unit: Unit | None = None
         unit_range = None
-        if self.peek(":"):
-            self.pos += 1
+        if self.peek("sae=") or self.peek(":sae="):  # no site: the one the SAE folder's cfg names
+            self.pos += 1 if self.peek(":") else 0
+            site = Site("")
             unit, unit_range = self.unit(allow_range)
+        else:
+            site = self.site()
+            if self.peek(":"):
+                self.pos += 1
+                unit, unit_range = self.unit(allow_range)
         reduce = None
         reduce_at = self.pos
         found = self.match(_REDUCE)

@@ -9,7 +9,7 @@ import torch
 
 from dreamy.sae import load
 from dreamy.targets import Probe, TargetError
-from tests.fixtures import sae_lens, smollm2_layer9_activations
+from tests.fixtures import SMOLLM2_TEXT, cached, sae_lens, smollm2_layer9_activations
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:sae_lens.*")
 D_IN, D_SAE = 16, 32
@@ -216,3 +216,27 @@ def test_saelens_saes_score_their_encode_on_smollm2_activations(tmp_path, smollm
     kept = expected != 0 if kind.startswith("topk") else torch.ones_like(expected, dtype=torch.bool)
     assert torch.allclose(scores[kept], expected[kept], atol=1e-4)
     assert bool((expected > 0).any())
+
+
+@pytest.mark.real
+def test_a_layer_norm_sae_for_blocks_9_resid_post_scores_saelens_encode_through_its_folder_alone(tmp_path):
+    """The issue's acceptance check: SAELens writes a layer_norm SAE of `blocks.9.hook_resid_post`; the target
+    `sae=DIR#i` (no site) scores, on SmolLM2, SAELens's `encode` of the same activations within 1e-4."""
+    sae_lens()
+    from dreamy.language import EPOConfig
+    from dreamy.runs.plan import unusable_targets
+
+    lm = cached("bundled:smollm2-135m")
+    sae = build("standard", normalize="layer_norm", d_in=576, d_sae=64, hook="blocks.9.hook_resid_post", seed=7)
+    folder = _saved(sae, tmp_path / "sae")
+    ids = lm.tokenizer(SMOLLM2_TEXT[:1], return_tensors="pt").input_ids
+    features, positions = range(0, 64, 4), range(ids.shape[1])
+    specs = [f"sae={folder}#{i}/pos={p}" for i in features for p in positions]
+    assert unusable_targets(lm, specs[:3], EPOConfig(n_tokens=4)) == []  # what `dream prompt --target` checks first
+    with torch.no_grad():
+        scores = Probe(lm.model, specs)(input_ids=ids).scores[0].reshape(len(features), len(positions))
+        x = Probe(lm.model, ["model.layers.9"])(input_ids=ids, keep_activations=True).activations["model.layers.9"][0]
+        expected = sae.encode(x).T[list(features)]
+        unnormalized = build("standard", d_in=576, d_sae=64, seed=7).encode(x).T[list(features)]
+    assert (scores - expected).abs().max() <= 1e-4
+    assert bool((expected > 0).any()) and (unnormalized - expected).abs().max() > 0.5  # what ignoring layer_norm would give
