@@ -111,7 +111,7 @@ def tiny_hf(family: str, attention: str = "eager") -> Any:
                                              rms_norm_eps=1e-5, **common))
     elif family == "gemma3":
         model = Gemma3ForCausalLM(Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=1,
-                                                   head_dim=8, sliding_window=4, rms_norm_eps=1e-6, query_pre_attn_scalar=8,
+                                                   head_dim=8, sliding_window=4, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
                                                    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                                                    final_logit_softcapping=None, attn_logit_softcapping=None, **common))
     elif family == "gpt2":

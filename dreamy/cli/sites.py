@@ -25,7 +25,9 @@ from dreamy.cli.arguments import UsageError
 def _notes(name: str, shape: tuple[int, ...], heads: int | None) -> str:
     """What the units of a per-head site are."""
     if name.endswith("attn.hook_z") and heads and shape:
-        return f"  {heads} heads of {shape[-1] // heads}, head-major"
+        return f"  {heads} heads of {shape[-1] // heads}: units head=H,I | head=H,norm | head=H,dir=FILE"
+    if name.endswith("attn.hook_pattern") and heads:
+        return "  [batch, heads, query, key]: unit head=H,key=J (the query is the reduction: the last position by default)"
     return ""
 
 

@@ -11,7 +11,8 @@ SAEs trained with SAELens name their site in TransformerLens terms. On a Hugging
 | `blocks.L.hook_attn_out` | what attention adds to the residual (Gemma-3: after `post_attention_layernorm`) |
 | `blocks.L.hook_mlp_out` | what the MLP adds to the residual (Gemma-3: after `post_feedforward_layernorm`) |
 | `blocks.L.mlp.hook_pre` / `mlp.hook_post` | the MLP's pre-activation (gated MLPs: the gate projection) / the input of its output projection |
-| `blocks.L.attn.hook_z` | the per-head attention outputs, the input of the output projection, `[..., n_heads * d_head]` head-major |
+| `blocks.L.attn.hook_z` | the per-head attention outputs, the input of the output projection, `[..., n_heads * d_head]` head-major (units `head=H,I`, `head=H,norm`, `head=H,dir=FILE`) |
+| `blocks.L.attn.hook_pattern` | the post-softmax attention weights, whatever the attention implementation (unit `head=H,key=J`; see `dreamy.targets.attention`) |
 | `blocks.L.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | the norm's input normalized, before its gain and bias: `x / rms(x)`, or `(x - mean) / std` for LayerNorm |
 | `hook_embed`, `hook_pos_embed` | the token embeddings (Gemma: already scaled by sqrt(d_model)) / GPT-2's position embeddings |
 
@@ -43,6 +44,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from dreamy.targets.attention import capture_patterns, flatten_pattern
 from dreamy.targets.errors import TargetError
 from dreamy.targets.saelens import SiteInfo, sae_site_spec
 from dreamy.targets.spec import Site, Target, parse
@@ -50,7 +52,7 @@ from dreamy.targets.spec import Site, Target, parse
 _TL_NAME = re.compile(r"^(?:blocks\.\d+\.(?:hook_\w+|attn\.hook_\w+|mlp\.hook_\w+|ln\d\.hook_\w+)|ln_final\.hook_\w+|hook_embed|hook_pos_embed)$")
 _TL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 NAMES_HINT = "run `dream sites MODEL --names transformerlens` to list them"
-BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_normalized", "attn.hook_z", "hook_attn_out",
+BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_normalized", "attn.hook_z", "attn.hook_pattern", "hook_attn_out",
                "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 RESIDUAL = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed",
             "hook_pos_embed")
@@ -209,6 +211,14 @@ def _block_reading(model: nn.Module, family: Family, layer: int, hook: str, name
     if hook == "hook_resid_mid" and _parallel(model, family):
         raise TargetError(f"TransformerLens site '{name}': this GPT-NeoX model runs attention and MLP in parallel "
                           "(use_parallel_residual), so there is no residual between them; read hook_resid_pre or hook_resid_post")
+    if hook == "attn.hook_pattern":
+        attention = f"{prefix}.{family.attention}"
+        module = modules[attention]
+        if not hasattr(module, "config"):
+            raise TargetError(f"TransformerLens site '{name}': the attention module at '{attention}' has no config; its "
+                              "pattern cannot be read")
+        return Reading(Site(attention, index=1), flatten_pattern, SiteInfo(heads=_heads(model, family), basis="pattern"),
+                       prepare=lambda: capture_patterns(module), name=name)
     if hook not in family.hooks:
         known = ", ".join(f"blocks.{layer}.{h}" for h in BLOCK_HOOKS)
         raise TargetError(f"unknown TransformerLens site '{name}' on a {family.name}-style model; block hooks are {known} "
@@ -333,7 +343,7 @@ def complete_sites(target: "str | Target") -> Target:
 
 def list_sites_by_name(model: nn.Module, *args: Any, **kwargs: Any) -> list[tuple[str, tuple[int, ...]]]:
     """Run `model(*args, **kwargs)` once and list every TransformerLens name of the model with the shape of what
-    it reads (`attn.hook_z` flat, `[B, T, n_heads * d_head]`).
+    it reads (`attn.hook_z` flat, `[B, T, n_heads * d_head]`; `attn.hook_pattern` as `[B, n_heads, T, T]`).
     Hooks are removed even if the forward raises.
 
     Example:
@@ -369,7 +379,8 @@ def list_sites_by_name(model: nn.Module, *args: Any, **kwargs: Any) -> list[tupl
     for name, r in zip(names, readings):
         value = raw.get(r.site)
         tensor = _first_tensor(value, r.site.index)
-        listed.append((name, () if tensor is None else tuple(r.finish(tensor).shape)))
+        shown = tensor if tensor is None or r.info.basis == "pattern" else r.finish(tensor)
+        listed.append((name, () if shown is None else tuple(shown.shape)))
     return listed
 
 

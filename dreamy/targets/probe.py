@@ -323,7 +323,8 @@ class Probe:
 
     def reads_last_position_only(self, j: int | None = None) -> bool:
         """True when target `j` (every target when `None`) reads a sequence only at its last position
-        (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed.
+        (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed (an attention
+        pattern's key position is an earlier one).
 
         Example:
             >>> probe = Probe(nn.Linear(4, 4), ["logits:1", "logits:2/mean"], sequence_reduce="pos=-1")
@@ -331,7 +332,9 @@ class Probe:
             (True, False)
         """
         targets = self.targets if j is None else [self.targets[j]]
-        return all((term.reduce or self.sequence_reduce) == "pos=-1" for target in targets for term in target.terms)
+        # an attention-pattern entry (`head=H,key=J`) also reads every key before the query: not last-position only
+        return all((term.reduce or self.sequence_reduce) == "pos=-1" and getattr(term.unit, "key", None) is None
+                   for target in targets for term in target.terms)
 
 
 def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:

@@ -5,12 +5,14 @@ Grammar::
     target := term (("+" | "-") term)*
     term   := [coef "*"] site [":" unit] ["/" reduce]  |  [coef "*"] [":"] "sae=" DIR "#" INT ["/" reduce]
     site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"  |  "logprobs"
-    unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
+    unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT | "head=" INT ["," (INT | "norm" | "dir=" FILE ["#" KEY] | "key=" INT)]
     reduce := "mean" | "max" | "sum" | "center" | "cls" | "pos=" INT | "tokens=" INT
 
 `cls` reads the class token and `tokens=N` patch token N of a vision transformer's `[B, tokens, D]` site (see
 `Probe(patch_tokens=...)`). A site may be a TransformerLens hook name (`blocks.9.hook_resid_post`; see
-`dreamy.targets.dialects`). An SAE feature with no site (`sae=DIR#i`) reads the site its SAELens folder's cfg names
+`dreamy.targets.dialects`). `head=H,...` reads one attention head of a per-head site: `blocks.L.attn.hook_z:head=2,5`
+(its feature 5), `:head=2,norm`, `:head=2,dir=v.pt`, or the pattern entry `blocks.L.attn.hook_pattern:head=2,key=0`
+(the weight from each query position, the last by default, to key position 0). An SAE feature with no site (`sae=DIR#i`) reads the site its SAELens folder's cfg names
 (its site is the empty `Site("")` until `dialects.complete_sites` fills it in). `str()` of a parsed target gives
 back its canonical spec, and `parse(str(t)) == t`.
 
@@ -29,7 +31,7 @@ import re
 from dataclasses import dataclass, replace
 
 from dreamy.targets.errors import SpecError
-from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit
+from dreamy.targets.units import Direction, Head, Neuron, SAEFeature, Unit
 
 REDUCTIONS = ("mean", "max", "sum", "center", "cls")
 LOGITS = "logits"
@@ -40,7 +42,7 @@ _COEF = re.compile(r"((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*")
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _INDEX = re.compile(r"\[(\d+)\]")
 _INT = re.compile(r"\d+")
-_RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+])")
+_RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+,])")
 _REDUCE = re.compile(r"/(mean|max|sum|center|cls|pos=-?\d+|tokens=-?\d+)(?=$|[\s+\-])")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _UNQUOTED_FILE = re.compile(r"[^\s#+]+")
@@ -133,7 +135,9 @@ class Target:
                 parts.append(text)
                 continue
             # a file path before an operator needs spaces so that '-' is not read as part of it
-            loose = isinstance(self.terms[i - 1].unit, (Direction, SAEFeature)) and self.terms[i - 1].reduce is None
+            before = self.terms[i - 1].unit
+            path_last = isinstance(before, (Direction, SAEFeature)) or (isinstance(before, Head) and isinstance(before.part, Direction))
+            loose = path_last and self.terms[i - 1].reduce is None
             sep = " " if loose else ""
             if term.coef < 0:
                 parts.append(f"{sep}-{sep}{text[1:]}")
@@ -289,7 +293,42 @@ class _Parser:
         self.pos = found.end()
         return low, high
 
+    def head(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        """`head=H[,PART]` at the current position (after `head=`)."""
+        heads = self.unit_range(allow_range)
+        if heads is None:
+            found = self.match(_INT)
+            if not found:
+                raise self.fail("expected a head index after 'head=' (e.g. 'head=2,norm')")
+            index = self.integer(found.group(0), found.start())
+        else:
+            index = heads[0]
+        part: "Neuron | Direction | str | None" = None
+        key = None
+        if self.peek(","):
+            self.pos += 1
+            if self.peek("norm"):
+                self.pos += 4
+                part = "norm"
+            elif self.peek("key="):
+                self.pos += 4
+                found = self.match(re.compile(r"-?\d+"))
+                if not found:
+                    raise self.fail("expected a key position after 'key=' (e.g. 'key=0', or 'key=-1' for the last)")
+                key = self.integer(found.group(0), found.start())
+            elif self.peek("dir="):
+                part, _ = self.unit(False)
+            else:
+                found = self.match(_INT)
+                if not found:
+                    raise self.fail("expected what of the head after ',': a feature index, 'norm', 'dir=FILE' or 'key=J'")
+                part = Neuron(self.integer(found.group(0), found.start()))
+        return Head(index, part, key), heads
+
     def unit(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        if self.peek("head="):
+            self.pos += 5
+            return self.head(allow_range)
         neurons = self.unit_range(allow_range)
         if neurons is not None:
             return Neuron(neurons[0]), neurons
@@ -316,7 +355,7 @@ class _Parser:
         found = self.match(_INT)
         if found:
             return Neuron(self.integer(found.group(0), found.start())), None
-        raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]' or 'sae=FILE#INDEX'")
+        raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]', 'sae=FILE#INDEX' or 'head=H[,PART]'")
 
     def file_path(self) -> str:
         quoted = self.match(_QUOTED)

@@ -10,6 +10,10 @@ position (`[...]`):
   `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`. `path` is one tensor file or a folder in the SAELens
   layout (`cfg.json` + `sae_weights.safetensors`, see `dreamy.targets.saelens`); a TopK feature of a
   folder reads as its pre-activation after ReLU (the per-row top-k choice is no function of one feature).
+- `Head(h, part)`: attention head `h` of a per-head site (`blocks.L.attn.hook_z`, an attention output
+  projection's input): `part` a unit of the head's own `d_head` features (`Neuron`, `Direction`), its `"norm"`,
+  or None (their mean); on `blocks.L.attn.hook_pattern` with `key=J`: the weight from each query to key position J
+  (negative counts from the end).
 - no unit (`None`): the mean over all features.
 
 Units are frozen dataclasses that hold only names; `load_unit` reads the file once and returns a
@@ -103,7 +107,28 @@ class SAEFeature:
         return f"sae={_format_path(self.path)}#{self.index}"
 
 
-Unit = Union[Neuron, Direction, SAEFeature]
+@dataclass(frozen=True)
+class Head:
+    """Attention head `index` of a per-head site; `part` is what of it (see the module docstring), `key` the key
+    position of an attention-pattern entry.
+
+    Example:
+        >>> str(Head(2, "norm")), str(Head(0, Neuron(5))), str(Head(3, key=-1))
+        ('head=2,norm', 'head=0,5', 'head=3,key=-1')
+    """
+
+    index: int
+    part: "Neuron | Direction | str | None" = None
+    key: int | None = None
+
+    def __str__(self) -> str:
+        if self.key is not None:
+            return f"head={self.index},key={self.key}"
+        return f"head={self.index}" + ("" if self.part is None else f",{self.part}")
+
+
+Unit = Union[Neuron, Direction, SAEFeature, Head]
+PER_HEAD_SITES = "blocks.L.attn.hook_z, blocks.L.attn.hook_pattern (key=J) or an attention output projection's input"
 
 
 def _read_tensors(path: str) -> dict[str, Tensor] | Tensor:
@@ -192,6 +217,7 @@ class ResolvedUnit:
     unit: Unit | None
     vector: Tensor | None = None
     encoder: FeatureEncoder | None = None
+    part: "ResolvedUnit | None" = None  # a head's unit of its own features
 
     def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
         """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors, `info` is what the
@@ -209,7 +235,32 @@ class ResolvedUnit:
             if vec.numel() != size:
                 raise TargetError(f"direction {unit} has {vec.numel()} values but site '{site}' has {size} features")
             return features_last @ vec.reshape(-1)
+        if isinstance(unit, Head):
+            return self._head(features_last, site, info)
         return self.encoder(features_last, site, info)
+
+    def _head(self, features_last: Tensor, site: str, info: SiteInfo | None) -> Tensor:
+        unit, size = self.unit, features_last.shape[-1]
+        heads = info.heads if info is not None else None
+        if not heads or size % heads:
+            raise TargetError(f"unit {unit} reads one attention head, but site '{site}' is not a per-head site; use "
+                              f"{PER_HEAD_SITES}")
+        if not 0 <= unit.index < heads:
+            raise TargetError(f"head {unit.index} out of range for site '{site}' with {heads} heads (0..{heads - 1})")
+        pattern = info.basis == "pattern"
+        if pattern != (unit.key is not None):
+            fix = "head=H,key=J" if pattern else "head=H,I, head=H,norm or head=H,dir=FILE (key=J reads blocks.L.attn.hook_pattern)"
+            raise TargetError(f"unit {unit} does not fit site '{site}'; use {fix}")
+        width = size // heads
+        one = features_last[..., unit.index * width:(unit.index + 1) * width]
+        if pattern:
+            if not -width <= unit.key < width:
+                raise TargetError(f"key position {unit.key} out of range for site '{site}' with {width} positions "
+                                  f"({-width}..{width - 1})")
+            return one[..., unit.key]
+        if unit.part == "norm":
+            return torch.linalg.vector_norm(one, dim=-1)
+        return self.part.project(one, f"{site} head {unit.index}")
 
 
 def _load_sae_folder_feature(unit: SAEFeature) -> ResolvedUnit:
@@ -232,6 +283,9 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     """
     if unit is None or isinstance(unit, Neuron):
         return ResolvedUnit(unit)
+    if isinstance(unit, Head):
+        part = unit.part if isinstance(unit.part, (Neuron, Direction)) else None
+        return ResolvedUnit(unit, part=load_unit(part))
     if isinstance(unit, SAEFeature) and is_sae_folder(unit.path):
         return _load_sae_folder_feature(unit)
     if isinstance(unit, SAEFeature) and not Path(unit.path).expanduser().exists():

@@ -9,7 +9,9 @@ def test_transformerlens_names_are_listed_with_their_shapes(capsys):
     listed = {line.split()[0]: line for line in lines}
     assert "blocks.1.hook_resid_post" in listed and "ln_final.hook_normalized" in listed and "hook_embed" in listed
     assert listed["blocks.0.mlp.hook_post"].split()[1:4] == ["[1,", "10,", "128]"]
-    assert "4 heads of 16" in listed["blocks.0.attn.hook_z"]
+    assert "4 heads of 16: units head=H,I | head=H,norm" in listed["blocks.0.attn.hook_z"]
+    assert listed["blocks.1.attn.hook_pattern"].split()[1:5] == ["[1,", "4,", "10,", "10]"]
+    assert "unit head=H,key=J" in listed["blocks.1.attn.hook_pattern"]
     assert not any(line.startswith("model.layers") for line in lines)
 
 
