@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 		multiprocess==0.70.19 xxhash==4.1.0 pyarrow==26.0.1 pandas==3.1.1 einops==0.8.2 jaxtyping==0.3.11 \
 		better-abc==0.0.3 simple-parsing==0.1.9 docstring_parser==0.18.0 \
 		|| echo "warning: sae-lens did not install; the SAELens interop tests will skip"
+	# sae-dashboard's Neuronpedia record classes check our export (only that module is imported; --no-deps: its
+	# pins would downgrade transformers)
+	.venv/bin/pip install -q --no-deps sae-dashboard==0.8.0 || echo "warning: sae-dashboard did not install; the export test checks the format alone"
 	# optional peer for benchmarks/vision_vs_lucent.py (its test skips without it)
 	.venv/bin/pip install -q torch-lucent || echo "warning: torch-lucent did not install; the lucent comparison will skip"
 	@$(MAKE) -s data
