@@ -51,7 +51,7 @@ class SAE(nn.Module):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture {weights.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
         if weights.transcoder:
-            raise ValueError(f"a transcoder ({weights.cfg.get('architecture')!r}) writes another site than it reads, so "
+            raise ValueError(f"a transcoder (architecture {weights.cfg.get('architecture')!r}) writes another site than it reads, so "
                              "dreamy.sae does not reconstruct with it; read its latents as targets: 'SITE:sae=DIR#i'")
         if weights.normalize_activations not in NORMALIZATIONS:
             raise ValueError(f"normalize_activations {weights.normalize_activations!r} is not one of {', '.join(NORMALIZATIONS)}")
