@@ -1,4 +1,4 @@
-"""The argument parser of `dream`: subcommands sites, image, prompt and sae-train, with every flag and default.
+"""The argument parser of `dream`: subcommands sites, image, prompt, sae-train and export, with every flag and default.
 
 Defaults are the method configs' own (`DreamConfig`, `EPOConfig`, `GCGConfig`, `SAETrainConfig`) except where
 `--help` says the command line differs on purpose (a quicker first run).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dreamy.cli import sae_train
+from dreamy.cli import export, sae_train
 from dreamy.cli.arguments import UsageError, non_negative, positive
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
@@ -28,12 +28,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `dream` (subcommands sites, image, prompt)."""
+    """The argument parser of `dream` (subcommands sites, image, prompt, sae-train, export)."""
     parser = _Parser(prog="dream", description="Dream the inputs that drive units of vision and language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sites = sub.add_parser("sites", help="list a model's sites with their output shapes")
     sites.add_argument("model", nargs="?", default=DEFAULT_MODELS["image"])
     sites.add_argument("--device", default="cpu")
+    sites.add_argument("--names", default="modules", choices=["modules", "transformerlens"],
+                       help="module paths (default), or the TransformerLens hook names a Llama-, Gemma-3-, GPT-2- or "
+                            "GPT-NeoX-style language model gives (blocks.L.hook_resid_post, ...)")
     for kind in ("image", "prompt"):
         cmd = sub.add_parser(kind, help=f"dream {'images' if kind == 'image' else 'prompts'} for targets")
         cmd.add_argument("--model", default=DEFAULT_MODELS[kind], help="model name (default: %(default)s)")
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
                         help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
     sae_train.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

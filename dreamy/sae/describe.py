@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from dreamy.models import LoadedModel
 from dreamy.sae.activations import start_token, with_start
 from dreamy.sae.splice import after_start, edit_site
-from dreamy.targets import Direction, Neuron, SAEFeature, TargetError, load_unit, parse, resolve_module
+from dreamy.targets import Direction, Neuron, SAEFeature, TargetError, load_unit, resolve_module
+from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.saelens import is_sae_folder, read_sae_folder
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm")
@@ -163,6 +164,9 @@ def token_change(loaded: LoadedModel, site: str, direction: Tensor, contexts: Te
 def _sae_decoder_row(path: str, index: int) -> Tensor:
     if is_sae_folder(path):
         weights = read_sae_folder(path)
+        if weights.transcoder:
+            raise TargetError(f"'{path}' is a transcoder: its decoder writes {weights.metadata.get('hook_name_out') or 'another site'}, "
+                              "not the site it reads, so it has no output direction there")
         if not 0 <= index < weights.d_sae:
             raise TargetError(f"SAE feature {index} out of range for '{path}' with {weights.d_sae} features")
         return weights.W_dec[index]
@@ -187,7 +191,7 @@ def output_direction(loaded: LoadedModel, spec: str) -> tuple[str, Tensor]:
         >>> site, vector.nonzero().flatten().tolist()
         ('model.layers.0', [3])
     """
-    target = parse(spec)
+    target = complete_sites(spec)  # `sae=DIR#i`: the site its cfg names
     if len(target.terms) != 1 or target.terms[0].site.is_logits:
         raise TargetError(f"'{spec}': an output direction needs one term at a hidden site")
     term = target.terms[0]
@@ -198,6 +202,8 @@ def output_direction(loaded: LoadedModel, spec: str) -> tuple[str, Tensor]:
         return str(site), load_unit(unit).vector.float().reshape(-1)
     if not isinstance(unit, Neuron):
         raise TargetError(f"'{spec}' has no unit; give a neuron (SITE:i), a dir= or an sae= feature")
+    read = reading(loaded.model, site)  # a TransformerLens name: the module site it reads
+    site = read.site if read.transform is None and read.prepare is None else site
     module = resolve_module(loaded.model, site.path)
     if site.input and isinstance(module, nn.Linear):
         if not 0 <= unit.index < module.in_features:

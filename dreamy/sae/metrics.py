@@ -80,8 +80,7 @@ def evaluate(loaded: LoadedModel, site: str, sae: SAE, windows: Tensor, *, batch
         with edit_site(model, site, keep):
             xent["clean"] += float(_next_token_xentropy_sum(model(input_ids=ids).logits, ids))
         x = kept["x"]
-        z = sae.encode(x)
-        recon = sae.decode(z)
+        z, recon = sae.reconstruct(x)
         sse += (x - recon).double().pow(2).sum().cpu()
         sum_x += x.double().sum(dim=0).cpu()
         sum_x2 += x.double().pow(2).sum().cpu()

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from dreamy.targets import parse, resolve_module
+from dreamy.targets import TargetError, parse, resolve_module
+from dreamy.targets.dialects import reading
 from dreamy.targets.spec import Site
 
 
@@ -42,7 +43,9 @@ def _site(site: str | Site) -> Site:
 
 @contextmanager
 def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """While open, the model's forward uses `fn(activation)` in place of the site's activation.
+    """While open, the model's forward uses `fn(activation)` in place of the site's activation. A TransformerLens
+    name edits the module site it reads (`dreamy.targets.dialects`); one computed from a module's tensor
+    (`*.hook_normalized`) cannot be edited.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Identity())
@@ -50,7 +53,12 @@ def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]
         ...     net(torch.zeros(1, 2)).tolist()
         [[1.0, 1.0]]
     """
-    where = _site(site)
+    given = _site(site)
+    how = reading(model, given)
+    if how.transform is not None or how.prepare is not None:
+        raise TargetError(f"site '{given}' is computed from the module site '{how.site}', so it cannot be replaced in "
+                          "the forward; edit a residual-stream site instead")
+    where = how.site
     module = resolve_module(model, where.path)
     if where.input:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

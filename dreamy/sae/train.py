@@ -55,6 +55,8 @@ from dreamy.sae.activations import corpus_windows, site_activations, site_probe
 from dreamy.sae.files import save
 from dreamy.sae.metrics import DEAD_WINDOW_TOKENS, dead_fraction, evaluate
 from dreamy.sae.model import SAE
+from dreamy.targets import parse
+from dreamy.targets.dialects import is_transformerlens_name
 from dreamy.targets.saelens import CFG_NAME, WEIGHTS_NAME
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -237,6 +239,27 @@ def _load_checkpoint(folder: Path, settings: dict[str, Any]) -> dict[str, Any] |
     return state
 
 
+def sae_metadata(loaded: LoadedModel, site: str, window: int) -> dict[str, Any]:
+    """The SAELens `metadata` of an SAE trained here on `site`: `hook_name` (the site spec), `model_name`,
+    `model_class_name` (`AutoModelForCausalLM` when the site is a plain module path, which SAELens's Hugging Face
+    wrapper hooks the same way), and the context: `window` tokens after a start token that is never trained on.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> meta = sae_metadata(load("tiny:lm"), "model.layers.1", 16)
+        >>> meta["hook_name"], meta["model_class_name"], meta["context_size"], meta["seqpos_slice"]
+        ('model.layers.1', 'AutoModelForCausalLM', 17, [1, None])
+    """
+    plain = parse(site).terms[0].site
+    meta: dict[str, Any] = {"hook_name": site, "model_name": loaded.name, "hook_head_index": None,
+                            "context_size": window + 1, "prepend_bos": True, "seqpos_slice": [1, None]}
+    if is_transformerlens_name(plain.path):  # TransformerLens semantics on the raw (unprocessed) weights
+        meta.update(model_class_name="HookedTransformer", model_from_pretrained_kwargs={"center_writing_weights": False})
+    elif not plain.input and plain.index is None:
+        meta["model_class_name"] = "AutoModelForCausalLM"
+    return meta
+
+
 def _raw_scale_sae(sae: SAE, scale: float, cfg: dict[str, Any]) -> SAE:
     """A copy of `sae` (trained on `x * scale`) that reads raw activations: biases divided by `scale`."""
     weights = sae.weights()
@@ -326,7 +349,7 @@ def train_sae(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     aux_k = aux_k or max(1, sae.d_in // 2)
-    cfg = {"hook_name": site, "model_name": loaded.name, "training": settings}
+    cfg = {"metadata": sae_metadata(loaded, site, window), "training": settings}
 
     def checkpoint() -> None:
         _save_checkpoint(folder, {"settings": settings, "step": step, "scale": scale, "train_seconds": train_seconds,

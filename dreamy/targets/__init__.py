@@ -12,10 +12,10 @@ from dreamy.targets.check import check_targets
 from dreamy.targets.errors import SpecError, TargetError
 from dreamy.targets.probe import Probe, ProbeResult, features_last, list_sites, resolve_module, score_map
 from dreamy.targets.spec import Site, Target, Term, class_index, expand, parse
-from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit, load_unit
+from dreamy.targets.units import Direction, Head, Neuron, SAEFeature, Unit, load_unit
 
 __all__ = [
-    "Direction", "Neuron", "Probe", "ProbeResult", "SAEFeature", "Site", "SpecError", "Target", "check_targets",
+    "Direction", "Head", "Neuron", "Probe", "ProbeResult", "SAEFeature", "Site", "SpecError", "Target", "check_targets",
     "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites", "load_unit", "parse",
     "resolve_module", "score_map",
 ]

@@ -20,37 +20,48 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
 from dreamy.targets.spec import Site, Target, parse
 from dreamy.targets.units import Neuron
 
 
-def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict) -> tuple[dict[str, Tensor], dict[Site, str]]:
-    """The activation of every site the targets name (by site string), and an error for each site that has none."""
+def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict
+                  ) -> tuple[dict[str, Tensor], dict[Site, str], dict[Site, Reading]]:
+    """The activation of every site the targets name (by site string), an error for each site that has none, and
+    how each site is read (TransformerLens names on Hugging Face modules, see `dreamy.targets.dialects`)."""
     sites = list(dict.fromkeys(site for target in targets for site in target.sites))
     errors: dict[Site, str] = {}
-    modules = []
+    readings: dict[Site, Reading] = {}
     for site in sites:
         if site.is_logits:
             continue
         try:
-            resolve_module(model, site.path)
-            modules.append(site)
+            readings[site] = reading(model, site)
+            resolve_module(model, readings[site].site.path)
         except TargetError as error:
-            errors[site] = str(error)
-    raw, output = capture_raw(model, modules, args, kwargs)
+            errors[site] = str(error).splitlines()[0]
+            readings.pop(site, None)
+    handles = []
+    try:  # what a reading needs set up around the forward (attention patterns) is undone whatever happens
+        handles = [r.prepare() for r in readings.values() if r.prepare is not None]
+        raw, output = capture_raw(model, list(dict.fromkeys(r.site for r in readings.values())), args, kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
     rows = _batch_rows(args, kwargs)
     tensors: dict[str, Tensor] = {}
     for site in sites:
         if site in errors:
             continue
-        value = output if site.is_logits else raw.get(site)
+        where = readings.get(site, Reading(site))
+        value = output if site.is_logits else raw.get(where.site)
         if value is None and not site.is_logits:
             errors[site] = f"site '{site}' never ran in the model's forward pass; is the module used? run `dream sites MODEL`"
             continue
         try:
-            tensor = _output_tensor(value, site)
+            tensor = where.finish(_output_tensor(value, where.site))
         except TargetError as error:
             errors[site] = str(error)
             continue
@@ -59,7 +70,7 @@ def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwar
                             "it is shared across the batch (e.g. a positional table): pick a site inside the layers")
             continue
         tensors[str(site)] = tensor
-    return tensors, errors
+    return tensors, errors, readings
 
 
 def _batch_rows(args: tuple, kwargs: dict) -> int | None:
@@ -98,11 +109,12 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
     parsed: list[tuple[str, Target | None, str | None]] = []
     for spec in targets:
         try:
-            parsed.append((str(spec), parse(spec), None))
+            parsed.append((str(spec), complete_sites(spec), None))  # `sae=DIR#i`: the site its cfg names
         except TargetError as error:
             parsed.append((str(spec), None, str(error).splitlines()[0]))
     good = [target for _, target, _ in parsed if target is not None]
-    tensors, site_errors = _site_tensors(model, good, args, kwargs) if good else ({}, {})
+    tensors, site_errors, readings = _site_tensors(model, good, args, kwargs) if good else ({}, {}, {})
+    info = {str(site): r.info for site, r in readings.items()}
     shape_errors: dict[tuple, str | None] = {}
     failures = []
     for spec, target, error in parsed:
@@ -112,7 +124,7 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
         if error is None:
             key = _shape_key(target)
             if key not in shape_errors:
-                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens)
+                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens, info)
             error = shape_errors[key]
         if error is not None:
             failures.append((spec, error))
@@ -120,9 +132,9 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
 
 
 def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str,
-                 patch_tokens: int | None = None) -> str | None:
+                 patch_tokens: int | None = None, info: dict | None = None) -> str | None:
     try:
-        scores, _ = _Scorer([target], sequence_reduce, patch_tokens).score(tensors)
+        scores, _ = _Scorer([target], sequence_reduce, patch_tokens, info).score(tensors)
     except TargetError as error:
         return str(error).splitlines()[0]
     except (RuntimeError, ValueError, IndexError) as error:  # shapes that do not combine, odd activations

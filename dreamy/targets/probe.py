@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.errors import TargetError
+from dreamy.targets.saelens import SiteInfo
 from dreamy.targets.spec import Site, Target, Term, parse
 from dreamy.targets.units import ResolvedUnit, load_unit
 
@@ -128,10 +130,12 @@ def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site
 class _Scorer:
     """Targets with their units resolved; turns captured activations into scores."""
 
-    def __init__(self, targets: Sequence[Target], sequence_reduce: str, patch_tokens: int | None = None) -> None:
+    def __init__(self, targets: Sequence[Target], sequence_reduce: str, patch_tokens: int | None = None,
+                 info: dict[str, SiteInfo] | None = None) -> None:
         self.targets = list(targets)
         self.sequence_reduce = sequence_reduce
         self.patch_tokens = patch_tokens
+        self.info = info or {}  # what the model says about each site (per-head layout, ...), by site string
         self.units: dict[Term, ResolvedUnit] = {}
         self._coef_cache: dict[tuple, Tensor] = {}
         for target in self.targets:
@@ -143,7 +147,7 @@ class _Scorer:
         activation = activations[str(term.site)]
         if term.site.is_logprobs:
             activation = activation.log_softmax(dim=-1)
-        return self.units[term].project(features_last(activation), str(term.site))
+        return self.units[term].project(features_last(activation), str(term.site), self.info.get(str(term.site)))
 
     def reduced_term(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
         """`term` reduced to `[B]`. A `logprobs` term read at one position of a sequence is sliced before the
@@ -155,7 +159,7 @@ class _Scorer:
             if not -activation.shape[1] <= pos < activation.shape[1]:
                 raise TargetError(f"reduction pos={pos} out of range for site '{term.site}' with {activation.shape[1]} positions")
             one = activation[:, pos].log_softmax(dim=-1)
-            return self.units[term].project(one, str(term.site))
+            return self.units[term].project(one, str(term.site), self.info.get(str(term.site)))
         return _reduce(self.term_map(term, activations), term.reduce, self.sequence_reduce, term.site, self.patch_tokens)
 
     def score(self, activations: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -225,17 +229,19 @@ class Probe:
         if isinstance(targets, (str, Target)):
             targets = [targets]
         self.model = model
-        self.targets = [parse(t) for t in targets]
+        self.targets = [complete_sites(t) for t in targets]  # `sae=DIR#i` without a site: the SAE's own
         if not self.targets:
             raise TargetError("a probe needs at least one target")
         self.sequence_reduce = sequence_reduce
         _reduce(torch.zeros(1, 2), sequence_reduce, sequence_reduce, Site("check"))  # validate early
         self.sites: list[Site] = list(dict.fromkeys(site for t in self.targets for site in t.sites))
+        self.readings = {site: reading(model, site) for site in self.sites}  # TransformerLens names -> modules
         self.modules: dict[Site, nn.Module] = {
-            site: (model if site.is_logits else resolve_module(model, site.path)) for site in self.sites
+            site: (model if site.is_logits else resolve_module(model, self.readings[site].site.path)) for site in self.sites
         }
         self.reads_logits = any(site.is_logits for site in self.sites)
-        self._scorer = _Scorer(self.targets, sequence_reduce, patch_tokens)
+        self._scorer = _Scorer(self.targets, sequence_reduce, patch_tokens,
+                               {str(site): r.info for site, r in self.readings.items()})
 
     def __repr__(self) -> str:
         return f"Probe({[str(t) for t in self.targets]})"
@@ -246,16 +252,18 @@ class Probe:
         remaining = set(self.sites)
 
         def make_hook(site: Site):
+            where = self.readings[site]
+
             def on_fire(value: Any) -> None:
                 key = str(site)
                 if key in captured:
                     return  # a module called twice keeps its first activation
-                captured[key] = _output_tensor(value, site)  # `logprobs` keeps the logits; see _Scorer
+                captured[key] = where.finish(_output_tensor(value, where.site))  # `logprobs` keeps the logits; see _Scorer
                 remaining.discard(site)
                 if stop_early and not remaining:
                     raise _StopForward()
 
-            if site.input:
+            if where.site.input:
                 def pre_hook(module, args, kwargs):
                     on_fire(args if args else tuple(kwargs.values()))
                 return pre_hook
@@ -265,7 +273,9 @@ class Probe:
             return hook
 
         for site, module in self.modules.items():
-            if site.input:
+            if self.readings[site].prepare is not None:
+                handles.append(self.readings[site].prepare())
+            if self.readings[site].site.input:
                 handles.append(module.register_forward_pre_hook(make_hook(site), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(make_hook(site)))
@@ -313,7 +323,8 @@ class Probe:
 
     def reads_last_position_only(self, j: int | None = None) -> bool:
         """True when target `j` (every target when `None`) reads a sequence only at its last position
-        (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed.
+        (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed (an attention
+        pattern's key position is an earlier one).
 
         Example:
             >>> probe = Probe(nn.Linear(4, 4), ["logits:1", "logits:2/mean"], sequence_reduce="pos=-1")
@@ -321,7 +332,9 @@ class Probe:
             (True, False)
         """
         targets = self.targets if j is None else [self.targets[j]]
-        return all((term.reduce or self.sequence_reduce) == "pos=-1" for target in targets for term in target.terms)
+        # an attention-pattern entry (`head=H,key=J`) also reads every key before the query: not last-position only
+        return all((term.reduce or self.sequence_reduce) == "pos=-1" and getattr(term.unit, "key", None) is None
+                   for target in targets for term in target.terms)
 
 
 def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:

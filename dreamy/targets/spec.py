@@ -3,13 +3,18 @@
 Grammar::
 
     target := term (("+" | "-") term)*
-    term   := [coef "*"] site [":" unit] ["/" reduce]
+    term   := [coef "*"] site [":" unit] ["/" reduce]  |  [coef "*"] [":"] "sae=" DIR "#" INT ["/" reduce]
     site   := dotted.module.path ["@in"] ["[" k "]"]  |  "logits"  |  "logprobs"
-    unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT
+    unit   := INT | "dir=" FILE ["#" KEY] | "sae=" FILE "#" INT | "head=" INT ["," (INT | "norm" | "dir=" FILE ["#" KEY] | "key=" INT)]
     reduce := "mean" | "max" | "sum" | "center" | "cls" | "pos=" INT | "tokens=" INT
 
 `cls` reads the class token and `tokens=N` patch token N of a vision transformer's `[B, tokens, D]` site (see
-`Probe(patch_tokens=...)`). `str()` of a parsed target gives back its canonical spec, and `parse(str(t)) == t`.
+`Probe(patch_tokens=...)`). A site may be a TransformerLens hook name (`blocks.9.hook_resid_post`; see
+`dreamy.targets.dialects`). `head=H,...` reads one attention head of a per-head site: `blocks.L.attn.hook_z:head=2,5`
+(its feature 5), `:head=2,norm`, `:head=2,dir=v.pt`, or the pattern entry `blocks.L.attn.hook_pattern:head=2,key=0`
+(the weight from each query position, the last by default, to key position 0). An SAE feature with no site (`sae=DIR#i`) reads the site its SAELens folder's cfg names
+(its site is the empty `Site("")` until `dialects.complete_sites` fills it in). `str()` of a parsed target gives
+back its canonical spec, and `parse(str(t)) == t`.
 
 Example:
     >>> t = parse("0.5*layer3:1-layer4:2")
@@ -26,7 +31,7 @@ import re
 from dataclasses import dataclass, replace
 
 from dreamy.targets.errors import SpecError
-from dreamy.targets.units import Direction, Neuron, SAEFeature, Unit
+from dreamy.targets.units import Direction, Head, Neuron, SAEFeature, Unit
 
 REDUCTIONS = ("mean", "max", "sum", "center", "cls")
 LOGITS = "logits"
@@ -37,7 +42,7 @@ _COEF = re.compile(r"((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*")
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _INDEX = re.compile(r"\[(\d+)\]")
 _INT = re.compile(r"\d+")
-_RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+])")
+_RANGE = re.compile(r"(\d+)-(\d+)(?=$|[\s/+,])")
 _REDUCE = re.compile(r"/(mean|max|sum|center|cls|pos=-?\d+|tokens=-?\d+)(?=$|[\s+\-])")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _UNQUOTED_FILE = re.compile(r"[^\s#+]+")
@@ -91,7 +96,7 @@ class Term:
         """The term without its coefficient."""
         text = str(self.site)
         if self.unit is not None:
-            text += f":{self.unit}"
+            text += f":{self.unit}" if text else str(self.unit)  # `sae=DIR#i`: the SAE's own site
         if self.reduce is not None:
             text += f"/{self.reduce}"
         return text
@@ -130,7 +135,9 @@ class Target:
                 parts.append(text)
                 continue
             # a file path before an operator needs spaces so that '-' is not read as part of it
-            loose = isinstance(self.terms[i - 1].unit, (Direction, SAEFeature)) and self.terms[i - 1].reduce is None
+            before = self.terms[i - 1].unit
+            path_last = isinstance(before, (Direction, SAEFeature)) or (isinstance(before, Head) and isinstance(before.part, Direction))
+            loose = path_last and self.terms[i - 1].reduce is None
             sep = " " if loose else ""
             if term.coef < 0:
                 parts.append(f"{sep}-{sep}{text[1:]}")
@@ -229,12 +236,17 @@ class _Parser:
             coef = float(found.group(1))
             if not math.isfinite(coef):  # '1e999' overflows to inf, which no spec can print back
                 raise self.fail(f"coefficient '{found.group(1)}' is too large for a float; use a smaller weight", start)
-        site = self.site()
         unit: Unit | None = None
         unit_range = None
-        if self.peek(":"):
-            self.pos += 1
+        if self.peek("sae=") or self.peek(":sae="):  # no site: the one the SAE folder's cfg names
+            self.pos += 1 if self.peek(":") else 0
+            site = Site("")
             unit, unit_range = self.unit(allow_range)
+        else:
+            site = self.site()
+            if self.peek(":"):
+                self.pos += 1
+                unit, unit_range = self.unit(allow_range)
         reduce = None
         reduce_at = self.pos
         found = self.match(_REDUCE)
@@ -281,7 +293,42 @@ class _Parser:
         self.pos = found.end()
         return low, high
 
+    def head(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        """`head=H[,PART]` at the current position (after `head=`)."""
+        heads = self.unit_range(allow_range)
+        if heads is None:
+            found = self.match(_INT)
+            if not found:
+                raise self.fail("expected a head index after 'head=' (e.g. 'head=2,norm')")
+            index = self.integer(found.group(0), found.start())
+        else:
+            index = heads[0]
+        part: "Neuron | Direction | str | None" = None
+        key = None
+        if self.peek(","):
+            self.pos += 1
+            if self.peek("norm"):
+                self.pos += 4
+                part = "norm"
+            elif self.peek("key="):
+                self.pos += 4
+                found = self.match(re.compile(r"-?\d+"))
+                if not found:
+                    raise self.fail("expected a key position after 'key=' (e.g. 'key=0', or 'key=-1' for the last)")
+                key = self.integer(found.group(0), found.start())
+            elif self.peek("dir="):
+                part, _ = self.unit(False)
+            else:
+                found = self.match(_INT)
+                if not found:
+                    raise self.fail("expected what of the head after ',': a feature index, 'norm', 'dir=FILE' or 'key=J'")
+                part = Neuron(self.integer(found.group(0), found.start()))
+        return Head(index, part, key), heads
+
     def unit(self, allow_range: bool) -> tuple[Unit, tuple[int, int] | None]:
+        if self.peek("head="):
+            self.pos += 5
+            return self.head(allow_range)
         neurons = self.unit_range(allow_range)
         if neurons is not None:
             return Neuron(neurons[0]), neurons
@@ -308,7 +355,7 @@ class _Parser:
         found = self.match(_INT)
         if found:
             return Neuron(self.integer(found.group(0), found.start())), None
-        raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]' or 'sae=FILE#INDEX'")
+        raise self.fail("expected a unit: an integer, 'dir=FILE[#KEY]', 'sae=FILE#INDEX' or 'head=H[,PART]'")
 
     def file_path(self) -> str:
         quoted = self.match(_QUOTED)

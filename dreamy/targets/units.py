@@ -10,6 +10,10 @@ position (`[...]`):
   `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`. `path` is one tensor file or a folder in the SAELens
   layout (`cfg.json` + `sae_weights.safetensors`, see `dreamy.targets.saelens`); a TopK feature of a
   folder reads as its pre-activation after ReLU (the per-row top-k choice is no function of one feature).
+- `Head(h, part)`: attention head `h` of a per-head site (`blocks.L.attn.hook_z`, an attention output
+  projection's input): `part` a unit of the head's own `d_head` features (`Neuron`, `Direction`), its `"norm"`,
+  or None (their mean); on `blocks.L.attn.hook_pattern` with `key=J`: the weight from each query to key position J
+  (negative counts from the end).
 - no unit (`None`): the mean over all features.
 
 Units are frozen dataclasses that hold only names; `load_unit` reads the file once and returns a
@@ -33,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dreamy.targets.errors import TargetError
-from dreamy.targets.saelens import is_sae_folder, read_sae_folder
+from dreamy.targets.saelens import FeatureEncoder, SiteInfo, feature_encoder, is_sae_folder, read_sae_folder
 
 _SAFE_PATH = re.compile(r"^[\w./~]+$")
 _REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
@@ -103,7 +107,28 @@ class SAEFeature:
         return f"sae={_format_path(self.path)}#{self.index}"
 
 
-Unit = Union[Neuron, Direction, SAEFeature]
+@dataclass(frozen=True)
+class Head:
+    """Attention head `index` of a per-head site; `part` is what of it (see the module docstring), `key` the key
+    position of an attention-pattern entry.
+
+    Example:
+        >>> str(Head(2, "norm")), str(Head(0, Neuron(5))), str(Head(3, key=-1))
+        ('head=2,norm', 'head=0,5', 'head=3,key=-1')
+    """
+
+    index: int
+    part: "Neuron | Direction | str | None" = None
+    key: int | None = None
+
+    def __str__(self) -> str:
+        if self.key is not None:
+            return f"head={self.index},key={self.key}"
+        return f"head={self.index}" + ("" if self.part is None else f",{self.part}")
+
+
+Unit = Union[Neuron, Direction, SAEFeature, Head]
+PER_HEAD_SITES = "blocks.L.attn.hook_z, blocks.L.attn.hook_pattern (key=J) or an attention output projection's input"
 
 
 def _read_tensors(path: str) -> dict[str, Tensor] | Tensor:
@@ -191,10 +216,12 @@ class ResolvedUnit:
 
     unit: Unit | None
     vector: Tensor | None = None
-    encoder: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None = None
+    encoder: FeatureEncoder | None = None
+    part: "ResolvedUnit | None" = None  # a head's unit of its own features
 
-    def project(self, features_last: Tensor, site: str) -> Tensor:
-        """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors."""
+    def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
+        """Read the unit off `features_last` (`[..., D]`); `site` names the site in errors, `info` is what the
+        model says about it (per-head layout, normalization; see `dreamy.targets.dialects`)."""
         size = features_last.shape[-1]
         unit = self.unit
         if unit is None:
@@ -208,33 +235,43 @@ class ResolvedUnit:
             if vec.numel() != size:
                 raise TargetError(f"direction {unit} has {vec.numel()} values but site '{site}' has {size} features")
             return features_last @ vec.reshape(-1)
-        w_enc, b_enc, b_dec, threshold = self.encoder
-        if w_enc.shape[0] != size:
-            raise TargetError(f"SAE {unit.path} reads d_in={w_enc.shape[0]} features but site '{site}' has {size}; "
-                              "use the site the SAE was trained on")
-        x = features_last if b_dec is None else features_last - b_dec.to(features_last)
-        pre = x @ w_enc.to(features_last) + b_enc.to(features_last)
-        gate = pre > (0.0 if threshold is None else threshold.to(features_last))
-        post = torch.where(gate, pre, torch.zeros_like(pre))
-        # straight-through: the value is the SAE's real activation, the gradient is the
-        # pre-activation's, so a dream that starts with the feature off still gets a signal
-        return pre + (post - pre).detach()
+        if isinstance(unit, Head):
+            return self._head(features_last, site, info)
+        return self.encoder(features_last, site, info)
+
+    def _head(self, features_last: Tensor, site: str, info: SiteInfo | None) -> Tensor:
+        unit, size = self.unit, features_last.shape[-1]
+        heads = info.heads if info is not None else None
+        if not heads or size % heads:
+            raise TargetError(f"unit {unit} reads one attention head, but site '{site}' is not a per-head site; use "
+                              f"{PER_HEAD_SITES}")
+        if not 0 <= unit.index < heads:
+            raise TargetError(f"head {unit.index} out of range for site '{site}' with {heads} heads (0..{heads - 1})")
+        pattern = info.basis == "pattern"
+        if pattern != (unit.key is not None):
+            fix = "head=H,key=J" if pattern else "head=H,I, head=H,norm or head=H,dir=FILE (key=J reads blocks.L.attn.hook_pattern)"
+            raise TargetError(f"unit {unit} does not fit site '{site}'; use {fix}")
+        width = size // heads
+        one = features_last[..., unit.index * width:(unit.index + 1) * width]
+        if pattern:
+            if not -width <= unit.key < width:
+                raise TargetError(f"key position {unit.key} out of range for site '{site}' with {width} positions "
+                                  f"({-width}..{width - 1})")
+            return one[..., unit.key]
+        if unit.part == "norm":
+            return torch.linalg.vector_norm(one, dim=-1)
+        return self.part.project(one, f"{site} head {unit.index}")
 
 
 def _load_sae_folder_feature(unit: SAEFeature) -> ResolvedUnit:
     """Feature `unit.index` of an SAE folder in the SAELens layout (see `dreamy.targets.saelens`).
 
-    ReLU and JumpReLU features read as the SAE computes them. A TopK feature reads as its pre-activation
+    ReLU, JumpReLU and gated features read as the SAE computes them. A TopK feature reads as its pre-activation
     after ReLU: which `k` features a row keeps depends on all the others, so it is no function of one feature.
-    `b_dec` is subtracted from the input only when the folder's `apply_b_dec_to_input` is true (the default).
+    The input is normalized as the folder's `normalize_activations` says, and `b_dec` subtracted from it when
+    `apply_b_dec_to_input` is true (the default).
     """
-    weights = read_sae_folder(unit.path)
-    if not 0 <= unit.index < weights.d_sae:
-        raise TargetError(f"SAE feature {unit.index} out of range for '{unit.path}' with {weights.d_sae} features; valid 0..{weights.d_sae - 1}")
-    i = unit.index
-    threshold = weights.threshold[i] if weights.threshold is not None else None
-    return ResolvedUnit(unit, encoder=(weights.W_enc[:, i].contiguous(), weights.b_enc[i],
-                                       weights.b_dec if weights.apply_b_dec_to_input else None, threshold))
+    return ResolvedUnit(unit, encoder=feature_encoder(read_sae_folder(unit.path), unit.index, unit.path))
 
 
 def load_unit(unit: Unit | None) -> ResolvedUnit:
@@ -246,6 +283,9 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     """
     if unit is None or isinstance(unit, Neuron):
         return ResolvedUnit(unit)
+    if isinstance(unit, Head):
+        part = unit.part if isinstance(unit.part, (Neuron, Direction)) else None
+        return ResolvedUnit(unit, part=load_unit(part))
     if isinstance(unit, SAEFeature) and is_sae_folder(unit.path):
         return _load_sae_folder_feature(unit)
     if isinstance(unit, SAEFeature) and not Path(unit.path).expanduser().exists():
@@ -276,12 +316,7 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     b_dec = _first(data, ("b_dec", "decoder.bias"))
     threshold = _first(data, ("threshold",))
     i = unit.index
-    return ResolvedUnit(
-        unit,
-        encoder=(
-            w_enc[:, i].contiguous(),
-            b_enc[i].float(),
-            None if b_dec is None else b_dec.float(),
-            None if threshold is None else threshold[i].float(),
-        ),
-    )
+    return ResolvedUnit(unit, encoder=FeatureEncoder(
+        path=unit.path, index=i, architecture="relu" if threshold is None else "jumprelu",
+        w=w_enc[:, i].contiguous(), b=b_enc[i].float(), b_dec=None if b_dec is None else b_dec.float(),
+        threshold=None if threshold is None else threshold[i].float()))

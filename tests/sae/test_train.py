@@ -79,8 +79,11 @@ def test_train_writes_a_saelens_folder_and_metrics(tiny_lm, tmp_path):
         assert metrics[key] == pytest.approx(result.metrics[key])
     assert 0 < metrics["l0"] <= 4 and metrics["xentropy_zero"] != metrics["xentropy_clean"]
     sae = load(tmp_path)
-    assert sae.architecture == "topk" and sae.k == 4 and sae.cfg["hook_name"] == "model.layers.0"
-    assert sae.cfg["model_name"] == "tiny:lm" and sae.cfg["training"]["corpora"] == ["toy"]
+    meta = sae.cfg["metadata"]
+    assert sae.architecture == "topk" and sae.k == 4 and meta["hook_name"] == "model.layers.0"
+    assert meta["model_name"] == "tiny:lm" and sae.cfg["training"]["corpora"] == ["toy"]
+    assert meta["model_class_name"] == "AutoModelForCausalLM" and meta["context_size"] == SMALL["window"] + 1
+    assert sae.cfg["dtype"] == "float32" and meta["sae_lens_version"] >= "6"
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
 
 

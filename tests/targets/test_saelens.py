@@ -13,9 +13,11 @@ def _net():
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
 
 
-@pytest.mark.parametrize("architecture, shift", [("relu", True), ("relu", False), ("jumprelu", True)])
-def test_folder_feature_scores_what_encode_gives(tmp_path, architecture, shift):
-    sae = small_sae(architecture, apply_b_dec_to_input=shift)
+@pytest.mark.parametrize("architecture, shift, normalize", [
+    ("relu", True, "none"), ("relu", False, "none"), ("jumprelu", True, "none"), ("gated", True, "none"),
+    ("relu", True, "layer_norm"), ("jumprelu", False, "constant_norm_rescale")])
+def test_folder_feature_scores_what_encode_gives(tmp_path, architecture, shift, normalize):
+    sae = small_sae(architecture, apply_b_dec_to_input=shift, normalize_activations=normalize)
     save(sae, tmp_path / "sae")
     net = _net()
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
@@ -64,3 +66,61 @@ def test_check_targets_reports_folder_problems_before_a_run(tmp_path):
     errors = dict(check_targets(net, specs, torch.zeros(2, 3)))
     assert list(errors) == specs[1:]
     assert "valid 0..5" in errors[specs[1]] and "d_in=4" in errors[specs[2]] and "does not exist" in errors[specs[3]]
+
+
+def test_abstopk_feature_scores_its_signed_pre_activation(tmp_path):
+    sae = small_sae("abstopk")
+    save(sae, tmp_path / "sae")
+    net = _net()
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(3))
+    scores = Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in range(6)])(x).scores
+    assert torch.allclose(scores, sae.pre_activation(net[0](x)), atol=1e-5)
+
+
+def _folder(path, cfg, tensors):
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+    return path
+
+
+def test_topk_decoder_norm_rescaling_is_folded_into_the_scores(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    w_enc, b_enc, w_dec, b_dec = torch.randn(4, 6, generator=gen), torch.randn(6, generator=gen), 3 * torch.randn(6, 4, generator=gen), torch.randn(4, generator=gen)
+    folder = _folder(tmp_path / "sae", {"architecture": "topk", "d_in": 4, "d_sae": 6, "k": 6, "rescale_acts_by_decoder_norm": True},
+                     {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec})
+    x = torch.randn(5, 4, generator=gen)
+    net = torch.nn.Sequential(torch.nn.Identity())
+    scores = Probe(net, [f"0:sae={folder}#{i}" for i in range(6)])(x).scores
+    assert torch.allclose(scores, (((x - b_dec) @ w_enc + b_enc) * w_dec.norm(dim=1)).clamp(min=0), atol=1e-5)
+
+
+def test_a_batchtopk_checkpoint_reads_as_its_jumprelu_with_one_threshold(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    w_enc, b_enc, w_dec, b_dec = torch.randn(4, 6, generator=gen), torch.randn(6, generator=gen), 2 * torch.randn(6, 4, generator=gen), torch.randn(4, generator=gen)
+    folder = _folder(tmp_path / "sae", {"architecture": "batchtopk", "d_in": 4, "d_sae": 6, "k": 2.0, "rescale_acts_by_decoder_norm": True},
+                     {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec, "topk_threshold": torch.tensor(0.7, dtype=torch.float64)})
+    x = torch.randn(9, 4, generator=gen)
+    pre = ((x - b_dec) @ w_enc + b_enc) * w_dec.norm(dim=1)
+    net = torch.nn.Sequential(torch.nn.Identity())
+    scores = Probe(net, [f"0:sae={folder}#{i}" for i in range(6)])(x).scores
+    assert torch.allclose(scores, torch.where(pre > 0.7, pre, torch.zeros_like(pre)), atol=1e-5)
+    assert bool((pre > 0.7).any()) and bool(((pre > 0) & (pre <= 0.7)).any())
+
+
+def test_a_per_head_sae_reads_its_head_of_a_wider_site(tmp_path):
+    gen = torch.Generator().manual_seed(6)
+    w_enc, b_enc = torch.randn(2, 3, generator=gen), torch.randn(3, generator=gen)
+    folder = _folder(tmp_path / "sae", {"architecture": "standard", "d_in": 2, "d_sae": 3, "apply_b_dec_to_input": False,
+                                        "metadata": {"hook_name": "blocks.0.attn.hook_z", "hook_head_index": 1}},
+                     {"W_enc": w_enc, "b_enc": b_enc, "W_dec": torch.zeros(3, 2), "b_dec": torch.zeros(2)})
+    x = torch.randn(5, 6, generator=gen)  # 3 heads of 2
+    net = torch.nn.Sequential(torch.nn.Identity())
+    scores = Probe(net, [f"0:sae={folder}#{i}" for i in range(3)])(x).scores
+    assert torch.allclose(scores, (x[:, 2:4] @ w_enc + b_enc).clamp(min=0), atol=1e-6)
+    with pytest.raises(TargetError, match="reads head 1 .* site '0' has 5 features"):
+        Probe(net, [f"0:sae={folder}#0"])(torch.zeros(1, 5))
