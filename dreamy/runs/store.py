@@ -14,28 +14,18 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import socket
-import sys
-import tempfile
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dreamy.core.config import Config
-from dreamy.core.files import fingerprint, umask, write_json_atomic
+from dreamy.core.files import fingerprint, write_json_atomic
+from dreamy.core.folders import LOCK_NAME, OutDirError, check_out_folder, check_unlocked, folder_lock
 
 # The files a dreamy run writes into its output folder besides those its records name (images, plots,
 # maxima PNGs); `clear_outputs` removes these and the recorded files, nothing else.
 OUTPUT_NAMES = ("results.json", "index.html")
 OUTPUT_FOLDERS = ("images", "maxima")  # removed only when nothing of the user's is left in them
-LOCK_NAME = ".dreamy.lock"
-
-
-class OutDirError(ValueError):
-    """The output folder cannot be used for this run (unwritable, holds another run, not a results file)."""
 
 
 RUN_FORMAT = 2  # 2: settings are a method config's fields (`run_info_of`); runs without "format" came before
@@ -118,19 +108,6 @@ def _shown(settings: dict[str, Any], key: str) -> str:
     return json.dumps(settings[key]) if key in settings else "unset"
 
 
-def _check_writable(directory: Path) -> None:
-    """Refuse a folder this process cannot create or write into, without leaving anything behind."""
-    existing = directory
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutDirError(f"output folder {directory}: '{existing}' is a file, not a folder")
-    try:
-        Path(tempfile.mkdtemp(prefix=".dreamy-write-test-", dir=existing)).rmdir()
-    except OSError as error:
-        raise OutDirError(f"output folder {directory} is not writable ({error.strerror or error}); choose another folder") from error
-
-
 def _user_entries(directory: Path) -> list[Path]:
     """What a folder holds, except this tool's lock file."""
     return [entry for entry in directory.iterdir() if entry.name != LOCK_NAME]
@@ -139,7 +116,8 @@ def _user_entries(directory: Path) -> list[Path]:
 def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
     """Check, before any work, that `directory` can take the results of `run` (see `run_info`).
 
-    Refused (`OutDirError`): an empty path, a path that is a file, a folder that cannot be written, a folder
+    Refused (`OutDirError`): an empty path, a path that is a file, a dangling symlink or a symlink loop, a folder
+    that cannot be written (`core.folders.check_out_folder`, the check every command shares), a folder
     another run is writing into (see `run_lock`), a non-empty folder without `resume` or `overwrite`, a `resume`
     into results of another run (the message names what differs) or into a broken results.json, and an
     `overwrite` of a non-empty folder that holds no dreamy results.json (nothing there is known to be a run's
@@ -150,12 +128,7 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         >>> import tempfile
         >>> prepare_out_dir(tempfile.mkdtemp(), run_info("tiny:cnn", "image", {}, 0))
     """
-    if str(directory).strip() == "":
-        raise OutDirError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise OutDirError(f"output folder {directory} exists and is not a folder")
-    _check_writable(directory)
+    directory = check_out_folder(directory)  # empty, a file, a dangling symlink or a loop, unwritable
     if not directory.exists():
         return
     check_unlocked(directory)
@@ -227,59 +200,15 @@ def clear_outputs(directory: str | Path) -> None:
             folder.rmdir()
 
 
-def _holder(path: Path) -> str:
-    """Who holds a lock file, in words (what its holder wrote into it)."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or "pid" not in info:
-        return "another process"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    return f"pid {info['pid']} on {info.get('host', '?')}, since {since}: {info.get('command', '?')}"
-
-
-def _locked_by_this_thread(path: Path) -> bool:
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("pid") == os.getpid() and info.get("thread") == threading.get_ident()
-
-
-def check_unlocked(directory: str | Path) -> None:
-    """Refuse (`OutDirError`, naming the holder) a folder that another run holds with `run_lock`.
-
-    Example:
-        >>> import tempfile
-        >>> check_unlocked(tempfile.mkdtemp())
-    """
-    import fcntl
-
-    path = Path(directory) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # no lock file: nobody holds it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if not _locked_by_this_thread(path):
-            raise OutDirError(f"output folder {directory} is in use by another dream run ({_holder(path)}); wait for it "
-                              "to finish or choose another folder") from None
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
     """Hold an exclusive lock on output folder `directory` (created if missing) while the block runs.
 
     One run writes into a folder at a time: a second `run_lock` on it, from any process, raises `OutDirError`
-    naming the holder (pid, host, start, command). The lock is an `flock` on `DIR/.dreamy.lock`, which the
-    system releases when its process dies however it dies, so a killed run never leaves a stale lock; the file
-    is removed on every normal exit. Re-entrant within one thread (an inner `run_lock` of the same folder is a
-    no-op). Yields the folder.
+    naming the holder (pid, host, start, command). The lock is an `flock` on `DIR/.dreamy.lock`
+    (`core.folders.folder_lock`), which the system releases when its process dies however it dies, so a killed
+    run never leaves a stale lock; the file is removed on every normal exit. Re-entrant within one thread (an
+    inner `run_lock` of the same folder is a no-op). Yields the folder.
 
     Example:
         >>> import tempfile
@@ -287,41 +216,9 @@ def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
         ...     (folder / LOCK_NAME).exists()
         True
     """
-    import fcntl
-
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if _locked_by_this_thread(path):
-                yield folder
-                return
-            raise OutDirError(f"output folder {folder} is in use by another dream run ({_holder(path)}); wait for it "
-                              "to finish or choose another folder") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # a releasing holder may have unlinked it meanwhile
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        info = {"pid": os.getpid(), "thread": threading.get_ident(), "host": socket.gethostname(),
-                "started": time.time(), "command": command or " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+    with folder_lock(folder, command):
         yield folder
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
 
 
 def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
