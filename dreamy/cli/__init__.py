@@ -8,8 +8,9 @@
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m. One module
 per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`); flags in `cli.parser`. A bad command line is one
 line on stderr and exit code 2, before any model loads where it can be known then. Ctrl-C or SIGTERM stops
-the run (exit 130); finished targets are saved and `--resume` completes the rest. This package is the only
-place that prints, parses arguments or names a flag.
+the run (exit 130, from the first moment `main` runs: the handler is set before anything heavy is imported);
+finished targets (`sae-train`: the last SAE checkpoint) are saved and `--resume` completes the rest. This package
+is the only place that prints, parses arguments or names a flag.
 
 Example:
     >>> main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", __import__("tempfile").mkdtemp(), "--quiet"])  # doctest: +ELLIPSIS
@@ -39,15 +40,26 @@ def _interrupt_on_sigterm() -> Any:
         return None
 
 
+INTERRUPTED = {
+    None: "dream: interrupted",
+    "sites": "dream: interrupted",
+    "sae-train": "dream: interrupted; the SAE checkpoint (checkpoint.pt in --out) keeps the training up to its last "
+                 "save (rerun with --resume to continue)",
+}
+INTERRUPTED_RUN = "dream: interrupted; finished targets are saved (rerun with --resume)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dream` with `argv` (default: the command line); returns the exit code."""
     previous = _interrupt_on_sigterm()  # first: a SIGTERM during start-up is an interrupt too
-    logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
+    command = None
     try:
+        logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
         from dreamy.cli import dream, sae_train, sites
         from dreamy.cli.parser import build_parser
 
         args = build_parser().parse_args(argv)
+        command = args.command
         if args.command == "sites":
             return sites.run(args)
         if args.command == "sae-train":
@@ -60,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dream: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dream: interrupted; finished targets are saved (rerun with --resume)", file=sys.stderr)
+        print(INTERRUPTED.get(command, INTERRUPTED_RUN), file=sys.stderr)
         return 130
     finally:
         if previous is not None:
