@@ -236,3 +236,48 @@ def test_killed_worker_loses_only_its_batch_and_resume_completes(tmp_path, local
     targets = [r["target"] for r in saved]
     assert sorted(targets) == sorted(f"conv3:{i}" for i in range(8)) and len(targets) == len(set(targets))
     assert len(first) + len(second) == 8
+
+
+def test_the_gallery_is_rewritten_as_often_as_its_cost_allows_and_always_at_the_end(tmp_path, monkeypatch):
+    import time
+
+    import dreamy.runs.local as local
+
+    calls = []
+    real = local.write_index
+
+    def slow(directory, records, title):
+        calls.append(len(records))
+        time.sleep(0.5)  # a big run's gallery: the next rewrite waits ~5 s
+        return real(directory, records, title)
+
+    monkeypatch.setattr(local, "write_index", slow)
+    started = time.monotonic()
+    dream_targets(cached("tiny:cnn"), ["head:0-5"], DreamConfig(steps=1), out_dir=tmp_path, batch_targets=1,
+                  progress=False)
+    if time.monotonic() - started > 4.5:
+        pytest.skip("the machine is too slow to fit the batches in one pause")
+    assert calls == [1, 6]  # the first batch, then the end: not once per batch
+    page = (tmp_path / "index.html").read_text()
+    assert all(f"head:{i}" in page for i in range(6)) and "6 target(s)" in page
+
+
+def test_an_interrupt_leaves_the_gallery_and_results_json_complete(tmp_path, monkeypatch):
+    import dreamy.runs.batch as batches
+    from dreamy.runs.store import LOG_NAME
+
+    real = batches.dream_batch
+    done = []
+
+    def dream_batch(loaded, specs, config, **kwargs):
+        if len(done) == 7:
+            raise KeyboardInterrupt
+        done.append(specs)
+        return real(loaded, specs, config, **kwargs)
+
+    monkeypatch.setattr(batches, "dream_batch", dream_batch)
+    with pytest.raises(KeyboardInterrupt):
+        dream_targets(cached("tiny:cnn"), ["head:0-9"], DreamConfig(steps=1), out_dir=tmp_path, batch_targets=1,
+                      progress=False)
+    assert sorted(records_by_target(tmp_path)) == sorted(f"head:{i}" for i in range(7))
+    assert not (tmp_path / LOG_NAME).exists() and "7 target(s)" in (tmp_path / "index.html").read_text()
