@@ -359,3 +359,31 @@ def test_maxima_that_are_not_text_exit_2_from_the_command_line(tmp_path):
                                             "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "holds no text file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def _torch_is_loading(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return "torch" in maps.read()
+    except OSError:
+        return True  # gone already: let the caller see how it ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch loading")
+@pytest.mark.parametrize("entry", [["-m", "dreamy"], ["-c", "import sys; from dreamy.cli import main; sys.exit(main())"]])
+@pytest.mark.parametrize("sig, after", [(signal.SIGTERM, 0.0), (signal.SIGTERM, 0.15), (signal.SIGTERM, 0.5),
+                                        (signal.SIGINT, 0.3)])
+def test_an_interrupt_while_torch_is_still_importing_exits_130(tmp_path, entry, sig, after):
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, *entry, *IMAGE, "--target", "head:1", "--steps", "2000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while not _torch_is_loading(proc.pid) and time.time() < deadline:
+        time.sleep(0.001)
+    time.sleep(after)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("dream: interrupted") and "Traceback" not in err, err
+    assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())["records"] == []
