@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from dreamy.core.config import Config
 from dreamy.core.files import safe_name
+from dreamy.core.frozen import frozen
 from dreamy.core.png import png_bytes
 from dreamy.models import LoadedModel
 from dreamy.report.plots import evaluated_points, frontier_png, plot_name, steps_png
@@ -126,8 +127,16 @@ def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, pr
     alone, the finished ones are kept; a target that fails alone becomes an error record. An interrupted run
     raises `KeyboardInterrupt`. `progress` shows the batch's own bar. Each record gets its plot (`"plot"`, a
     PNG in `files`); prompt records also their output-side `"description"` when `describe`. `starts` holds the
-    dataset windows a prompt search seeded from the corpus starts from (`{spec: [token ids, ...]}`)."""
+    dataset windows a prompt search seeded from the corpus starts from (`{spec: [token ids, ...]}`). The model
+    runs in eval mode with no parameter requiring grad (`core.frozen`) and is restored afterwards."""
     check_model(loaded, config)
+    with frozen(loaded.model):
+        return _dream_batch(loaded, specs, config, progress, describe, starts)
+
+
+def _dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, progress: bool, describe: bool,
+                 starts: dict[str, Any] | None) -> BatchOutput:
+    """`dream_batch` with the model frozen."""
     try:
         extra = {"starts": {spec: starts[spec] for spec in specs}} if starts else {}
         result = _method_function(config)(loaded, list(specs), config=config, progress=progress, **extra)

@@ -281,3 +281,17 @@ def test_an_interrupt_leaves_the_gallery_and_results_json_complete(tmp_path, mon
                       progress=False)
     assert sorted(records_by_target(tmp_path)) == sorted(f"head:{i}" for i in range(7))
     assert not (tmp_path / LOG_NAME).exists() and "7 target(s)" in (tmp_path / "index.html").read_text()
+
+
+def test_a_prompt_run_reads_a_model_in_train_mode_in_eval_mode_and_leaves_it_as_found(tmp_path):
+    from dreamy.models import load
+
+    lm = load("tiny:lm")
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = 0.9  # in train mode every forward would differ
+    eval_run = dream_targets(lm, ["model.layers.1:2"], PROMPT, out_dir=tmp_path / "eval", progress=False)
+    lm.model.train()
+    lm.model.lm_head.weight.requires_grad_(True)
+    train_run = dream_targets(lm, ["model.layers.1:2"], PROMPT, out_dir=tmp_path / "train", progress=False)
+    assert train_run[0]["frontier"] == eval_run[0]["frontier"]
+    assert lm.model.training and lm.model.lm_head.weight.requires_grad and lm.model.lm_head.weight.grad is None
