@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -105,6 +106,12 @@ def _prompt_record(loaded: LoadedModel, record: dict[str, Any], result: Any, t: 
     """A prompt target's record: the frontier, its evaluated prompts (compact, for the plot), the output-side
     description when `describe` (see `runs.describe`), and the frontier plot."""
     record = {**record, "model": loaded.name, "evaluated": evaluated_points(result[t].history)}
+    activation = record.get("activation")
+    if not isinstance(activation, (int, float)) or not math.isfinite(activation):
+        record.update(activation=None, error=f"the search's best activation is not finite ({activation}): the "
+                                             "target gives non-finite values on these prompts; check its direction "
+                                             "or SAE file")
+        return BatchOutput([record])
     if describe:
         record = describe_record(loaded, record)
     out = BatchOutput([record])

@@ -92,7 +92,8 @@ def check_model(loaded: LoadedModel, config: Config) -> None:
 
 def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
     """Keyword arguments of one forward shaped like the run's: two images at the model's input size, or
-    two prompts of the run's full length (prefix, span, suffix), so checks see the real positions.
+    two prompts of the run's full length (prefix, span, suffix), so checks see the real positions. A prompt
+    longer than the model's context (`max_position_embeddings`) is refused (`ValueError`) before any forward.
 
     Example:
         >>> from dreamy.models import load
@@ -110,6 +111,11 @@ def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
     from dreamy.language.layout import make_layout
 
     layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix, device=loaded.device)
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and layout.length > context:
+        raise ValueError(f"a prompt of {layout.length} tokens (start and prefix {len(layout.prefix)}, n_tokens "
+                         f"{config.n_tokens}, suffix {len(layout.suffix)}) is longer than the {context} positions "
+                         f"'{loaded.name}' was made for; lower n_tokens (--tokens) or shorten the prefix/suffix")
     filler = int(layout.prefix[-1])
     span = torch.full((2, layout.n_tokens), filler, dtype=torch.long, device=loaded.device)
     return {"input_ids": layout.full(span), "sequence_reduce": "pos=-1"}

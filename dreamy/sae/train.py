@@ -20,7 +20,7 @@ sparse autoencoders" (2024).
   continues from the last one and ends equal to an uninterrupted run (same settings required). A checkpoint
   that is not one of ours, or holds non-finite values, is refused in one line (`SAERunError`).
 - Checked before any training: the output folder (`core.folders.check_out_folder`: unwritable, a dangling
-  symlink or a loop; another SAE run's files without `resume`), the site (`activations.check_site`: token
+  symlink or a loop; another SAE run's files without `resume`), the window against the model's context, the site (`activations.check_site`: token
   ids, a tensor shared across the batch) and the memory training needs (`training_bytes`). While it trains
   the folder is locked (`core.folders.folder_lock`: one run per folder) and the model runs in eval mode
   without parameter gradients (`core.frozen`); temporary files a killed run left are removed first.
@@ -400,6 +400,10 @@ def train_sae(
     if loaded.tokenizer is None:
         raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
     folder = check_out_dir(out_dir, resume)
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and config.window + 1 > context:
+        raise SAERunError(f"windows of {config.window} tokens (and the start token) are longer than the {context} "
+                          f"positions '{loaded.name}' was made for; lower --window (window=)")
     probe = site_probe(loaded, site)
     with frozen(loaded.model):  # eval mode (no dropout), no parameter gradients; restored afterwards
         check_memory(check_site(loaded, site, probe), config, loaded.device)

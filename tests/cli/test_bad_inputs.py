@@ -387,3 +387,12 @@ def test_an_interrupt_while_torch_is_still_importing_exits_130(tmp_path, entry, 
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("dream: interrupted") and "Traceback" not in err, err
     assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())["records"] == []
+
+
+def test_a_prompt_longer_than_the_model_context_is_refused_up_front(capsys, tmp_path):
+    out = tmp_path / "o"
+    started = time.time()
+    assert main(PROMPT[:-1] + ["--tokens", "100000", "--target", "logits:1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "longer than the 256 positions 'tiny:lm'" in err and "--tokens" in err
+    assert time.time() - started < 60 and not out.exists()

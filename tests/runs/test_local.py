@@ -295,3 +295,25 @@ def test_a_prompt_run_reads_a_model_in_train_mode_in_eval_mode_and_leaves_it_as_
     train_run = dream_targets(lm, ["model.layers.1:2"], PROMPT, out_dir=tmp_path / "train", progress=False)
     assert train_run[0]["frontier"] == eval_run[0]["frontier"]
     assert lm.model.training and lm.model.lm_head.weight.requires_grad and lm.model.lm_head.weight.grad is None
+
+
+def test_a_prompt_search_whose_best_activation_is_not_finite_is_an_error_record(tmp_path, monkeypatch):
+    import importlib
+
+    epo = importlib.import_module("dreamy.language.epo")  # the module (dreamy.language.epo is also the function)
+    real = epo.epo_many
+
+    class NotFinite(list):
+        def to_records(self):
+            return [{**r, "activation": float("nan")} for r in self.results.to_records()]
+
+    def broken(*args, **kwargs):
+        results = real(*args, **kwargs)
+        wrapped = NotFinite(results)
+        wrapped.results = results
+        return wrapped
+
+    monkeypatch.setattr(epo, "epo_many", broken)
+    (record,) = dream_targets(cached("tiny:lm"), ["logits:1"], PROMPT, out_dir=tmp_path, progress=False)
+    assert "best activation is not finite (nan)" in record["error"] and record["activation"] is None
+    assert json.loads((tmp_path / "results.json").read_text())["records"][0]["activation"] is None

@@ -32,3 +32,13 @@ def test_prompt_targets_a_search_never_runs_are_unusable(tiny_lm, tmp_path):
     by_target = {r["target"]: r for r in records}
     assert "never runs in a prompt search" in by_target["model.embed_tokens:3"]["error"]
     assert "error" not in by_target["logits:1"]
+
+
+def test_a_prompt_longer_than_the_model_context_is_refused_before_any_forward(tiny_lm, monkeypatch):
+    import dreamy.targets.check as check
+
+    monkeypatch.setattr(check, "capture_raw", lambda *a, **k: pytest.fail("a forward ran"))
+    with pytest.raises(ValueError, match=r"a prompt of 301 tokens .* longer than the 256 positions 'tiny:lm'.*--tokens"):
+        unusable_targets(tiny_lm, ["logits:1"], EPOConfig(n_tokens=300))
+    with pytest.raises(ValueError, match="longer than the 256 positions"):
+        unusable_targets(tiny_lm, ["logits:1"], EPOConfig(n_tokens=250, prefix="the cat sat on the mat " * 4))

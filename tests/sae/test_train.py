@@ -198,3 +198,10 @@ def _try(lm, folder):
     except Exception as error:  # handed to the test thread
         return error
     return AssertionError("a second run was let in")
+
+
+def test_windows_longer_than_the_model_context_are_refused(tiny_lm, tmp_path):
+    with pytest.raises(SAERunError, match="windows of 300 tokens .* longer than the 256 positions 'tiny:lm'"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "x", **{**SMALL, "window": 300,
+                                                                                   "batch_tokens": 600})
+    assert not (tmp_path / "x").exists()
