@@ -121,8 +121,8 @@ def lr_factor(step: int, n_steps: int) -> float:
 
 def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
     """The output folder, refused (`OutDirError` or `SAERunError`, one line) when it cannot be written (see
-    `core.folders.check_out_folder`), another run holds it, or it holds files of another SAE run and `resume` is
-    off.
+    `core.folders.check_out_folder`), another run holds it, it holds files of another SAE run and `resume` is
+    off, an SAE without the checkpoint `resume` needs (resuming would train afresh over it), or a dream run.
 
     Example:
         >>> import tempfile
@@ -136,6 +136,12 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
     if taken and not resume:
         raise SAERunError(f"output folder '{out_dir}' already holds an SAE run ({', '.join(taken)}); "
                           "pass --resume (resume=True) to continue it, or choose another folder")
+    if taken and CHECKPOINT_NAME not in taken:  # resuming would train afresh over an SAE it cannot continue
+        raise SAERunError(f"output folder '{out_dir}' holds an SAE ({', '.join(taken)}) but no {CHECKPOINT_NAME} to "
+                          "resume from (not trained here, or its checkpoint was removed); choose another folder")
+    if (folder / "results.json").is_file():
+        raise SAERunError(f"output folder '{out_dir}' holds a dream run (results.json); train the SAE into its "
+                          "own folder")
     return folder
 
 

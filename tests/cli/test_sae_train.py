@@ -305,3 +305,19 @@ def test_sigterm_speaks_of_the_sae_checkpoint(corpus, tmp_path):
     assert proc.returncode == 130, err
     assert "SAE checkpoint" in err and "--resume" in err and "finished targets" not in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] >= 50
+
+
+def test_resume_never_trains_afresh_over_an_sae_it_cannot_continue(corpus, tmp_path):
+    out = tmp_path / "sae"
+    assert cli.main(_argv(corpus, out)) == 0
+    (out / "checkpoint.pt").unlink()  # e.g. an SAELens folder copied here
+    weights = (out / "sae_weights.safetensors").read_bytes()
+    one_line(run(*_argv(corpus, out, "--resume")), 2, "but no checkpoint.pt to resume from")
+    assert (out / "sae_weights.safetensors").read_bytes() == weights
+
+
+def test_a_dream_run_folder_is_not_an_sae_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(_argv(corpus, out)) == 2
+    assert "holds a dream run (results.json)" in capsys.readouterr().err
