@@ -64,7 +64,8 @@ def _symlink_problem(path: Path, shown: str) -> str | None:
 
 def check_out_folder(directory: str | os.PathLike) -> Path:
     """Refuse (`OutDirError`, one line) an output folder that cannot be used, before any work; returns it as a
-    `Path` (`~` expanded). Nothing is created or left behind. See the module docstring for what is refused.
+    `Path` (as given: the caller writes where it checked). Nothing is created or left behind. See the module
+    docstring for what is refused.
 
     Example:
         >>> check_out_folder("")
@@ -74,7 +75,7 @@ def check_out_folder(directory: str | os.PathLike) -> Path:
     """
     if str(directory).strip() == "":
         raise OutDirError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
-    path = Path(directory).expanduser()
+    path = Path(directory)
     existing = path
     while True:  # up to the first part that exists; every symlink on the way must lead somewhere
         if existing.is_symlink():

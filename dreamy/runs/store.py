@@ -331,15 +331,17 @@ class ResultsStore:
         self.run = run
         self._results_bytes = 0
         self._log_bytes = 0
+        self._saved_fingerprint = None  # of the run results.json records; log lines carry it
         if self.path.exists() or self.path.is_symlink():
             saved_run, records = _read_results(self.path)
             if run is not None and saved_run is not None and run_differences(saved_run, run):
                 raise OutDirError(f"{self.path} holds another run ({'; '.join(run_differences(saved_run, run))})")
             self.run = run or saved_run
+            self._saved_fingerprint = (saved_run or {}).get("fingerprint")
             self._results_bytes = self.path.stat().st_size
             self._put(records)
         if self.log_path.exists():
-            for batch in _read_log(self.log_path, (self.run or {}).get("fingerprint")):
+            for batch in _read_log(self.log_path, self._saved_fingerprint):
                 self._put(batch)
             self._log_bytes = self.log_path.stat().st_size
 
@@ -375,8 +377,9 @@ class ResultsStore:
         self._put(new)
         entry = {"records": new, **({"run": self.run["fingerprint"]} if self.run and self.run.get("fingerprint") else {})}
         line = (json.dumps(json_safe(entry), allow_nan=False) + "\n").encode()
-        if not self.path.exists() or self._log_bytes + len(line) >= self._results_bytes:
-            self.compact()
+        current = (self.run or {}).get("fingerprint")
+        if not self.path.exists() or self._saved_fingerprint != current or self._log_bytes + len(line) >= self._results_bytes:
+            self.compact()  # first records, a run results.json does not name yet (e.g. a legacy one), or a big log
             return
         with open(self.log_path, "ab+") as handle:
             _cut_torn_tail(handle)
@@ -389,6 +392,7 @@ class ResultsStore:
         """Write every record into results.json (atomically) and remove records.jsonl."""
         write_json_atomic(self.path, {**({"run": self.run} if self.run else {}), "records": self.records})
         self._results_bytes = self.path.stat().st_size
+        self._saved_fingerprint = (self.run or {}).get("fingerprint")
         try:
             self.log_path.unlink()
         except FileNotFoundError:

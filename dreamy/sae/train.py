@@ -129,7 +129,8 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
         >>> check_out_dir(tempfile.mkdtemp(), resume=False).is_dir()
         True
     """
-    folder = check_out_folder(out_dir)  # the check every command shares: a file, a dangling symlink, unwritable
+    # the check every command shares (a file, a dangling symlink, unwritable), on the folder written to
+    folder = check_out_folder(Path(out_dir).expanduser() if str(out_dir).strip() else out_dir)
     if folder.is_dir():
         check_unlocked(folder)
     taken = [name for name in (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME) if (folder / name).exists()]

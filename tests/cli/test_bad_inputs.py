@@ -396,3 +396,16 @@ def test_a_prompt_longer_than_the_model_context_is_refused_up_front(capsys, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "longer than the 256 positions 'tiny:lm'" in err and "--tokens" in err
     assert time.time() - started < 60 and not out.exists()
+
+
+def test_an_interrupt_inside_an_import_waits_for_the_import_to_finish(tmp_path):
+    # deterministic: a module that SIGTERMs its own process half-way through being imported
+    (tmp_path / "halfway.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                                         "time.sleep(0.3)\nfinished = True\n")
+    code = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom dreamy import cli\n"
+            "previous = cli._interrupt_on_signals()\n"
+            "try:\n    import halfway\n    time.sleep(5)\n    print('no interrupt')\n"
+            "except KeyboardInterrupt:\n    print('interrupted after the import:', 'halfway' in sys.modules and "
+            "getattr(sys.modules['halfway'], 'finished', False))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted after the import: True", done.stdout + done.stderr

@@ -340,3 +340,16 @@ def test_clear_outputs_removes_the_log_and_the_files_its_records_name(tmp_path):
     assert (tmp_path / LOG_NAME).exists()
     clear_outputs(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_records_of_a_run_results_json_does_not_name_yet_are_never_only_logged(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    (tmp_path / "results.json").write_text(json.dumps({"records": [_record(i, 2000) for i in range(20)]}))  # no run
+    run = run_info("tiny:cnn", "image", {}, 0)
+    store = ResultsStore(tmp_path, run)
+    store.add(_record(20))
+    assert not (tmp_path / LOG_NAME).exists()  # compacted: results.json now names the run the records belong to
+    assert json.loads((tmp_path / "results.json").read_text())["run"] == run
+    store.add(_record(21))
+    assert (tmp_path / LOG_NAME).exists() and len(ResultsStore(tmp_path, run).records) == 22

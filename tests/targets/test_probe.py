@@ -279,16 +279,33 @@ def test_reads_last_position_only_follows_each_terms_reduction():
 
 
 class Meet(nn.Module):
-    """Holds each forward until `parties` forwards (threads) are inside the model at once."""
+    """Holds each forward until `parties` forwards (threads) are inside the model at once; then the forward of a
+    batch of `last_rows` rows waits until the other one has passed `Passed` (or 2 s), so the other runs on first."""
 
-    def __init__(self, parties: int) -> None:
+    def __init__(self, parties: int, last_rows: int | None = None, passed=None) -> None:
         super().__init__()
         import threading
 
         self.barrier = threading.Barrier(parties, timeout=20)
+        self.last_rows, self.passed = last_rows, passed
 
     def forward(self, x):
         self.barrier.wait()
+        if self.passed is not None and x.shape[0] == self.last_rows:
+            self.passed.wait(timeout=2)
+        return x
+
+
+class Passed(nn.Module):
+    """Marks that a forward of any batch but `last_rows` rows has run through it."""
+
+    def __init__(self, last_rows: int, event) -> None:
+        super().__init__()
+        self.last_rows, self.event = last_rows, event
+
+    def forward(self, x):
+        if x.shape[0] != self.last_rows:
+            self.event.set()
         return x
 
 
@@ -312,8 +329,14 @@ def _in_threads(n, work):
 
 
 def test_threads_probing_one_model_at_once_each_see_their_own_forward():
+    import threading
+
     gen = torch.Generator().manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 6), Meet(2), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)).requires_grad_(False)
+    passed = threading.Event()
+    # both calls have hooked the model before either forward goes on; the 5-row forward then reaches every site
+    # first, while the 2-row call's hooks (on the same modules) are registered and its own forward waits
+    net = nn.Sequential(nn.Linear(4, 6), Meet(2, last_rows=2, passed=passed), nn.Linear(6, 3), nn.ReLU(),
+                        nn.Linear(3, 2), Passed(2, passed)).requires_grad_(False)
     probes = [Probe(net, ["2:1"]), Probe(net, ["2:1", "4:0"])]  # both stop early, after different sites
     inputs = [torch.randn(2, 4, generator=gen), torch.randn(5, 4, generator=gen)]
     results, errors = _in_threads(2, lambda i: probes[i](inputs[i]).scores)
