@@ -152,7 +152,8 @@ def folder_lock(directory: str | os.PathLike, command: str = "") -> Iterator[boo
     for the outermost holder and False for a re-entrant one (the same thread already holds it: a no-op).
 
     A second holder, from another process or thread, gets `OutDirError` naming the first (pid, host, start,
-    command). The lock file is removed on every normal exit; a killed holder's lock is released by the system.
+    command). The lock file is removed on every normal exit (and the folder too when the lock made it and nothing
+    was written into it); a killed holder's lock is released by the system.
 
     Example:
         >>> import tempfile
@@ -165,6 +166,7 @@ def folder_lock(directory: str | os.PathLike, command: str = "") -> Iterator[boo
     import fcntl
 
     folder = Path(directory)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     while True:
@@ -196,6 +198,11 @@ def folder_lock(directory: str | os.PathLike, command: str = "") -> Iterator[boo
         except FileNotFoundError:
             pass
         os.close(fd)
+        if created:
+            try:
+                folder.rmdir()  # made for a run that wrote nothing: leave no empty folder behind
+            except OSError:
+                pass
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] = (), pattern: str | None = None) -> list[Path]:

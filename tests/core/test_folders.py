@@ -92,3 +92,13 @@ def test_the_temp_pattern_is_the_one_write_atomic_uses(tmp_path, monkeypatch):
     monkeypatch.undo()
     (left,) = tmp_path.iterdir()
     assert remove_stale_temps(tmp_path, ["checkpoint.pt"]) == [left] and not any(tmp_path.iterdir())
+
+
+def test_a_folder_the_lock_made_for_nothing_is_removed(tmp_path):
+    with folder_lock(tmp_path / "empty"):
+        assert (tmp_path / "empty" / LOCK_NAME).exists()
+    with folder_lock(tmp_path / "used") as outer:
+        (tmp_path / "used" / "result.txt").write_text("x")
+    with folder_lock(tmp_path):  # a folder that was there stays, empty or not
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"] and outer
