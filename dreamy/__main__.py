@@ -1,4 +1,4 @@
-"""`python -m dreamy` runs the `dream` command."""
+"""`python -m dreamy` runs the `dream` command (which sets its interrupt handlers before anything heavy loads)."""
 
 import sys
 

@@ -28,6 +28,7 @@ import torch
 from dreamy.cli.arguments import MAX_SEED, UsageError, check_seed
 from dreamy.cli.parser import DEFAULT_MODELS, REGULARIZER_FLAGS
 from dreamy.core.config import Config, ConfigError
+from dreamy.core.memory import available_bytes
 from dreamy.targets import TargetError, expand
 
 DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
@@ -91,24 +92,11 @@ def _targets(args: argparse.Namespace) -> list[str]:
         raise UsageError(str(error).splitlines()[0]) from error
 
 
-def _available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _check_image_memory(args: argparse.Namespace, n_targets: int, size: tuple[int, int], device: torch.device) -> None:
     """Refuse an image batch whose estimated memory exceeds what the device has free."""
     images = min(args.batch_targets, n_targets) * args.per_target
     need = images * 3 * size[0] * size[1] * BYTES_PER_INPUT_VALUE
-    free = _available_bytes(device)
+    free = available_bytes(device)
     if free is not None and need > free:
         raise UsageError(f"{images} image(s) of {size[0]}x{size[1]} need about {need / 2**30:.1f} GiB but "
                          f"{free / 2**30:.1f} GiB is free; lower --size, --batch-targets or --per-target")

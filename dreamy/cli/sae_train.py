@@ -4,9 +4,14 @@
         --features 4096 --k 32 --tokens 1000000 --out sae-l9/ [--resume] [--seed N] [--batch-tokens N] [--lr X]
         [--window N] [--heldout-tokens N] [--device D] [--quiet]
 
-Every argument is checked before the model loads (bad ones: one line, exit 2); then the site is checked
-against the loaded model, the SAE trains (progress bar: tokens/s, FVE, L0, dead fraction), and its folder
-(`cfg.json`, `sae_weights.safetensors`, `metrics.json`, `checkpoint.pt`) is written. The figures are printed.
+Every argument is checked before the model loads (bad ones: one line, exit 2): the output folder with the
+same check as `dream image|prompt` (unwritable, a dangling symlink or a loop, another run holding it), the
+corpora (text, not binary files). Then, with the model loaded, the site (token ids or a tensor shared across
+the batch are refused) and the memory training needs; only then does the SAE train (progress bar: tokens/s,
+FVE, L0, dead fraction), holding the folder's lock, and its folder (`cfg.json`, `sae_weights.safetensors`,
+`metrics.json`, `checkpoint.pt`) is written. The figures are printed. Training that diverges (a non-finite
+loss or weight) stops with one line and exit code 1, keeping the last finite checkpoint; figures that are not
+finite are printed as an error too (exit 1).
 
 Example:
     >>> import argparse
@@ -19,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         ...
         dreamy.cli.arguments.UsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
     """
+    from dreamy.datasets import DatasetError, open_text
     from dreamy.models import check_device, kind_of
     from dreamy.sae.train import SAERunError, check_out_dir
     from dreamy.targets import SpecError, parse
@@ -74,6 +81,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     for corpus in args.corpus:
         if corpus not in CORPUS_NAMES and not Path(corpus).expanduser().exists():
             raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder")
+        if corpus not in CORPUS_NAMES:
+            try:
+                open_text(corpus, max_words=1)  # text, not a binary file or a folder of them
+            except DatasetError as error:
+                raise UsageError(f"--corpus: {str(error).splitlines()[0]}") from error
     if args.k > args.features:
         raise UsageError(f"--k {args.k} must be <= --features {args.features}")
     if args.window < 2:
@@ -144,19 +156,30 @@ def run(args: argparse.Namespace) -> int:
         dreamy.cli.arguments.UsageError: --k 16 must be <= --features 8
     """
     check_arguments(args)
+    config = config_of(args)
     from dreamy.models import load
-    from dreamy.sae.activations import site_probe
-    from dreamy.sae.train import train_sae
-    from dreamy.targets import TargetError
+    from dreamy.sae.activations import check_site, site_probe
+    from dreamy.sae.train import SAEDiverged, SAERunError, check_memory, train_sae
 
     loaded = load(args.model, args.device)
     if loaded.kind != "language" or loaded.tokenizer is None:
         raise UsageError(f"--model {args.model} is not a language model with a tokenizer")
     try:
-        site_probe(loaded, args.site)
-    except TargetError as error:
+        d_in = check_site(loaded, args.site, site_probe(loaded, args.site))
+    except ValueError as error:  # a TargetError too
         raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
-    result = train_sae(loaded, args.site, args.corpus, config_of(args), out_dir=args.out, resume=args.resume,
-                       progress=not args.quiet)
+    try:
+        check_memory(d_in, config, loaded.device)
+    except SAERunError as error:
+        raise UsageError(str(error)) from error
+    try:
+        result = train_sae(loaded, args.site, args.corpus, config, out_dir=args.out, resume=args.resume,
+                           progress=not args.quiet)
+    except SAEDiverged as error:
+        print(f"dream: error: {error}", file=sys.stderr)
+        return 1
     print(summary(result.metrics, result.out_dir))
+    if "error" in result.metrics:
+        print(f"dream: error: {result.metrics['error']} (written to {result.out_dir / 'metrics.json'})", file=sys.stderr)
+        return 1
     return 0

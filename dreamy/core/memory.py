@@ -1,4 +1,5 @@
-"""Work that must fit in memory: run a batch in chunks, halving the chunk on out-of-memory and retrying.
+"""Work that must fit in memory: run a batch in chunks, halving the chunk on out-of-memory and retrying; and
+what a device has free, for the up-front memory estimates (`dream image` batches, `dream sae-train`).
 
 Example:
     >>> run_chunked(lambda rows: list(range(5))[rows], 5, 2)
@@ -13,6 +14,30 @@ from typing import Any, Callable
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def available_bytes(device: str | torch.device) -> int | None:
+    """Bytes free on `device` now: a CUDA device's free memory, or the host's available memory (Linux
+    `/proc/meminfo`) for the CPU; None when it cannot be known.
+
+    Example:
+        >>> free = available_bytes("cpu")
+        >>> free is None or free > 0
+        True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def is_oom(error: BaseException) -> bool:

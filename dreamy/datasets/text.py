@@ -1,7 +1,7 @@
 """Text corpora for dataset maxima and SAE training: Debian's fortunes and King James Bible, or your own files.
 
 `open_text(name)`: `fortunes` (Debian `fortunes`, ~440k words), `bible-kjv` (Debian `bible-kjv`, ~790k words),
-or any text file or folder. A `max_words` limit becomes part of the name, so cached maxima of a subset never
+or any text file or folder (files that are not text are refused: `not_text`). A `max_words` limit becomes part of the name, so cached maxima of a subset never
 pass for the whole corpus.
 
 Example:
@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -18,9 +19,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreamy.core.files import short_hash
 from dreamy.datasets.errors import DatasetError
 
+log = logging.getLogger(__name__)
+
 FORTUNES_DIR = "/usr/share/games/fortunes"
+MAX_INVALID_SHARE = 0.01  # a text file may hold this share of bytes that are not UTF-8 (decoded as U+FFFD)
 TEXT_CORPORA = ("fortunes", "bible-kjv", "PATH (a text file or folder)")
 
 
@@ -85,8 +90,38 @@ def bible_kjv() -> TextCorpus:
     return TextCorpus("bible-kjv", "\n".join(verses))
 
 
+def not_text(data: bytes) -> str | None:
+    """Why `data` is not text, or None when it is: NUL bytes (a binary file, or UTF-16), or more than
+    `MAX_INVALID_SHARE` (1%) of its bytes invalid as UTF-8 (a few stray bytes are decoded as U+FFFD).
+
+    Example:
+        >>> not_text("héllo wörld".encode()), not_text(bytes([0x7f, 0x45, 0x4c, 0x46, 0, 0]))
+        (None, 'it holds NUL bytes (a binary file, or UTF-16 text)')
+    """
+    if b"\x00" in data:
+        return "it holds NUL bytes (a binary file, or UTF-16 text)"
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    invalid = data.decode("utf-8", errors="replace").count("\ufffd") - data.count("\ufffd".encode())
+    if invalid > MAX_INVALID_SHARE * len(data):
+        return f"{invalid / len(data):.0%} of its bytes are not valid UTF-8 (more than {MAX_INVALID_SHARE:.0%})"
+    return None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def text_files(path: str | os.PathLike) -> TextCorpus:
-    """A text file, or every file under a folder (sorted, decoded as UTF-8 with replacement), as one corpus.
+    """A text file, or every text file under a folder (sorted, hidden files and folders left out, decoded as
+    UTF-8 with the rare invalid byte replaced), as one corpus named `file:PATH#HASH` (HASH: of the text, so cached
+    maxima or a resumed SAE run never take an edited file for the old one).
+
+    A file that is not text (`not_text`: NUL bytes, or over 1% invalid UTF-8) is refused with `DatasetError`;
+    in a folder such files are left out with a warning, and a folder with no text file at all is refused.
 
     Example:
         >>> import tempfile
@@ -98,13 +133,32 @@ def text_files(path: str | os.PathLike) -> TextCorpus:
     if root.is_file():
         files = [root]
     elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
     else:
         raise DatasetError(f"text corpus '{root}' is neither a file nor a folder; or use one of {', '.join(TEXT_CORPORA[:2])}")
-    text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace").strip() for p in files)
+    texts, skipped = [], []
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except OSError as error:
+            raise DatasetError(f"text corpus '{root}': cannot read '{file}' ({error.strerror or error})") from error
+        why = not_text(data)
+        if why is not None:
+            if root.is_file():
+                raise DatasetError(f"text corpus '{root}' is not text: {why}; give a UTF-8 text file or folder")
+            skipped.append((file, why))
+            continue
+        texts.append(data.decode("utf-8", errors="replace").strip())
+    if skipped and not texts:
+        raise DatasetError(f"text corpus '{root}' holds no text file: all {len(skipped)} file(s) are not text (e.g. "
+                           f"'{skipped[0][0].relative_to(root)}': {skipped[0][1]}); give a folder of UTF-8 text files")
+    if skipped:
+        log.warning("text corpus '%s': left out %d file(s) that are not text, e.g. '%s' (%s)", root, len(skipped),
+                    skipped[0][0].relative_to(root), skipped[0][1])
+    text = "\n\n".join(texts)
     if not text.strip():
         raise DatasetError(f"text corpus '{root}' is empty")
-    return TextCorpus(f"file:{root.resolve()}", text)
+    return TextCorpus(f"file:{root.resolve()}#{short_hash(text)}", text)  # edited files never pass for the old text
 
 
 def open_text(spec: "str | TextCorpus", max_words: int | None = None) -> TextCorpus:

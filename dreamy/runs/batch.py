@@ -16,11 +16,13 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from dreamy.core.config import Config
 from dreamy.core.files import safe_name
+from dreamy.core.frozen import frozen
 from dreamy.core.png import png_bytes
 from dreamy.models import LoadedModel
 from dreamy.report.plots import evaluated_points, frontier_png, plot_name, steps_png
@@ -104,6 +106,12 @@ def _prompt_record(loaded: LoadedModel, record: dict[str, Any], result: Any, t: 
     """A prompt target's record: the frontier, its evaluated prompts (compact, for the plot), the output-side
     description when `describe` (see `runs.describe`), and the frontier plot."""
     record = {**record, "model": loaded.name, "evaluated": evaluated_points(result[t].history)}
+    activation = record.get("activation")
+    if not isinstance(activation, (int, float)) or not math.isfinite(activation):
+        record.update(activation=None, error=f"the search's best activation is not finite ({activation}): the "
+                                             "target gives non-finite values on these prompts; check its direction "
+                                             "or SAE file")
+        return BatchOutput([record])
     if describe:
         record = describe_record(loaded, record)
     out = BatchOutput([record])
@@ -126,8 +134,16 @@ def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, pr
     alone, the finished ones are kept; a target that fails alone becomes an error record. An interrupted run
     raises `KeyboardInterrupt`. `progress` shows the batch's own bar. Each record gets its plot (`"plot"`, a
     PNG in `files`); prompt records also their output-side `"description"` when `describe`. `starts` holds the
-    dataset windows a prompt search seeded from the corpus starts from (`{spec: [token ids, ...]}`)."""
+    dataset windows a prompt search seeded from the corpus starts from (`{spec: [token ids, ...]}`). The model
+    runs in eval mode with no parameter requiring grad (`core.frozen`) and is restored afterwards."""
     check_model(loaded, config)
+    with frozen(loaded.model):
+        return _dream_batch(loaded, specs, config, progress, describe, starts)
+
+
+def _dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, progress: bool, describe: bool,
+                 starts: dict[str, Any] | None) -> BatchOutput:
+    """`dream_batch` with the model frozen."""
     try:
         extra = {"starts": {spec: starts[spec] for spec in specs}} if starts else {}
         result = _method_function(config)(loaded, list(specs), config=config, progress=progress, **extra)

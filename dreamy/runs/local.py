@@ -4,8 +4,9 @@ Targets are cut into batches of `batch_targets`; the targets of a batch share ON
 (images: one row per target; prompts: EPO or GCG in lockstep, one gradient pass and one scoring call per
 iteration for all of them). Batch k always holds the same targets and uses seed `config.seed + k`, so a local
 run and a Ray run of the same list give the same results. Each finished batch is written at once (PNGs, then
-the records, atomically) into `out_dir/results.json` and the gallery, so an interrupted run keeps every
-finished target and `resume=True` skips them. With Ray, each worker loads the model once; a worker that dies
+its records, durably: `store.ResultsStore` appends them to the folder's record log, folded into
+`out_dir/results.json` as the run goes and at its end), so an interrupted run keeps every finished target and
+`resume=True` skips them; the gallery follows, rewritten as often as its cost allows and at the end. With Ray, each worker loads the model once; a worker that dies
 loses only the batch it was running, which a resumed run completes.
 
 Before any dreaming, every target is checked against the model (`plan.unusable_targets`): a target that
@@ -26,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,14 +58,26 @@ class RunRecords(list):
         return list(self)
 
 
+log = logging.getLogger(__name__)
+
+GALLERY_PAUSE = 10  # after a gallery rewrite that took t seconds, the next waits >= 10 t: <= ~9% of a run's time
+
+
 class _Writer:
-    """Writes finished batches into the output folder: PNGs first, then the records, then the gallery."""
+    """Writes finished batches into the output folder: PNGs first, then the records (one appended line, see
+    `store.ResultsStore`), then the gallery, which is rewritten after a batch only once a pause of
+    `GALLERY_PAUSE` times its last rewrite's duration has passed (a big run's gallery takes seconds), and always
+    at the end (`close`)."""
 
     def __init__(self, out_dir: str | Path | None, title: str, run: dict[str, Any]) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.store = ResultsStore(self.out_dir, run) if self.out_dir is not None else None
+        if self.store is not None and self.store.logged:
+            self.store.compact()  # a resumed run starts from one results.json
         self.title = title
         self.records = RunRecords()
+        self._gallery_due = 0.0
+        self._gallery_stale = False
 
     def done(self) -> set[str]:
         return self.store.done() if self.store else set()
@@ -74,7 +89,24 @@ class _Writer:
         for name, data in output.files.items():
             write_atomic(self.out_dir / name, data)
         self.store.add_many(output.records)
+        self._gallery_stale = True
+        if time.monotonic() >= self._gallery_due:
+            self._write_gallery()
+
+    def _write_gallery(self) -> None:
+        started = time.monotonic()
         write_index(self.out_dir, self.store.records, self.title)
+        self._gallery_stale = False
+        self._gallery_due = time.monotonic() + GALLERY_PAUSE * (time.monotonic() - started)
+
+    def close(self) -> None:
+        """The gallery and results.json up to date with every record written (also after an interrupt)."""
+        if self.store is None:
+            return
+        if self._gallery_stale:
+            self._write_gallery()
+        if self.store.logged:
+            self.store.compact()
 
 
 def dream_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *, out_dir: str | Path | None = None,
@@ -117,6 +149,24 @@ def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config
                    maxima_scan: dict[str, Any] | None) -> RunRecords:
     """The checked, planned batches of `dream_targets`, dreamed and written (the folder already locked)."""
     writer = _Writer(out_dir, gallery_title(config.kind, loaded.name), run)
+    try:
+        records = _dream_written(loaded, planned, config, writer, resume, describe, use_ray, ray_address, workers,
+                                 progress, on_batch, maxima, maxima_scan)
+    except BaseException:  # an interrupt too: the gallery and results.json still show every finished batch
+        try:
+            writer.close()
+        except Exception as error:  # never hide why the run stopped; the record log keeps every record
+            log.warning("could not bring the gallery and results.json up to date: %s: %s", type(error).__name__, error)
+        raise
+    writer.close()
+    return records
+
+
+def _dream_written(loaded: LoadedModel, planned: list[list[str]], config: Config, writer: _Writer, resume: bool,
+                   describe: bool, use_ray: bool, ray_address: str | None, workers: int, progress: bool,
+                   on_batch: Callable[[Any, int], None] | None, maxima: Any,
+                   maxima_scan: dict[str, Any] | None) -> RunRecords:
+    """`_dream_planned` with its writer open."""
     skip = writer.done() if resume else set()
     unusable = unusable_targets(loaded, [s for part in planned for s in part if s not in skip], config)
     writer.write(BatchOutput([error_record(loaded, config, spec, error) for spec, error in unusable]))

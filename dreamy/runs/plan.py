@@ -20,7 +20,8 @@ import torch
 
 from dreamy.core.config import Config
 from dreamy.models import LoadedModel
-from dreamy.targets import check_targets, expand
+from dreamy.targets import check_targets, expand, parse
+from dreamy.targets.probe import capture_raw
 
 KINDS = ("image", "prompt")  # what a run dreams; its records' "kind"
 MODEL_KINDS = {"image": "vision", "prompt": "language"}  # the kind of model each needs (`LoadedModel.kind`)
@@ -64,7 +65,8 @@ def model_kind(config: Config) -> str:
 
 
 def check_model(loaded: LoadedModel, config: Config) -> None:
-    """Refuse a model of the wrong kind for the config (a vision model for a prompt search, or the reverse).
+    """Refuse a model of the wrong kind for the config (a vision model for a prompt search, or the reverse), and
+    an image size the config's parametrization cannot make (`vision.param.size_error`).
 
     Example:
         >>> from dreamy.models import load
@@ -78,11 +80,20 @@ def check_model(loaded: LoadedModel, config: Config) -> None:
     if loaded.kind != wanted:
         raise ValueError(f"model '{loaded.name}' is a {loaded.kind} model; an {type(config).__name__} run "
                          f"({config.kind}) needs a {wanted} model")
+    if config.kind == "image" and isinstance(config.param, str):
+        from dreamy.vision.param import size_error
+
+        size = tuple(config.image_size or (loaded.preprocess.size if loaded.preprocess else (224, 224)))
+        problem = size_error(config.param, size)
+        if problem:
+            raise ValueError(f"{problem} (the {'image_size' if config.image_size else 'model input'} size; "
+                             "set image_size=, --size)")
 
 
 def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
     """Keyword arguments of one forward shaped like the run's: two images at the model's input size, or
-    two prompts of the run's full length (prefix, span, suffix), so checks see the real positions.
+    two prompts of the run's full length (prefix, span, suffix), so checks see the real positions. A prompt
+    longer than the model's context (`max_position_embeddings`) is refused (`ValueError`) before any forward.
 
     Example:
         >>> from dreamy.models import load
@@ -100,6 +111,11 @@ def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
     from dreamy.language.layout import make_layout
 
     layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix, device=loaded.device)
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and layout.length > context:
+        raise ValueError(f"a prompt of {layout.length} tokens (start and prefix {len(layout.prefix)}, n_tokens "
+                         f"{config.n_tokens}, suffix {len(layout.suffix)}) is longer than the {context} positions "
+                         f"'{loaded.name}' was made for; lower n_tokens (--tokens) or shorten the prefix/suffix")
     filler = int(layout.prefix[-1])
     span = torch.full((2, layout.n_tokens), filler, dtype=torch.long, device=loaded.device)
     return {"input_ids": layout.full(span), "sequence_reduce": "pos=-1"}
@@ -107,7 +123,8 @@ def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
 
 def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) -> list[tuple[str, str]]:
     """`(spec, error)` for every target that cannot be scored on `loaded` in a run of `config` (see
-    `targets.check_targets`).
+    `targets.check_targets`), in the order given. For prompt runs the targets are also checked on a forward fed
+    embeddings, as the searches feed them, so a site they skip (the input embedding) is refused here too.
 
     Example:
         >>> from dreamy.models import load
@@ -118,4 +135,23 @@ def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) 
     example = example_input(loaded, config)
     args = example.pop("args", ())
     reduce = example.pop("sequence_reduce")
-    return check_targets(loaded.model, specs, *args, sequence_reduce=reduce, **example)
+    failures = check_targets(loaded.model, specs, *args, sequence_reduce=reduce, **example)
+    if config.kind != "prompt":
+        return failures
+    # prompt searches feed embeddings (inputs_embeds), so a site on the way from token ids to them never runs there
+    bad = {spec for spec, _ in failures}
+    good = [(str(spec), parse(spec)) for spec in specs if str(spec) not in bad]
+    sites = list(dict.fromkeys(site for _, target in good for site in target.sites if not site.is_logits))
+    if not sites:
+        return failures
+    with torch.no_grad():
+        embeds = loaded.model.get_input_embeddings()(example["input_ids"])
+    ran, _ = capture_raw(loaded.model, sites, (), {"inputs_embeds": embeds})
+    for spec, target in good:
+        skipped = [str(site) for site in target.sites if not site.is_logits and site not in ran]
+        if skipped:
+            failures.append((spec, f"site '{skipped[0]}' never runs in a prompt search: the search feeds the model "
+                                   "embeddings directly (inputs_embeds), so the embedding layer is skipped; read "
+                                   "the embeddings at the first layer's input instead, e.g. model.layers.0@in"))
+    order = {str(spec): i for i, spec in enumerate(specs)}
+    return sorted(failures, key=lambda failure: order.get(failure[0], len(order)))

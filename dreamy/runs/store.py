@@ -3,6 +3,14 @@
 Every file is written atomically (`dreamy.core.files`). A results.json also records the run that made it
 (`run_info`: model, kind, settings, seed and a fingerprint of them), so a resumed run with other settings is refused instead of mixed in.
 
+Big runs stay fast: a finished batch is not a rewrite of results.json but one line appended to
+`records.jsonl` (the batch's records, fsynced), so its cost does not grow with the run. The store reads the
+log on top of results.json on open, and folds it into results.json (one atomic rewrite, then the log is
+removed) whenever the log has grown as large as results.json, when a resumed run opens the folder, and when
+the run's lock is released; the rewrites cost a constant factor of what the run writes, however big it gets.
+A kill at any moment loses nothing that was recorded: a torn last line is a batch never recorded (its
+targets are redone on `--resume`), and a log that outlived its compaction is read again harmlessly.
+
 Example:
     >>> import tempfile
     >>> store = ResultsStore(tempfile.mkdtemp())
@@ -14,28 +22,24 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
-import socket
-import sys
-import tempfile
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dreamy.core.config import Config
-from dreamy.core.files import fingerprint, umask, write_json_atomic
+from dreamy.core.files import fingerprint, json_safe, write_json_atomic
+from dreamy.core.folders import LOCK_NAME, OutDirError, check_out_folder, check_unlocked, folder_lock, remove_stale_temps
 
+log = logging.getLogger(__name__)
+
+LOG_NAME = "records.jsonl"
 # The files a dreamy run writes into its output folder besides those its records name (images, plots,
 # maxima PNGs); `clear_outputs` removes these and the recorded files, nothing else.
-OUTPUT_NAMES = ("results.json", "index.html")
+OUTPUT_NAMES = ("results.json", "index.html", LOG_NAME)
 OUTPUT_FOLDERS = ("images", "maxima")  # removed only when nothing of the user's is left in them
-LOCK_NAME = ".dreamy.lock"
-
-
-class OutDirError(ValueError):
-    """The output folder cannot be used for this run (unwritable, holds another run, not a results file)."""
+TEMP_PNG = r".+\.png"  # the PNGs' temporary files (`write_atomic`) that a killed run leaves in those folders
 
 
 RUN_FORMAT = 2  # 2: settings are a method config's fields (`run_info_of`); runs without "format" came before
@@ -118,19 +122,6 @@ def _shown(settings: dict[str, Any], key: str) -> str:
     return json.dumps(settings[key]) if key in settings else "unset"
 
 
-def _check_writable(directory: Path) -> None:
-    """Refuse a folder this process cannot create or write into, without leaving anything behind."""
-    existing = directory
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutDirError(f"output folder {directory}: '{existing}' is a file, not a folder")
-    try:
-        Path(tempfile.mkdtemp(prefix=".dreamy-write-test-", dir=existing)).rmdir()
-    except OSError as error:
-        raise OutDirError(f"output folder {directory} is not writable ({error.strerror or error}); choose another folder") from error
-
-
 def _user_entries(directory: Path) -> list[Path]:
     """What a folder holds, except this tool's lock file."""
     return [entry for entry in directory.iterdir() if entry.name != LOCK_NAME]
@@ -139,7 +130,8 @@ def _user_entries(directory: Path) -> list[Path]:
 def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
     """Check, before any work, that `directory` can take the results of `run` (see `run_info`).
 
-    Refused (`OutDirError`): an empty path, a path that is a file, a folder that cannot be written, a folder
+    Refused (`OutDirError`): an empty path, a path that is a file, a dangling symlink or a symlink loop, a folder
+    that cannot be written (`core.folders.check_out_folder`, the check every command shares), a folder
     another run is writing into (see `run_lock`), a non-empty folder without `resume` or `overwrite`, a `resume`
     into results of another run (the message names what differs) or into a broken results.json, and an
     `overwrite` of a non-empty folder that holds no dreamy results.json (nothing there is known to be a run's
@@ -150,12 +142,7 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         >>> import tempfile
         >>> prepare_out_dir(tempfile.mkdtemp(), run_info("tiny:cnn", "image", {}, 0))
     """
-    if str(directory).strip() == "":
-        raise OutDirError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise OutDirError(f"output folder {directory} exists and is not a folder")
-    _check_writable(directory)
+    directory = check_out_folder(directory)  # empty, a file, a dangling symlink or a loop, unwritable
     if not directory.exists():
         return
     check_unlocked(directory)
@@ -165,7 +152,7 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         if not (directory / "results.json").exists() and not (directory / "results.json").is_symlink():
             raise OutDirError(f"output folder {directory} is not empty and holds no dreamy results.json, so --overwrite "
                               "(overwrite=True) cannot tell a run's outputs from your own files; empty it or choose another folder")
-        _read_results(directory / "results.json")  # refuses a file that is not ours
+        ResultsStore(directory)  # refuses a results.json (or record log) that is not ours
         return
     if not resume:
         raise OutDirError(f"output folder {directory} is not empty; add --resume (resume=True) to continue its run, "
@@ -201,8 +188,8 @@ def recorded_files(records: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def clear_outputs(directory: str | Path) -> None:
-    """Remove what the dreamy run in `directory` wrote: its results.json and index.html, and the files its
-    records name (images, plots, maxima PNGs); then `images/` and `maxima/` when that left them empty. Every
+    """Remove what the dreamy run in `directory` wrote: its results.json, records.jsonl and index.html, and the
+    files its records name (images, plots, maxima PNGs); then `images/` and `maxima/` when that left them empty. Every
     other file stays, also inside those folders. A record naming a path outside the folder is ignored.
 
     Example:
@@ -210,8 +197,7 @@ def clear_outputs(directory: str | Path) -> None:
         >>> clear_outputs(tempfile.mkdtemp())
     """
     directory = Path(directory)
-    results = directory / "results.json"
-    records = _read_results(results)[1] if results.is_file() else []
+    records = ResultsStore(directory).records if (directory / "results.json").is_file() else []
     root = directory.resolve()
     for name in recorded_files(records) + list(OUTPUT_NAMES):
         path = directory / name
@@ -227,59 +213,17 @@ def clear_outputs(directory: str | Path) -> None:
             folder.rmdir()
 
 
-def _holder(path: Path) -> str:
-    """Who holds a lock file, in words (what its holder wrote into it)."""
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or "pid" not in info:
-        return "another process"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    return f"pid {info['pid']} on {info.get('host', '?')}, since {since}: {info.get('command', '?')}"
-
-
-def _locked_by_this_thread(path: Path) -> bool:
-    try:
-        info = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("pid") == os.getpid() and info.get("thread") == threading.get_ident()
-
-
-def check_unlocked(directory: str | Path) -> None:
-    """Refuse (`OutDirError`, naming the holder) a folder that another run holds with `run_lock`.
-
-    Example:
-        >>> import tempfile
-        >>> check_unlocked(tempfile.mkdtemp())
-    """
-    import fcntl
-
-    path = Path(directory) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # no lock file: nobody holds it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if not _locked_by_this_thread(path):
-            raise OutDirError(f"output folder {directory} is in use by another dream run ({_holder(path)}); wait for it "
-                              "to finish or choose another folder") from None
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
     """Hold an exclusive lock on output folder `directory` (created if missing) while the block runs.
 
     One run writes into a folder at a time: a second `run_lock` on it, from any process, raises `OutDirError`
-    naming the holder (pid, host, start, command). The lock is an `flock` on `DIR/.dreamy.lock`, which the
-    system releases when its process dies however it dies, so a killed run never leaves a stale lock; the file
-    is removed on every normal exit. Re-entrant within one thread (an inner `run_lock` of the same folder is a
-    no-op). Yields the folder.
+    naming the holder (pid, host, start, command). The lock is an `flock` on `DIR/.dreamy.lock`
+    (`core.folders.folder_lock`), which the system releases when its process dies however it dies, so a killed
+    run never leaves a stale lock; the file is removed on every normal exit. Re-entrant within one thread (an
+    inner `run_lock` of the same folder is a no-op). Yields the folder. Taking it removes the temporary files a
+    killed run's writes left (`.results.json.XXXXXXXX`, half-written PNGs); releasing it folds the record log
+    into results.json (see the module docstring).
 
     Example:
         >>> import tempfile
@@ -287,41 +231,21 @@ def run_lock(directory: str | Path, command: str = "") -> Iterator[Path]:
         ...     (folder / LOCK_NAME).exists()
         True
     """
-    import fcntl
-
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+    with folder_lock(folder, command) as outer:
+        if outer:  # nobody else writes here now: what a killed run left half-written can go
+            remove_stale_temps(folder, OUTPUT_NAMES)
+            for name in OUTPUT_FOLDERS:
+                remove_stale_temps(folder / name, pattern=TEMP_PNG)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if _locked_by_this_thread(path):
-                yield folder
-                return
-            raise OutDirError(f"output folder {folder} is in use by another dream run ({_holder(path)}); wait for it "
-                              "to finish or choose another folder") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # a releasing holder may have unlinked it meanwhile
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        info = {"pid": os.getpid(), "thread": threading.get_ident(), "host": socket.gethostname(),
-                "started": time.time(), "command": command or " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        yield folder
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+            yield folder
+        finally:
+            if outer and (folder / LOG_NAME).exists():
+                try:
+                    ResultsStore(folder).compact()
+                except (OSError, ValueError) as error:  # the log still holds every record; the next open reads it
+                    log.warning("could not fold %s into results.json (%s); it stays and is read on the next open",
+                                folder / LOG_NAME, error)
 
 
 def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -346,35 +270,131 @@ def _read_results(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any
     return run, data["records"]
 
 
+def _read_log(path: Path, fingerprint_of_run: str | None) -> list[list[dict[str, Any]]]:
+    """The batches of records a records.jsonl holds, in order; a torn last line (no newline: a write cut short)
+    is ignored, anything else that is not ours is an `OutDirError`."""
+    def refuse(why: str) -> OutDirError:
+        return OutDirError(f"{path} is not a dreamy record log ({why}); choose another folder or use --overwrite "
+                           "(overwrite=True)")
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise refuse(error.strerror or str(error)) from error
+    batches = []
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+        try:
+            entry = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise refuse(f"line {number}: {error}") from error
+        if not isinstance(entry, dict) or not isinstance(entry.get("records"), list):
+            raise refuse(f'line {number}: expected {{"records": [...]}}')
+        if not all(isinstance(r, dict) and isinstance(r.get("target"), str) for r in entry["records"]):
+            raise refuse(f"line {number}: a record has no string 'target'")
+        if fingerprint_of_run and entry.get("run") and entry["run"] != fingerprint_of_run:
+            raise refuse(f"line {number} is of another run (fingerprint {entry['run']}, results.json's "
+                         f"{fingerprint_of_run})")
+        batches.append(entry["records"])
+    return batches
+
+
+def _cut_torn_tail(handle: Any) -> None:
+    """Truncate an append-mode file after its last newline (a line a killed writer left half-written)."""
+    size = handle.seek(0, os.SEEK_END)
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        handle.seek(start)
+        chunk = handle.read(end - start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    if end != size:
+        handle.truncate(end)
+
+
 class ResultsStore:
-    """`DIR/results.json`: a list of records keyed by their `target`; re-adding a target replaces it.
+    """`DIR/results.json` (with `DIR/records.jsonl`, see the module docstring): a list of records keyed by their
+    `target`; re-adding a target replaces it (and moves it last).
 
     `run` (see `run_info`) is written beside the records; a store opened with a `run` refuses a file
-    that holds another run's records.
+    that holds another run's records. Adding costs one appended, fsynced line, however many records the run has.
     """
 
     def __init__(self, directory: str | Path, run: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / "results.json"
-        self.records: list[dict[str, Any]] = []
+        self.log_path = self.directory / LOG_NAME
+        self._records: dict[str, dict[str, Any]] = {}
         self.run = run
+        self._results_bytes = 0
+        self._log_bytes = 0
+        self._saved_fingerprint = None  # of the run results.json records; log lines carry it
         if self.path.exists() or self.path.is_symlink():
-            saved_run, self.records = _read_results(self.path)
+            saved_run, records = _read_results(self.path)
             if run is not None and saved_run is not None and run_differences(saved_run, run):
                 raise OutDirError(f"{self.path} holds another run ({'; '.join(run_differences(saved_run, run))})")
             self.run = run or saved_run
+            self._saved_fingerprint = (saved_run or {}).get("fingerprint")
+            self._results_bytes = self.path.stat().st_size
+            self._put(records)
+        if self.log_path.exists():
+            for batch in _read_log(self.log_path, self._saved_fingerprint):
+                self._put(batch)
+            self._log_bytes = self.log_path.stat().st_size
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every target's record, in the order they were (last) added."""
+        return list(self._records.values())
+
+    @property
+    def logged(self) -> bool:
+        """Whether records.jsonl holds records that results.json does not have yet."""
+        return self.log_path.exists()
+
+    def _put(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            self._records.pop(record["target"], None)
+            self._records[record["target"]] = record
 
     def done(self, include_errors: bool = False) -> set[str]:
         """Targets with a finished record (failed ones only with `include_errors`)."""
-        return {r["target"] for r in self.records if include_errors or "error" not in r}
+        return {r["target"] for r in self._records.values() if include_errors or "error" not in r}
 
     def add(self, record: dict[str, Any]) -> None:
-        """Add (or replace) one target's record and rewrite the file atomically."""
+        """Add (or replace) one target's record, durably (see `add_many`)."""
         self.add_many([record])
 
     def add_many(self, records: Iterable[dict[str, Any]]) -> None:
-        """Add several records with one atomic rewrite."""
+        """Add several records as one batch: one fsynced line appended to records.jsonl (or, when the log has
+        grown as large as results.json, one atomic rewrite of results.json). Durable on return."""
         new = list(records)
-        replaced = {r["target"] for r in new}
-        self.records = [r for r in self.records if r["target"] not in replaced] + new
+        if not new:
+            return
+        self._put(new)
+        entry = {"records": new, **({"run": self.run["fingerprint"]} if self.run and self.run.get("fingerprint") else {})}
+        line = (json.dumps(json_safe(entry), allow_nan=False) + "\n").encode()
+        current = (self.run or {}).get("fingerprint")
+        if not self.path.exists() or self._saved_fingerprint != current or self._log_bytes + len(line) >= self._results_bytes:
+            self.compact()  # first records, a run results.json does not name yet (e.g. a legacy one), or a big log
+            return
+        with open(self.log_path, "ab+") as handle:
+            _cut_torn_tail(handle)
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+            self._log_bytes = handle.tell()
+
+    def compact(self) -> None:
+        """Write every record into results.json (atomically) and remove records.jsonl."""
         write_json_atomic(self.path, {**({"run": self.run} if self.run else {}), "records": self.records})
+        self._results_bytes = self.path.stat().st_size
+        self._saved_fingerprint = (self.run or {}).get("fingerprint")
+        try:
+            self.log_path.unlink()
+        except FileNotFoundError:
+            pass
+        self._log_bytes = 0

@@ -117,7 +117,30 @@ def site_activations(loaded: LoadedModel, site: str, rows: Tensor, *, probe: Pro
     activation = result.activations[key]
     if activation.ndim != 3:
         raise ValueError(f"site '{site}' gives activations of shape {tuple(activation.shape)}; an SAE needs [batch, tokens, features]")
+    if activation.shape[:2] != inputs.shape:
+        raise ValueError(f"site '{site}' gives shape {tuple(activation.shape)} for {inputs.shape[0]} windows of "
+                         f"{inputs.shape[1]} tokens, not one row per window: it is shared across the batch (e.g. a "
+                         "positional table); pick a site inside the layers, e.g. model.layers.0")
     return activation[:, 1:].reshape(-1, activation.shape[-1]).float()
+
+
+def check_site(loaded: LoadedModel, site: str, probe: Probe | None = None) -> int:
+    """Refuse (`ValueError`, one line) a site an SAE cannot read, on one small forward of two windows: not a bare
+    hidden site, integer values (token ids, e.g. `model.embed_tokens@in`), a tensor shared across the batch (e.g.
+    `model.rotary_emb`) or not `[batch, tokens, features]`. Returns the site's width `d_in`.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> check_site(load("tiny:lm"), "model.layers.0")
+        64
+        >>> check_site(load("tiny:lm"), "model.embed_tokens@in")
+        Traceback (most recent call last):
+        ...
+        dreamy.targets.errors.TargetError: site 'model.embed_tokens@in' gives int64 values (token ids?), not activations a target can score; pick a float site, e.g. a module's output instead of its @in
+    """
+    probe = probe or site_probe(loaded, site)
+    start = start_token(loaded.tokenizer)
+    return int(site_activations(loaded, site, torch.full((2, 2), start, dtype=torch.long), probe=probe).shape[-1])
 
 
 def site_probe(loaded: LoadedModel, site: str) -> Probe:

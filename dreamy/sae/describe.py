@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from dreamy.core.frozen import frozen
 from dreamy.models import LoadedModel
 from dreamy.sae.activations import start_token, with_start
 from dreamy.sae.splice import after_start, edit_site
@@ -133,7 +134,8 @@ def _context_ids(loaded: LoadedModel, contexts: Tensor | Sequence[str]) -> list[
 @torch.no_grad()
 def token_change(loaded: LoadedModel, site: str, direction: Tensor, contexts: Tensor | Sequence[str],
                  alpha: float = 8.0, k: int = 10) -> OutputTokens:
-    """TokenChange: the mean next-token logit change when `alpha * direction` is added at `site`.
+    """TokenChange: the mean next-token logit change when `alpha * direction` is added at `site` (the model runs
+    in eval mode, `core.frozen`).
 
     `contexts` are token windows `[N, T]` (without start token) or texts. The change is averaged over every
     position after the start token.
@@ -148,14 +150,15 @@ def token_change(loaded: LoadedModel, site: str, direction: Tensor, contexts: Te
     model = loaded.model
     total, count = None, 0
     vector = direction.float().reshape(-1)
-    for ids in _context_ids(loaded, contexts):
-        ids = ids.to(loaded.device)
-        clean = model(input_ids=ids).logits[:, 1:].float()
-        with edit_site(model, site, after_start(lambda a: a + alpha * vector.to(a))):
-            steered = model(input_ids=ids).logits[:, 1:].float()
-        change = (steered - clean).flatten(0, 1)
-        total = change.sum(dim=0) if total is None else total + change.sum(dim=0)
-        count += change.shape[0]
+    with frozen(model):  # eval mode: no dropout in either forward; the model's mode is restored
+        for ids in _context_ids(loaded, contexts):
+            ids = ids.to(loaded.device)
+            clean = model(input_ids=ids).logits[:, 1:].float()
+            with edit_site(model, site, after_start(lambda a: a + alpha * vector.to(a))):
+                steered = model(input_ids=ids).logits[:, 1:].float()
+            change = (steered - clean).flatten(0, 1)
+            total = change.sum(dim=0) if total is None else total + change.sum(dim=0)
+            count += change.shape[0]
     if not count:
         raise ValueError("token_change needs contexts of at least one token")
     return _scores("token_change", total / count, k, loaded.tokenizer)

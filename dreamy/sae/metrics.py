@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dreamy.core.frozen import frozen
 from dreamy.models import LoadedModel
 from dreamy.sae.activations import start_token, with_start
 from dreamy.sae.model import SAE
@@ -51,7 +52,8 @@ def _next_token_xentropy_sum(logits: Tensor, ids: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(loaded: LoadedModel, site: str, sae: SAE, windows: Tensor, *, batch_windows: int = 16) -> dict[str, Any]:
-    """FVE, L0 and the clean / spliced / zero-ablated cross-entropies on `windows` (`[N, T]`, no start token).
+    """FVE, L0 and the clean / spliced / zero-ablated cross-entropies on `windows` (`[N, T]`, no start token); the
+    model runs in eval mode (`core.frozen`) and is left as it was.
 
     Example:
         >>> from dreamy.models import load
@@ -61,6 +63,11 @@ def evaluate(loaded: LoadedModel, site: str, sae: SAE, windows: Tensor, *, batch
         >>> evaluate(loaded, "model.layers.1", sae, torch.full((2, 6), 5))["heldout_tokens"]
         12
     """
+    with frozen(loaded.model):  # eval mode: no dropout in the clean, spliced or ablated forwards
+        return _evaluate(loaded, site, sae, windows, batch_windows)
+
+
+def _evaluate(loaded: LoadedModel, site: str, sae: SAE, windows: Tensor, batch_windows: int) -> dict[str, Any]:
     model = loaded.model
     start = start_token(loaded.tokenizer)
     sse = torch.zeros((), dtype=torch.float64)

@@ -1,8 +1,9 @@
 """Replace a site's activation during a forward: splice in an SAE reconstruction, zero it, add a direction.
 
-`edit_site(model, site, fn)` is a context manager: while it is open, every forward calls `fn(activation)`
-on the site's tensor (`[B, T, D]`, the module's output, or its first input for `@in` sites, or tuple
-element `[k]`) and the model continues with what `fn` returns. The hook is removed on exit, even on errors.
+`edit_site(model, site, fn)` is a context manager: while it is open, every forward that the opening thread runs
+calls `fn(activation)` on the site's tensor (`[B, T, D]`, the module's output, or its first input for `@in`
+sites, or tuple element `[k]`) and the model continues with what `fn` returns; other threads' forwards of the
+same model are left alone. The hook is removed on exit, even on errors.
 
 Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -43,9 +45,9 @@ def _site(site: str | Site) -> Site:
 
 @contextmanager
 def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """While open, the model's forward uses `fn(activation)` in place of the site's activation. A TransformerLens
-    name edits the module site it reads (`dreamy.targets.dialects`); one computed from a module's tensor
-    (`*.hook_normalized`) cannot be edited.
+    """While open, the model's forward (in this thread) uses `fn(activation)` in place of the site's activation.
+    A TransformerLens name edits the module site it reads (`dreamy.targets.dialects`); one computed from a
+    module's tensor (`*.hook_normalized`) cannot be edited.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Identity())
@@ -60,8 +62,11 @@ def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]
                           "the forward; edit a residual-stream site instead")
     where = how.site
     module = resolve_module(model, where.path)
+    caller = threading.get_ident()
     if where.input:
-        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if threading.get_ident() != caller:
+                return None  # another thread's forward of the same model
             if args:
                 return _replace(args, where.index, fn), kwargs
             name = next(iter(kwargs))
@@ -69,6 +74,8 @@ def edit_site(model: nn.Module, site: str | Site, fn: Callable[[Tensor], Tensor]
         handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if threading.get_ident() != caller:
+                return None
             return _replace(output, where.index, fn)
         handle = module.register_forward_hook(hook)
     try:

@@ -17,7 +17,16 @@ sparse autoencoders" (2024).
   the component parallel to the rows. Learning rate: linear warm-up over the first 5% of steps, linear
   decay to 0 over the last 20%.
 - Checkpoints (`checkpoint.pt`, atomic) every `checkpoint_every` steps and at the end; `resume=True`
-  continues from the last one and ends equal to an uninterrupted run (same settings required).
+  continues from the last one and ends equal to an uninterrupted run (same settings required). A checkpoint
+  that is not one of ours, or holds non-finite values, is refused in one line (`SAERunError`).
+- Checked before any training: the output folder (`core.folders.check_out_folder`: unwritable, a dangling
+  symlink or a loop; another SAE run's files without `resume`), the window against the model's context, the site (`activations.check_site`: token
+  ids, a tensor shared across the batch) and the memory training needs (`training_bytes`). While it trains
+  the folder is locked (`core.folders.folder_lock`: one run per folder) and the model runs in eval mode
+  without parameter gradients (`core.frozen`); temporary files a killed run left are removed first.
+- A step whose loss or weights are not finite stops training (`SAEDiverged`): no SAE is saved and the last
+  checkpoint, written before the divergence, stays. Figures that are not finite are named in the metrics'
+  `error` field.
 - At the end the SAE is saved in the SAELens layout (`cfg.json`, `sae_weights.safetensors`) and the
   figures (`dreamy.sae.metrics`) are written to `metrics.json` and returned.
 
@@ -37,6 +46,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +57,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamy.datasets import TextCorpus
+from dreamy.core.files import write_atomic, write_json_atomic
+from dreamy.core.folders import check_out_folder, check_unlocked, folder_lock, remove_stale_temps
+from dreamy.core.frozen import frozen
+from dreamy.core.memory import available_bytes
 from dreamy.core.stepping import make_generator, progress as progress_bar
 from dreamy.models import LoadedModel
 from dreamy.sae.config import SAETrainConfig
-from dreamy.core.files import write_atomic, write_json_atomic
-from dreamy.sae.activations import corpus_windows, site_activations, site_probe
+from dreamy.sae.activations import WindowSplit, check_site, corpus_windows, site_activations, site_probe
 from dreamy.sae.files import save
 from dreamy.sae.metrics import DEAD_WINDOW_TOKENS, dead_fraction, evaluate
 from dreamy.sae.model import SAE
@@ -65,8 +78,17 @@ WARMUP_SHARE = 0.05
 DECAY_SHARE = 0.2
 
 
+FIGURES = ("fve", "l0", "dead_fraction", "xentropy_clean", "xentropy_spliced", "xentropy_zero", "loss_recovered")
+CHECKPOINT_KEYS = ("settings", "step", "scale", "train_seconds", "sae", "optimizer", "since_fired")
+SAE_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
 class SAERunError(ValueError):
-    """The output folder or the checkpoint does not fit this training run."""
+    """The output folder, the checkpoint, the site or the memory does not fit this training run."""
+
+
+class SAEDiverged(SAERunError):
+    """Training produced a non-finite loss or weight; nothing was saved past the last finite checkpoint."""
 
 
 @dataclass
@@ -100,21 +122,58 @@ def lr_factor(step: int, n_steps: int) -> float:
 
 
 def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
-    """The output folder, refused when it holds files of another SAE run and `resume` is off.
+    """The output folder, refused (`OutDirError` or `SAERunError`, one line) when it cannot be written (see
+    `core.folders.check_out_folder`), another run holds it, it holds files of another SAE run and `resume` is
+    off, an SAE without the checkpoint `resume` needs (resuming would train afresh over it), or a dream run.
 
     Example:
         >>> import tempfile
         >>> check_out_dir(tempfile.mkdtemp(), resume=False).is_dir()
         True
     """
-    folder = Path(out_dir).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise SAERunError(f"output folder '{out_dir}' (--out, out_dir) is a file; give a folder")
+    # the check every command shares (a file, a dangling symlink, unwritable), on the folder written to
+    folder = check_out_folder(Path(out_dir).expanduser() if str(out_dir).strip() else out_dir)
+    if folder.is_dir():
+        check_unlocked(folder)
     taken = [name for name in (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME) if (folder / name).exists()]
     if taken and not resume:
         raise SAERunError(f"output folder '{out_dir}' already holds an SAE run ({', '.join(taken)}); "
                           "pass --resume (resume=True) to continue it, or choose another folder")
+    if taken and CHECKPOINT_NAME not in taken:  # resuming would train afresh over an SAE it cannot continue
+        raise SAERunError(f"output folder '{out_dir}' holds an SAE ({', '.join(taken)}) but no {CHECKPOINT_NAME} to "
+                          "resume from (not trained here, or its checkpoint was removed); choose another folder")
+    if (folder / "results.json").is_file():
+        raise SAERunError(f"output folder '{out_dir}' holds a dream run (results.json); train the SAE into its "
+                          "own folder")
     return folder
+
+
+def training_bytes(d_in: int, config: SAETrainConfig) -> int:
+    """About how many bytes training an SAE of `config` on a `d_in`-wide site needs at its peak: the weights
+    (`2 * d_in * features + features + d_in` floats) four times over (values, gradients, Adam's two moments),
+    three more for a checkpoint's serialized copy, and a step's dense pre-activations with AuxK's masked copy
+    (`2 * batch_tokens * features` floats).
+
+    Example:
+        >>> training_bytes(64, SAETrainConfig(features=128, k=8, batch_tokens=256)) // 1024
+        709
+    """
+    weights = 2 * d_in * config.features + config.features + d_in
+    return 4 * (7 * weights + 2 * config.batch_tokens * config.features)
+
+
+def check_memory(d_in: int, config: SAETrainConfig, device: str | torch.device) -> None:
+    """Refuse (`SAERunError`, with the estimate) a training run that cannot fit in what `device` has free.
+
+    Example:
+        >>> check_memory(64, SAETrainConfig(features=128, k=8), "cpu")
+    """
+    need = training_bytes(d_in, config)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise SAERunError(f"an SAE of {config.features} features on a {d_in}-wide site needs about {need / 2**30:.1f} GiB "
+                          f"to train but {free / 2**30:.1f} GiB is free on {device}; lower --features (features=) or "
+                          "--batch-tokens (batch_tokens=)")
 
 
 def _sparse_decode(indices: Tensor, values: Tensor, w_dec: Tensor) -> Tensor:
@@ -224,6 +283,7 @@ def _save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
 
 
 def _load_checkpoint(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint in `folder`, checked: ours (every key, of the right kinds), of the same settings, finite."""
     path = folder / CHECKPOINT_NAME
     if not path.exists():
         return None
@@ -231,11 +291,39 @@ def _load_checkpoint(folder: Path, settings: dict[str, Any]) -> dict[str, Any] |
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file
         raise SAERunError(f"cannot read the checkpoint '{path}' ({type(error).__name__}); delete it to start over") from error
-    old = state.get("settings", {})
-    changed = [f"{key}: {old.get(key)!r} -> {settings[key]!r}" for key in settings if old.get(key) != settings[key]]
+
+    def foreign(why: str) -> SAERunError:
+        return SAERunError(f"the checkpoint '{path}' is not a dreamy SAE checkpoint ({why}); delete it to start over, "
+                           "or train into another folder")
+
+    if not isinstance(state, dict):
+        raise foreign(f"it holds a {type(state).__name__}, not a dict")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise foreign(f"no {', '.join(repr(key) for key in missing)}")
+    weights = state["sae"]
+    if not isinstance(state["settings"], dict) or not isinstance(state["optimizer"], dict) or not isinstance(weights, dict):
+        raise foreign("'settings', 'sae' and 'optimizer' must be dicts")
+    if not all(isinstance(weights.get(name), Tensor) for name in SAE_TENSORS) or not isinstance(state["since_fired"], Tensor):
+        raise foreign(f"'sae' must hold the tensors {', '.join(SAE_TENSORS)} and 'since_fired' a tensor")
+    if not isinstance(state["step"], int) or not isinstance(state["scale"], (int, float)) \
+            or not isinstance(state["train_seconds"], (int, float)):
+        raise foreign("'step' must be an int, 'scale' and 'train_seconds' numbers")
+    old = state["settings"]
+    changed = [f"{key}: {old.get(key)!r} -> {settings[key]!r}" for key in settings
+               if not _same_setting(key, old.get(key), settings[key])]
     if changed:
         raise SAERunError(f"resume: '{folder}' holds a run with other settings ({'; '.join(changed)}); "
                           "use the same settings or another folder")
+    bad = [name for name, tensor in weights.items() if isinstance(tensor, Tensor) and tensor.is_floating_point()
+           and not bool(torch.isfinite(tensor).all())]
+    bad += [f"optimizer {name}" for name, tensor in _optimizer_tensors(state["optimizer"])
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if not math.isfinite(state["scale"]) or state["scale"] <= 0:
+        bad.append(f"scale {state['scale']}")
+    if bad:
+        raise SAERunError(f"the checkpoint '{path}' (step {state['step']}) holds non-finite values ({', '.join(bad[:4])}): "
+                          "training had diverged; delete it and train again with a lower --lr (lr=)")
     return state
 
 
@@ -258,6 +346,50 @@ def sae_metadata(loaded: LoadedModel, site: str, window: int) -> dict[str, Any]:
     elif not plain.input and plain.index is None:
         meta["model_class_name"] = "AutoModelForCausalLM"
     return meta
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    """Whether a checkpoint's setting matches this run's; a file corpus recorded before its name carried a hash
+    of its text (`datasets.text_files`) matches the same path."""
+    if key == "corpora" and isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return all(o == n or (isinstance(o, str) and "#" not in o and re.sub(r"#[0-9a-f]{8}", "", n) == o)
+                   for o, n in zip(old, new))
+    return old == new
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> list[tuple[str, Tensor]]:
+    """The named tensors of an optimizer's `state_dict()`."""
+    found = []
+    for index, entry in (state.get("state") or {}).items():
+        if isinstance(entry, dict):
+            found += [(f"{name}[{index}]", value) for name, value in entry.items() if isinstance(value, Tensor)]
+    return found
+
+
+def _first_non_finite(sae: SAE, stats: dict[str, float]) -> str | None:
+    """What is not finite after a step (the loss's parts, then the weights), or None."""
+    for name in ("fve", "aux_loss"):
+        if not math.isfinite(stats[name]):
+            return f"the loss ({'1 - FVE' if name == 'fve' else 'AuxK loss'} {stats[name]})"
+    finite = torch.stack([torch.isfinite(getattr(sae, name)).all() for name in SAE_TENSORS]).tolist()
+    bad = [name for name, ok in zip(SAE_TENSORS, finite) if not ok]
+    return f"the weights ({', '.join(bad)})" if bad else None
+
+
+def non_finite_figures(figures: dict[str, Any]) -> str | None:
+    """The `error` a metrics dict carries when one of its quality figures is not a finite number, or None.
+
+    Example:
+        >>> non_finite_figures({"fve": float("nan"), "l0": 3.0})
+        "figures that are not finite numbers: fve nan; check the held-out text and the SAE's weights"
+        >>> non_finite_figures({"fve": 0.9, "l0": 3.0}) is None
+        True
+    """
+    bad = [f"{name} {figures[name]}" for name in FIGURES if name in figures
+           and not (isinstance(figures[name], (int, float)) and math.isfinite(figures[name]))]
+    if not bad:
+        return None
+    return f"figures that are not finite numbers: {', '.join(bad)}; check the held-out text and the SAE's weights"
 
 
 def _raw_scale_sae(sae: SAE, scale: float, cfg: dict[str, Any]) -> SAE:
@@ -297,19 +429,35 @@ def train_sae(
     config = SAETrainConfig.build(config, **overrides)
     if loaded.tokenizer is None:
         raise ValueError(f"model '{loaded.name}' has no tokenizer; an SAE trains on a language model's activations")
+    folder = check_out_dir(out_dir, resume)
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and config.window + 1 > context:
+        raise SAERunError(f"windows of {config.window} tokens (and the start token) are longer than the {context} "
+                          f"positions '{loaded.name}' was made for; lower --window (window=)")
+    probe = site_probe(loaded, site)
+    with frozen(loaded.model):  # eval mode (no dropout), no parameter gradients; restored afterwards
+        check_memory(check_site(loaded, site, probe), config, loaded.device)
+        heldout_windows = max(1, math.ceil(config.heldout_tokens / config.window))
+        split = corpus_windows(loaded.tokenizer, corpora, window=config.window, heldout_windows=heldout_windows,
+                               seed=config.seed, max_words=config.max_words)
+        with folder_lock(folder):  # one run per folder
+            check_out_dir(folder, resume)  # again under the lock: a run may have finished in it meanwhile
+            remove_stale_temps(folder, (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME, METRICS_NAME))
+            return _train(loaded, site, split, config, folder, resume, progress, callback, probe)
+
+
+def _train(loaded: LoadedModel, site: str, split: WindowSplit, config: SAETrainConfig, folder: Path,
+           resume: bool, progress: bool, callback: Callable[[int, dict[str, float]], None] | None, probe: Any) -> TrainResult:
+    """`train_sae` once everything is checked and the folder is locked."""
     features, k, tokens, batch_tokens = config.features, config.k, config.tokens, config.batch_tokens
     lm_batch_tokens, window, seed, checkpoint_every = config.lm_batch_tokens, config.window, config.seed, config.checkpoint_every
     aux_k, aux_coef, aux_dead_tokens = config.aux_k, config.aux_coef, config.aux_dead_tokens
-    heldout_tokens, max_words, lr = config.heldout_tokens, config.max_words, config.lr_or_default
-    folder = check_out_dir(out_dir, resume)
-    probe = site_probe(loaded, site)
+    max_words, lr = config.max_words, config.lr_or_default
     per_step = max(1, batch_tokens // window)
     step_tokens = per_step * window
     n_steps = math.ceil(tokens / step_tokens)
     group = max(1, lm_batch_tokens // step_tokens)  # steps whose windows share one LM forward
-    heldout_windows = max(1, math.ceil(heldout_tokens / window))
-    split = corpus_windows(loaded.tokenizer, corpora, window=window, heldout_windows=heldout_windows, seed=seed,
-                           max_words=max_words)
+    heldout_windows = len(split.heldout)
     batches = _Batches(split.train, per_step, seed)
     settings = {"model": loaded.name, "site": site, "corpora": list(split.corpora), "features": features, "k": k,
                 "tokens": tokens, "batch_tokens": step_tokens, "lm_batch_steps": group, "lr": lr, "window": window, "seed": seed,
@@ -339,17 +487,31 @@ def train_sae(
         step, train_seconds = 0, 0.0
     else:
         scale = float(state["scale"])
-        weights = {name: tensor for name, tensor in state["sae"].items()}
-        sae = SAE.initialized(weights["W_enc"].shape[0], features, k, generator=make_generator(seed)).to(device)
-        sae.load_state_dict(weights)
-        since_fired = state["since_fired"].clone()
-        step, train_seconds = int(state["step"]), float(state["train_seconds"])
+        try:
+            weights = dict(state["sae"])
+            sae = SAE.initialized(weights["W_enc"].shape[0], features, k, generator=make_generator(seed)).to(device)
+            sae.load_state_dict(weights)
+            since_fired = state["since_fired"].clone().long()
+            if since_fired.shape != (features,):
+                raise ValueError(f"since_fired has shape {tuple(since_fired.shape)}, expected ({features},)")
+            step, train_seconds = int(state["step"]), float(state["train_seconds"])
+            if not 0 <= step <= n_steps:
+                raise ValueError(f"step {step} is outside 0..{n_steps}")
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as error:
+            raise SAERunError(f"the checkpoint '{folder / CHECKPOINT_NAME}' does not fit this run "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); delete it to start over") from error
     sae.train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10, fused=True)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as error:
+            raise SAERunError(f"the checkpoint '{folder / CHECKPOINT_NAME}' holds an optimizer state that does not fit "
+                              f"this SAE ({type(error).__name__}: {str(error).splitlines()[0][:200]}); delete it to "
+                              "start over") from error
     aux_k = aux_k or max(1, sae.d_in // 2)
     cfg = {"metadata": sae_metadata(loaded, site, window), "training": settings}
+    saved_step = step if state is not None else None
 
     def checkpoint() -> None:
         _save_checkpoint(folder, {"settings": settings, "step": step, "scale": scale, "train_seconds": train_seconds,
@@ -366,6 +528,12 @@ def train_sae(
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr * lr_factor(step, n_steps)
             stats = sae_step(sae, optimizer, x, since_fired, aux_k=aux_k, aux_coef=aux_coef, aux_dead_tokens=aux_dead_tokens)
+            broken = _first_non_finite(sae, stats)
+            if broken is not None:
+                kept = (f"the last finite checkpoint (step {saved_step}) is kept in {folder / CHECKPOINT_NAME}"
+                        if saved_step is not None else "no checkpoint had been written")
+                raise SAEDiverged(f"training diverged at step {step + 1} of {n_steps}: {broken} is not finite, with "
+                                  f"lr {lr:g}; no SAE was saved and {kept}; train again with a lower --lr (lr=)")
             train_seconds += time.perf_counter() - started
             step += 1
             stats["dead_fraction"] = dead_fraction(since_fired, step * step_tokens)
@@ -373,6 +541,7 @@ def train_sae(
             bar.update(step_tokens)
             if step % checkpoint_every == 0 or step == n_steps:
                 checkpoint()
+                saved_step = step
             if callback is not None:
                 callback(step, stats)
     finally:
@@ -385,5 +554,8 @@ def train_sae(
                    train_tokens=train_tokens, train_steps=n_steps, train_seconds=train_seconds,
                    tokens_per_second=train_tokens / train_seconds if train_seconds > 0 else float("nan"),
                    site=site, model=loaded.name, features=features, k=k)
+    error = non_finite_figures(figures)
+    if error is not None:
+        figures["error"] = error
     write_json_atomic(folder / METRICS_NAME, figures)
     return TrainResult(trained, figures, folder)

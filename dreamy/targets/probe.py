@@ -17,12 +17,14 @@ Example:
 from __future__ import annotations
 
 import difflib
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from dreamy.core.frozen import frozen
 from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.saelens import SiteInfo
@@ -143,8 +145,18 @@ class _Scorer:
                 if term not in self.units:
                     self.units[term] = load_unit(term.unit)
 
-    def term_map(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
+    @staticmethod
+    def activation(term: Term, activations: dict[str, Tensor]) -> Tensor:
+        """The site's captured tensor; `TargetError` for one no target can score (integers, e.g. token ids)."""
         activation = activations[str(term.site)]
+        if not (activation.is_floating_point() or activation.is_complex()):
+            raise TargetError(f"site '{term.site}' gives {str(activation.dtype).removeprefix('torch.')} values (token "
+                              "ids?), not activations a target can score; pick a float site, e.g. a module's output "
+                              "instead of its @in")
+        return activation
+
+    def term_map(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
+        activation = self.activation(term, activations)
         if term.site.is_logprobs:
             activation = activation.log_softmax(dim=-1)
         return self.units[term].project(features_last(activation), str(term.site), self.info.get(str(term.site)))
@@ -153,7 +165,7 @@ class _Scorer:
         """`term` reduced to `[B]`. A `logprobs` term read at one position of a sequence is sliced before the
         log-softmax, which then costs one position instead of the whole `[B, T, vocab]` output."""
         reduce = term.reduce or self.sequence_reduce
-        activation = activations[str(term.site)]
+        activation = self.activation(term, activations)
         if term.site.is_logprobs and activation.ndim == 3 and reduce.startswith("pos="):
             pos = int(reduce[4:])
             if not -activation.shape[1] <= pos < activation.shape[1]:
@@ -222,6 +234,10 @@ class Probe:
     side uses `"pos=-1"`, the activation at the last token). `patch_tokens`: a vision transformer's
     number of patch tokens; `[B, T, D]` sites with more tokens than that hold prefix tokens (class,
     registers) first, which `mean`, `max`, `sum` and `tokens=i` skip and `cls` reads (see `_reduce`).
+
+    Threads: a call's hooks act only on forwards run by the thread that made the call, so several threads may
+    probe one model at once (each call captures, and stops early, only its own forward). A forward that runs
+    the hooked modules in other threads (e.g. `nn.DataParallel`) is therefore not seen: probe its module instead.
     """
 
     def __init__(self, model: nn.Module, targets: Sequence["str | Target"], *, sequence_reduce: str = "mean",
@@ -250,11 +266,14 @@ class Probe:
         """Hook every site, appending each handle to `handles` as soon as it exists (so a caller's `finally`
         removes every hook even if registration itself is interrupted)."""
         remaining = set(self.sites)
+        caller = threading.get_ident()
 
         def make_hook(site: Site):
             where = self.readings[site]
 
             def on_fire(value: Any) -> None:
+                if threading.get_ident() != caller:
+                    return  # another thread's forward of the same model: not this call's (see `Probe`)
                 key = str(site)
                 if key in captured:
                     return  # a module called twice keeps its first activation
@@ -350,9 +369,9 @@ def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:
 
 
 def capture_raw(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: dict) -> tuple[dict[Site, Any], Any]:
-    """Run `model(*args, **kwargs)` once without gradients and keep the raw output (or input, for `@in` sites)
-    of each site's module, the first time it runs; return them with the model's output. Hooks are removed
-    even if the forward raises.
+    """Run `model(*args, **kwargs)` once without gradients, in eval mode (`core.frozen`: the model's modes are
+    restored afterwards), and keep the raw output (or input, for `@in` sites) of each site's module, the first
+    time it runs; return them with the model's output. Hooks are removed even if the forward raises.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
@@ -362,18 +381,21 @@ def capture_raw(model: nn.Module, sites: Sequence[Site], args: tuple, kwargs: di
     """
     raw: dict[Site, Any] = {}
     handles = []
+    caller = threading.get_ident()
     try:  # registration inside, as in `Probe.__call__`
         for site in sites:
             module = resolve_module(model, site.path)
             if site.input:
                 def pre_hook(module, hook_args, hook_kwargs, site=site):
-                    raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
+                    if threading.get_ident() == caller:  # this call's forward only, as in `Probe`
+                        raw.setdefault(site, hook_args if hook_args else tuple(hook_kwargs.values()))
                 handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
                 def hook(module, hook_args, output, site=site):
-                    raw.setdefault(site, output)
+                    if threading.get_ident() == caller:
+                        raw.setdefault(site, output)
                 handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
+        with torch.no_grad(), frozen(model):
             output = model(*args, **kwargs)
     finally:
         for handle in handles:

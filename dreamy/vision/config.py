@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
 from dreamy.core.config import Config, ConfigError, check_int, check_number, set_field
-from dreamy.vision.param import PARAMETRIZATIONS
+from dreamy.vision.param import PARAMETRIZATIONS, size_error
 from dreamy.vision.regularizers import REGULARIZERS
 
 REGULARIZER_NAMES = (*REGULARIZERS, "pull")
@@ -79,6 +79,8 @@ class DreamConfig(Config):
             if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
                 raise ConfigError(f"DreamConfig.image_size must be (height, width) in pixels, got {self.image_size!r}")
             set_field(self, "image_size", size)
+            if isinstance(self.param, str) and size_error(self.param, size):
+                raise ConfigError(f"DreamConfig.image_size: {size_error(self.param, size)}")
         regularizers = dict(self.regularizers or {})
         for key, weight in regularizers.items():
             if isinstance(key, str) and key not in REGULARIZER_NAMES:

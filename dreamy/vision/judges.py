@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from dreamy.core.frozen import frozen
 from dreamy.models import LoadedModel
 
 
@@ -73,6 +74,7 @@ def check_judge(judge: LoadedModel, n_classes: int | None = None) -> None:
 @torch.no_grad()
 def judge_images(judge: LoadedModel, images: Tensor, targets: Sequence[int], *, batch_size: int = 16) -> list[Verdict]:
     """Judge `[n, 3, H, W]` images in [0, 1], image i dreamed for class `targets[i]`; resized to the judge's input.
+    The judge runs in eval mode (`core.frozen`) and is left as it was.
 
     Example:
         >>> from dreamy.models import load
@@ -91,7 +93,8 @@ def judge_images(judge: LoadedModel, images: Tensor, targets: Sequence[int], *, 
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].to(judge.device, torch.float32)
         batch = judge.preprocess.normalize(chunk).contiguous(memory_format=torch.channels_last)
-        output = judge.model(batch)
+        with frozen(judge.model):  # a judge in train mode neither updates its statistics nor drops out
+            output = judge.model(batch)
         logits = output.logits if hasattr(output, "logits") else output
         probs = logits.float().softmax(dim=-1).cpu()
         top5 = probs.topk(min(5, n_classes), dim=-1).indices

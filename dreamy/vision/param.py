@@ -213,6 +213,24 @@ class ImageParam:
 PARAMETRIZATIONS = ("pixel", "fourier", "maco", "dip", "decoder")
 
 
+def size_error(name: str, size: tuple[int, int]) -> str | None:
+    """Why parametrization `name` cannot make images of `size` (height, width), or None when it can: the
+    `decoder` upsamples 8x, so both sides must be divisible by 8; `dip` needs both sides >= 2.
+
+    Example:
+        >>> size_error("decoder", (17, 17)), size_error("decoder", (16, 24)), size_error("fourier", (17, 17))
+        ('param="decoder" needs an image size divisible by 8, got 17x17; use e.g. 16 or 24', None, None)
+    """
+    h, w = size
+    if name == "decoder" and (h % 8 or w % 8):
+        nearest = sorted({max(8, 8 * (side // 8)) for side in (h, w)} | {8 * -(-side // 8) for side in (h, w)})
+        return (f'param="decoder" needs an image size divisible by 8, got {h}x{w}; use e.g. '
+                f"{' or '.join(str(side) for side in nearest[:2])}")
+    if name == "dip" and min(h, w) < 2:
+        return f'param="dip" needs both image sides >= 2, got {h}x{w}'
+    return None
+
+
 def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Generator,
                device: str | torch.device = "cpu") -> ImageParametrization:
     """Build a parametrization by name: `pixel`, `fourier`, `maco`, `dip` (deep image prior: a generator's
@@ -241,4 +259,4 @@ def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Gen
 
 
 __all__ = ["FourierParam", "ImageParam", "ImageParametrization", "MacoParam", "PARAMETRIZATIONS", "PixelParam",
-           "decorrelate_colors", "magnitude_of", "make_param", "spectrum_scale"]
+           "decorrelate_colors", "magnitude_of", "make_param", "size_error", "spectrum_scale"]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamy.core import stepping
+from dreamy.core.frozen import frozen
 from dreamy.core.stepping import Plateau, make_generator, should_snapshot
 from dreamy.models import LoadedModel, Preprocess
 from dreamy.targets import Probe, Target, parse
@@ -210,7 +211,9 @@ def dream(
     """Dream images that maximize each target (see the module docstring), as `config` says (`DreamConfig`;
     keywords override its fields, e.g. `steps=64`: a name it lacks is a `ConfigError` before any work).
 
-    `preprocess` replaces the loaded model's (needed for a bare `nn.Module`). Ctrl-C stops the loop and
+    The model is left as it was found: it runs in eval mode (no BatchNorm statistics updated, no dropout) with
+    no parameter requiring grad, and its modes and `requires_grad` flags are restored afterwards
+    (`core.frozen`). `preprocess` replaces the loaded model's (needed for a bare `nn.Module`). Ctrl-C stops the loop and
     returns what was dreamed so far (`settings["interrupted"]`). Works under `torch.no_grad()` and
     `torch.inference_mode()` (gradients are switched on inside).
 
@@ -223,69 +226,70 @@ def dream(
     param, steps, lr, n_per_target, seed = config.param, config.steps, config.lr, config.n_per_target, config.seed
     transforms, diversity, diversity_site = config.transforms, config.diversity, config.diversity_site
     model, preprocess, device = _model_and_preprocess(loaded, preprocess)
-    if isinstance(targets, (str, Target)):
-        targets = [targets]
-    parsed = [parse(t) for t in targets]
-    if not parsed:
-        raise ValueError("dream() needs at least one target")
-    size = tuple(config.image_size or (preprocess.size if preprocess else (224, 224)))
-    n = len(parsed) * n_per_target
-    gen = make_generator(seed)
-    param_name = param if isinstance(param, str) else type(param).__name__
-    if isinstance(param, str):
-        param = make_param(param, n, size, generator=gen, device=device)
-    first = param.images()
-    if first.shape[0] != n:
-        raise ValueError(f"the parametrization has {first.shape[0]} images but {len(parsed)} target(s) x "
-                         f"{n_per_target} per target need {n}")
-    size = tuple(first.shape[-2:])
-    transforms = Transforms.standard(size) if transforms is None else transforms
-    penalties = _penalties(config.regularizers, param)
-    row_sites, extra = _diversity_sites(parsed, diversity_site) if diversity > 0 else ([], [])
-    probe = Probe(model, parsed + extra, patch_tokens=patch_tokens(model))
-    rows = torch.arange(len(parsed), device=device).repeat_interleave(n_per_target)
-    opt = (config.optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
-    plateau = Plateau(config.plateau, config.plateau_tol) if config.plateau else None
-    normalize = preprocess.normalize if preprocess else (lambda x: x)
-    history: list[Tensor] = []
-    snapshots: dict[int, Tensor] = {}
-    interrupted = False
-    with stepping.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as bar:
-        try:
-            for step in range(1, steps + 1):
-                images = param.images()
-                batch = _channels_last(normalize(transforms(images, gen)))
-                result = probe(batch, row_targets=rows, keep_activations=diversity > 0)
-                objective = result.row_scores
-                loss = -objective.sum()
-                for _, penalty, weight in penalties:
-                    loss = loss + weight * penalty(images).sum()
-                if diversity > 0:
-                    loss = loss + diversity * _diversity_loss(result.activations, rows, row_sites)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if hasattr(param, "after_step"):
-                    param.after_step()
-                history.append(objective.detach().cpu())
-                if should_snapshot(step, config.snapshot_steps):
-                    with torch.no_grad():
-                        snapshots[step] = param.images().cpu()
-                bar.update(1)
-                bar.set_postfix(objective=f"{objective.mean().item():.3g}")
-                if plateau is not None and plateau.update(objective.mean().item()):
-                    log.info("objective plateaued at step %d; stopping early", step)
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-            log.warning("interrupted after %d step(s); returning the images dreamed so far", len(history))
-    with torch.no_grad():
-        final = param.images()
-        activation = probe(_channels_last(normalize(final)), row_targets=rows).row_scores.cpu()
-    settings = {"param": param_name, "steps": len(history), "max_steps": steps, "lr": lr, "image_size": list(size),
-                "n_per_target": n_per_target, "transforms": repr(transforms), "diversity": diversity,
-                "diversity_site": diversity_site, "regularizers": {name: w for name, _, w in penalties},
-                "optimizer": type(opt).__name__, "interrupted": interrupted}
-    history_tensor = torch.stack(history) if history else torch.zeros(0, n)
-    return DreamResult(final.detach().cpu(), [str(t) for t in parsed], rows.tolist(), activation,
-                       history_tensor, snapshots, settings, seed)
+    with frozen(model):  # eval mode, no parameter gradients; mode and flags restored afterwards
+        if isinstance(targets, (str, Target)):
+            targets = [targets]
+        parsed = [parse(t) for t in targets]
+        if not parsed:
+            raise ValueError("dream() needs at least one target")
+        size = tuple(config.image_size or (preprocess.size if preprocess else (224, 224)))
+        n = len(parsed) * n_per_target
+        gen = make_generator(seed)
+        param_name = param if isinstance(param, str) else type(param).__name__
+        if isinstance(param, str):
+            param = make_param(param, n, size, generator=gen, device=device)
+        first = param.images()
+        if first.shape[0] != n:
+            raise ValueError(f"the parametrization has {first.shape[0]} images but {len(parsed)} target(s) x "
+                             f"{n_per_target} per target need {n}")
+        size = tuple(first.shape[-2:])
+        transforms = Transforms.standard(size) if transforms is None else transforms
+        penalties = _penalties(config.regularizers, param)
+        row_sites, extra = _diversity_sites(parsed, diversity_site) if diversity > 0 else ([], [])
+        probe = Probe(model, parsed + extra, patch_tokens=patch_tokens(model))
+        rows = torch.arange(len(parsed), device=device).repeat_interleave(n_per_target)
+        opt = (config.optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(param.parameters())
+        plateau = Plateau(config.plateau, config.plateau_tol) if config.plateau else None
+        normalize = preprocess.normalize if preprocess else (lambda x: x)
+        history: list[Tensor] = []
+        snapshots: dict[int, Tensor] = {}
+        interrupted = False
+        with stepping.progress(steps, f"dreaming {len(parsed)} target(s)", enabled=progress) as bar:
+            try:
+                for step in range(1, steps + 1):
+                    images = param.images()
+                    batch = _channels_last(normalize(transforms(images, gen)))
+                    result = probe(batch, row_targets=rows, keep_activations=diversity > 0)
+                    objective = result.row_scores
+                    loss = -objective.sum()
+                    for _, penalty, weight in penalties:
+                        loss = loss + weight * penalty(images).sum()
+                    if diversity > 0:
+                        loss = loss + diversity * _diversity_loss(result.activations, rows, row_sites)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if hasattr(param, "after_step"):
+                        param.after_step()
+                    history.append(objective.detach().cpu())
+                    if should_snapshot(step, config.snapshot_steps):
+                        with torch.no_grad():
+                            snapshots[step] = param.images().cpu()
+                    bar.update(1)
+                    bar.set_postfix(objective=f"{objective.mean().item():.3g}")
+                    if plateau is not None and plateau.update(objective.mean().item()):
+                        log.info("objective plateaued at step %d; stopping early", step)
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+                log.warning("interrupted after %d step(s); returning the images dreamed so far", len(history))
+        with torch.no_grad():
+            final = param.images()
+            activation = probe(_channels_last(normalize(final)), row_targets=rows).row_scores.cpu()
+        settings = {"param": param_name, "steps": len(history), "max_steps": steps, "lr": lr, "image_size": list(size),
+                    "n_per_target": n_per_target, "transforms": repr(transforms), "diversity": diversity,
+                    "diversity_site": diversity_site, "regularizers": {name: w for name, _, w in penalties},
+                    "optimizer": type(opt).__name__, "interrupted": interrupted}
+        history_tensor = torch.stack(history) if history else torch.zeros(0, n)
+        return DreamResult(final.detach().cpu(), [str(t) for t in parsed], rows.tolist(), activation,
+                           history_tensor, snapshots, settings, seed)

@@ -261,3 +261,151 @@ def test_written_files_have_normal_permissions(tmp_path):
         os.umask(old)
     for path in [out / "results.json", out / "index.html", *sorted((out / "images").iterdir())]:
         assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
+
+
+# ---- issue 19: symlinked --out, errors knowable up front ------------------------------------------------
+
+def _dangling(folder: Path) -> Path:
+    (folder / "dangling").symlink_to(folder / "nowhere")
+    return folder / "dangling"
+
+
+def _loop(folder: Path) -> Path:
+    (folder / "loop").symlink_to(folder / "loop")
+    return folder / "loop"
+
+
+def _through_loop(folder: Path) -> Path:
+    (folder / "a").symlink_to(folder / "b")
+    (folder / "b").symlink_to(folder / "a")
+    return folder / "a" / "out"
+
+
+@pytest.mark.parametrize("command", [IMAGE + ["--target", "head:1"], PROMPT + ["--target", "logits:1"]])
+@pytest.mark.parametrize("make, words", [(_dangling, "which does not exist"), (_loop, "symlink loop"),
+                                         (_through_loop, "symlink loop")])
+def test_a_dangling_or_looping_symlink_out_is_refused_up_front(tmp_path, command, make, words):
+    out = make(tmp_path)
+    before = files_under(tmp_path)
+    done = subprocess.run(DREAM + command + ["--out", str(out)], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert files_under(tmp_path) == before
+
+
+def test_a_symlink_to_a_real_folder_keeps_working(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    done = subprocess.run(DREAM + IMAGE + ["--target", "head:1", "--out", str(tmp_path / "link")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "real" / "results.json").exists() and (tmp_path / "link").is_symlink()
+
+
+@pytest.mark.parametrize("size, words", [("17", "divisible by 8, got 17x17; use e.g. 16 or 24"), ("20", "got 20x20")])
+def test_a_decoder_size_it_cannot_make_is_refused_before_loading(capsys, monkeypatch, tmp_path, size, words):
+    out = tmp_path / "o"
+    refused(capsys, IMAGE + ["--target", "head:1", "--param", "decoder", "--size", size, "--out", str(out)], words,
+            monkeypatch=monkeypatch)
+    assert not out.exists()
+
+
+def test_a_decoder_size_it_cannot_make_exits_2_with_nothing_written(tmp_path):
+    out = tmp_path / "o"
+    done = subprocess.run(DREAM + IMAGE + ["--target", "head:1", "--param", "decoder", "--size", "17", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "divisible by 8" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("target, words", [
+    ("model.embed_tokens:3", "never runs in a prompt search: the search feeds the model embeddings directly"),
+    ("model.embed_tokens@in:3", "int64 values (token ids?)"),
+    ("logits:1+model.embed_tokens:2", "never runs in a prompt search"),
+])
+def test_a_prompt_target_on_the_input_embedding_is_refused_up_front(tmp_path, target, words):
+    out = tmp_path / "o"
+    done = subprocess.run(DREAM + PROMPT + ["--target", target, "--target", "logits:1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and words in err and f"target {target}:" in err, err
+    assert not out.exists()
+
+
+def test_the_first_layer_input_reads_the_embeddings_and_works(tmp_path):
+    assert main(PROMPT + ["--target", "model.layers.0@in:3", "--out", str(tmp_path / "o")]) == 0
+
+
+def _binary_folder(folder: Path) -> Path:
+    images = folder / "imgs"
+    images.mkdir()
+    for i in range(2):
+        (images / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    return images
+
+
+@pytest.mark.parametrize("make, words", [(lambda d: Path("/bin/ls"), "'/bin/ls' is not text: it holds NUL bytes"),
+                                         (_binary_folder, "holds no text file")])
+def test_maxima_that_are_not_text_are_refused_before_loading(capsys, monkeypatch, tmp_path, make, words):
+    out = tmp_path / "o"
+    refused(capsys, PROMPT + ["--target", "logits:1", "--maxima", str(make(tmp_path)), "--out", str(out)],
+            f"--maxima: text corpus {words}" if words.startswith("'") else words, monkeypatch=monkeypatch)
+    assert not out.exists()
+
+
+def test_maxima_that_are_not_text_exit_2_from_the_command_line(tmp_path):
+    out = tmp_path / "o"
+    done = subprocess.run(DREAM + PROMPT + ["--target", "logits:1", "--maxima", str(_binary_folder(tmp_path)),
+                                            "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "holds no text file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _torch_is_loading(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return "torch" in maps.read()
+    except OSError:
+        return True  # gone already: let the caller see how it ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch loading")
+@pytest.mark.parametrize("entry", [["-m", "dreamy"], ["-c", "import sys; from dreamy.cli import main; sys.exit(main())"]])
+@pytest.mark.parametrize("sig, after", [(signal.SIGTERM, 0.0), (signal.SIGTERM, 0.15), (signal.SIGTERM, 0.5),
+                                        (signal.SIGINT, 0.3)])
+def test_an_interrupt_while_torch_is_still_importing_exits_130(tmp_path, entry, sig, after):
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, *entry, *IMAGE, "--target", "head:1", "--steps", "2000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while not _torch_is_loading(proc.pid) and time.time() < deadline:
+        time.sleep(0.001)
+    time.sleep(after)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("dream: interrupted") and "Traceback" not in err, err
+    assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())["records"] == []
+
+
+def test_a_prompt_longer_than_the_model_context_is_refused_up_front(capsys, tmp_path):
+    out = tmp_path / "o"
+    started = time.time()
+    assert main(PROMPT[:-1] + ["--tokens", "100000", "--target", "logits:1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "longer than the 256 positions 'tiny:lm'" in err and "--tokens" in err
+    assert time.time() - started < 60 and not out.exists()
+
+
+def test_an_interrupt_inside_an_import_waits_for_the_import_to_finish(tmp_path):
+    # deterministic: a module that SIGTERMs its own process half-way through being imported
+    (tmp_path / "halfway.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                                         "time.sleep(0.3)\nfinished = True\n")
+    code = ("import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom dreamy import cli\n"
+            "previous = cli._interrupt_on_signals()\n"
+            "try:\n    import halfway\n    time.sleep(5)\n    print('no interrupt')\n"
+            "except KeyboardInterrupt:\n    print('interrupted after the import:', 'halfway' in sys.modules and "
+            "getattr(sys.modules['halfway'], 'finished', False))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted after the import: True", done.stdout + done.stderr

@@ -245,3 +245,33 @@ def test_a_seeded_prompt_run_compares_with_windows_of_its_own_length(tmp_path, c
         assert record["settings"]["init"] == "mixed" and record["settings"]["stopped"] == "iters"
     page = (out / "index.html").read_text()
     assert "4-token windows, the prompts&#x27; length" in page or "4-token windows, the prompts' length" in page
+
+
+def test_a_run_killed_while_its_record_log_holds_batches_resumes_with_nothing_lost(tmp_path):
+    from dreamy.runs.store import LOG_NAME, ResultsStore
+
+    args = ["image", "--model", "tiny:cnn", "--target", "conv3:0-7", "--steps", "30", "--batch-targets", "1",
+            "--out", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(DREAM + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        log = tmp_path / LOG_NAME
+        if log.exists() and log.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / LOG_NAME).exists(), "the run ended before its log held a batch"
+    logged = {json.loads(line)["records"][0]["target"] for line in (tmp_path / LOG_NAME).read_bytes().splitlines()
+              if line.endswith(b"}")}
+    kept = ResultsStore(tmp_path).records
+    in_json = {r["target"] for r in records(tmp_path)}
+    assert logged and not logged & in_json  # these batches are only in the log
+    stamps = {name: (tmp_path / name).stat().st_mtime_ns for r in kept for name in r["images"]}
+    done = run(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    final = records(tmp_path)
+    assert sorted(r["target"] for r in final) == sorted(f"conv3:{i}" for i in range(8))
+    assert final[: len(kept)] == json.loads(json.dumps(kept))  # every kept record, logged ones too, as it was
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in stamps} == stamps  # and not dreamed again
+    assert not (tmp_path / LOG_NAME).exists()

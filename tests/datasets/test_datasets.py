@@ -104,3 +104,48 @@ def test_fortunes_is_large_enough_for_the_issue_4_check():
     corpus = open_text("fortunes")
     assert corpus.n_words >= 200_000
     assert "\n%\n" not in corpus.text
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4, "NUL bytes"),
+    ("UTF-16 text".encode("utf-16"), "NUL bytes"),
+    (bytes(range(128, 256)) * 8, "not valid UTF-8"),
+    (b"latin-1 \xe9t\xe9 " * 10, "not valid UTF-8"),
+])
+def test_a_file_that_is_not_text_is_refused(tmp_path, data, words):
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    with pytest.raises(DatasetError, match=f"text corpus '{path}' is not text: .*{words}"):
+        open_text(str(path))
+
+
+def test_a_few_stray_bytes_are_still_text(tmp_path):
+    path = tmp_path / "mostly.txt"
+    path.write_bytes(b"plain words " * 100 + b"\xff")  # under 1% invalid
+    assert open_text(str(path)).text.endswith("\ufffd") and "\ufffd" not in open_text(str(path)).text[:-1]
+
+
+def test_a_folder_leaves_out_binary_and_hidden_files(tmp_path, caplog):
+    (tmp_path / "a.txt").write_text("alpha beta")
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    with caplog.at_level("WARNING"):
+        corpus = open_text(str(tmp_path))
+    assert corpus.text == "alpha beta"
+    assert "left out 1 file(s) that are not text, e.g. 'photo.png'" in caplog.text
+
+
+def test_a_folder_without_text_is_refused(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(DatasetError, match=r"holds no text file: all 3 file\(s\) are not text"):
+        open_text(str(tmp_path))
+
+
+def test_a_file_corpus_is_named_by_its_path_and_text(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("alpha beta")
+    first = open_text(str(path)).name
+    path.write_text("alpha gamma")
+    assert first.startswith(f"file:{path}#") and open_text(str(path)).name != first  # an edit is another corpus

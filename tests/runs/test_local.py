@@ -236,3 +236,87 @@ def test_killed_worker_loses_only_its_batch_and_resume_completes(tmp_path, local
     targets = [r["target"] for r in saved]
     assert sorted(targets) == sorted(f"conv3:{i}" for i in range(8)) and len(targets) == len(set(targets))
     assert len(first) + len(second) == 8
+
+
+def test_the_gallery_is_rewritten_as_often_as_its_cost_allows_and_always_at_the_end(tmp_path, monkeypatch):
+    import dreamy.runs.local as local
+
+    class Clock:  # a gallery rewrite takes 5 s of this clock, dreaming takes none
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.now
+
+    calls = []
+    real = local.write_index
+
+    def slow(directory, records, title):
+        calls.append(len(records))
+        Clock.now += 5.0
+        return real(directory, records, title)
+
+    monkeypatch.setattr(local, "time", Clock)
+    monkeypatch.setattr(local, "write_index", slow)
+    dream_targets(cached("tiny:cnn"), ["head:0-5"], DreamConfig(steps=1), out_dir=tmp_path, batch_targets=1,
+                  progress=False)
+    assert calls == [1, 6]  # the first batch, then the end: not once per batch
+    page = (tmp_path / "index.html").read_text()
+    assert all(f"head:{i}" in page for i in range(6)) and "6 target(s)" in page
+
+
+def test_an_interrupt_leaves_the_gallery_and_results_json_complete(tmp_path, monkeypatch):
+    import dreamy.runs.batch as batches
+    from dreamy.runs.store import LOG_NAME
+
+    real = batches.dream_batch
+    done = []
+
+    def dream_batch(loaded, specs, config, **kwargs):
+        if len(done) == 7:
+            raise KeyboardInterrupt
+        done.append(specs)
+        return real(loaded, specs, config, **kwargs)
+
+    monkeypatch.setattr(batches, "dream_batch", dream_batch)
+    with pytest.raises(KeyboardInterrupt):
+        dream_targets(cached("tiny:cnn"), ["head:0-9"], DreamConfig(steps=1), out_dir=tmp_path, batch_targets=1,
+                      progress=False)
+    assert sorted(records_by_target(tmp_path)) == sorted(f"head:{i}" for i in range(7))
+    assert not (tmp_path / LOG_NAME).exists() and "7 target(s)" in (tmp_path / "index.html").read_text()
+
+
+def test_a_prompt_run_reads_a_model_in_train_mode_in_eval_mode_and_leaves_it_as_found(tmp_path):
+    from dreamy.models import load
+
+    lm = load("tiny:lm")
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = 0.9  # in train mode every forward would differ
+    eval_run = dream_targets(lm, ["model.layers.1:2"], PROMPT, out_dir=tmp_path / "eval", progress=False)
+    lm.model.train()
+    lm.model.lm_head.weight.requires_grad_(True)
+    train_run = dream_targets(lm, ["model.layers.1:2"], PROMPT, out_dir=tmp_path / "train", progress=False)
+    assert train_run[0]["frontier"] == eval_run[0]["frontier"]
+    assert lm.model.training and lm.model.lm_head.weight.requires_grad and lm.model.lm_head.weight.grad is None
+
+
+def test_a_prompt_search_whose_best_activation_is_not_finite_is_an_error_record(tmp_path, monkeypatch):
+    import importlib
+
+    epo = importlib.import_module("dreamy.language.epo")  # the module (dreamy.language.epo is also the function)
+    real = epo.epo_many
+
+    class NotFinite(list):
+        def to_records(self):
+            return [{**r, "activation": float("nan")} for r in self.results.to_records()]
+
+    def broken(*args, **kwargs):
+        results = real(*args, **kwargs)
+        wrapped = NotFinite(results)
+        wrapped.results = results
+        return wrapped
+
+    monkeypatch.setattr(epo, "epo_many", broken)
+    (record,) = dream_targets(cached("tiny:lm"), ["logits:1"], PROMPT, out_dir=tmp_path, progress=False)
+    assert "best activation is not finite (nan)" in record["error"] and record["activation"] is None
+    assert json.loads((tmp_path / "results.json").read_text())["records"][0]["activation"] is None

@@ -207,3 +207,149 @@ def test_another_thread_is_refused(tmp_path):
         thread.start()
         thread.join()
     assert len(errors) == 1 and "in use" in errors[0]
+
+
+# ---- issue 19: the record log keeps a batch's cost independent of the run's size --------------------------------
+
+def _record(i, size=200):
+    return {"target": f"conv3:{i}", "activation": float(i), "history": [0.5] * size}
+
+
+def test_adding_to_a_big_run_appends_one_line_and_leaves_results_json_alone(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    store.add_many([_record(i, 2000) for i in range(300)])  # ~ 3 MB of results.json
+    before = (tmp_path / "results.json").stat()
+    for i in range(300, 320):
+        store.add(_record(i))
+    after = (tmp_path / "results.json").stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    lines = (tmp_path / LOG_NAME).read_bytes().splitlines()
+    assert len(lines) == 20 and all(len(line) < 5000 for line in lines)
+    again = ResultsStore(tmp_path)
+    assert [r["target"] for r in again.records] == [f"conv3:{i}" for i in range(320)]
+    assert again.records[-1] == json.loads(json.dumps(_record(319)))
+
+
+def test_rewrites_cost_a_constant_factor_of_what_the_run_writes(tmp_path, monkeypatch):
+    import dreamy.runs.store as store_module
+
+    written = []
+    real = store_module.write_json_atomic
+
+    def counted(path, obj):
+        real(path, obj)
+        written.append(Path(path).stat().st_size)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(store_module, "write_json_atomic", counted)
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    for i in range(600):
+        store.add(_record(i))
+    store.compact()
+    final = (tmp_path / "results.json").stat().st_size
+    assert sum(written) < 5 * final  # rewriting results.json per batch wrote ~300x the final size
+    assert len(written) < 25
+
+
+def test_a_torn_last_line_is_a_batch_never_recorded_and_the_next_add_repairs_it(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    store.add_many([_record(i, 500) for i in range(10)])
+    store.add(_record(10))
+    with open(tmp_path / LOG_NAME, "ab") as log:
+        log.write(b'{"records": [{"target": "conv3:11", "activ')  # killed mid-write
+    reopened = ResultsStore(tmp_path)
+    assert reopened.done() == {f"conv3:{i}" for i in range(11)}
+    reopened.add(_record(12))
+    assert ResultsStore(tmp_path).done() == {f"conv3:{i}" for i in range(11)} | {"conv3:12"}
+    lines = (tmp_path / LOG_NAME).read_bytes().splitlines()
+    assert [json.loads(line)["records"][0]["target"] for line in lines] == ["conv3:10", "conv3:12"]
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"not json\n{}\n", "line 1"),
+    (b'{"records": 3}\n', 'line 1: expected {"records"'),
+    (b'{"records": [{"foo": 1}]}\n', "no string 'target'"),
+    (b'{"records": [], "run": "0123456789abcdef"}\n', "of another run"),
+])
+def test_a_record_log_that_is_not_ours_is_refused(tmp_path, content, why):
+    from dreamy.runs.store import LOG_NAME
+
+    ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0)).add(_record(0))
+    (tmp_path / LOG_NAME).write_bytes(content)
+    with pytest.raises(OutDirError, match=f"not a dreamy record log.*{why}"):
+        ResultsStore(tmp_path)
+    with pytest.raises(OutDirError, match="not a dreamy record log"):
+        prepare_out_dir(tmp_path, run_info("tiny:cnn", "image", {}, 0), resume=True)
+
+
+def test_a_kill_between_compaction_and_removing_the_log_reads_the_same(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    store.add_many([_record(i, 500) for i in range(5)])
+    for i in (5, 2, 6, 2):  # a target re-added moves last
+        store.add(_record(i))
+    log = (tmp_path / LOG_NAME).read_bytes()
+    expected = [r["target"] for r in ResultsStore(tmp_path).records]
+    assert expected == ["conv3:0", "conv3:1", "conv3:3", "conv3:4", "conv3:5", "conv3:6", "conv3:2"]
+    store.compact()
+    (tmp_path / LOG_NAME).write_bytes(log)  # as if killed after the rename, before the unlink
+    assert [r["target"] for r in ResultsStore(tmp_path).records] == expected
+
+
+def test_releasing_the_run_lock_folds_the_log_into_results_json(tmp_path):
+    from dreamy.runs.store import LOG_NAME, run_lock
+
+    with run_lock(tmp_path):
+        store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+        store.add_many([_record(i, 500) for i in range(5)])
+        store.add(_record(5))
+        assert (tmp_path / LOG_NAME).exists()
+        with run_lock(tmp_path):  # an inner holder does not fold
+            pass
+        assert (tmp_path / LOG_NAME).exists()
+    assert not (tmp_path / LOG_NAME).exists()
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 6
+
+
+def test_taking_the_run_lock_removes_what_a_killed_run_half_wrote(tmp_path):
+    from dreamy.runs.store import run_lock
+
+    (tmp_path / "images").mkdir()
+    for name in (".results.json.a1b2c3d4", ".index.html.zzzzzzzz", "images/.conv3_1-74bf4bd9_0.png.k2j3h4g5",
+                 "images/holiday.png", ".my.notes.abcdefgh"):
+        (tmp_path / name).write_bytes(b"x")
+    with run_lock(tmp_path):
+        pass
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        ".my.notes.abcdefgh", "images", "images/holiday.png"]
+
+
+def test_clear_outputs_removes_the_log_and_the_files_its_records_name(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    store.add_many([_record(i, 500) for i in range(5)])
+    write_atomic(tmp_path / "images" / "late_0.png", b"x")
+    store.add({"target": "late:1", "images": ["images/late_0.png"]})
+    assert (tmp_path / LOG_NAME).exists()
+    clear_outputs(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_records_of_a_run_results_json_does_not_name_yet_are_never_only_logged(tmp_path):
+    from dreamy.runs.store import LOG_NAME
+
+    (tmp_path / "results.json").write_text(json.dumps({"records": [_record(i, 2000) for i in range(20)]}))  # no run
+    run = run_info("tiny:cnn", "image", {}, 0)
+    store = ResultsStore(tmp_path, run)
+    store.add(_record(20))
+    assert not (tmp_path / LOG_NAME).exists()  # compacted: results.json now names the run the records belong to
+    assert json.loads((tmp_path / "results.json").read_text())["run"] == run
+    store.add(_record(21))
+    assert (tmp_path / LOG_NAME).exists() and len(ResultsStore(tmp_path, run).records) == 22

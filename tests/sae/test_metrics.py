@@ -35,3 +35,20 @@ def test_loss_recovered_and_dead_fraction():
     assert loss_recovered(2.0, 2.0, 6.0) == 1.0 and loss_recovered(2.0, 6.0, 6.0) == 0.0
     assert dead_fraction(torch.tensor([0, 199_999, 200_000, 10**7]), tokens_trained=10**7) == 0.5
     assert dead_fraction(torch.tensor([0, 5000]), tokens_trained=5000) == 0.5
+
+
+def test_a_model_in_train_mode_is_measured_in_eval_mode_and_left_as_found():
+    from dreamy.models import load
+    from dreamy.sae.describe import output_direction, token_change
+    from dreamy.sae.model import SAE
+
+    lm = load("tiny:lm")
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = 0.9  # in train mode every forward would differ
+    sae = SAE.initialized(64, 32, 4, generator=torch.Generator().manual_seed(0))
+    windows = torch.randint(2, 300, (3, 8), generator=torch.Generator().manual_seed(1))
+    site, vector = output_direction(lm, "model.layers.1.mlp.down_proj@in:5")
+    before = evaluate(lm, "model.layers.0", sae, windows), token_change(lm, site, vector, ["The cat sat."], k=3)
+    lm.model.train()
+    after = evaluate(lm, "model.layers.0", sae, windows), token_change(lm, site, vector, ["The cat sat."], k=3)
+    assert after == before and lm.model.training and lm.model.model.layers[0].self_attn.training

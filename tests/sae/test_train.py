@@ -121,3 +121,90 @@ def test_seeded_runs_are_equal(tiny_lm, tmp_path):
     a = train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "a", **SMALL)
     b = train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "b", **SMALL)
     assert torch.equal(a.sae.W_enc, b.sae.W_enc)
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint_and_saves_no_sae(tiny_lm, tmp_path):
+    from dreamy.sae.train import SAEDiverged
+
+    seen = []
+    with pytest.raises(SAEDiverged, match=r"diverged at step (\d+) of 6: .* the last finite checkpoint \(step \d+\) is kept"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, checkpoint_every=1, lr=1e30,
+                  callback=lambda step, stats: seen.append(step), **SMALL)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == seen[-1] >= 1
+    assert all(bool(torch.isfinite(t).all()) for t in state["sae"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no cfg.json, weights or metrics
+
+
+def test_training_leaves_the_model_as_it_found_it(tmp_path):
+    from dreamy.models import load
+
+    lm = load("tiny:lm")
+    for layer in lm.model.model.layers:
+        layer.self_attn.attention_dropout = 0.9  # dropout would change every activation in train mode
+    eval_run = train_sae(lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "eval", **SMALL)
+    lm.model.train()
+    lm.model.model.layers[0].eval()  # a mixed state comes back as it was
+    lm.model.lm_head.weight.requires_grad_(True)
+    train_run = train_sae(lm, "model.layers.1", [CORPUS], out_dir=tmp_path / "train", **SMALL)
+    assert torch.equal(train_run.sae.W_enc, eval_run.sae.W_enc)  # no dropout during training
+    assert lm.model.training and lm.model.model.layers[1].training and not lm.model.model.layers[0].training
+    assert lm.model.lm_head.weight.requires_grad and lm.model.lm_head.weight.grad is None
+    assert not lm.model.model.embed_tokens.weight.requires_grad
+
+
+def test_an_unwritable_or_dangling_out_dir_is_refused_before_any_work(tiny_lm, tmp_path, monkeypatch):
+    from dreamy.core.folders import OutDirError
+    import dreamy.sae.train as train
+
+    monkeypatch.setattr(train, "corpus_windows", lambda *a, **k: pytest.fail("the corpus was read"))
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    for out, words in [("/sys/x", "not writable"), (tmp_path / "link", "which does not exist"), ("", "out_dir=''")]:
+        with pytest.raises(OutDirError, match=words):
+            train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=out, **SMALL)
+
+
+def test_memory_estimate_refuses_what_cannot_fit(tiny_lm, tmp_path, monkeypatch):
+    import dreamy.sae.train as train
+    from dreamy.sae.config import SAETrainConfig
+
+    need = train.training_bytes(64, SAETrainConfig(features=1_000_000_000, k=4))
+    assert need > 2**40  # W_enc alone is 256 GB
+    with pytest.raises(SAERunError, match=r"needs about \d+\.\d GiB to train but"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, **{**SMALL, "features": 1_000_000_000})
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_run_holds_its_folder(tiny_lm, tmp_path):
+    from dreamy.core.folders import LOCK_NAME, OutDirError
+
+    held = []
+
+    def look(step, stats):
+        held.append((tmp_path / LOCK_NAME).exists())
+        with pytest.raises(OutDirError, match="in use"):  # another thread of this process is refused too
+            import threading
+
+            errors = []
+            thread = threading.Thread(target=lambda: errors.append(_try(tiny_lm, tmp_path)))
+            thread.start()
+            thread.join()
+            raise errors[0]
+
+    train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path, callback=look, **{**SMALL, "tokens": 128})
+    assert held == [True] and not (tmp_path / LOCK_NAME).exists()
+
+
+def _try(lm, folder):
+    try:
+        train_sae(lm, "model.layers.0", [CORPUS], out_dir=folder, resume=True, **SMALL)
+    except Exception as error:  # handed to the test thread
+        return error
+    return AssertionError("a second run was let in")
+
+
+def test_windows_longer_than_the_model_context_are_refused(tiny_lm, tmp_path):
+    with pytest.raises(SAERunError, match="windows of 300 tokens .* longer than the 256 positions 'tiny:lm'"):
+        train_sae(tiny_lm, "model.layers.0", [CORPUS], out_dir=tmp_path / "x", **{**SMALL, "window": 300,
+                                                                                   "batch_tokens": 600})
+    assert not (tmp_path / "x").exists()

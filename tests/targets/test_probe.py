@@ -276,3 +276,93 @@ def test_reads_last_position_only_follows_each_terms_reduction():
     assert not probe.reads_last_position_only()
     assert not Probe(net, ["0:1"]).reads_last_position_only()  # default sequence reduction is the mean
     assert Probe(net, ["0:1/pos=-1", "logits:2/pos=-1"]).reads_last_position_only()
+
+
+class Meet(nn.Module):
+    """Holds each forward until `parties` forwards (threads) are inside the model at once; then the forward of a
+    batch of `last_rows` rows waits until the other one has passed `Passed` (or 2 s), so the other runs on first."""
+
+    def __init__(self, parties: int, last_rows: int | None = None, passed=None) -> None:
+        super().__init__()
+        import threading
+
+        self.barrier = threading.Barrier(parties, timeout=20)
+        self.last_rows, self.passed = last_rows, passed
+
+    def forward(self, x):
+        self.barrier.wait()
+        if self.passed is not None and x.shape[0] == self.last_rows:
+            self.passed.wait(timeout=2)
+        return x
+
+
+class Passed(nn.Module):
+    """Marks that a forward of any batch but `last_rows` rows has run through it."""
+
+    def __init__(self, last_rows: int, event) -> None:
+        super().__init__()
+        self.last_rows, self.event = last_rows, event
+
+    def forward(self, x):
+        if x.shape[0] != self.last_rows:
+            self.event.set()
+        return x
+
+
+def _in_threads(n, work):
+    import threading
+
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            results[i] = work(i)
+        except Exception as error:  # handed to the test thread
+            errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
+
+
+def test_threads_probing_one_model_at_once_each_see_their_own_forward():
+    import threading
+
+    gen = torch.Generator().manual_seed(0)
+    passed = threading.Event()
+    # both calls have hooked the model before either forward goes on; the 5-row forward then reaches every site
+    # first, while the 2-row call's hooks (on the same modules) are registered and its own forward waits
+    net = nn.Sequential(nn.Linear(4, 6), Meet(2, last_rows=2, passed=passed), nn.Linear(6, 3), nn.ReLU(),
+                        nn.Linear(3, 2), Passed(2, passed)).requires_grad_(False)
+    probes = [Probe(net, ["2:1"]), Probe(net, ["2:1", "4:0"])]  # both stop early, after different sites
+    inputs = [torch.randn(2, 4, generator=gen), torch.randn(5, 4, generator=gen)]
+    results, errors = _in_threads(2, lambda i: probes[i](inputs[i]).scores)
+    assert errors == []
+    net[1] = nn.Identity()
+    for i in range(2):
+        torch.testing.assert_close(results[i], probes[i](inputs[i]).scores)
+
+
+def test_threads_listing_sites_at_once_each_see_their_own_input():
+    net = nn.Sequential(nn.Linear(4, 6), Meet(2), nn.Linear(6, 3)).requires_grad_(False)
+    results, errors = _in_threads(2, lambda i: list_sites(net, torch.zeros(1 + i, 4)))
+    assert errors == []
+    assert results[0][0] == ("0", (1, 6)) and results[1][0] == ("0", (2, 6))
+
+
+@pytest.mark.parametrize("scoring", ["grouped", pytest.param("packed", marks=pytest.mark.xfail(
+    strict=True, reason="language/packed.py's output-layer gather hook acts on every thread's forward"))])
+def test_threads_running_epo_on_one_model(tiny_lm, scoring):
+    from dreamy.language import epo
+
+    def search(i):
+        return [r.to_record()["frontier"] for r in epo(tiny_lm, [f"model.layers.0:{i}", "model.layers.1:3"], iters=4,
+                                                         n_tokens=3, population=2, children=8, scoring=scoring,
+                                                         progress=False)]
+
+    results, errors = _in_threads(3, search)
+    assert errors == []
+    assert all(results[i] == search(i) for i in range(3))

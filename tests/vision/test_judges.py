@@ -96,3 +96,14 @@ def test_real_judges_see_the_cat(name):
     (verdict,) = judge_images(judge, cat, [285])
     assert verdict.label == "Egyptian cat" and verdict.rank == 1 and verdict.probability > 0.5
     assert {"Egyptian cat", "tabby"} <= set(verdict.top5)
+
+
+def test_a_judge_in_train_mode_judges_in_eval_mode_and_is_left_as_found():
+    judge = load("tiny:cnn")
+    judge.model.conv2.insert(1, torch.nn.BatchNorm2d(16))  # a judge with batch statistics
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = [v.probability for v in judge_images(judge, images, [1, 2, 3])]
+    judge.model.train()
+    after = [v.probability for v in judge_images(judge, images, [1, 2, 3])]
+    assert after == before and judge.model.training
+    assert int(judge.model.conv2[1].num_batches_tracked) == 0

@@ -193,3 +193,60 @@ def test_a_misspelt_setting_fails_before_any_forward(tiny_cnn, monkeypatch):
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
         dream(tiny_cnn, "head:0", stpes=3, progress=False)
     assert calls == []
+
+
+def _bn_dropout_net():
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.5), torch.nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return net
+
+
+def test_a_model_in_train_mode_is_dreamed_in_eval_mode_and_left_as_found():
+    net = _bn_dropout_net()
+    reference = dream(net.eval(), ["4:1"], steps=6, image_size=(16, 16), progress=False)
+    net.train()
+    net[3].eval()  # a mixed state comes back as it was
+    net[4].bias.requires_grad_(False)
+    stats = (net[1].running_mean.clone(), net[1].running_var.clone(), int(net[1].num_batches_tracked))
+    result = dream(net, ["4:1"], steps=6, image_size=(16, 16), progress=False)
+    assert torch.equal(result.images, reference.images)  # no dropout, no batch statistics
+    assert torch.equal(net[1].running_mean, stats[0]) and torch.equal(net[1].running_var, stats[1])
+    assert int(net[1].num_batches_tracked) == stats[2]
+    assert [m.training for m in net] == [True, True, True, False, True] and net.training
+    assert all(p.grad is None for p in net.parameters())  # parameters that required grad got none
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, True, True, False]
+
+
+def test_a_dream_that_fails_still_restores_the_model():
+    net = _bn_dropout_net().train()
+    with pytest.raises(Exception):
+        dream(net, ["4:99"], steps=2, image_size=(16, 16), progress=False)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+
+
+def test_two_threads_dream_on_one_model(tiny_cnn):
+    import threading
+
+    specs = [["conv1:1", "head:0"], ["conv2:3", "head:1"], ["conv3:5", "head:2"]]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = dream(tiny_cnn, specs[i], steps=25, progress=False)
+        except Exception as error:  # handed to the test thread
+            errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for i in range(3):  # each thread's dream is the one it would have had alone
+        alone = dream(tiny_cnn, specs[i], steps=25, progress=False)
+        torch.testing.assert_close(results[i].images, alone.images)
+        torch.testing.assert_close(results[i].activation, alone.activation)
