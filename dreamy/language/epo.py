@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamy.core import stepping
+from dreamy.core.frozen import frozen
 from dreamy.language.config import EPOConfig
 from dreamy.language.frontier import pareto_indices
 from dreamy.language.proposals import initial_members, swap_children
@@ -146,6 +147,13 @@ class _Population:
 
 
 def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
+         progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
+    """The search with the model in eval mode and no parameter requiring grad, restored afterwards (`core.frozen`)."""
+    with frozen(loaded.model):
+        return _epo_frozen(loaded, targets, config, fluency_model, progress, starts)
+
+
+def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
          progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
     n_tokens, iters, population, topk = config.n_tokens, config.iters, config.population, config.topk
     lambda_range, children_per_member = config.fluency_weight_range, config.children

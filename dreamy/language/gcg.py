@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dreamy.core import stepping
+from dreamy.core.frozen import frozen
 from dreamy.language.config import GCGConfig
 from dreamy.language.proposals import initial_members, swap_children
 from dreamy.language.result import PromptResult, PromptResults
@@ -66,6 +67,13 @@ def gcg_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: GCG
 
 
 def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
+         progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
+    """The search with the model in eval mode and no parameter requiring grad, restored afterwards (`core.frozen`)."""
+    with frozen(loaded.model):
+        return _gcg_frozen(loaded, targets, config, fluency_model, progress, starts)
+
+
+def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
          progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
     n_tokens, iters, batch_size, topk = config.n_tokens, config.iters, config.children, config.topk
     n_swaps, fluency_weight, init, seed = config.n_swaps, config.fluency_weight, config.init, config.seed

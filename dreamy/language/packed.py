@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -133,13 +134,17 @@ def _packed_inputs(ids: Tensor, first: Tensor, layout: PackedLayout, dtype: torc
 
 class _GatherHead:
     """A forward pre-hook on the output layer that keeps only some flat positions of its input: the logits
-    become `[1, K, V]` for those K slots (the rest predict no span token)."""
+    become `[1, K, V]` for those K slots (the rest predict no span token). It acts only on the forward of the
+    thread that made it (another thread's forward of the same model passes through untouched)."""
 
     def __init__(self, module: nn.Module, slots: Tensor) -> None:
         self.slots = slots
+        self.thread = threading.get_ident()
         self.handle = module.register_forward_pre_hook(self)
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
+        if threading.get_ident() != self.thread:
+            return None
         hidden = args[0]
         return (hidden.flatten(0, 1)[self.slots][None], *args[1:])
 

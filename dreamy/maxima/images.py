@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dreamy.core.files import fingerprint, safe_name
+from dreamy.core.frozen import frozen
 from dreamy.datasets import ImageSet, open_images
 from dreamy.maxima.records import Example, Maxima, MaximaResults, canonical_target, default_cache_dir, entry_dir, load_cached_maxima, save_maxima
 from dreamy.maxima.topk import scan, summarize
@@ -93,12 +94,15 @@ def image_maxima(
     checkpoint = None
     if cache is not None:
         checkpoint = entry_dir(cache, loaded.name, dataset.name, todo[0]).parent / f".scan-{safe_name('|'.join(todo))}.pt"
-    top, all_scores, seconds = scan(score_batch, len(dataset), n_targets=len(todo), k=k, batch_size=batch_size,
-                                    checkpoint=checkpoint, desc=f"maxima {dataset.name}", progress=progress,
-                                    fingerprint=fingerprint({"model": loaded.name, "targets": todo, **settings}))
+    with frozen(loaded.model):  # no BatchNorm statistics updated, no dropout; the model's mode restored after
+        top, all_scores, seconds = scan(score_batch, len(dataset), n_targets=len(todo), k=k, batch_size=batch_size,
+                                        checkpoint=checkpoint, desc=f"maxima {dataset.name}", progress=progress,
+                                        fingerprint=fingerprint({"model": loaded.name, "targets": todo, **settings}))
+        described = {j: _describe(loaded, probe, j, target, dataset,
+                                  [int(i) for i, v in zip(top.indices[j], top.values[j]) if torch.isfinite(v)], size)
+                     for j, target in enumerate(todo)}
     for j, target in enumerate(todo):
-        indices = [int(i) for i, v in zip(top.indices[j], top.values[j]) if torch.isfinite(v)]
-        maxima = _describe(loaded, probe, j, target, dataset, indices, size)
+        maxima = described[j]
         maxima.stats = {"activation": summarize(all_scores[:, j]), "seconds": seconds, "n_targets_in_scan": len(todo)}
         maxima.settings = settings
         if cache is not None:

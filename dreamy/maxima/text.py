@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from dreamy.core.files import fingerprint, safe_name
+from dreamy.core.frozen import frozen
 from dreamy.datasets import TextCorpus, open_text
 from dreamy.language.fluency import span_xentropy
-from dreamy.language.layout import PromptLayout, make_layout, start_token
+from dreamy.language.layout import PromptLayout, make_layout
 from dreamy.core.stepping import make_generator
 from dreamy.maxima.images import cached_or_todo
 from dreamy.maxima.records import Example, Maxima, MaximaResults, canonical_target, default_cache_dir, entry_dir, save_maxima
@@ -182,8 +183,9 @@ def text_maxima(
         found[request], todo[request] = cached_or_todo(loaded, targets, maxima_key(corpus.name, *request), k, cache, refresh)
     scanned = list(dict.fromkeys(t for request in requests for t in todo[request]))
     if scanned:
-        _scan_and_refine(loaded, corpus, scanned, requests, found, todo, k, window, batch_size, candidates, xent_windows,
-                         seed, cache, progress)
+        with frozen(loaded.model):  # no dropout; the model's mode restored after
+            _scan_and_refine(loaded, corpus, scanned, requests, found, todo, k, window, batch_size, candidates,
+                             xent_windows, seed, cache, progress)
     results = [MaximaResults({canonical_target(t): found[request][canonical_target(t)] for t in targets})
                for request in requests]
     main = results[0]

@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
-from dreamy.targets.spec import Site, Target, parse
+from dreamy.targets.spec import Site, Target
 from dreamy.targets.units import Neuron
 
 

@@ -312,3 +312,25 @@ def test_host_syncs_per_iteration_do_not_grow_with_the_number_of_targets(tiny_lm
 
     per_iteration = {n: syncs(n, 2) - syncs(n, 1) for n in (1, 8, 32)}
     assert per_iteration[32] == per_iteration[8] == per_iteration[1], per_iteration
+
+
+def test_a_search_and_a_scan_leave_a_model_in_train_mode_as_they_found_it(tiny_lm):
+    import copy
+
+    from dreamy.datasets import TextCorpus
+    from dreamy.maxima import text_maxima
+    from dreamy.models import LoadedModel
+
+    model = copy.deepcopy(tiny_lm.model).train().requires_grad_(True)
+    loaded = LoadedModel("copy", "language", model, tokenizer=tiny_lm.tokenizer)
+    seen = []
+    handle = model.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(mod.training))
+    try:
+        epo(loaded, TARGET, n_tokens=3, iters=1, population=2, children=4, progress=False)
+        gcg(loaded, TARGET, n_tokens=3, iters=1, children=4, progress=False)
+        text_maxima(loaded, [TARGET], TextCorpus("t", "The cat sat on the mat. " * 20), k=1, window=8, xent_windows=2,
+                    cache_dir=None, progress=False)
+    finally:
+        handle.remove()
+    assert seen and not any(seen)  # every forward ran in eval mode
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -353,8 +353,7 @@ def test_threads_listing_sites_at_once_each_see_their_own_input():
     assert results[0][0] == ("0", (1, 6)) and results[1][0] == ("0", (2, 6))
 
 
-@pytest.mark.parametrize("scoring", ["grouped", pytest.param("packed", marks=pytest.mark.xfail(
-    strict=True, reason="language/packed.py's output-layer gather hook acts on every thread's forward"))])
+@pytest.mark.parametrize("scoring", ["grouped", "packed"])
 def test_threads_running_epo_on_one_model(tiny_lm, scoring):
     from dreamy.language import epo
 
