@@ -35,7 +35,7 @@ from dreamy.language.frontier import pareto_indices
 from dreamy.language.proposals import initial_members, swap_children
 from dreamy.language.result import PromptResult, PromptResults
 from dreamy.language.states import ParentStates
-from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of
+from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of, target_list
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
@@ -96,9 +96,8 @@ def epo(loaded: LoadedModel, targets: "str | Target | Sequence[str | Target]", c
         >>> [r.target for r in results]
         ['logits:3', 'logits:4']
     """
-    config = EPOConfig.build(config, **overrides)
-    results = _epo(loaded, [targets] if isinstance(targets, (str, Target)) else list(targets), config, fluency_model,
-                   progress, starts)
+    results = epo_many(loaded, target_list(targets), config, fluency_model=fluency_model, starts=starts,
+                         progress=progress, **overrides)
     return results[0] if isinstance(targets, (str, Target)) else results
 
 

@@ -73,9 +73,7 @@ class SearchSetup:
         config = (type(config) if config is not None else PromptConfig).build(config, **overrides)
         if loaded.tokenizer is None:
             raise ValueError(f"model '{loaded.name}' has no tokenizer; prompt search needs a language model")
-        if isinstance(targets, (str, Target)):
-            targets = [targets]
-        parsed = [parse(t) for t in targets]
+        parsed = [parse(t) for t in target_list(targets)]
         if not parsed:
             raise ValueError("no targets given; name at least one, e.g. 'logits:42'")
         probe = Probe(loaded.model, parsed, sequence_reduce="pos=-1")
@@ -192,6 +190,16 @@ class SearchSetup:
         settings = {**settings, "prefix": self.tokenizer.decode(self.layout.prefix.tolist()),
                     "suffix": self.tokenizer.decode(self.layout.suffix.tolist())}
         return PromptResult(str(self.targets[target_index]), history, frontier, settings, seed, method)
+
+
+def target_list(targets: "str | Target | Sequence[str | Target]") -> list[str | Target]:
+    """One target spec, or several, as a list.
+
+    Example:
+        >>> target_list("logits:3"), target_list(["logits:3", "logits:4"])
+        (['logits:3'], ['logits:3', 'logits:4'])
+    """
+    return [targets] if isinstance(targets, (str, Target)) else list(targets)
 
 
 def starts_of(setup: SearchSetup, starts: Mapping[str, Sequence[Sequence[int]]] | None,
