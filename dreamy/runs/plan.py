@@ -21,6 +21,7 @@ import torch
 from dreamy.core.config import Config
 from dreamy.models import LoadedModel
 from dreamy.targets import check_targets, expand, parse
+from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.probe import capture_raw
 
 KINDS = ("image", "prompt")  # what a run dreams; its records' "kind"
@@ -140,15 +141,18 @@ def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) 
         return failures
     # prompt searches feed embeddings (inputs_embeds), so a site on the way from token ids to them never runs there
     bad = {spec for spec, _ in failures}
-    good = [(str(spec), parse(spec)) for spec in specs if str(spec) not in bad]
-    sites = list(dict.fromkeys(site for _, target in good for site in target.sites if not site.is_logits))
+    # each site as the module it is read at (`sae=DIR#i` without a site: the SAE's own; TransformerLens names)
+    good = [(str(spec), complete_sites(spec)) for spec in specs if str(spec) not in bad]
+    module_site = {site: reading(loaded.model, site).site for _, target in good for site in target.sites
+                   if not site.is_logits}
+    sites = list(dict.fromkeys(module_site.values()))
     if not sites:
         return failures
     with torch.no_grad():
         embeds = loaded.model.get_input_embeddings()(example["input_ids"])
     ran, _ = capture_raw(loaded.model, sites, (), {"inputs_embeds": embeds})
     for spec, target in good:
-        skipped = [str(site) for site in target.sites if not site.is_logits and site not in ran]
+        skipped = [str(site) for site in target.sites if not site.is_logits and module_site[site] not in ran]
         if skipped:
             failures.append((spec, f"site '{skipped[0]}' never runs in a prompt search: the search feeds the model "
                                    "embeddings directly (inputs_embeds), so the embedding layer is skipped; read "
