@@ -4,9 +4,10 @@
     dream image  [--model M] [--target SPEC ...] --out DIR [--steps N] [--param fourier] [--resume] [--ray [ADDR]]
     dream prompt [--model M] --target SPEC [...] --out DIR [--method epo|gcg] [--iters N] [--resume] [--ray [ADDR]]
     dream sae-train --site SITE --corpus NAME --out DIR [...]
+    dream direction --positive FILE|DIR --negative FILE|DIR --site SITE --out FILE.pt [...]
 
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m. One module
-per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`); flags in `cli.parser`. A bad command line is one
+per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`, `cli.direction`); flags in `cli.parser`. A bad command line is one
 line on stderr and exit code 2, before any model loads where it can be known then. Ctrl-C or SIGTERM stops
 the run (exit 130); finished targets are saved and `--resume` completes the rest. This package is the only
 place that prints, parses arguments or names a flag.
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _interrupt_on_sigterm()  # first: a SIGTERM during start-up is an interrupt too
     logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
     try:
-        from dreamy.cli import dream, sae_train, sites
+        from dreamy.cli import direction, dream, sae_train, sites
         from dreamy.cli.parser import build_parser
 
         args = build_parser().parse_args(argv)
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return sites.run(args)
         if args.command == "sae-train":
             return sae_train.run(args)
+        if args.command == "direction":
+            return direction.run(args)
         return dream.run(args)
     except UsageError as error:
         print(f"dream: error: {error}", file=sys.stderr)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dreamy.cli import sae_train
+from dreamy.cli import direction, sae_train
 from dreamy.cli.arguments import UsageError, non_negative, positive
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
                         help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
     sae_train.add_parser(sub)
+    direction.add_parser(sub)
     return parser
 
 
