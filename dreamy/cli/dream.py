@@ -135,6 +135,8 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
     if args.command == "prompt" and args.init != "random" and args.maxima is None:
         raise UsageError(f"--init {args.init} starts from dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
+    if getattr(args, "labels", False) and args.maxima is None:
+        raise UsageError("--labels searches labels on dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     for judge in getattr(args, "judge", []):
         if kind_of(judge) != "vision":
             what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
@@ -162,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     from dreamy.models import load
     from dreamy.runs import dream_targets, plan_batches, unusable_targets
     from dreamy.runs.enrich import attach_judges, attach_maxima
+    from dreamy.runs.labeling import attach_labels
     from dreamy.runs.store import OutDirError, prepare_out_dir, run_info_of, run_lock
 
     device = _check_arguments(args)
@@ -192,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             if judges:
                 attach_judges(out, judges)
             attach_maxima(out, loaded, args.maxima, describe=getattr(args, "describe", True), progress=not args.quiet)
+            if getattr(args, "labels", False):
+                attach_labels(out, loaded, args.maxima, progress=not args.quiet)
     except OutDirError as error:
         raise UsageError(str(error)) from error
     failed = [r for r in records if "error" in r]

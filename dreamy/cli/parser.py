@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a batch's search once no target's frontier has moved for this many iterations")
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
+    prompt.add_argument("--labels", action="store_true",
+                        help="also search a one-token label per target (token-space gradient descent with the model "
+                             "as the judge, on windows of the --maxima corpus) and show it with its held-out accuracy")
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
                         help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
     sae_train.add_parser(sub)

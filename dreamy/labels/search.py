@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -115,26 +115,33 @@ class TokenLabels:
 
 
 @torch.no_grad()
-def window_activations(loaded: LoadedModel, target: str, windows: Tensor, batch_size: int = 16) -> Tensor:
-    """`[N, T]`: the target at every token of each window (run as start token + window; the start is dropped).
+def window_activations(loaded: LoadedModel, target: "str | Sequence[str]", windows: Tensor, batch_size: int = 16) -> Tensor:
+    """The target at every token of each window (run as start token + window; the start is dropped): `[N, T]` for
+    one target, `[K, N, T]` for a list of K targets (one forward per batch serves them all).
 
     Example:
         >>> from dreamy.models import load
-        >>> tuple(window_activations(load("tiny:lm"), "model.layers.0:2", torch.ones(3, 5, dtype=torch.long)).shape)
+        >>> ones = torch.ones(3, 5, dtype=torch.long)
+        >>> tuple(window_activations(load("tiny:lm"), "model.layers.0:2", ones).shape)
         (3, 5)
+        >>> tuple(window_activations(load("tiny:lm"), ["model.layers.0:2", "logits:4"], ones).shape)
+        (2, 3, 5)
     """
-    probe = Probe(loaded.model, [target], sequence_reduce="pos=-1")
+    targets = [target] if isinstance(target, str) else list(target)
+    probe = Probe(loaded.model, targets, sequence_reduce="pos=-1")
     start = start_token(loaded.tokenizer)
 
     def one(rows: slice) -> Tensor:
         ids = with_start(windows[rows].long(), start).to(loaded.device)
         kept = probe(input_ids=ids, keep_activations=True, need_output=probe.reads_logits).activations
-        values = probe.maps(kept)[0]
-        if values.ndim != 2:
-            raise ValueError(f"target '{target}' gives positions {tuple(values.shape[1:])}; a label needs a token site")
-        return values[:, 1:].float().cpu()
+        maps = probe.maps(kept)
+        for spec, values in zip(targets, maps):
+            if values.ndim != 2:
+                raise ValueError(f"target '{spec}' gives positions {tuple(values.shape[1:])}; a label needs a token site")
+        return torch.stack([values[:, 1:].float().cpu() for values in maps])
 
-    return torch.cat(run_chunked(one, windows.shape[0], batch_size))
+    values = torch.cat(run_chunked(one, windows.shape[0], batch_size), dim=1)
+    return values[0] if isinstance(target, str) else values
 
 
 def best_threshold(values: Tensor, labels: Tensor) -> tuple[float, float]:

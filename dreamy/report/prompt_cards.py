@@ -4,7 +4,8 @@ A card shows, for one target: its frontier plot (activation against cross-entrop
 and the context windows as points of their own) when the record has one (`"plot"`), the verdict at matched
 length (`maxima.verdict`: does a dream beat the best window of the prompt's own length at or below its
 cross-entropy, by how much, and is the winner more than a near copy of a window), the output-side tokens
-(VocabProj promoted / suppressed, the top TokenChange tokens, from `"description"`), the frontier (at most
+(VocabProj promoted / suppressed, the top TokenChange tokens, from `"description"`), the token-space labels with
+their held-out accuracy (`"labels"`, from `dream prompt --labels`), the frontier (at most
 `FRONTIER_ROWS` rows shown, the rest folded) with each token shaded by its attribution and where its line
 started, the matched windows, and the longer context windows, folded and labelled as context (never the
 yardstick). The index (`feature_index`) has one row per prompt target. Targets read from files are named by the
@@ -98,6 +99,33 @@ def _output_tokens(record: dict[str, Any]) -> str:
             f'<table class="outtok">{"".join(rows)}</table></div>')
 
 
+def _token_labels(record: dict[str, Any]) -> str:
+    """The token-space labels of a record (`dream prompt --labels`), each with the judge's held-out accuracy, and
+    the baseline rule ('' without labels).
+
+    Example:
+        >>> entry = {"labels": [{"token": " cat", "heldout_accuracy": 0.875}], "best": {"token": " cat"},
+        ...          "baseline": {"token": " the", "heldout_accuracy": 0.5}, "counts": {"heldout": 16}}
+        >>> "0.875" in _token_labels({"labels": entry}) and "baseline" in _token_labels({"labels": entry})
+        True
+    """
+    if record.get("labels_error"):
+        return f'<div class="label error">no token labels: {esc(record["labels_error"])}</div>'
+    entry = record.get("labels")
+    if not entry:
+        return ""
+    best = (entry.get("best") or {}).get("token")
+    shown = " ".join(f'<span{" class=up" if label.get("token") == best else ""} title="held-out accuracy">'
+                     f'{esc(repr(label.get("token")))} {fmt(label.get("heldout_accuracy", ""))}</span>'
+                     for label in entry.get("labels", []))
+    baseline = entry.get("baseline")
+    rule = (f'; baseline "holds {esc(repr(baseline.get("token")))}" {fmt(baseline.get("heldout_accuracy", ""))}'
+            if baseline else "")
+    held = (entry.get("counts") or {}).get("heldout", "?")
+    return ('<div><div class="label">input side: token labels, with the judge\'s accuracy on '
+            f'{esc(held)} held-out windows (chance 0.5){rule}</div><div class="outtok">{shown}</div></div>')
+
+
 def _spread(n: int, limit: int) -> set[int]:
     """At most `limit` of `n` rows, spread evenly and keeping both ends.
 
@@ -132,6 +160,9 @@ def prompt_card(record: dict[str, Any]) -> str:
     outputs = _output_tokens(record)
     if outputs:
         top.append(outputs)
+    labels = _token_labels(record)
+    if labels:
+        top.append(labels)
     frontier = sorted(record.get("frontier", []), key=lambda p: p["xentropy"])
     rows = [f"<tr><td>{fmt(point['xentropy'])}</td><td>{fmt(point['activation'])}</td><td>{esc(point.get('origin', ''))}</td>"
             f"<td>{_shaded_tokens(point.get('tokens') or [point.get('text', '')], point.get('token_attribution', []))}</td></tr>"
@@ -168,12 +199,13 @@ def feature_index(records: Sequence[dict[str, Any]]) -> str:
     prompts = [r for r in records if r.get("kind") == "prompt" or "frontier" in r]
     if not prompts:
         return ""
+    labelled = any(r.get("labels") for r in prompts)
     rows = []
     for record in prompts:
         link = (f'<a href="#{esc(anchor(str(record["target"])))}" title="{esc(record["target"])}">'
                 f'{esc(short_target(str(record["target"])))}</a>')
         if "error" in record:
-            rows.append(f'<tr><td>{link}</td><td colspan="4" class="error">failed</td></tr>')
+            rows.append(f'<tr><td>{link}</td><td colspan="{5 if labelled else 4}" class="error">failed</td></tr>')
             continue
         verdict = verdict_of(record)
         promoted = ((record.get("description") or {}).get("vocab_proj") or {}).get("promoted", [])
@@ -187,12 +219,16 @@ def feature_index(records: Sequence[dict[str, Any]]) -> str:
                 says = f'<span class="beats">yes{ratio}, {copy}</span>'
             else:
                 says = '<span class="short">no</span>'
+        best = (record.get("labels") or {}).get("best")
+        label = (f'<td class="tokens">{esc(repr(best["token"]))} {fmt(best["heldout_accuracy"])}</td>' if best else
+                 "<td>–</td>") if labelled else ""
         rows.append(f"<tr><td>{link}</td><td>{fmt(record.get('activation'))}</td><td>{window}</td><td>{says}</td>"
-                    f'<td class="tokens">{_tokens(promoted, INDEX_TOKENS)}</td></tr>')
+                    f'<td class="tokens">{_tokens(promoted, INDEX_TOKENS)}</td>{label}</tr>')
     length = next((v["n_tokens"] for v in map(verdict_of, prompts) if v), None)
     what = f"{length}-token windows, the prompts' length" if length else "windows of the prompts' length"
     return ('<div class="target findex"><h2>index <small>one row per prompt target; click a target for its card; '
             f'dreams are compared with dataset {what}</small></h2>'
             "<table><tr><th>target</th><th>best dream activation</th><th>best window (activation @ cross-entropy)</th>"
-            "<th>a dream beats it at ≤ its cross-entropy</th><th>top promoted tokens (VocabProj)</th></tr>"
+            "<th>a dream beats it at ≤ its cross-entropy</th><th>top promoted tokens (VocabProj)</th>"
+            + ("<th>token label (held-out accuracy)</th>" if labelled else "") + "</tr>"
             + "".join(rows) + "</table></div>")

@@ -245,3 +245,16 @@ def test_a_seeded_prompt_run_compares_with_windows_of_its_own_length(tmp_path, c
         assert record["settings"]["init"] == "mixed" and record["settings"]["stopped"] == "iters"
     page = (out / "index.html").read_text()
     assert "4-token windows, the prompts&#x27; length" in page or "4-token windows, the prompts' length" in page
+
+
+def test_prompt_labels_need_a_corpus_and_are_searched_on_it(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. The dog ran in the park and the bird sang in the tree. " * 30)
+    base = ["prompt", "--model", "tiny:lm", "--target", "model.layers.1:3", "--iters", "1", "--tokens", "3",
+            "--population", "2", "--children", "4", "--quiet", "--labels"]
+    assert main(base + ["--out", str(tmp_path / "no")]) == 2
+    assert "--labels searches labels on dataset windows: add --maxima" in capsys.readouterr().err
+    assert main(base + ["--maxima", str(corpus), "--out", str(tmp_path / "run")]) == 0
+    (record,) = records(tmp_path / "run")
+    # the tiny tokenizer has no single " Yes" token, so the default judge template cannot run: said on the record
+    assert "labels_error" in record and "' Yes'" in record["labels_error"]
