@@ -29,7 +29,10 @@ class SteerConfig(Config):
 
     - The steering vector is `alpha * u`, `u` the target's direction scaled to unit norm. `alpha` (None: the
       default) is `scale` times the mean norm of the site's activation over the neutral prompts' tokens (after
-      the start token), so one `scale` means the same strength at any site; a number sets `alpha` itself.
+      the start token), so one `scale` means the same strength at any site; a number sets `alpha` itself. The
+      default 1.5 is the paper's strength on SmolLM2's `model.layers.9` SAE (`benchmarks/steering_scores.py`:
+      10 times the largest SAE activation at the neutral prompts' last tokens is about 1.5 times the site's
+      activation norm there).
     - `positions`: `last` (the paper's hook: the prompt's last token and every generated token) or `all` (every
       position after the start token).
     - `prompts`: the neutral prompts; each is continued by `new_tokens` tokens, greedily when `temperature` is
@@ -42,7 +45,7 @@ class SteerConfig(Config):
     kind: ClassVar[str] = "steer"
 
     alpha: float | None = None
-    scale: float = 4.0
+    scale: float = 1.5
     positions: str = "last"
     prompts: tuple[str, ...] = NEUTRAL_PROMPTS
     new_tokens: int = 20
