@@ -50,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -209,13 +210,11 @@ def generate(loaded: LoadedModel, prompt: str, new_tokens: int = 20, *, site: st
     masses: list[Tensor] = []
     first = None
     watch = None if watch is None else watch.to(device=loaded.device, dtype=torch.float32)
-    steering = site is not None and vector is not None
-    hook = edit_site(model, site, _steer_fn(vector, positions)) if steering else None
-    if hook is not None:
-        hook.__enter__()
     cache_name = cache_kwarg(model)
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
-    try:
+    with ExitStack() as stack:  # the steering hook comes off however generation ends
+        if site is not None and vector is not None:
+            stack.enter_context(edit_site(model, site, _steer_fn(vector, positions)))
         out = model(input_ids=context, use_cache=True, **keep)
         for step in range(new_tokens):
             logits = out.logits[0, -1].float()
@@ -233,9 +232,6 @@ def generate(loaded: LoadedModel, prompt: str, new_tokens: int = 20, *, site: st
             logprobs.append(log_p[token])
             if step + 1 < new_tokens:
                 out = model(input_ids=token.reshape(1, 1), use_cache=True, **{cache_name: output_cache(out)}, **keep)
-    finally:
-        if hook is not None:
-            hook.__exit__(None, None, None)
     token_ids = torch.cat(chosen).tolist()
     return Continuation(prompt, token_ids, loaded.tokenizer.decode(token_ids), torch.cat(logprobs).cpu().tolist(),
                         torch.stack(masses).cpu() if masses else None, first.cpu())
