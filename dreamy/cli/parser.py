@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "as the judge, on windows of the --maxima corpus) and show it with its held-out accuracy")
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
                         help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
+    prompt.add_argument("--steer", action="store_true",
+                        help="steering check: add alpha x the target's unit direction at its site while the model continues "
+                             "neutral prompts; a few continuations, the input score (needs --maxima), the output score and the "
+                             "fluency cost on each card (Arad et al. 2025)")
+    prompt.add_argument("--steer-scale", type=non_negative, default=None,
+                        help="alpha as a multiple of the site's mean activation norm (default: the library's SteerConfig, 1.5)")
+    prompt.add_argument("--steer-alpha", type=float, default=None, help="alpha itself (overrides --steer-scale)")
+    prompt.add_argument("--steer-tokens", type=positive(int), default=20, help="tokens per continuation (default %(default)s)")
+    prompt.add_argument("--steer-prompts", type=positive(int), default=4,
+                        help="neutral prompts continued per target (default %(default)s of the library's 8)")
     sae_train.add_parser(sub)
     direction.add_parser(sub)
     return parser
