@@ -6,8 +6,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dreamy"
 # lower layers first; a module may import its own layer (other modules) and the layers before it
-LAYERS = [["core"], ["models"], ["targets"], ["datasets"], ["vision", "language"], ["maxima"], ["sae"], ["report"],
-          ["runs"], ["cli"]]
+LAYERS = [["core"], ["models"], ["targets"], ["datasets"], ["vision", "language"], ["maxima"],
+          ["sae", "directions", "labels", "steering"], ["report"], ["runs"], ["cli"]]
 
 
 def _modules() -> dict[str, Path]:

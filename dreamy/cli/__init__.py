@@ -5,9 +5,10 @@
     dream prompt [--model M] --target SPEC [...] --out DIR [--method epo|gcg] [--iters N] [--resume] [--ray [ADDR]]
     dream sae-train --site SITE --corpus NAME --out DIR [...]
     dream export --neuronpedia OUT RUN_DIR [...]
+    dream direction --positive FILE|DIR --negative FILE|DIR --site SITE --out FILE.pt [...]
 
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m. One module
-per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`, `cli.export`); flags in `cli.parser`. A bad command line is one
+per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`, `cli.export`, `cli.direction`); flags in `cli.parser`. A bad command line is one
 line on stderr and exit code 2, before any model loads where it can be known then. Ctrl-C or SIGTERM stops
 the run (exit 130, from the first moment `main` runs: the handler is set before anything heavy is imported);
 finished targets (`sae-train`: the last SAE checkpoint) are saved and `--resume` completes the rest. This package
@@ -98,7 +99,7 @@ def _run(argv: Sequence[str] | None, state: dict[str, str | None]) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
     try:
-        from dreamy.cli import dream, export, sae_train, sites
+        from dreamy.cli import direction, dream, export, sae_train, sites
         from dreamy.cli.parser import build_parser
 
         args = build_parser().parse_args(argv)
@@ -109,6 +110,8 @@ def _run(argv: Sequence[str] | None, state: dict[str, str | None]) -> int:
             return sae_train.run(args)
         if args.command == "export":
             return export.run(args)
+        if args.command == "direction":
+            return direction.run(args)
         return dream.run(args)
     except UsageError as error:
         print(f"dream: error: {error}", file=sys.stderr)

@@ -92,6 +92,31 @@ def _targets(args: argparse.Namespace) -> list[str]:
         raise UsageError(str(error).splitlines()[0]) from error
 
 
+def steer_config_of(args: argparse.Namespace) -> Any:
+    """The `SteerConfig` that `dream prompt --steer` asks for, or None without `--steer` (`UsageError` for a value
+    it refuses).
+
+    Example:
+        >>> from dreamy.cli.parser import build_parser
+        >>> args = build_parser().parse_args(["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", "x",
+        ...                                   "--steer", "--steer-scale", "2", "--steer-prompts", "2"])
+        >>> steer_config_of(args).scale, len(steer_config_of(args).prompts)
+        (2.0, 2)
+    """
+    if args.command != "prompt" or not getattr(args, "steer", False):
+        return None
+    from dreamy.steering import NEUTRAL_PROMPTS, SteerConfig
+
+    settings: dict[str, Any] = {"new_tokens": args.steer_tokens, "prompts": NEUTRAL_PROMPTS[:args.steer_prompts],
+                                "alpha": args.steer_alpha}
+    if args.steer_scale is not None:
+        settings["scale"] = args.steer_scale
+    try:
+        return SteerConfig(**settings)
+    except ConfigError as error:
+        raise UsageError(f"--steer: {error}") from error
+
+
 def _check_image_memory(args: argparse.Namespace, n_targets: int, size: tuple[int, int], device: torch.device) -> None:
     """Refuse an image batch whose estimated memory exceeds what the device has free."""
     images = min(args.batch_targets, n_targets) * args.per_target
@@ -135,6 +160,8 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
     if args.command == "prompt" and init_of(args) not in (None, "random") and args.maxima is None:
         raise UsageError(f"--init {args.init} starts from dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
+    if getattr(args, "labels", False) and args.maxima is None:
+        raise UsageError("--labels searches labels on dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     for judge in getattr(args, "judge", []):
         if kind_of(judge) != "vision":
             what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
@@ -161,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `dream image|prompt` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
     from dreamy.models import load
     from dreamy.runs import dream_targets, plan_batches, unusable_targets
-    from dreamy.runs.enrich import attach_judges, attach_maxima
+    from dreamy.runs.enrich import attach_judges, attach_maxima, attach_steering
+    from dreamy.runs.labeling import attach_labels
     from dreamy.runs.store import OutDirError, prepare_out_dir, run_info_of, run_lock
 
     device = _check_arguments(args)
@@ -169,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed + len(plan_batches(specs, args.batch_targets)) > MAX_SEED:
         raise UsageError(f"--seed {args.seed} is too large: batch k uses seed + k, which must stay <= {MAX_SEED}")
     config = config_of(args)
+    steering = steer_config_of(args)
     out = Path(args.out)
     try:
         prepare_out_dir(args.out, run_info_of(args.model, config, describe=getattr(args, "describe", True)),
@@ -192,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
             if judges:
                 attach_judges(out, judges)
             attach_maxima(out, loaded, args.maxima, describe=getattr(args, "describe", True), progress=not args.quiet)
+            if getattr(args, "labels", False):
+                attach_labels(out, loaded, args.maxima, progress=not args.quiet)
+            if steering is not None:
+                attach_steering(out, loaded, steering)
     except OutDirError as error:
         raise UsageError(str(error)) from error
     failed = [r for r in records if "error" in r]

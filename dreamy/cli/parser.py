@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dreamy.cli import export, sae_train
+from dreamy.cli import direction, export, sae_train
 from dreamy.cli.arguments import UsageError, non_negative, positive
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
@@ -90,10 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a batch's search once no target's frontier has moved for this many iterations")
     prompt.add_argument("--prefix", default="")
     prompt.add_argument("--suffix", default="")
+    prompt.add_argument("--labels", action="store_true",
+                        help="also search a one-token label per target (token-space gradient descent with the model "
+                             "as the judge, on windows of the --maxima corpus) and show it with its held-out accuracy")
     prompt.add_argument("--no-describe", dest="describe", action="store_false",
                         help="skip the output-side descriptions (VocabProj, TokenChange) of feature and neuron targets")
+    prompt.add_argument("--steer", action="store_true",
+                        help="steering check: add alpha x the target's unit direction at its site while the model continues "
+                             "neutral prompts; a few continuations, the input score (needs --maxima), the output score and the "
+                             "fluency cost on each card (Arad et al. 2025)")
+    prompt.add_argument("--steer-scale", type=non_negative, default=None,
+                        help="alpha as a multiple of the site's mean activation norm (default: the library's SteerConfig, 1.5)")
+    prompt.add_argument("--steer-alpha", type=float, default=None, help="alpha itself (overrides --steer-scale)")
+    prompt.add_argument("--steer-tokens", type=positive(int), default=20, help="tokens per continuation (default %(default)s)")
+    prompt.add_argument("--steer-prompts", type=positive(int), default=4,
+                        help="neutral prompts continued per target (default %(default)s of the library's 8)")
     sae_train.add_parser(sub)
     export.add_parser(sub)
+    direction.add_parser(sub)
     return parser
 
 

@@ -1,8 +1,8 @@
-"""Enrich a finished run's records in its output folder: dataset maxima, judges' verdicts, descriptions.
+"""Enrich a finished run's records in its output folder: dataset maxima, judges' verdicts, descriptions, steering.
 
 Each step reads the run's results.json, adds fields to the finished (non-error) records, rewrites the file
 and the gallery, and holds the folder's lock while it does (`store.run_lock`). This is what `dream ...
---maxima DATASET` and `--judge MODEL` do after dreaming.
+--maxima DATASET`, `--judge MODEL` and `--steer` do after dreaming.
 
 Example (judges on a run with no class dreams judge nothing):
     >>> import tempfile
@@ -221,4 +221,57 @@ def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any
     return updated
 
 
-__all__ = ["attach_judges", "attach_maxima", "judge_records", "matched_windows"]
+def steering_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+    """Copies of the finished prompt `records` with their `"steering"` (`dreamy.steering.steer_many`: the
+    continuations, the input score over the record's `maxima` windows, the output score and the fluency cost) or,
+    for a target that cannot be steered, `"steering_error"`. Error records and image records are left out.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.steering import SteerConfig
+        >>> out = steering_of(load("tiny:lm"), [{"kind": "prompt", "target": "model.layers.1:3"},
+        ...                                     {"kind": "prompt", "target": "logits:3"}], SteerConfig(prompts=("A",), new_tokens=2))
+        >>> sorted(out[0]["steering"])[:3], out[1]["steering_error"][:35]
+        (['alpha', 'alpha_source', 'continuations'], "cannot steer target 'logits:3': an ")
+    """
+    from dreamy.steering import steer_many, steering_direction
+
+    todo = [r for r in records if "error" not in r and r.get("kind", "prompt") == "prompt"]
+    good, out = [], {}
+    for record in todo:
+        fresh = {k: v for k, v in record.items() if k not in ("steering", "steering_error")}
+        try:
+            steering_direction(loaded, record["target"])
+            good.append(fresh)
+        except Exception as error:
+            out[record["target"]] = {**fresh, "steering_error": str(error).splitlines()[0]}
+    if good:
+        windows = {r["target"]: r.get("maxima") or [] for r in good}
+        for record, result in zip(good, steer_many(loaded, [r["target"] for r in good], config, windows=windows)):
+            steering = result.to_records()[0]
+            steering.pop("kind")
+            out[record["target"]] = {**record, "steering": steering}
+    return [out[r["target"]] for r in todo]
+
+
+def attach_steering(out_dir: str | Path, loaded: LoadedModel, config: Any) -> list[dict[str, Any]]:
+    """Steer every finished prompt target of the run in `out_dir` (`steering_of`), rewrite its results.json and
+    gallery; returns the updated records. Run it after `attach_maxima`: the input score reads the records' maxima.
+
+    Example:
+        >>> import tempfile
+        >>> attach_steering(tempfile.mkdtemp(), None, None)
+        []
+    """
+    with run_lock(out_dir):
+        store = ResultsStore(out_dir)
+        updated = steering_of(loaded, store.records, config) if store.records else []
+        if updated:
+            by_target = {r["target"]: r for r in updated}
+            store.add_many([by_target.get(r["target"], r) for r in store.records])  # keeps the gallery's order
+            run = store.run or {}
+            write_index(out_dir, store.records, gallery_title(run.get("kind", "prompt"), run.get("model", "?")))
+        return updated
+
+
+__all__ = ["attach_judges", "attach_maxima", "attach_steering", "judge_records", "matched_windows", "steering_of"]

@@ -275,3 +275,16 @@ def test_a_run_killed_while_its_record_log_holds_batches_resumes_with_nothing_lo
     assert final[: len(kept)] == json.loads(json.dumps(kept))  # every kept record, logged ones too, as it was
     assert {name: (tmp_path / name).stat().st_mtime_ns for name in stamps} == stamps  # and not dreamed again
     assert not (tmp_path / LOG_NAME).exists()
+
+
+def test_prompt_labels_need_a_corpus_and_are_searched_on_it(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat. The dog ran in the park and the bird sang in the tree. " * 30)
+    base = ["prompt", "--model", "tiny:lm", "--target", "model.layers.1:3", "--iters", "1", "--tokens", "3",
+            "--population", "2", "--children", "4", "--quiet", "--labels"]
+    assert main(base + ["--out", str(tmp_path / "no")]) == 2
+    assert "--labels searches labels on dataset windows: add --maxima" in capsys.readouterr().err
+    assert main(base + ["--maxima", str(corpus), "--out", str(tmp_path / "run")]) == 0
+    (record,) = records(tmp_path / "run")
+    # the tiny tokenizer has no single " Yes" token, so the default judge template cannot run: said on the record
+    assert "labels_error" in record and "' Yes'" in record["labels_error"]
