@@ -113,7 +113,6 @@ def test_tcav_on_a_model_through_a_linear_head(tiny_cnn):
     concept = torch.rand(10, 3, 32, 32, generator=gen) * 0.4 + 0.6
     pool = torch.rand(30, 3, 32, 32, generator=gen) * 0.5
     result = tcav(tiny_cnn, "logits:2", "pool", concept, pool, torch.rand(6, 3, 32, 32, generator=gen), seed=1)
-    head = tiny_cnn.model.head.weight[2]
     assert set(result.scores) <= {0.0, 1.0} and set(result.random_scores) <= {0.0, 1.0}
     assert result.score == pytest.approx(sum(result.scores) / 10)
     assert (result.target, result.site, result.model, result.reduce) == ("logits:2", "pool", "tiny:cnn", "mean")
