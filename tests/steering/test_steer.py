@@ -159,3 +159,22 @@ def test_config_refuses_bad_values():
     with pytest.raises(ConfigError, match="unknown SteerConfig setting 'alhpa'"):
         SteerConfig.build(alhpa=1.0)
     assert SteerConfig(prompts="Hello").prompts == ("Hello",)
+
+
+def test_an_sae_naming_its_site_in_transformerlens_terms_steers_that_module(tiny_lm, tmp_path):
+    """`sae=DIR#i` with no site and a cfg hook name `blocks.1.hook_resid_post` steers model.layers.1's output, the
+    same continuations as the spec naming the Hugging Face site."""
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 64, "d_sae": 4, "architecture": "relu",
+                                                 "hook_name": "blocks.1.hook_resid_post"}))
+    w_dec = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    save_file({"W_enc": torch.randn(64, 4), "b_enc": torch.zeros(4), "W_dec": w_dec, "b_dec": torch.zeros(64)},
+              str(folder / "sae_weights.safetensors"))
+    settings = dict(prompts=("A dog",), new_tokens=4, alpha=6.0)
+    named = steer(tiny_lm, f"model.layers.1:sae={folder}#2", **settings).to_records()[0]
+    from_cfg = steer(tiny_lm, f"sae={folder}#2", **settings).to_records()[0]
+    assert from_cfg["continuations"] == named["continuations"]
+    assert from_cfg["output_score"] == pytest.approx(named["output_score"])
+    plain = steer(tiny_lm, f"model.layers.1:sae={folder}#2", **dict(settings, alpha=0.0)).to_records()[0]
+    assert named["continuations"][0]["steered"] != plain["continuations"][0]["steered"]
