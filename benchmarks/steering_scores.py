@@ -26,13 +26,12 @@ import torch
 
 from benchmarks import common
 from dreamy.datasets import open_text
-from dreamy.language.layout import start_token
 from dreamy.maxima import text_maxima
 from dreamy.maxima.records import canonical_target
 from dreamy.models import load
 from dreamy.sae.files import load as load_sae
-from dreamy.sae.splice import edit_site
 from dreamy.steering import NEUTRAL_PROMPTS, SteerConfig, steer_many
+from dreamy.steering.steer import site_activations
 from dreamy.targets.saelens import read_sae_folder
 
 DEFAULT_SAE = Path("~/.cache/dreamy/benchmarks/sae-l9")
@@ -66,18 +65,7 @@ def paper_strength(loaded: Any, sae_folder: Path, site: str, prompts: tuple[str,
     """The paper's steering strength at the prompts' last tokens: 10 x the largest SAE activation there, and the
     site's activation norm at those tokens."""
     sae = load_sae(sae_folder, loaded.device)
-    last = []
-
-    def record(activation: torch.Tensor) -> torch.Tensor:
-        last.append(activation[:, -1].float())
-        return activation
-
-    start = start_token(loaded.tokenizer)
-    with edit_site(loaded.model, site, record):
-        for prompt in prompts:
-            ids = [start] + loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            loaded.model(input_ids=torch.tensor([ids], device=loaded.device))
-    x = torch.cat(last)
+    x = torch.cat([activation[:, -1].float() for activation in site_activations(loaded, site, prompts)])
     max_act = sae.encode(x).max(dim=-1).values
     return {"paper_alpha": float(10 * max_act.mean()), "max_sae_activation": float(max_act.mean()),
             "last_token_norm": float(x.norm(dim=-1).mean())}

@@ -256,6 +256,28 @@ def continuation_xentropy(loaded: LoadedModel, prompt: str, token_ids: Sequence[
 
 
 @torch.no_grad()
+def site_activations(loaded: LoadedModel, site: str, prompts: Sequence[str]) -> list[Tensor]:
+    """`site`'s activation (`[1, T, d]`, the start token first) on each of `prompts`, read in one forward each.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> [tuple(a.shape) for a in site_activations(load("tiny:lm"), "model.layers.1", ["The cat sat."])][0][-1]
+        64
+    """
+    seen: list[Tensor] = []
+
+    def record(activation: Tensor) -> Tensor:
+        seen.append(activation.detach())
+        return activation
+
+    start = start_token(loaded.tokenizer)
+    with edit_site(loaded.model, site, record):
+        for prompt in prompts:
+            ids = [start] + loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            loaded.model(input_ids=torch.tensor([ids], device=loaded.device))
+    return seen
+
+
 def site_norm(loaded: LoadedModel, site: str, prompts: Sequence[str]) -> float:
     """The mean norm of `site`'s activation over the tokens of `prompts` (after the start token).
 
@@ -264,17 +286,7 @@ def site_norm(loaded: LoadedModel, site: str, prompts: Sequence[str]) -> float:
         >>> site_norm(load("tiny:lm"), "model.layers.1", ["The cat sat."]) > 0
         True
     """
-    norms: list[Tensor] = []
-
-    def record(activation: Tensor) -> Tensor:
-        norms.append(activation[:, 1:].float().norm(dim=-1).flatten())
-        return activation
-
-    start = start_token(loaded.tokenizer)
-    with edit_site(loaded.model, site, record):
-        for prompt in prompts:
-            ids = [start] + loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            loaded.model(input_ids=torch.tensor([ids], device=loaded.device))
+    norms = [activation[:, 1:].float().norm(dim=-1).flatten() for activation in site_activations(loaded, site, prompts)]
     return float(torch.cat(norms).mean())
 
 
@@ -402,4 +414,4 @@ def steer(loaded: LoadedModel, target: str, config: SteerConfig | None = None, *
 
 
 __all__ = ["Continuation", "SteerResult", "continuation_xentropy", "generate", "input_score", "promoted_tokens",
-           "rank_output_score", "site_norm", "steer", "steer_many", "steering_direction", "top_activating_tokens"]
+           "rank_output_score", "site_activations", "site_norm", "steer", "steer_many", "steering_direction", "top_activating_tokens"]
