@@ -42,6 +42,21 @@ def positive(kind: type) -> Callable[[str], float]:
     return convert
 
 
+def pack_size(text: str) -> int | str:
+    """An argparse type for `--batch-targets`: a whole number > 0, or "auto" (sized to the device's free memory).
+
+    Example:
+        >>> pack_size("32"), pack_size("auto")
+        (32, 'auto')
+    """
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive(int)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of targets > 0 or auto, got {text!r}") from None
+
+
 def non_negative(text: str) -> float:
     """An argparse type: a finite float >= 0 (a weight).
 

@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = _check_arguments(args)
     specs = _targets(args)
-    if args.seed + len(plan_batches(specs, args.batch_targets)) > MAX_SEED:
+    if args.seed + len(plan_batches(specs, 1 if args.batch_targets == "auto" else args.batch_targets)) > MAX_SEED:
         raise UsageError(f"--seed {args.seed} is too large: batch k uses seed + k, which must stay <= {MAX_SEED}")
     config = config_of(args)
     steering = steer_config_of(args)
@@ -205,17 +205,28 @@ def run(args: argparse.Namespace) -> int:
     except OutDirError as error:
         raise UsageError(str(error)) from error
     loaded = load(args.model, device)
-    if args.command == "image":
+    if args.command == "image" and args.batch_targets != "auto":  # auto sizes the batches to the memory
         _check_image_memory(args, len(specs), tuple(config.image_size or loaded.preprocess.size), device)
     bad = unusable_targets(loaded, specs, config)
     if bad:
         more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
         raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
+    batch_targets = args.batch_targets
+    if batch_targets == "auto":
+        from dreamy.runs.local import auto_batch_targets
+
+        try:
+            choice = auto_batch_targets(loaded, specs, config)
+        except ValueError as error:
+            raise UsageError(f"--batch-targets auto: {error}") from error
+        batch_targets = choice.pack
+        if not args.quiet:
+            print(f"dream: {choice.summary()}", file=sys.stderr)
     judges = _load_judges(args, loaded, device)
     try:
         with run_lock(out):  # one run per folder, for the dreams, the judges and the maxima alike
             records = dream_targets(loaded, specs, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                                    batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
+                                    batch_targets=batch_targets, describe=getattr(args, "describe", True),
                                     use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
                                     progress=not args.quiet, maxima=args.maxima)
             if judges:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from dreamy.cli import direction, export, sae_train
-from dreamy.cli.arguments import UsageError, non_negative, positive
+from dreamy.cli.arguments import UsageError, non_negative, pack_size, positive
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
 REGULARIZER_FLAGS = ("tv", "l1", "l2", "blur", "center")
@@ -46,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="cpu")
         cmd.add_argument("--resume", action="store_true", help="skip targets already finished in --out (same run only)")
         cmd.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
-        cmd.add_argument("--batch-targets", type=positive(int), default=8, help="targets per shared batch (default %(default)s)")
+        cmd.add_argument("--batch-targets", type=pack_size, default=8, metavar="N|auto",
+                         help="targets per shared batch, or auto: as many as the device's free memory holds at a "
+                              "footprint measured on one step (default %(default)s)")
         cmd.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                          help="shard over a Ray cluster (no address: start a local one)")
-        cmd.add_argument("--workers", type=positive(int), default=2, help="Ray workers (default %(default)s)")
+        cmd.add_argument("--workers", type=positive(int), default=None,
+                         help="Ray workers (default: one per GPU of the cluster with --device cuda, each given one GPU; else 2)")
         cmd.add_argument("--maxima", default=None, metavar="DATASET",
                          help="also find dataset maxima (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file)")
         cmd.add_argument("--quiet", action="store_true", help="no progress bars")

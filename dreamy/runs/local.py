@@ -12,7 +12,9 @@ loses only the batch it was running, which a resumed run completes.
 Before any dreaming, every target is checked against the model (`plan.unusable_targets`): a target that
 cannot be scored is recorded with its error at once and never dreamed. results.json records the run (model,
 kind, settings, seed); resuming it with anything else is refused (`store.OutDirError`). One run writes into a
-folder at a time (`store.run_lock`). Ctrl-C or SIGTERM stops the run: finished batches are kept, the
+folder at a time (`store.run_lock`). `batch_targets="auto"` sizes the batches to the device from a measured
+per-target footprint (`runs.sizing.auto_pack`); a batch that runs out of memory is dreamed in halves and later
+batches are cut to the size that fit (`batch.PackLimit`), so no target is lost to it. Ctrl-C or SIGTERM stops the run: finished batches are kept, the
 interrupted one is not recorded.
 
 Example:
@@ -39,7 +41,7 @@ from dreamy.models import LoadedModel
 from dreamy.report.page import gallery_title, write_index
 from dreamy.runs import batch
 from dreamy.language.proposals import SEEDED_INITS
-from dreamy.runs.batch import BatchOutput, error_record
+from dreamy.runs.batch import BatchOutput, PackLimit, error_record
 from dreamy.runs.enrich import matched_windows
 from dreamy.runs.plan import batch_config, check_model, plan_batches, unusable_targets
 from dreamy.runs.store import ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
@@ -110,19 +112,22 @@ class _Writer:
 
 
 def dream_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *, out_dir: str | Path | None = None,
-                  resume: bool = False, overwrite: bool = False, batch_targets: int = 8, describe: bool = True,
-                  use_ray: bool = False, ray_address: str | None = None, workers: int = 2, progress: bool = True,
+                  resume: bool = False, overwrite: bool = False, batch_targets: int | str = 8, describe: bool = True,
+                  use_ray: bool = False, ray_address: str | None = None, workers: int | None = None, progress: bool = True,
                   on_batch: Callable[[Any, int], None] | None = None, maxima: Any = None,
                   maxima_scan: dict[str, Any] | None = None) -> RunRecords:
     """Dream every target of `specs` on `loaded` as `config` says, locally or over Ray; returns the records.
 
     The config's type says what is dreamed: a `DreamConfig` images, an `EPOConfig` or `GCGConfig` prompts.
     With `use_ray` (or a `ray_address`) batches are sharded over `workers` Ray actors that each load the model
-    by name (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)` is called
+    by name (by default one per GPU of the cluster on a CUDA device, each asking Ray for one GPU, else 2) (`ray.init()` starts a local cluster when no address is given). `on_batch(runner, k)` is called
     after batch k is written (for tests and monitoring). A non-empty `out_dir` needs `resume` (same run only)
     or `overwrite`. `describe=False` skips the output-side descriptions of prompt records. A prompt config whose
     `init` is "maxima" or "mixed" starts each target's search from its matched-length windows of corpus `maxima`
     (found first, in one pass for every target, and cached; `maxima_scan` goes to `text_maxima`).
+    `batch_targets="auto"` packs as many targets as the device's free memory holds at the footprint measured on
+    one step of small packs (`runs.sizing.auto_pack`; the choice is logged and shown on the progress bar); each
+    record's `"pack"` says how many targets its optimization packed.
     """
     check_model(loaded, config)
     if getattr(config, "init", None) in SEEDED_INITS and maxima is None:
@@ -131,27 +136,56 @@ def dream_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *, 
     run = run_info_of(loaded.name, config, describe=describe)
     if out_dir is not None:
         prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)
+    shown = ""
+    if batch_targets == "auto":
+        choice = auto_batch_targets(loaded, specs, config)
+        batch_targets, shown = choice.pack, f" ({choice.summary()})"
+        log.info("%s", choice.summary())
+    elif not isinstance(batch_targets, int):
+        raise ValueError(f"batch_targets must be a number of targets or 'auto', got {batch_targets!r}")
     planned = plan_batches(specs, batch_targets)
     if out_dir is None:
         return _dream_planned(loaded, planned, config, run, None, resume, describe, use_ray, ray_address, workers,
-                              progress, on_batch, maxima, maxima_scan)
+                              progress, on_batch, maxima, maxima_scan, shown)
     with run_lock(out_dir):
         prepare_out_dir(out_dir, run, resume=resume, overwrite=overwrite)  # again under the lock: a run may have
         if overwrite:                                                     # finished in it meanwhile
             clear_outputs(out_dir)
         return _dream_planned(loaded, planned, config, run, out_dir, resume, describe, use_ray, ray_address, workers,
-                              progress, on_batch, maxima, maxima_scan)
+                              progress, on_batch, maxima, maxima_scan, shown)
+
+
+def auto_batch_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) -> Any:
+    """The `sizing.PackChoice` for a run of `config` over `specs` on `loaded`, measured on its first usable
+    targets (a run with none usable packs 1: it dreams nothing).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.vision import DreamConfig
+        >>> auto_batch_targets(load("tiny:cnn"), ["head:1", "head:99"], DreamConfig()).pack in (1, 2)
+        True
+    """
+    from dreamy.runs.sizing import PROBE_PACK, PackChoice, auto_pack
+
+    expanded = [spec for part in plan_batches(specs, 1) for spec in part]
+    probe = expanded[:4 * PROBE_PACK]
+    bad = {spec for spec, _ in unusable_targets(loaded, probe, config)}
+    usable = [spec for spec in probe if spec not in bad]
+    if not usable:
+        return PackChoice(1, 0, 0, None, "nothing (no usable target)")
+    choice = auto_pack(loaded, usable, config)
+    return PackChoice(max(1, min(choice.pack, len(expanded))), choice.per_target, choice.fixed, choice.free, choice.how)
 
 
 def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config, run: dict[str, Any],
                    out_dir: str | Path | None, resume: bool, describe: bool, use_ray: bool, ray_address: str | None,
-                   workers: int, progress: bool, on_batch: Callable[[Any, int], None] | None, maxima: Any,
-                   maxima_scan: dict[str, Any] | None) -> RunRecords:
+                   workers: int | None, progress: bool, on_batch: Callable[[Any, int], None] | None, maxima: Any,
+                   maxima_scan: dict[str, Any] | None, shown: str = "") -> RunRecords:
     """The checked, planned batches of `dream_targets`, dreamed and written (the folder already locked)."""
     writer = _Writer(out_dir, gallery_title(config.kind, loaded.name), run)
     try:
         records = _dream_written(loaded, planned, config, writer, resume, describe, use_ray, ray_address, workers,
-                                 progress, on_batch, maxima, maxima_scan)
+                                 progress, on_batch, maxima, maxima_scan, shown)
     except BaseException:  # an interrupt too: the gallery and results.json still show every finished batch
         try:
             writer.close()
@@ -163,10 +197,10 @@ def _dream_planned(loaded: LoadedModel, planned: list[list[str]], config: Config
 
 
 def _dream_written(loaded: LoadedModel, planned: list[list[str]], config: Config, writer: _Writer, resume: bool,
-                   describe: bool, use_ray: bool, ray_address: str | None, workers: int, progress: bool,
+                   describe: bool, use_ray: bool, ray_address: str | None, workers: int | None, progress: bool,
                    on_batch: Callable[[Any, int], None] | None, maxima: Any,
-                   maxima_scan: dict[str, Any] | None) -> RunRecords:
-    """`_dream_planned` with its writer open."""
+                   maxima_scan: dict[str, Any] | None, shown: str = "") -> RunRecords:
+    """`_dream_planned` with its writer open; `shown` follows the progress bar's name (the auto pack)."""
     skip = writer.done() if resume else set()
     unusable = unusable_targets(loaded, [s for part in planned for s in part if s not in skip], config)
     writer.write(BatchOutput([error_record(loaded, config, spec, error) for spec, error in unusable]))
@@ -181,16 +215,18 @@ def _dream_written(loaded: LoadedModel, planned: list[list[str]], config: Config
         from dreamy.runs.on_ray import run_on_ray
 
         run_on_ray(loaded.name, todo, config, writer, address=ray_address, workers=workers,
-                   device=str(loaded.device), describe=describe, progress=progress, on_batch=on_batch, starts=starts)
+                   device=str(loaded.device), describe=describe, progress=progress, on_batch=on_batch, starts=starts,
+                   shown=shown)
         return writer.records
-    with stepping.progress(len(todo), f"{config.kind} batches", enabled=progress) as bar:
+    limit = PackLimit()  # lowered by a batch that runs out of memory, for the batches after it
+    with stepping.progress(len(todo), f"{config.kind} batches{shown}", enabled=progress) as bar:
         for k, part in todo:
             writer.write(batch.dream_batch(loaded, part, batch_config(config, k), progress=progress, describe=describe,
-                                           starts=starts))
+                                           starts=starts, limit=limit))
             if on_batch:
                 on_batch(None, k)
             bar.update(1)
     return writer.records
 
 
-__all__ = ["RunRecords", "dream_targets"]
+__all__ = ["RunRecords", "auto_batch_targets", "dream_targets"]

@@ -1,7 +1,10 @@
 """Shard dreaming batches over Ray actors (optional extra: `pip install ray`).
 
-Each actor loads the model once and dreams the batches it is handed; the driver hands out one batch
-per actor at a time, writes each result as soon as it arrives, and drops an actor that died (its
+Each actor loads the model once and dreams the batches it is handed; on a CUDA device each actor asks Ray
+for one GPU (`num_gpus=1`, see `worker_options`), so a multi-GPU node runs one worker per GPU (the default
+number of workers there, `default_workers`), each on the GPU Ray gives it. Each worker halves a pack that runs
+out of its GPU's memory and keeps the smaller size for its later batches (`batch.PackLimit`). The driver hands
+out one batch per actor at a time, writes each result as soon as it arrives, and drops an actor that died (its
 in-flight batch is lost and is completed by a later `resume` run).
 
 Example:
@@ -21,17 +24,59 @@ from dreamy.core.config import Config
 log = logging.getLogger(__name__)
 
 
-class RayRunner:
-    """The actors of one run; `workers[i]` is an actor handle (tests kill one to simulate a crash)."""
+def worker_options(device: str, num_gpus: float | None = None) -> dict[str, Any]:
+    """The Ray resources one worker asks for: a CPU, and on a CUDA `device` one GPU (`num_gpus` overrides).
 
-    def __init__(self, model: str, workers: int, device: str) -> None:
+    Example:
+        >>> worker_options("cuda:0"), worker_options("cpu")
+        ({'num_cpus': 1, 'max_restarts': 0, 'num_gpus': 1}, {'num_cpus': 1, 'max_restarts': 0})
+    """
+    gpus = (1 if str(device).startswith("cuda") else 0) if num_gpus is None else num_gpus
+    return {"num_cpus": 1, "max_restarts": 0, **({"num_gpus": gpus} if gpus else {})}
+
+
+def worker_device(device: str) -> str:
+    """The device a worker loads the model on: a CUDA device is the GPU Ray gave the worker (it sets the
+    worker's `CUDA_VISIBLE_DEVICES` to it, so it is the worker's "cuda"); any other device as given.
+
+    Example:
+        >>> worker_device("cuda:3"), worker_device("cpu")
+        ('cuda', 'cpu')
+    """
+    return "cuda" if str(device).startswith("cuda") else str(device)
+
+
+def default_workers(device: str, gpus: float | None = None) -> int:
+    """How many workers a run starts when not told: one per GPU on a CUDA device (`gpus`: the cluster's, by
+    default this machine's `torch.cuda.device_count()`), else 2.
+
+    Example:
+        >>> default_workers("cuda", gpus=8), default_workers("cpu")
+        (8, 2)
+    """
+    if not str(device).startswith("cuda"):
+        return 2
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return max(1, int(gpus))
+
+
+class RayRunner:
+    """The actors of one run; `workers[i]` is an actor handle (tests kill one to simulate a crash). Each asks
+    Ray for `worker_options(device, num_gpus)`."""
+
+    def __init__(self, model: str, workers: int, device: str, num_gpus: float | None = None) -> None:
         try:
             import ray
         except ImportError as error:
             raise RuntimeError("--ray needs Ray: pip install 'ray' (or the project's [ray] extra)") from error
-        from dreamy.runs.batch import dream_batch
+        from dreamy.runs.batch import PackLimit, dream_batch
 
-        @ray.remote(num_cpus=1, max_restarts=0)
+        self.options = worker_options(device, num_gpus)
+
+        @ray.remote(**self.options)
         class Worker:
             def __init__(self, model_name: str, device_name: str) -> None:
                 import torch
@@ -40,9 +85,13 @@ class RayRunner:
 
                 torch.set_num_threads(1)
                 self.loaded = load(model_name, device_name)
+                self.limit = PackLimit()  # this worker's device: a pack that ran out of memory lowers it
 
             def run(self, specs: list[str], config: Config, describe: bool, starts: dict | None):
-                return dream_batch(self.loaded, specs, config, describe=describe, starts=starts)
+                return dream_batch(self.loaded, specs, config, describe=describe, starts=starts, limit=self.limit)
+
+            def gpu_ids(self) -> list:
+                return [str(gpu) for gpu in ray.get_gpu_ids()]
 
             def pid(self) -> int:
                 import os
@@ -50,14 +99,21 @@ class RayRunner:
                 return os.getpid()
 
         self.ray = ray
-        self.workers = [Worker.remote(model, device) for _ in range(workers)]
+        self.workers = [Worker.remote(model, worker_device(device)) for _ in range(workers)]
 
 
 def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, writer: Any, *, address: str | None,
-               workers: int, device: str, describe: bool, progress: bool,
-               on_batch: Callable[[Any, int], None] | None, starts: dict[str, Any] | None = None) -> None:
+               workers: int | None, device: str, describe: bool, progress: bool,
+               on_batch: Callable[[Any, int], None] | None, starts: dict[str, Any] | None = None,
+               shown: str = "") -> None:
     """Run `todo` batches (index, specs) of `config`'s run on `workers` Ray actors that each load `model` by name,
-    writing results through `writer` (batch k runs with seed `config.seed + k`)."""
+    writing each result through `writer` as it arrives (batch k runs with seed `config.seed + k`). `workers=None`
+    starts `default_workers` (one per GPU of the cluster on a CUDA device); `shown` follows the progress bar's name.
+
+    Example:
+        >>> callable(run_on_ray)
+        True
+    """
     import ray
 
     from dreamy.runs.plan import batch_config
@@ -66,7 +122,11 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
         if address:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+            cpus = workers or default_workers(device)
+            ray.init(num_cpus=cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    if workers is None:
+        gpus = ray.cluster_resources().get("GPU", 0) if str(device).startswith("cuda") else None
+        workers = default_workers(device, gpus)
     runner = RayRunner(model, workers, device)
     queue = list(todo)
     running: dict[Any, tuple[int, int, list[str]]] = {}  # object ref -> (worker, batch index, specs)
@@ -80,7 +140,7 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
 
     for worker in sorted(alive):
         hand_out(worker)
-    with stepping.progress(len(todo), f"{config.kind} batches on Ray", enabled=progress) as bar:
+    with stepping.progress(len(todo), f"{config.kind} batches on {workers} Ray workers{shown}", enabled=progress) as bar:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             ref = ready[0]
