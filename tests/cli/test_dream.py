@@ -40,7 +40,7 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
     import dreamy.runs.batch as batches
 
-    def fake_batch(loaded, specs, config, progress=False, describe=True, starts=None):
+    def fake_batch(loaded, specs, config, progress=False, describe=True, starts=None, limit=None):
         return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
