@@ -288,3 +288,18 @@ def test_prompt_labels_need_a_corpus_and_are_searched_on_it(tmp_path, capsys):
     (record,) = records(tmp_path / "run")
     # the tiny tokenizer has no single " Yes" token, so the default judge template cannot run: said on the record
     assert "labels_error" in record and "' Yes'" in record["labels_error"]
+
+
+def test_batch_targets_auto_measures_the_pack_and_says_which(tmp_path, capsys):
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:0-5", "--steps", "2", "--batch-targets", "auto",
+                 "--out", str(tmp_path / "images")]) == 0
+    said = capsys.readouterr().err
+    assert "auto: packs of 6 targets" in said and "measured by cpu peak rss" in said  # a CPU has room for all six
+    assert {r["pack"] for r in records(tmp_path / "images")} == {6}
+    assert main(["prompt", "--model", "tiny:lm", "--target", "logits:1-3", "--iters", "1", "--tokens", "3",
+                 "--children", "4", "--population", "2", "--batch-targets", "AUTO", "--no-describe",
+                 "--out", str(tmp_path / "prompts"), "--quiet"]) == 0
+    assert {r["pack"] for r in records(tmp_path / "prompts")} == {3}
+    bad = run("prompt", "--model", "tiny:lm", "--target", "logits:1", "--batch-targets", "most", "--out",
+              str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "expected a number of targets > 0 or auto, got 'most'" in bad.stderr
