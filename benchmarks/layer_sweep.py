@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks import common
+from dreamy.core.memory import is_oom
 from dreamy.models import LoadedModel, load
 
 DEFAULT_PACKS = "1,8,32,128,512"
@@ -91,11 +92,18 @@ def prompt_sweep(loaded: LoadedModel, site: str, packs: list[int], budget: dict[
     settings = dict(budget, iters=iters, restart_every=None, seed=0, progress=False)
     rows, alone = [], None
     for pack in packs:
-        epo_many(loaded, targets[:pack], **{**settings, "iters": 1})  # warm-up at this pack (allocations, graphs)
-        _sync(device)
-        tick = time.perf_counter()
-        result = epo_many(loaded, targets[:pack], **settings)
-        _sync(device)
+        try:
+            epo_many(loaded, targets[:pack], **{**settings, "iters": 1})  # warm-up at this pack (allocations, graphs)
+            _sync(device)
+            tick = time.perf_counter()
+            result = epo_many(loaded, targets[:pack], **settings)
+            _sync(device)
+        except Exception as error:  # a pack too large for the device: said, and the larger ones skipped
+            if not is_oom(error):
+                raise
+            rows.append({"pack": pack, "error": "out of memory"})
+            print(rows[-1], flush=True)
+            break
         seconds = time.perf_counter() - tick
         if pack == packs[0] == 1:
             alone = result
@@ -109,9 +117,10 @@ def prompt_sweep(loaded: LoadedModel, site: str, packs: list[int], budget: dict[
             row["last_target_same_as_alone"] = _token_ids(result[pack - 1]) == _token_ids(last[0])
         rows.append(row)
         print(row, flush=True)
-    base = rows[0]["s_per_neuron_iteration"] if rows[0]["pack"] == 1 else None
+    base = rows[0].get("s_per_neuron_iteration") if rows[0]["pack"] == 1 else None
     for row in rows:
-        row["per_target_cost_vs_pack_1"] = None if base is None else row["s_per_neuron_iteration"] / base
+        if "error" not in row:
+            row["per_target_cost_vs_pack_1"] = None if base is None else row["s_per_neuron_iteration"] / base
     return {"rows": rows, "settings": {**settings, "site": site, "packs": packs, "model": loaded.name}}
 
 
@@ -126,19 +135,27 @@ def image_sweep(loaded: LoadedModel, packs: list[int], steps: int, side: int | N
     settings = dict(steps=steps, image_size=size, seed=0, progress=False)
     rows = []
     for pack in packs:
-        dream(loaded, targets[:pack], **{**settings, "steps": 1})  # warm-up
-        _sync(device)
-        tick = time.perf_counter()
-        result = dream(loaded, targets[:pack], **settings)
-        _sync(device)
+        try:
+            dream(loaded, targets[:pack], **{**settings, "steps": 1})  # warm-up
+            _sync(device)
+            tick = time.perf_counter()
+            result = dream(loaded, targets[:pack], **settings)
+            _sync(device)
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            rows.append({"pack": pack, "error": "out of memory"})
+            print(rows[-1], flush=True)
+            break
         seconds = time.perf_counter() - tick
         rows.append({"pack": pack, "seconds": seconds, "s_per_step": seconds / steps,
                      "target_steps_per_s": pack * steps / seconds, "s_per_target_step": seconds / (pack * steps),
                      "mean_activation": float(result.activation.mean())})
         print(rows[-1], flush=True)
-    base = rows[0]["s_per_target_step"] if rows[0]["pack"] == 1 else None
+    base = rows[0].get("s_per_target_step") if rows[0]["pack"] == 1 else None
     for row in rows:
-        row["per_target_cost_vs_pack_1"] = None if base is None else row["s_per_target_step"] / base
+        if "error" not in row:
+            row["per_target_cost_vs_pack_1"] = None if base is None else row["s_per_target_step"] / base
     check_pack = min(packs[-1], 8)
     starts = torch.rand(check_pack, 3, *size, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     fixed = dict(steps=min(steps, 4), transforms=Transforms(), progress=False, seed=0)
@@ -188,9 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
                                        args.steps or (16 if cuda else 2), args.size or (None if cuda else 64), args.device)
         common.print_table(figures["image"]["rows"], title=f"images: class logits of {args.model}")
     for kind, part in figures.items():
-        last = part["rows"][-1]
-        print(f"{kind}: per-target cost at a pack of {last['pack']} is {last['per_target_cost_vs_pack_1']:.3g}x "
-              "that of one target alone" if last["per_target_cost_vs_pack_1"] is not None else "")
+        last = [row for row in part["rows"] if row.get("per_target_cost_vs_pack_1") is not None][-1:]
+        if last:
+            print(f"{kind}: per-target cost at a pack of {last[0]['pack']} is "
+                  f"{last[0]['per_target_cost_vs_pack_1']:.3g}x that of one target alone")
     name = "layer_sweep" + ("_timing" if args.timing_only else "")
     common.write_result(name, figures, settings={"kind": args.kind, "device": args.device, "timing_only": args.timing_only,
                                                  "budget": budget, "threads": torch.get_num_threads()},
