@@ -62,7 +62,8 @@ def config_of(args: argparse.Namespace) -> Config:
             regularizers = {name: getattr(args, name) for name in REGULARIZER_FLAGS if getattr(args, name)}
             return DreamConfig(steps=args.steps, param=args.param, lr=args.lr, n_per_target=args.per_target,
                                diversity=args.diversity, regularizers=regularizers,
-                               image_size=(args.size, args.size) if args.size else None, seed=args.seed)
+                               image_size=(args.size, args.size) if args.size else None, seed=args.seed,
+                               precision=getattr(args, "precision", "fp32"))
         from dreamy.language import EPOConfig, GCGConfig
 
         common = {"n_tokens": args.tokens, "iters": args.iters, "children": args.children, "prefix": args.prefix,
@@ -156,6 +157,9 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     except ModelLoadError as error:
         raise UsageError(f"--device: {error}") from error
     check_seed(args.seed)
+    if args.command == "image" and getattr(args, "precision", "fp32") == "bf16" and device.type != "cuda":
+        raise UsageError(f"--precision bf16 autocasts on CUDA only, not on --device {args.device}; drop it (fp32 is "
+                         "the default) or use --device cuda")
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
     if args.command == "prompt" and init_of(args) not in (None, "random") and args.maxima is None:

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer steps (default %(default)s, a quick first gallery; the library's DreamConfig: 256)")
     image.add_argument("--param", default="fourier", choices=["fourier", "pixel", "maco", "dip", "decoder"])
     image.add_argument("--lr", type=positive(float), default=0.05)
+    image.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="bf16: each step under a bfloat16 autocast, CUDA only (default %(default)s)")
     image.add_argument("--size", type=positive(int), default=None, help="image side (default: the model's input size)")
     image.add_argument("--per-target", type=positive(int), default=1, help="images per target (default %(default)s)")
     image.add_argument("--diversity", type=non_negative, default=0.0)

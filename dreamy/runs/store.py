@@ -61,7 +61,8 @@ def run_info(model: str, kind: str, settings: dict[str, Any], seed: int) -> dict
 
 def run_info_of(model: str, config: Config, *, describe: bool = True) -> dict[str, Any]:
     """The `run_info` of a run of `config` on `model`: its settings are the config's fields and its method
-    (the seed apart); `describe=False` (no output-side descriptions) is recorded only when set.
+    (the seed apart); `describe=False` (no output-side descriptions) and an image `precision` other than fp32 are
+    recorded only when set.
 
     Example:
         >>> from dreamy.vision import DreamConfig
@@ -71,6 +72,8 @@ def run_info_of(model: str, config: Config, *, describe: bool = True) -> dict[st
     """
     settings = {"method": config.method, **config.to_dict()}
     settings.pop("seed", None)
+    if settings.get("precision") == "fp32":
+        settings.pop("precision")  # the default, recorded only when another is set: older runs keep their fingerprint
     if not describe:
         settings["describe"] = False
     return run_info(model, config.kind, settings, getattr(config, "seed", 0))

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -189,6 +190,17 @@ def _channels_last(images: Tensor) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
 
 
+def _autocast(precision: str, device: torch.device) -> Any:
+    """The context each step's forward runs in: a bfloat16 autocast for `precision="bf16"` on CUDA, else none
+    (`ValueError` for bf16 anywhere else: CPU autocast is slower than fp32 there and untested)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ValueError(f"precision='bf16' autocasts on CUDA only; the model is on {device}: use precision='fp32' "
+                         "(the default) or a CUDA device")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 def _with_gradients(function: Callable[..., Any]) -> Callable[..., Any]:
     """Run `function` with autograd on, even when called under `torch.no_grad()` or `torch.inference_mode()`."""
     @functools.wraps(function)
@@ -226,6 +238,7 @@ def dream(
     param, steps, lr, n_per_target, seed = config.param, config.steps, config.lr, config.n_per_target, config.seed
     transforms, diversity, diversity_site = config.transforms, config.diversity, config.diversity_site
     model, preprocess, device = _model_and_preprocess(loaded, preprocess)
+    autocast = _autocast(config.precision, device)
     with frozen(model):  # eval mode, no parameter gradients; mode and flags restored afterwards
         if isinstance(targets, (str, Target)):
             targets = [targets]
@@ -259,13 +272,15 @@ def dream(
                 for step in range(1, steps + 1):
                     images = param.images()
                     batch = _channels_last(normalize(transforms(images, gen)))
-                    result = probe(batch, row_targets=rows, keep_activations=diversity > 0)
-                    objective = result.row_scores
+                    with autocast:
+                        result = probe(batch, row_targets=rows, keep_activations=diversity > 0)
+                    objective = result.row_scores.float()
                     loss = -objective.sum()
                     for _, penalty, weight in penalties:
                         loss = loss + weight * penalty(images).sum()
                     if diversity > 0:
-                        loss = loss + diversity * _diversity_loss(result.activations, rows, row_sites)
+                        with autocast:
+                            loss = loss + diversity * _diversity_loss(result.activations, rows, row_sites)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -289,7 +304,7 @@ def dream(
         settings = {"param": param_name, "steps": len(history), "max_steps": steps, "lr": lr, "image_size": list(size),
                     "n_per_target": n_per_target, "transforms": repr(transforms), "diversity": diversity,
                     "diversity_site": diversity_site, "regularizers": {name: w for name, _, w in penalties},
-                    "optimizer": type(opt).__name__, "interrupted": interrupted}
+                    "optimizer": type(opt).__name__, "interrupted": interrupted, "precision": config.precision}
         history_tensor = torch.stack(history) if history else torch.zeros(0, n)
         return DreamResult(final.detach().cpu(), [str(t) for t in parsed], rows.tolist(), activation,
                            history_tensor, snapshots, settings, seed)

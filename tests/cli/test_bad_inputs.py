@@ -409,3 +409,10 @@ def test_an_interrupt_inside_an_import_waits_for_the_import_to_finish(tmp_path):
             "getattr(sys.modules['halfway'], 'finished', False))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "interrupted after the import: True", done.stdout + done.stderr
+
+
+def test_bf16_precision_is_refused_on_the_cpu_before_the_model_loads(tmp_path):
+    from dreamy.cli import main
+
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--precision", "bf16", "--out", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())

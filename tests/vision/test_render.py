@@ -250,3 +250,29 @@ def test_two_threads_dream_on_one_model(tiny_cnn):
         alone = dream(tiny_cnn, specs[i], steps=25, progress=False)
         torch.testing.assert_close(results[i].images, alone.images)
         torch.testing.assert_close(results[i].activation, alone.activation)
+
+
+def test_bf16_precision_is_refused_off_cuda_and_fp32_is_the_default(tiny_cnn):
+    from dreamy.core.config import ConfigError
+    from dreamy.runs.store import run_info_of
+    from dreamy.vision import DreamConfig
+
+    with pytest.raises(ValueError, match="autocasts on CUDA only; the model is on cpu"):
+        dream(tiny_cnn, ["head:0"], steps=1, precision="bf16", progress=False)
+    with pytest.raises(ConfigError, match="precision must be one of 'fp32', 'bf16'"):
+        DreamConfig(precision="fp16")
+    result = dream(tiny_cnn, ["head:0"], steps=1, progress=False)
+    assert result.settings["precision"] == "fp32"
+    assert "precision" not in run_info_of("tiny:cnn", DreamConfig())["settings"]  # older runs keep their fingerprint
+    assert run_info_of("tiny:cnn", DreamConfig(precision="bf16"))["settings"]["precision"] == "bf16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast runs on CUDA only")
+def test_bf16_dreams_stay_close_to_fp32_on_cuda(tiny_cnn):
+    from dreamy.models import load
+
+    loaded = load("tiny:cnn", "cuda")
+    kwargs = dict(steps=8, progress=False)
+    full, half = (dream(loaded, ["head:0", "head:1"], precision=p, **kwargs) for p in ("fp32", "bf16"))
+    assert half.images.dtype == torch.float32 and half.settings["precision"] == "bf16"
+    torch.testing.assert_close(half.activation, full.activation, rtol=0.1, atol=0.1)
