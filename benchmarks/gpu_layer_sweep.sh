@@ -31,6 +31,9 @@ timeout "$LIMIT" $PY -m benchmarks.layer_sweep --kind prompt --device "$DEVICE" 
 #    projected from the pack of 256; done-means: <= 3 minutes)
 timeout 120 $PY -m benchmarks.layer_sweep --kind image --device "$DEVICE" --image-packs "$IMAGE_PACKS" \
   --steps "$STEPS" "${SIZE[@]}" --results-dir "$OUT" || echo "image sweep: exit $?"
+#    and the same under a bf16 autocast (speed only; its quality needs the transfer benchmark)
+timeout 120 $PY -m benchmarks.layer_sweep --kind image --device "$DEVICE" --image-packs "$IMAGE_PACKS" \
+  --steps "$STEPS" "${SIZE[@]}" --precision bf16 --results-dir "$OUT" || echo "bf16 image sweep: exit $?"
 # 3. --batch-targets auto on the device (the CUDA peak measurement) and an out-of-memory-free run, on tiny:lm
 timeout 60 $PY -m dreamy prompt --model tiny:lm --device "$DEVICE" --target 'model.layers.1.mlp.down_proj:0-15' \
   --tokens 4 --iters 2 --population 2 --children 8 --batch-targets auto --no-describe --overwrite \
@@ -39,11 +42,12 @@ $PY - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("layer_sweep_timing.json", "layer_sweep.json"):
+for name in ("layer_sweep_timing.json", "layer_sweep.json", "layer_sweep_bf16.json"):
     path = out / name
     if not path.exists():
         print(name, "missing"); continue
     figures = json.loads(path.read_text())["figures"]
+    print("==", name)
     for kind, part in figures.items():
         for row in part["rows"]:
             print(kind, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})

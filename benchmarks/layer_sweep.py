@@ -26,7 +26,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,8 +81,9 @@ def _token_ids(result: Any) -> list[list[int]]:
 
 
 def prompt_sweep(loaded: LoadedModel, site: str, packs: list[int], budget: dict[str, Any], iters: int,
-                 device: str) -> dict[str, Any]:
-    """Neuron-iterations per second of packed EPO at each pack size, with the alone-equality checks."""
+                 device: str, saved: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> dict[str, Any]:
+    """Neuron-iterations per second of packed EPO at each pack size, with the alone-equality checks
+    (`saved(rows)` after each pack, so a run cut short by a time limit keeps its finished packs)."""
     from dreamy.language import epo_many
 
     width = loaded.model.model.layers[0].mlp.down_proj.in_features if hasattr(loaded.model, "model") else None
@@ -117,6 +118,7 @@ def prompt_sweep(loaded: LoadedModel, site: str, packs: list[int], budget: dict[
             row["last_target_same_as_alone"] = _token_ids(result[pack - 1]) == _token_ids(last[0])
         rows.append(row)
         print(row, flush=True)
+        saved(rows)
     base = rows[0].get("s_per_neuron_iteration") if rows[0]["pack"] == 1 else None
     for row in rows:
         if "error" not in row:
@@ -124,15 +126,17 @@ def prompt_sweep(loaded: LoadedModel, site: str, packs: list[int], budget: dict[
     return {"rows": rows, "settings": {**settings, "site": site, "packs": packs, "model": loaded.name}}
 
 
-def image_sweep(loaded: LoadedModel, packs: list[int], steps: int, side: int | None, device: str) -> dict[str, Any]:
-    """Target-steps per second of packed class dreams at each pack size, and the alone-equality check."""
+def image_sweep(loaded: LoadedModel, packs: list[int], steps: int, side: int | None, device: str,
+                precision: str = "fp32", saved: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> dict[str, Any]:
+    """Target-steps per second of packed class dreams at each pack size, and the alone-equality check
+    (`saved(rows)` after each pack)."""
     from dreamy.vision import ImageParam, Transforms
     from dreamy.vision.render import dream
 
     classes = len(loaded.class_names) if loaded.class_names else None
     size = (side, side) if side else tuple(loaded.preprocess.size)
     targets = [f"logits:{i % classes if classes else i}" for i in range(packs[-1])]
-    settings = dict(steps=steps, image_size=size, seed=0, progress=False)
+    settings = dict(steps=steps, image_size=size, seed=0, progress=False, precision=precision)
     rows = []
     for pack in packs:
         try:
@@ -152,13 +156,14 @@ def image_sweep(loaded: LoadedModel, packs: list[int], steps: int, side: int | N
                      "target_steps_per_s": pack * steps / seconds, "s_per_target_step": seconds / (pack * steps),
                      "mean_activation": float(result.activation.mean())})
         print(rows[-1], flush=True)
+        saved(rows)
     base = rows[0].get("s_per_target_step") if rows[0]["pack"] == 1 else None
     for row in rows:
         if "error" not in row:
             row["per_target_cost_vs_pack_1"] = None if base is None else row["s_per_target_step"] / base
     check_pack = min(packs[-1], 8)
     starts = torch.rand(check_pack, 3, *size, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
-    fixed = dict(steps=min(steps, 4), transforms=Transforms(), progress=False, seed=0)
+    fixed = dict(steps=min(steps, 4), transforms=Transforms(), progress=False, seed=0, precision=precision)
     packed = dream(loaded, targets[:check_pack], param=ImageParam(starts.to(device)), **fixed)
     single = dream(loaded, targets[:1], param=ImageParam(starts[:1].to(device)), **fixed)
     diff = float((packed.images[0] - single.images[0]).abs().max())
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
                       help="prompts on a random-init Llama of the SmolLM2-135M shape (no weights needed)")
     made.add_argument("--tokenizer", default="~/.cache/dreamy/bundled_smollm2-135m",
                       help="tokenizer folder for --timing-only (default %(default)s)")
+    made.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                      help="image steps under a bf16 autocast (CUDA only; default %(default)s)")
     made.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = made.parse_args(argv)
     if args.threads:
@@ -192,27 +199,34 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     budget = DEFAULT_BUDGET if args.full else SMALL_BUDGET
     figures: dict[str, Any] = {}
+    name = "layer_sweep" + ("_timing" if args.timing_only else "") + ("_bf16" if args.precision == "bf16" else "")
+    settings = {"kind": args.kind, "device": args.device, "timing_only": args.timing_only, "budget": budget,
+                "threads": torch.get_num_threads(), "precision": args.precision}
+
+    def write(partial: dict[str, Any] | None = None) -> None:
+        common.write_result(name, {**figures, **(partial or {})}, settings=settings, results_dir=args.results_dir,
+                            device=args.device, started=started)
+
     if args.kind in ("prompt", "both"):
         loaded = timing_lm(args.tokenizer, args.device) if args.timing_only else load(args.lm, args.device)
         figures["prompt"] = prompt_sweep(loaded, args.lm_site, _packs(args.packs or (DEFAULT_PACKS if cuda else CPU_PACKS)),
-                                         budget, args.iters, args.device)
+                                         budget, args.iters, args.device,
+                                         saved=lambda rows: write({"prompt": {"rows": rows, "partial": True}}))
         common.print_table(figures["prompt"]["rows"], title=f"prompts: EPO on {loaded.name} {args.lm_site}, "
                            f"{args.iters} iterations, {budget}")
         del loaded
     if args.kind in ("image", "both"):
         loaded = load(args.model, args.device)
         figures["image"] = image_sweep(loaded, _packs(args.image_packs or (DEFAULT_PACKS if cuda else CPU_IMAGE_PACKS)),
-                                       args.steps or (16 if cuda else 2), args.size or (None if cuda else 64), args.device)
+                                       args.steps or (16 if cuda else 2), args.size or (None if cuda else 64), args.device,
+                                       args.precision, saved=lambda rows: write({"image": {"rows": rows, "partial": True}}))
         common.print_table(figures["image"]["rows"], title=f"images: class logits of {args.model}")
     for kind, part in figures.items():
         last = [row for row in part["rows"] if row.get("per_target_cost_vs_pack_1") is not None][-1:]
         if last:
             print(f"{kind}: per-target cost at a pack of {last[0]['pack']} is "
                   f"{last[0]['per_target_cost_vs_pack_1']:.3g}x that of one target alone")
-    name = "layer_sweep" + ("_timing" if args.timing_only else "")
-    common.write_result(name, figures, settings={"kind": args.kind, "device": args.device, "timing_only": args.timing_only,
-                                                 "budget": budget, "threads": torch.get_num_threads()},
-                        results_dir=args.results_dir, device=args.device, started=started)
+    write()
     return figures
 
 
