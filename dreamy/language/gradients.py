@@ -81,7 +81,10 @@ class _OneHotLift(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (weight,) = ctx.saved_tensors
-        return (grad.to(weight.dtype) @ weight.T) * ctx.scale, None, None
+        # one [N*L, D] x [D, V] product: `grad` is a slice of the embeddings' gradient (not contiguous), and a
+        # 3-D non-contiguous `grad @ weight.T` runs as a bmm over an expanded weight (2.6x slower on CPU at 32 rows)
+        rows = grad.to(weight.dtype).contiguous()
+        return (rows.flatten(0, -2) @ weight.T).view(*rows.shape[:-1], weight.shape[0]) * ctx.scale, None, None
 
 
 def span_embeddings(embedding: nn.Module, ids: Tensor, one_hot: Tensor, span: tuple[int, int]) -> Tensor:
