@@ -31,7 +31,7 @@ import torch
 
 from dreamy.core.config import Config
 from dreamy.core.frozen import frozen
-from dreamy.core.memory import available_bytes
+from dreamy.core.memory import available_bytes, is_oom
 from dreamy.models import LoadedModel
 
 PROBE_PACK = 4  # the second pack measured: the slope from 1 to it is a target's footprint
@@ -133,8 +133,9 @@ def one_step(config: Config) -> Config:
 def measure_footprint(loaded: LoadedModel, specs: Sequence[str], config: Config) -> tuple[int, int, str]:
     """`(per_target, fixed, how)`: the bytes one more target of `config`'s run adds to a pack on `loaded`'s
     device, and the pack's fixed bytes, measured on one step of packs of 1 and `PROBE_PACK` of `specs` (after
-    one unmeasured step, so lazy workspaces and caches are not counted as a target's). Raises `ValueError`
-    where the device's peaks cannot be measured.
+    one unmeasured step, so lazy workspaces and caches are not counted as a target's). A probe pack that runs
+    out of memory charges each target the whole of a one-target step. Raises `ValueError` where the device's
+    peaks cannot be measured, or one target alone does not fit.
 
     Example:
         >>> from dreamy.models import load
@@ -156,9 +157,20 @@ def measure_footprint(loaded: LoadedModel, specs: Sequence[str], config: Config)
         dream(loaded, part, config=step, progress=False)
 
     with frozen(loaded.model):
-        run(probe[:1])  # warm-up: allocator pools, kernels, graphs
-        one, how = peak_bytes(lambda: run(probe[:1]), loaded.device)
-        many, _ = peak_bytes(lambda: run(probe), loaded.device) if len(probe) > 1 else (one, how)
+        try:
+            run(probe[:1])  # warm-up: allocator pools, kernels, graphs
+            one, how = peak_bytes(lambda: run(probe[:1]), loaded.device)
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            raise ValueError(f"one target of this run does not fit in {loaded.device}'s free memory; lower the "
+                             "run's size (tokens, children, population, image size) or use a bigger device") from None
+        try:
+            many, _ = peak_bytes(lambda: run(probe), loaded.device) if len(probe) > 1 else (one, how)
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            return max(1, one or 1), 0, how  # a pack of PROBE_PACK is already too big: charge a target all of one
     if one is None or many is None:
         raise ValueError(f"cannot measure memory peaks on {loaded.device}: give batch_targets a number "
                          "(--batch-targets N) instead of auto")

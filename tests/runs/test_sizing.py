@@ -113,3 +113,12 @@ def test_a_run_with_auto_packs_shows_its_choice_and_records_its_pack(monkeypatch
     assert calls == [4, 2] and [r["pack"] for r in records] == [4] * 4 + [2] * 2
     with pytest.raises(ValueError, match="'auto'"):
         dream_targets(cached("tiny:lm"), NEURONS, PROMPT, batch_targets="all", progress=False)
+
+
+def test_a_probe_pack_out_of_memory_charges_a_target_a_whole_step_and_one_target_that_cannot_fit_is_refused(monkeypatch):
+    fake_oom_above(monkeypatch, 1)
+    per_target, fixed, _ = sizing.measure_footprint(cached("tiny:lm"), NEURONS, PROMPT)
+    assert per_target >= 1 and fixed == 0
+    fake_oom_above(monkeypatch, 0)
+    with pytest.raises(ValueError, match="one target of this run does not fit"):
+        sizing.measure_footprint(cached("tiny:lm"), NEURONS, PROMPT)
