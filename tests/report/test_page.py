@@ -142,3 +142,14 @@ def test_the_verdict_is_at_matched_length_and_context_windows_are_only_context(t
     # the 64-token context window (9.0 at 3.0) would win by construction; the verdict uses the 1-token window
     assert 'class="beats">yes (1.5x), not a copy' in index and "4-token windows" in index
     assert "longer context windows, not comparable" in page and "the other 9 frontier prompts" in page
+
+
+def test_a_prompt_card_never_compares_its_dream_with_the_longer_context_windows():
+    """The 64-token context windows are not the yardstick: the card's header leaves them out (its verdict line
+    compares with the matched-length windows instead)."""
+    record = {"kind": "prompt", "target": "m.layers.0:3", "activation": 3.0, "settings": {"n_tokens": 2},
+              "frontier": [{"text": "a", "token_ids": [1, 2], "activation": 3.0, "xentropy": 4.0}],
+              "maxima": [{"text": "long", "tokens": ["long"], "activation": 1.0}],
+              "maxima_matched": [{"text": "b", "token_ids": [3, 4], "activation": 2.0, "xentropy": 5.0}]}
+    page = render_index([record])
+    assert "best dataset example" not in page and "yes (1.5x" in page
