@@ -93,17 +93,13 @@ def image_section(record: dict[str, Any]) -> str:
 
 
 def comparison(record: dict[str, Any]) -> str:
-    """' · dream / best dataset example = r' when an image record has both numbers ('' for a prompt record: its
-    `maxima` are longer context windows, not a yardstick; its card states the verdict at matched length).
+    """' · dream / best dataset example = r' when an image record has both numbers (the page never shows it on a
+    prompt card: a prompt's `maxima` are longer context windows, its card states the verdict at matched length).
 
     Example:
         >>> "dream 3 vs best dataset example 2 (1.5x)" in comparison({"activation": 3.0, "maxima": [{"activation": 2.0}]})
         True
-        >>> comparison({"kind": "prompt", "activation": 3.0, "maxima": [{"activation": 2.0}]})
-        ''
     """
-    if record.get("kind") == "prompt" or "frontier" in record:
-        return ""
     maxima = record.get("maxima") or []
     dream = record.get("activation")
     if not maxima or not isinstance(dream, (int, float)):

@@ -39,10 +39,11 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
         head = f'<h2 title="{esc(record["target"])}">{esc(short_target(str(record["target"])))}{label}</h2><div class="label">model {esc(record.get("model", "?"))} · method {esc(record.get("method", "?"))}'
         if record.get("activation") is not None:
             head += f' · best activation {fmt(record["activation"])}'
-        head += comparison(record) + judge_verdicts(record) + "</div>"
+        is_image = record.get("kind", "image" if "images" in record else None) == "image"
+        head += (comparison(record) if is_image else "") + judge_verdicts(record) + "</div>"
         if "error" in record:
             body = f'<div class="error">failed: {esc(record["error"])}</div>'
-        elif record.get("kind", "image" if "images" in record else None) == "image":
+        elif is_image:
             body = image_section(record)
         else:
             body = prompt_card(record)
