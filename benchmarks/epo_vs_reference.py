@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument("--topk", type=int, help="our EPO's topk (default: epo's)")
     parser.add_argument("--restart-every", type=int, help="our EPO's restart period (default: epo's; 0 = never)")
     parser.add_argument("--fluency-weight-range", help="our EPO's LOW,HIGH range of slot fluency weights (default: epo's)")
+    parser.add_argument("--activation-slots", type=int, help="our EPO's slots with fluency weight 0 (default: epo's)")
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds (the neurons stay drawn with seed 0)")
     parser.add_argument("--reference-cache", default=str(Path("~/.cache/dreamy/benchmarks/reference_epo.json").expanduser()),
                         help="JSON file of reference runs to reuse ('none': always run it; default %(default)s)")
@@ -376,6 +377,8 @@ def main() -> None:
     if args.fluency_weight_range:
         low, high = (float(v) for v in args.fluency_weight_range.split(","))
         ours["fluency_weight_range"] = (low, high)
+    if args.activation_slots is not None:
+        ours["activation_slots"] = args.activation_slots
     cache = None if args.reference_cache.lower() == "none" else Path(args.reference_cache)
     scorings = args.scoring.split(",")
     started = time.perf_counter()

@@ -88,9 +88,16 @@ class PromptConfig(Config):
 @dataclass(frozen=True)
 class EPOConfig(PromptConfig):
     """EPO (Thompson et al., 2024): a population of `population` slots, each with its own fluency weight,
-    spaced log-uniformly over `fluency_weight_range`; `children` per member per iteration; every
-    `restart_every` iterations (None: never) the population restarts from the best prompt so far under a
-    fluency weight drawn at random from the range. Defaults from `benchmarks/epo_defaults` (topk, range)."""
+    spaced log-uniformly over `fluency_weight_range`, except the first `activation_slots` slots, whose weight is
+    0 (activation alone: they hold the frontier's high-activation end, as the highest weights hold its fluent
+    end); `children` per member per iteration; every `restart_every` iterations (None: never) the population
+    restarts from the best prompt so far under a fluency weight drawn at random from the range. Defaults from
+    `benchmarks/epo_defaults` (topk, range) and `benchmarks/epo_vs_reference` (activation_slots).
+
+    Example:
+        >>> EPOConfig(population=4, activation_slots=1).fluency_weight_range
+        (0.3, 30.0)
+    """
 
     n_tokens: int = 12
     children: int = 32
@@ -98,10 +105,15 @@ class EPOConfig(PromptConfig):
     population: int = 8
     fluency_weight_range: tuple[float, float] = (0.3, 30.0)
     restart_every: int | None = 30
+    activation_slots: int = 0
 
     def check(self) -> None:
         super().check()
         check_int(self, "population", minimum=1)
+        check_int(self, "activation_slots", minimum=0)
+        if self.activation_slots >= self.population:
+            raise ConfigError(f"EPOConfig.activation_slots ({self.activation_slots}) must leave at least one of the "
+                              f"{self.population} population slots a fluency weight; lower it or raise population")
         check_int(self, "restart_every", minimum=1, optional=True)
         weights = tuple(self.fluency_weight_range)
         if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights) \

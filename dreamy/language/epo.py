@@ -58,6 +58,20 @@ def log_uniform_lambdas(population: int, lambda_range: tuple[float, float]) -> T
     return torch.logspace(math.log10(low), math.log10(high), population)
 
 
+def slot_lambdas(population: int, lambda_range: tuple[float, float], activation_slots: int = 0) -> Tensor:
+    """The population's fluency weights: `activation_slots` zeros (activation alone), then the other slots'
+    weights spaced log-uniformly over `lambda_range` (`log_uniform_lambdas`).
+
+    Example:
+        >>> slot_lambdas(4, (0.1, 10.0), activation_slots=1).tolist()
+        [0.0, 0.10000000149011612, 1.0, 10.0]
+    """
+    if not 0 <= activation_slots < population:
+        raise ValueError(f"activation_slots must be in [0, population), got {activation_slots} of {population}")
+    spread = log_uniform_lambdas(population - activation_slots, lambda_range)
+    return torch.cat([torch.zeros(activation_slots, dtype=spread.dtype), spread])
+
+
 def draw_restart_lambda(lambda_range: tuple[float, float], generator: torch.Generator) -> float:
     """A lambda drawn log-uniformly at random from `lambda_range` (the restart lambda).
 
@@ -159,7 +173,7 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     n_swaps, restart_every, init, seed = config.n_swaps, config.restart_every, config.init, config.seed
     setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
-    lambdas = log_uniform_lambdas(population, lambda_range)
+    lambdas = slot_lambdas(population, lambda_range, config.activation_slots)
     lambda_list = lambdas.tolist()
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     windows = starts_of(setup, starts, init)

@@ -8,6 +8,7 @@ import torch
 
 from dreamy.language import epo, epo_many, gcg, gcg_many
 from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
+from dreamy.core.config import ConfigError
 from dreamy.language.frontier import dominates
 
 TARGET = "model.layers.1.mlp.down_proj:3"
@@ -120,6 +121,48 @@ def test_packed_gcg_gives_each_target_its_own_search(tiny_lm):
         alone = gcg(tiny_lm, spec, **settings)
         assert [r["token_ids"] for r in result.history] == [r["token_ids"] for r in alone.history]
         assert result.best.activation == pytest.approx(alone.best.activation, rel=1e-4, abs=1e-5)
+
+
+LARGE_PACK = [f"logits:{i}" for i in range(40)] + [f"model.layers.{i % 2}.mlp.down_proj@in:{i}" for i in range(88)]
+
+
+@pytest.mark.parametrize("search", ["epo", "gcg"])
+def test_a_pack_of_128_targets_gives_each_target_the_search_it_gets_alone(tiny_lm, search):
+    many, one = (epo_many, epo) if search == "epo" else (gcg_many, gcg)
+    settings = dict(n_tokens=4, iters=3, children=6, progress=False, seed=5)
+    if search == "epo":
+        settings.update(population=2, restart_every=2)
+    packed = many(tiny_lm, LARGE_PACK, **settings)
+    assert len(packed) == len(LARGE_PACK)
+    for k in (0, 39, 40, 77, 127):  # both ends of the pack, both kinds of target
+        alone = one(tiny_lm, LARGE_PACK[k], **settings)
+        assert packed[k].target == LARGE_PACK[k]
+        assert [r["token_ids"] for r in packed[k].history] == [r["token_ids"] for r in alone.history]
+        for mine, theirs in zip(packed[k].history, alone.history):
+            assert mine["activation"] == pytest.approx(theirs["activation"], rel=1e-4, abs=1e-5)
+
+
+def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high_end(tiny_lm):
+    faint = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of 0.3 would already trade them away
+    found = epo(tiny_lm, faint, activation_slots=1, restart_every=None, **SMALL)
+    weights = found.settings["fluency_weights"]
+    assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.3, 30.0)).tolist())
+    for t in range(2, SMALL["iters"] + 1):  # slot 0's children are swaps of the highest activation seen before
+        before = [r for r in found.history if r["iteration"] < t]
+        top = max(before, key=lambda r: r["activation"])["token_ids"]
+        children = [r["token_ids"] for r in found.history if r["iteration"] == t and r["slot"] == 0]
+        assert children and all(sum(a != b for a, b in zip(c, top)) == 1 for c in children)
+    with pytest.raises(ConfigError, match="activation_slots"):
+        epo(tiny_lm, TARGET, activation_slots=3, **SMALL)  # every slot
+
+
+def test_without_an_activation_slot_the_lowest_weight_trades_a_faint_activation_for_fluency(tiny_lm):
+    found = epo(tiny_lm, f"0.001*{TARGET}", restart_every=None, **SMALL)
+    tops = [max((r for r in found.history if r["iteration"] < t), key=lambda r: r["activation"])["token_ids"]
+            for t in range(2, SMALL["iters"] + 1)]
+    children = [[r["token_ids"] for r in found.history if r["iteration"] == t and r["slot"] == 0]
+                for t in range(2, SMALL["iters"] + 1)]
+    assert not all(all(sum(a != b for a, b in zip(c, top)) == 1 for c in kids) for top, kids in zip(tops, children))
 
 
 def test_packed_search_needs_targets(tiny_lm):
