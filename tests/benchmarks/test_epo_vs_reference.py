@@ -16,7 +16,21 @@ def test_epo_vs_reference_runs_small(run_script):
     assert len(figures["rows"]) == 4 and figures["ours_s_per_iter"] > 0 and figures["reference_s_per_iter"] > 0
     row = figures["rows"][0]
     assert set(row["ours"]) >= {"4.5", "5.0", "6.0", "7.0", "max"} and row["reference"]["max"] is not None
-    assert set(figures["summary"]) == {"4.5", "5.0", "6.0", "7.0", "max"}
+    assert set(figures["summary"]) == set(figures["summary_text"]) == {"4.5", "5.0", "6.0", "7.0", "max"}
+    for cut in ("4.5", "5.0", "6.0", "7.0", "max"):  # the text-valid prompts are some of all: never a higher best
+        text, every = row["reference_text"][cut], row["reference"][cut]
+        assert text is None or (every is not None and text <= every)
+    assert figures["over_seeds_text"][-1]["ours >= reference (all)"].endswith("/4")
+
+
+def test_only_prompts_that_are_the_tokens_of_their_own_text_count_as_text(tiny_lm):
+    from benchmarks.epo_vs_reference import text_prompts
+
+    tok = tiny_lm.tokenizer
+    cat = tuple(tok("the cat")["input_ids"])
+    split = tuple(tok.convert_tokens_to_ids(list("the")))  # "t", "h", "e" re-encode as one token
+    assert text_prompts(tok, {cat: (1.0, 2.0), split: (9.0, 3.0)}) == {cat: (1.0, 2.0)}
+    assert text_prompts(tok, {}) == {}
 
 
 @pytest.mark.skipif(not (Path(REFERENCE) / "dreamy" / "epo.py").exists(), reason="no reference EPO")
