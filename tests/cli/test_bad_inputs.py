@@ -67,6 +67,12 @@ def test_a_text_file_is_not_an_image_set(capsys, monkeypatch, tmp_path):
             "unknown image set", monkeypatch=monkeypatch)
 
 
+@pytest.mark.parametrize("slots", ["2", "-1"])
+def test_activation_slots_must_leave_a_weighted_slot_and_be_counted(capsys, monkeypatch, tmp_path, slots):
+    refused(capsys, PROMPT + ["--target", "logits:1", "--activation-slots", slots, "--out", str(tmp_path / "o")],
+            "activation_slots", monkeypatch=monkeypatch)
+
+
 def test_an_unknown_corpus_is_refused_before_dreaming(capsys, monkeypatch, tmp_path):
     refused(capsys, PROMPT + ["--target", "logits:1", "--maxima", "no-such-corpus", "--out", str(tmp_path / "o")],
             "unknown text corpus", monkeypatch=monkeypatch)

@@ -303,3 +303,13 @@ def test_batch_targets_auto_measures_the_pack_and_says_which(tmp_path, capsys):
     bad = run("prompt", "--model", "tiny:lm", "--target", "logits:1", "--batch-targets", "most", "--out",
               str(tmp_path / "bad"))
     assert bad.returncode == 2 and "expected a number of targets > 0 or auto, got 'most'" in bad.stderr
+
+
+def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots(tmp_path):
+    from dreamy.cli.dream import config_of
+    from dreamy.cli.parser import build_parser
+
+    base = ["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", str(tmp_path)]
+    assert config_of(build_parser().parse_args(base)).activation_slots == 0  # the CLI's default, stated in --help
+    config = config_of(build_parser().parse_args(base + ["--activation-slots", "1", "--population", "4"]))
+    assert (config.activation_slots, config.population) == (1, 4)
