@@ -12,7 +12,7 @@ REFERENCE = os.environ.get("DREAMY_REFERENCE_SRC", "/tmp/dreamy-ref")
                     reason="no reference EPO (fetch Confirm-Solutions/dreamy to /tmp/dreamy-ref or set DREAMY_REFERENCE_SRC)")
 def test_epo_vs_reference_runs_small(run_script):
     figures = run_script("epo_vs_reference", "--reference-src", REFERENCE, "--model", "tiny:lm", "--iters", "2",
-                         "--children", "4")["figures"]
+                         "--children", "4", "--reference-cache", "none")["figures"]  # never the user's cache
     assert len(figures["rows"]) == 4 and figures["ours_s_per_iter"] > 0 and figures["reference_s_per_iter"] > 0
     row = figures["rows"][0]
     assert set(row["ours"]) >= {"4.5", "5.0", "6.0", "7.0", "max"} and row["reference"]["max"] is not None
