@@ -88,9 +88,9 @@ class PromptConfig(Config):
 @dataclass(frozen=True)
 class EPOConfig(PromptConfig):
     """EPO (Thompson et al., 2024): a population of `population` slots, each with its own fluency weight,
-    spaced log-uniformly over `fluency_weight_range`, except the first `activation_slots` slots, whose weight is
-    0 (activation alone: they hold the frontier's high-activation end, as the highest weights hold its fluent
-    end); `children` per member per iteration; every `restart_every` iterations (None: never) the population
+    spaced log-uniformly over `fluency_weight_range`, except the first `activation_slots` slots (default: one,
+    none for a population of one), whose weight is 0 (activation alone: they hold the frontier's high-activation
+    end, as the highest weights hold its fluent end); `children` per member per iteration; every `restart_every` iterations (None: never) the population
     restarts from the best prompt so far under a fluency weight drawn at random from the range. Defaults from
     `benchmarks/epo_defaults` (topk, range) and `benchmarks/epo_vs_reference` (activation_slots).
 
@@ -105,13 +105,26 @@ class EPOConfig(PromptConfig):
     population: int = 8
     fluency_weight_range: tuple[float, float] = (0.3, 30.0)
     restart_every: int | None = 30
-    activation_slots: int = 0
+    activation_slots: int | None = None
+
+    @property
+    def zero_weight_slots(self) -> int:
+        """How many slots have fluency weight 0: `activation_slots`, or by default (None) one when the
+        population has more than one slot, else none.
+
+        Example:
+            >>> EPOConfig().zero_weight_slots, EPOConfig(population=1).zero_weight_slots
+            (1, 0)
+        """
+        if self.activation_slots is not None:
+            return self.activation_slots
+        return 1 if self.population > 1 else 0
 
     def check(self) -> None:
         super().check()
         check_int(self, "population", minimum=1)
-        check_int(self, "activation_slots", minimum=0)
-        if self.activation_slots >= self.population:
+        check_int(self, "activation_slots", minimum=0, optional=True)
+        if self.activation_slots is not None and self.activation_slots >= self.population:
             raise ConfigError(f"EPOConfig.activation_slots ({self.activation_slots}) must leave at least one of the "
                               f"{self.population} population slots a fluency weight; lower it or raise population")
         check_int(self, "restart_every", minimum=1, optional=True)

@@ -173,7 +173,7 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     n_swaps, restart_every, init, seed = config.n_swaps, config.restart_every, config.init, config.seed
     setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
-    lambdas = slot_lambdas(population, lambda_range, config.activation_slots)
+    lambdas = slot_lambdas(population, lambda_range, config.zero_weight_slots)
     lambda_list = lambdas.tolist()
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     windows = starts_of(setup, starts, init)

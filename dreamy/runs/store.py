@@ -61,8 +61,8 @@ def run_info(model: str, kind: str, settings: dict[str, Any], seed: int) -> dict
 
 def run_info_of(model: str, config: Config, *, describe: bool = True) -> dict[str, Any]:
     """The `run_info` of a run of `config` on `model`: its settings are the config's fields and its method
-    (the seed apart); `describe=False` (no output-side descriptions) and an image `precision` other than fp32 are
-    recorded only when set.
+    (the seed apart); `describe=False` (no output-side descriptions), an image `precision` other than fp32 and EPO
+    `activation_slots` other than 0 are recorded only when set.
 
     Example:
         >>> from dreamy.vision import DreamConfig
@@ -74,6 +74,8 @@ def run_info_of(model: str, config: Config, *, describe: bool = True) -> dict[st
     settings.pop("seed", None)
     if settings.get("precision") == "fp32":
         settings.pop("precision")  # the default, recorded only when another is set: older runs keep their fingerprint
+    if settings.get("activation_slots") == 0:
+        settings.pop("activation_slots")  # the CLI's default, likewise (runs before the setting had none)
     if not describe:
         settings["describe"] = False
     return run_info(model, config.kind, settings, getattr(config, "seed", 0))

@@ -144,7 +144,7 @@ def test_a_pack_of_128_targets_gives_each_target_the_search_it_gets_alone(tiny_l
 
 def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high_end(tiny_lm):
     faint = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of 0.3 would already trade them away
-    found = epo(tiny_lm, faint, activation_slots=1, restart_every=None, **SMALL)
+    found = epo(tiny_lm, faint, restart_every=None, **SMALL)  # the default: one such slot
     weights = found.settings["fluency_weights"]
     assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.3, 30.0)).tolist())
     for t in range(2, SMALL["iters"] + 1):  # slot 0's children are swaps of the highest activation seen before
@@ -157,7 +157,7 @@ def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high
 
 
 def test_without_an_activation_slot_the_lowest_weight_trades_a_faint_activation_for_fluency(tiny_lm):
-    found = epo(tiny_lm, f"0.001*{TARGET}", restart_every=None, **SMALL)
+    found = epo(tiny_lm, f"0.001*{TARGET}", restart_every=None, activation_slots=0, **SMALL)
     tops = [max((r for r in found.history if r["iteration"] < t), key=lambda r: r["activation"])["token_ids"]
             for t in range(2, SMALL["iters"] + 1)]
     children = [[r["token_ids"] for r in found.history if r["iteration"] == t and r["slot"] == 0]

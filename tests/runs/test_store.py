@@ -353,3 +353,12 @@ def test_records_of_a_run_results_json_does_not_name_yet_are_never_only_logged(t
     assert json.loads((tmp_path / "results.json").read_text())["run"] == run
     store.add(_record(21))
     assert (tmp_path / LOG_NAME).exists() and len(ResultsStore(tmp_path, run).records) == 22
+
+
+def test_epo_runs_record_activation_slots_only_when_not_zero():
+    from dreamy.language import EPOConfig
+    from dreamy.runs.store import run_info_of
+
+    assert "activation_slots" not in run_info_of("tiny:lm", EPOConfig(activation_slots=0))["settings"]  # as before it existed
+    assert run_info_of("tiny:lm", EPOConfig(activation_slots=2))["settings"]["activation_slots"] == 2
+    assert run_info_of("tiny:lm", EPOConfig())["fingerprint"] != run_info_of("tiny:lm", EPOConfig(activation_slots=0))["fingerprint"]
