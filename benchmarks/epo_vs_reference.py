@@ -164,7 +164,7 @@ def reference_bests(setup: SearchSetup, prompts: dict[tuple[int, ...], tuple[flo
                     scored[ids] = (a, x)
             passing = [scored[ids] for ids in pool[at:at + 64] if scored[ids][1] <= cut]
             if passing:
-                best = max(passing)
+                best = max(passing) if best is None else max(best, *passing)  # the best of every batch so far
                 # later batches hold lower reference activations; stop once they cannot beat this one
                 if at + 64 >= len(pool) or prompts[pool[at + 64]][0] < best[0] - 1e-2:
                     break
@@ -206,6 +206,40 @@ def compare(rows: list[dict[str, Any]], reference: str = "reference") -> dict[st
             ref_sum += b if b is not None else 0.0
         summary[cut] = {"ours_at_least_reference": wins, "neurons": len(rows), "ours_sum": ours_sum, "reference_sum": ref_sum}
     return summary
+
+
+def rescored(loaded: LoadedModel, reference: Any, path: Path, cache: Path | None
+             ) -> tuple[dict[int, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The per-seed figures of the results file `path` with their reference columns recomputed from the cached
+    reference runs (`reference_bests` as it is now), and that run's budget and our settings."""
+    import json
+
+    record = json.loads(path.read_text())
+    settings, figures = record["settings"], record["figures"]
+    budget = {key: settings[key] for key in BUDGET}
+    runs = figures.get("seeds") or {str(settings["seed"]): {"rows": figures["rows"]}}
+    if cache is None or not cache.exists():
+        raise SystemExit(f"--rescore needs the reference-run cache; {cache} is missing")
+    per_seed = {}
+    for seed, run in runs.items():
+        rows = []
+        for row in run["rows"]:
+            layer, neuron = int(row["target"].split(".")[2]), int(row["target"].rsplit(":", 1)[1])
+            key_budget = dict(budget, seed=int(seed))
+            stored = json.loads(cache.read_text())
+            key = json.dumps({"model": loaded.name, "layer": layer, "neuron": neuron, **key_budget}, sort_keys=True)
+            if key not in stored:
+                raise SystemExit(f"--rescore: the cache holds no reference run for {row['target']} at seed {seed}")
+            prompts = cached_reference(cache, reference, loaded, layer, neuron, key_budget)["prompts"]
+            setup = SearchSetup.build(loaded, row["target"], n_tokens=budget["n_tokens"])
+            rows.append(dict(row, reference=reference_bests(setup, prompts),
+                             reference_text=reference_bests(setup, text_prompts(loaded.tokenizer, prompts))))
+        ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
+        ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
+        per_seed[int(seed)] = {"rows": rows, "summary": compare(rows), "summary_text": compare(rows, "reference_text"),
+                               "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed,
+                               "speed_ratio": ours_speed / ref_speed, "rescored_from": record.get("command")}
+    return per_seed, budget, dict(settings.get("ours") or {})
 
 
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
@@ -376,6 +410,10 @@ def main() -> None:
     parser.add_argument("--restart-every", type=int, help="our EPO's restart period (default: epo's; 0 = never)")
     parser.add_argument("--fluency-weight-range", help="our EPO's LOW,HIGH range of slot fluency weights (default: epo's)")
     parser.add_argument("--activation-slots", type=int, help="our EPO's slots with fluency weight 0 (default: epo's)")
+    parser.add_argument("--rescore", metavar="RESULTS_JSON[,...]",
+                        help="recompute the reference columns of earlier results files (e.g. one per seed, same settings) "
+                             "from the reference-run cache "
+                             "(our rows and timings kept; the cache must hold every run it needs)")
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds (the neurons stay drawn with seed 0)")
     parser.add_argument("--reference-cache", default=str(Path("~/.cache/dreamy/benchmarks/reference_epo.json").expanduser()),
                         help="JSON file of reference runs to reuse ('none': always run it; default %(default)s)")
@@ -420,7 +458,12 @@ def main() -> None:
         loaded = load(args.model, device=args.device)
         tokenizer = tokenizer or loaded.tokenizer
         per_seed = {}
-        for seed in [int(v) for v in args.seeds.split(",")]:
+        if args.rescore:
+            for part in args.rescore.split(","):  # one file per seed may be given
+                found, budget, ours = rescored(loaded, reference, Path(part), cache)
+                per_seed.update(found)
+            args.seeds = ",".join(map(str, per_seed))
+        for seed in [] if args.rescore else [int(v) for v in args.seeds.split(",")]:
             per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
         figures = dict(per_seed[min(per_seed)])
         figures["seeds"] = {str(seed): {"summary": run["summary"], "summary_text": run["summary_text"], "rows": run["rows"]}

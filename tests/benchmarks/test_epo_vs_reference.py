@@ -61,3 +61,23 @@ def test_neurons_are_drawn_one_per_depth_range(tiny_lm):
     picks = pick_neurons(tiny_lm, 4, 0)
     assert picks == pick_neurons(tiny_lm, 4, 0) and len(picks) == 4
     assert [layer for layer, _ in picks] == sorted(layer for layer, _ in picks)
+
+
+def test_the_reference_best_at_a_cut_off_is_the_best_of_every_batch_it_scored():
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.epo_vs_reference import reference_bests
+
+    # 130 prompts in reference order (highest activation first); our rescoring puts the best passing one in the
+    # first batch of 64 and a worse one in the second, which must not replace it
+    prompts = {(i,): (10.0 - i * 0.001, 4.0) for i in range(130)}
+    ours = {(i,): (10.0 - i * 0.001, 4.0 if i in (63, 64) else 9.0) for i in range(130)}
+
+    def score(ids):
+        rows = [ours[tuple(r)] for r in ids.tolist()]
+        return SimpleNamespace(activation=torch.tensor([a for a, _ in rows]), xentropy=torch.tensor([x for _, x in rows]))
+
+    setup = SimpleNamespace(layout=SimpleNamespace(n_tokens=12, prefix=torch.zeros(1)), score=score)
+    assert reference_bests(setup, prompts)["5.0"] == pytest.approx(10.0 - 63 * 0.001)
