@@ -47,6 +47,7 @@ import torch
 from benchmarks import common
 from dreamy.language import epo
 from dreamy.language.search import SearchSetup
+from dreamy.language.tokens import survives_retokenization
 from dreamy.models import LoadedModel, load
 
 CUTOFFS = (4.5, 5.0, 6.0, 7.0)
@@ -186,11 +187,24 @@ def our_bests(history: list[dict[str, Any]]) -> dict[str, Any]:
 def text_prompts(tokenizer: Any, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[tuple[int, ...], tuple[float, float]]:
     """The prompts that are the tokens of their own text (decoded and encoded again they give the same ids, as
     every prompt of ours is): only for those is the activation the one a user gets by feeding the text back."""
-    from dreamy.language.tokens import survives_retokenization
-
     ids = list(prompts)
     keep = survives_retokenization(tokenizer, ids).tolist() if ids else []
     return {span: prompts[span] for span, ok in zip(ids, keep) if ok}
+
+
+def reference_columns(setup: SearchSetup, tokenizer: Any, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[str, Any]:
+    """A row's two reference columns: the bests over every prompt the reference evaluated and over those that are
+    the tokens of their own text."""
+    return {"reference": reference_bests(setup, prompts),
+            "reference_text": reference_bests(setup, text_prompts(tokenizer, prompts))}
+
+
+def seed_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seed's figures from its per-neuron rows: both summaries and the mean s/iter of each method."""
+    ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
+    ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
+    return {"rows": rows, "summary": compare(rows), "summary_text": compare(rows, "reference_text"),
+            "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed, "speed_ratio": ours_speed / ref_speed}
 
 
 def compare(rows: list[dict[str, Any]], reference: str = "reference") -> dict[str, Any]:
@@ -208,7 +222,7 @@ def compare(rows: list[dict[str, Any]], reference: str = "reference") -> dict[st
     return summary
 
 
-def rescored(loaded: LoadedModel, reference: Any, path: Path, cache: Path | None
+def rescored(loaded: LoadedModel, path: Path, cache: Path | None
              ) -> tuple[dict[int, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The per-seed figures of the results file `path` with their reference columns recomputed from the cached
     reference runs (`reference_bests` as it is now), and that run's budget and our settings."""
@@ -220,25 +234,18 @@ def rescored(loaded: LoadedModel, reference: Any, path: Path, cache: Path | None
     runs = figures.get("seeds") or {str(settings["seed"]): {"rows": figures["rows"]}}
     if cache is None or not cache.exists():
         raise SystemExit(f"--rescore needs the reference-run cache; {cache} is missing")
+    stored = json.loads(cache.read_text())  # read once for every row
     per_seed = {}
     for seed, run in runs.items():
         rows = []
         for row in run["rows"]:
             layer, neuron = int(row["target"].split(".")[2]), int(row["target"].rsplit(":", 1)[1])
-            key_budget = dict(budget, seed=int(seed))
-            stored = json.loads(cache.read_text())
-            key = json.dumps({"model": loaded.name, "layer": layer, "neuron": neuron, **key_budget}, sort_keys=True)
+            key = reference_key(loaded, layer, neuron, dict(budget, seed=int(seed)))
             if key not in stored:
                 raise SystemExit(f"--rescore: the cache holds no reference run for {row['target']} at seed {seed}")
-            prompts = cached_reference(cache, reference, loaded, layer, neuron, key_budget)["prompts"]
             setup = SearchSetup.build(loaded, row["target"], n_tokens=budget["n_tokens"])
-            rows.append(dict(row, reference=reference_bests(setup, prompts),
-                             reference_text=reference_bests(setup, text_prompts(loaded.tokenizer, prompts))))
-        ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
-        ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
-        per_seed[int(seed)] = {"rows": rows, "summary": compare(rows), "summary_text": compare(rows, "reference_text"),
-                               "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed,
-                               "speed_ratio": ours_speed / ref_speed, "rescored_from": record.get("command")}
+            rows.append(dict(row, **reference_columns(setup, loaded.tokenizer, cached_prompts(stored[key]))))
+        per_seed[int(seed)] = dict(seed_figures(rows), rescored_from=record.get("command"))
     return per_seed, budget, dict(settings.get("ours") or {})
 
 
@@ -278,17 +285,25 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
         first, second = (run_ours, run_ref) if index % 2 == 0 else (run_ref, run_ours)
         done = [first(), second()]
         mine, theirs = (done[0], done[1]) if index % 2 == 0 else (done[1], done[0])
-        row = {"target": target, "ours": our_bests(mine["history"]), "reference": reference_bests(setup, theirs["prompts"]),
-               "reference_text": reference_bests(setup, text_prompts(loaded.tokenizer, theirs["prompts"])),
+        row = {"target": target, "ours": our_bests(mine["history"]), **reference_columns(setup, loaded.tokenizer, theirs["prompts"]),
                "ours_s_per_iter": mine["seconds"] / budget["iters"], "ours_loop_s_per_iter": mine["loop_seconds"] / budget["iters"],
                "reference_s_per_iter": theirs["seconds"] / budget["iters"]}
         rows.append(row)
         print(f"{target}: ours {row['ours']} {row['ours_s_per_iter']:.2f} s/iter | reference {row['reference']} "
               f"{row['reference_s_per_iter']:.2f} s/iter", flush=True)
-    ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
-    ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
-    return {"rows": rows, "summary": compare(rows), "summary_text": compare(rows, "reference_text"), "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed,
-            "speed_ratio": ours_speed / ref_speed}
+    return seed_figures(rows)
+
+
+def reference_key(loaded: LoadedModel, layer: int, neuron: int, budget: dict[str, Any]) -> str:
+    """The reference-run cache's key of one run: model, neuron and budget (seed included)."""
+    import json
+
+    return json.dumps({"model": loaded.name, "layer": layer, "neuron": neuron, **budget}, sort_keys=True)
+
+
+def cached_prompts(entry: dict[str, Any]) -> dict[tuple[int, ...], tuple[float, float]]:
+    """A cached reference run's evaluated prompts, as `run_reference` gives them."""
+    return {tuple(ids): (a, x) for ids, a, x in entry["prompts"]}
 
 
 def cached_reference(cache: Path | None, reference: Any, loaded: LoadedModel, layer: int, neuron: int,
@@ -296,12 +311,10 @@ def cached_reference(cache: Path | None, reference: Any, loaded: LoadedModel, la
     """`run_reference`, read from / written to the JSON file `cache` when one is given."""
     import json
 
-    key = json.dumps({"model": loaded.name, "layer": layer, "neuron": neuron, **budget}, sort_keys=True)
+    key = reference_key(loaded, layer, neuron, budget)
     stored = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     if key in stored:
-        entry = stored[key]
-        return {"seconds": entry["seconds"], "prompts": {tuple(ids): (a, x) for ids, a, x in entry["prompts"]},
-                "cached": True}
+        return {"seconds": stored[key]["seconds"], "prompts": cached_prompts(stored[key]), "cached": True}
     done = run_reference(reference, loaded, layer, neuron, budget)
     if cache is not None:
         stored = json.loads(cache.read_text()) if cache.exists() else {}  # again: another run may have added some
@@ -460,11 +473,12 @@ def main() -> None:
         per_seed = {}
         if args.rescore:
             for part in args.rescore.split(","):  # one file per seed may be given
-                found, budget, ours = rescored(loaded, reference, Path(part), cache)
+                found, budget, ours = rescored(loaded, Path(part), cache)
                 per_seed.update(found)
             args.seeds = ",".join(map(str, per_seed))
-        for seed in [] if args.rescore else [int(v) for v in args.seeds.split(",")]:
-            per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
+        else:
+            for seed in [int(v) for v in args.seeds.split(",")]:
+                per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
         figures = dict(per_seed[min(per_seed)])
         figures["seeds"] = {str(seed): {"summary": run["summary"], "summary_text": run["summary_text"], "rows": run["rows"]}
                             for seed, run in per_seed.items()}

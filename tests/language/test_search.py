@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
+from dreamy.core.config import ConfigError
 from dreamy.language import epo, epo_many, gcg, gcg_many
 from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
-from dreamy.core.config import ConfigError
 from dreamy.language.frontier import dominates
 
 TARGET = "model.layers.1.mlp.down_proj:3"
@@ -142,27 +142,32 @@ def test_a_pack_of_128_targets_gives_each_target_the_search_it_gets_alone(tiny_l
             assert mine["activation"] == pytest.approx(theirs["activation"], rel=1e-4, abs=1e-5)
 
 
+def slot_0_follows_the_top(history: list[dict], iters: int) -> list[bool]:
+    """Per iteration from the second: whether slot 0's children are all one-token swaps of the highest
+    activation seen before it (what a slot of fluency weight 0 must do without restarts)."""
+    follows = []
+    for t in range(2, iters + 1):
+        top = max((r for r in history if r["iteration"] < t), key=lambda r: r["activation"])["token_ids"]
+        children = [r["token_ids"] for r in history if r["iteration"] == t and r["slot"] == 0]
+        follows.append(bool(children) and all(sum(a != b for a, b in zip(c, top)) == 1 for c in children))
+    return follows
+
+
+FAINT = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of 0.3 already trades them away
+
+
 def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high_end(tiny_lm):
-    faint = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of 0.3 would already trade them away
-    found = epo(tiny_lm, faint, restart_every=None, **SMALL)  # the default: one such slot
+    found = epo(tiny_lm, FAINT, restart_every=None, **SMALL)  # the default: one such slot
     weights = found.settings["fluency_weights"]
     assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.3, 30.0)).tolist())
-    for t in range(2, SMALL["iters"] + 1):  # slot 0's children are swaps of the highest activation seen before
-        before = [r for r in found.history if r["iteration"] < t]
-        top = max(before, key=lambda r: r["activation"])["token_ids"]
-        children = [r["token_ids"] for r in found.history if r["iteration"] == t and r["slot"] == 0]
-        assert children and all(sum(a != b for a, b in zip(c, top)) == 1 for c in children)
+    assert all(slot_0_follows_the_top(found.history, SMALL["iters"]))
     with pytest.raises(ConfigError, match="activation_slots"):
         epo(tiny_lm, TARGET, activation_slots=3, **SMALL)  # every slot
 
 
 def test_without_an_activation_slot_the_lowest_weight_trades_a_faint_activation_for_fluency(tiny_lm):
-    found = epo(tiny_lm, f"0.001*{TARGET}", restart_every=None, activation_slots=0, **SMALL)
-    tops = [max((r for r in found.history if r["iteration"] < t), key=lambda r: r["activation"])["token_ids"]
-            for t in range(2, SMALL["iters"] + 1)]
-    children = [[r["token_ids"] for r in found.history if r["iteration"] == t and r["slot"] == 0]
-                for t in range(2, SMALL["iters"] + 1)]
-    assert not all(all(sum(a != b for a, b in zip(c, top)) == 1 for c in kids) for top, kids in zip(tops, children))
+    found = epo(tiny_lm, FAINT, restart_every=None, activation_slots=0, **SMALL)
+    assert not all(slot_0_follows_the_top(found.history, SMALL["iters"]))
 
 
 def test_packed_search_needs_targets(tiny_lm):
