@@ -17,9 +17,11 @@ The reference draws from the whole vocabulary (special and non-ASCII tokens incl
 check); dreamy keeps its defaults (printable-ASCII tokens whose text re-encodes to the same tokens).
 
 The reference also keeps token sequences that are not the tokens of their own text (decoded and encoded
-again they give other ids): what such a prompt does is not what its text does when a user feeds it back. Each
-reference column is therefore given twice: over every prompt it evaluated ("reference") and over those that are
-the tokens of their own text ("reference_text", the condition all of ours meet).
+again they give other ids): what such a prompt does is not what its text does when a user feeds it back; and
+its tokens may lie outside dreamy's vocabulary (printable ASCII by default). Each reference column is therefore
+given three times: over every prompt it evaluated ("reference"), over those that are the tokens of their own
+text ("reference_text"), and over those that are also made of the tokens dreamy's search may use
+("reference_allowed": the prompts either method could have returned, the like-for-like column).
 
 Reported per neuron: the best activation at prompt cross-entropy <= 4.5, 5, 6 and 7 for each method, and
 s/iter (wall time of the whole call / iterations; the two runs of a neuron run back to back, their order
@@ -192,18 +194,32 @@ def text_prompts(tokenizer: Any, prompts: dict[tuple[int, ...], tuple[float, flo
     return {span: prompts[span] for span, ok in zip(ids, keep) if ok}
 
 
+def allowed_prompts(setup: SearchSetup, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[tuple[int, ...], tuple[float, float]]:
+    """The prompts whose every token is one our search may use (`setup.allowed`: printable ASCII by default)."""
+    allowed = setup.allowed.cpu()
+    return {span: value for span, value in prompts.items() if bool(allowed[list(span)].all())}
+
+
+REFERENCE_COLUMNS = {"reference": "every prompt the reference evaluated",
+                     "reference_text": "the reference's prompts that are the tokens of their own text",
+                     "reference_allowed": "the reference's prompts that are the tokens of their own text and use only "
+                                          "tokens our search may use (like for like)"}
+SUMMARIES = {"reference": "summary", "reference_text": "summary_text", "reference_allowed": "summary_allowed"}
+
+
 def reference_columns(setup: SearchSetup, tokenizer: Any, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[str, Any]:
-    """A row's two reference columns: the bests over every prompt the reference evaluated and over those that are
-    the tokens of their own text."""
-    return {"reference": reference_bests(setup, prompts),
-            "reference_text": reference_bests(setup, text_prompts(tokenizer, prompts))}
+    """A row's reference columns (`REFERENCE_COLUMNS`): the bests over every prompt the reference evaluated,
+    over those that are the tokens of their own text, and over those of them made of our allowed tokens."""
+    text = text_prompts(tokenizer, prompts)
+    return {"reference": reference_bests(setup, prompts), "reference_text": reference_bests(setup, text),
+            "reference_allowed": reference_bests(setup, allowed_prompts(setup, text))}
 
 
 def seed_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One seed's figures from its per-neuron rows: both summaries and the mean s/iter of each method."""
     ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
     ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
-    return {"rows": rows, "summary": compare(rows), "summary_text": compare(rows, "reference_text"),
+    return {"rows": rows, **{summary: compare(rows, column) for column, summary in SUMMARIES.items()},
             "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed, "speed_ratio": ours_speed / ref_speed}
 
 
@@ -250,7 +266,7 @@ def rescored(loaded: LoadedModel, path: Path, cache: Path | None
 
 
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
-    """Per cut-off, over the seeds' `summary` ("summary" or "summary_text"): the range of neurons where ours >=
+    """Per cut-off, over the seeds' `summary` (one of `SUMMARIES`): the range of neurons where ours >=
     the reference, the total of those wins, and mean sums."""
     spread = []
     for cut in [*map(str, CUTOFFS), "max"]:
@@ -480,22 +496,22 @@ def main() -> None:
             for seed in [int(v) for v in args.seeds.split(",")]:
                 per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
         figures = dict(per_seed[min(per_seed)])
-        figures["seeds"] = {str(seed): {"summary": run["summary"], "summary_text": run["summary_text"], "rows": run["rows"]}
+        figures["seeds"] = {str(seed): {**{summary: run[summary] for summary in SUMMARIES.values()}, "rows": run["rows"]}
                             for seed, run in per_seed.items()}
-        figures["over_seeds"] = over_seeds(per_seed, "summary")
-        figures["over_seeds_text"] = over_seeds(per_seed, "summary_text")
+        for summary in SUMMARIES.values():
+            figures[summary.replace("summary", "over_seeds")] = over_seeds(per_seed, summary)
         table = []
         for row in figures["rows"]:
-            for method in ("ours", "reference", "reference_text"):
+            for method in ("ours", *REFERENCE_COLUMNS):
                 table.append({"neuron": row["target"].replace(".mlp.down_proj@in", ""), "method": method,
                               "s/iter": row[f"{method.split('_')[0]}_s_per_iter"],
                               **{f"xent<={cut}": row[method][str(cut)] for cut in CUTOFFS}, "max": row[method]["max"]})
         common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
                                         f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
         common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
-        common.print_table(figures["over_seeds"], title=f"over seeds {args.seeds}: every prompt the reference evaluated")
-        common.print_table(figures["over_seeds_text"], title=f"over seeds {args.seeds}: the reference's prompts that are "
-                                                             f"the tokens of their own text (as all of ours are)")
+        for column, summary in SUMMARIES.items():
+            common.print_table(figures[summary.replace("summary", "over_seeds")],
+                               title=f"over seeds {args.seeds}: {REFERENCE_COLUMNS[column]}")
         print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
               f"(ratio {figures['speed_ratio']:.2f})")
     if args.device.startswith("cuda") or args.timing_only:

@@ -16,11 +16,14 @@ def test_epo_vs_reference_runs_small(run_script):
     assert len(figures["rows"]) == 4 and figures["ours_s_per_iter"] > 0 and figures["reference_s_per_iter"] > 0
     row = figures["rows"][0]
     assert set(row["ours"]) >= {"4.5", "5.0", "6.0", "7.0", "max"} and row["reference"]["max"] is not None
-    assert set(figures["summary"]) == set(figures["summary_text"]) == {"4.5", "5.0", "6.0", "7.0", "max"}
-    for cut in ("4.5", "5.0", "6.0", "7.0", "max"):  # the text-valid prompts are some of all: never a higher best
-        text, every = row["reference_text"][cut], row["reference"][cut]
+    assert set(figures["summary"]) == set(figures["summary_text"]) == set(figures["summary_allowed"]) \
+        == {"4.5", "5.0", "6.0", "7.0", "max"}
+    for cut in ("4.5", "5.0", "6.0", "7.0", "max"):  # each column's prompts are some of the last's: never a higher best
+        allowed, text, every = row["reference_allowed"][cut], row["reference_text"][cut], row["reference"][cut]
         assert text is None or (every is not None and text <= every)
+        assert allowed is None or (text is not None and allowed <= text)
     assert figures["over_seeds_text"][-1]["ours >= reference (all)"].endswith("/4")
+    assert figures["over_seeds_allowed"][-1]["ours >= reference (all)"].endswith("/4")
 
 
 def test_only_prompts_that_are_the_tokens_of_their_own_text_count_as_text(tiny_lm):
@@ -31,6 +34,17 @@ def test_only_prompts_that_are_the_tokens_of_their_own_text_count_as_text(tiny_l
     split = tuple(tok.convert_tokens_to_ids(list("the")))  # "t", "h", "e" re-encode as one token
     assert text_prompts(tok, {cat: (1.0, 2.0), split: (9.0, 3.0)}) == {cat: (1.0, 2.0)}
     assert text_prompts(tok, {}) == {}
+
+
+def test_allowed_prompts_use_only_the_tokens_our_search_may_use(tiny_lm):
+    from benchmarks.epo_vs_reference import allowed_prompts
+    from dreamy.language.search import SearchSetup
+
+    setup = SearchSetup.build(tiny_lm, "logits:3", n_tokens=2)
+    cat = tuple(tiny_lm.tokenizer("the cat")["input_ids"])
+    special = (tiny_lm.tokenizer.eos_token_id, cat[0])  # a special token: never one of ours
+    assert setup.allowed[list(cat)].all() and not setup.allowed[special[0]]
+    assert allowed_prompts(setup, {cat: (1.0, 2.0), special: (9.0, 3.0)}) == {cat: (1.0, 2.0)}
 
 
 @pytest.mark.skipif(not (Path(REFERENCE) / "dreamy" / "epo.py").exists(), reason="no reference EPO")
