@@ -200,11 +200,13 @@ def allowed_prompts(setup: SearchSetup, prompts: dict[tuple[int, ...], tuple[flo
     return {span: value for span, value in prompts.items() if bool(allowed[list(span)].all())}
 
 
-REFERENCE_COLUMNS = {"reference": "every prompt the reference evaluated",
-                     "reference_text": "the reference's prompts that are the tokens of their own text",
-                     "reference_allowed": "the reference's prompts that are the tokens of their own text and use only "
-                                          "tokens our search may use (like for like)"}
-SUMMARIES = {"reference": "summary", "reference_text": "summary_text", "reference_allowed": "summary_allowed"}
+# a row's reference column -> (its per-seed summary, its over-seeds table, what it counts)
+REFERENCE_COLUMNS = {
+    "reference": ("summary", "over_seeds", "every prompt the reference evaluated"),
+    "reference_text": ("summary_text", "over_seeds_text", "the reference's prompts that are the tokens of their own text"),
+    "reference_allowed": ("summary_allowed", "over_seeds_allowed", "the reference's prompts that are the tokens of their "
+                          "own text and use only tokens our search may use (like for like)"),
+}
 
 
 def reference_columns(setup: SearchSetup, tokenizer: Any, prompts: dict[tuple[int, ...], tuple[float, float]]) -> dict[str, Any]:
@@ -216,10 +218,10 @@ def reference_columns(setup: SearchSetup, tokenizer: Any, prompts: dict[tuple[in
 
 
 def seed_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One seed's figures from its per-neuron rows: both summaries and the mean s/iter of each method."""
+    """One seed's figures from its per-neuron rows: a summary per reference column and the mean s/iter of each method."""
     ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
     ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
-    return {"rows": rows, **{summary: compare(rows, column) for column, summary in SUMMARIES.items()},
+    return {"rows": rows, **{summary: compare(rows, column) for column, (summary, _, _) in REFERENCE_COLUMNS.items()},
             "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed, "speed_ratio": ours_speed / ref_speed}
 
 
@@ -266,7 +268,7 @@ def rescored(loaded: LoadedModel, path: Path, cache: Path | None
 
 
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
-    """Per cut-off, over the seeds' `summary` (one of `SUMMARIES`): the range of neurons where ours >=
+    """Per cut-off, over the seeds' `summary` (a summary of `REFERENCE_COLUMNS`): the range of neurons where ours >=
     the reference, the total of those wins, and mean sums."""
     spread = []
     for cut in [*map(str, CUTOFFS), "max"]:
@@ -496,10 +498,10 @@ def main() -> None:
             for seed in [int(v) for v in args.seeds.split(",")]:
                 per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
         figures = dict(per_seed[min(per_seed)])
-        figures["seeds"] = {str(seed): {**{summary: run[summary] for summary in SUMMARIES.values()}, "rows": run["rows"]}
-                            for seed, run in per_seed.items()}
-        for summary in SUMMARIES.values():
-            figures[summary.replace("summary", "over_seeds")] = over_seeds(per_seed, summary)
+        figures["seeds"] = {str(seed): {**{summary: run[summary] for summary, _, _ in REFERENCE_COLUMNS.values()},
+                                        "rows": run["rows"]} for seed, run in per_seed.items()}
+        for summary, spread, _ in REFERENCE_COLUMNS.values():
+            figures[spread] = over_seeds(per_seed, summary)
         table = []
         for row in figures["rows"]:
             for method in ("ours", *REFERENCE_COLUMNS):
@@ -509,9 +511,8 @@ def main() -> None:
         common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
                                         f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
         common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
-        for column, summary in SUMMARIES.items():
-            common.print_table(figures[summary.replace("summary", "over_seeds")],
-                               title=f"over seeds {args.seeds}: {REFERENCE_COLUMNS[column]}")
+        for _, spread, counts in REFERENCE_COLUMNS.values():
+            common.print_table(figures[spread], title=f"over seeds {args.seeds}: {counts}")
         print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
               f"(ratio {figures['speed_ratio']:.2f})")
     if args.device.startswith("cuda") or args.timing_only:
