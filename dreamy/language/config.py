@@ -90,7 +90,7 @@ class EPOConfig(PromptConfig):
     """EPO (Thompson et al., 2024): a population of `population` slots, each with its own fluency weight,
     spaced log-uniformly over `fluency_weight_range`, except the first `activation_slots` slots (default: one,
     none for a population of one), whose weight is 0 (activation alone: they hold the frontier's high-activation
-    end, as the highest weights hold its fluent end); `children` per member per iteration; every
+    end, as the highest weights hold its fluent end; several hold distinct prompts); `children` per member per iteration; every
     `restart_every` iterations (None: never) the population restarts from the best prompt so far under a
     fluency weight drawn at random from the range. Defaults from `benchmarks/epo_defaults` (topk, range) and
     `benchmarks/epo_vs_reference` (activation_slots).

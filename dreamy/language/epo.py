@@ -3,10 +3,11 @@
 A population of M slots, slot m with its own fluency weight lambda_m (log-uniform in a range). Each
 iteration every member makes children by gradient-guided token swaps (its gradient computed under
 ITS OWN lambda); each slot then keeps the best of all members and children under its own objective
-`activation - lambda_m * cross-entropy` (lambda: the slot's fluency weight, see `EPOConfig`). Every `restart_every` iterations the population collapses
-onto the best prompt seen so far under a lambda drawn at random (really at random: a fresh draw from
-the seeded generator each restart), and each slot's new gradient is again computed with its own
-lambda. Token rankings (from the gradients) of members that survive unchanged are reused. The result's
+`activation - lambda_m * cross-entropy` (lambda: the slot's fluency weight, see `EPOConfig`); slots that
+share a weight (several activation slots) keep its best, second best, ... distinct prompts, not copies of one.
+Every `restart_every` iterations the population collapses onto the best prompt seen so far under a lambda
+drawn at random (really at random: a fresh draw from the seeded generator each restart), and each slot's new
+gradient is again computed with its own lambda. Token rankings (from the gradients) of members that survive unchanged are reused. The result's
 Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed
 into shared batches.
 
@@ -244,12 +245,14 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
     for k in range(len(pops)):
         bounds.append(bounds[-1] + sum(len(g) for g in groups[k * population:(k + 1) * population]))
     weights = lambdas[:, None].to(device)
+    ranks = _shared_weight_ranks(lambda_list)
     choices = []
     for k, pop in enumerate(pops):
         lo, hi = bounds[k], bounds[k + 1]
         act = torch.cat([pop.act, scored.activation[lo:hi]])
         xent = torch.cat([pop.xent, scored.xentropy[lo:hi]])
-        choice = (act[None, :] - weights.to(act) * xent[None, :]).argmax(dim=1)
+        choice = _slot_choices((act[None, :] - weights.to(act) * xent[None, :]), ranks,
+                               None if ranks is None else _repeats(pop.ids + flat[lo:hi]))
         pop.members = torch.cat([pop.members, spans[lo:hi]])[choice]
         pop.act, pop.xent = act[choice], xent[choice]
         choices.append(choice)
@@ -272,6 +275,55 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
         pop.ids = [pool[c] for c in chosen]
         pop.origins = [pool_origins[c] for c in chosen]
     return [(act_host[bounds[k]:bounds[k + 1]], xent_host[bounds[k]:bounds[k + 1]]) for k in range(len(pops))]
+
+
+def _shared_weight_ranks(lambda_list: list[float]) -> list[int] | None:
+    """Each slot's rank among the slots with its fluency weight (0 for the first), or None when no two slots
+    share one (then every slot simply keeps its best).
+
+    Example:
+        >>> _shared_weight_ranks([0.0, 0.0, 0.3, 3.0]), _shared_weight_ranks([0.0, 0.3])
+        ([0, 1, 0, 0], None)
+    """
+    seen: dict[float, int] = {}
+    ranks = []
+    for lam in lambda_list:
+        ranks.append(seen.get(lam, 0))
+        seen[lam] = ranks[-1] + 1
+    return ranks if max(ranks) > 0 else None
+
+
+def _repeats(pool: list[tuple[int, ...]]) -> list[bool]:
+    """Which entries of a pool of prompts repeat an earlier entry.
+
+    Example:
+        >>> _repeats([(1, 2), (3, 4), (1, 2)])
+        [False, False, True]
+    """
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for ids in pool:
+        out.append(ids in seen)
+        seen.add(ids)
+    return out
+
+
+def _slot_choices(objective: Tensor, ranks: list[int] | None, repeats: list[bool] | None) -> Tensor:
+    """Each slot's pick from the pool, given `objective` [slots, pool]: its best; slots sharing a fluency weight
+    (`ranks`, `_shared_weight_ranks`) take that weight's best, second best, ... distinct prompts (`repeats` marks
+    the pool's repeated prompts, never picked by a second-ranked slot), so they do not collapse onto one member.
+
+    Example:
+        >>> _slot_choices(torch.tensor([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0]]), [0, 1], [False, False, False]).tolist()
+        [1, 2]
+    """
+    if ranks is None:
+        return objective.argmax(dim=1)
+    masked = objective.masked_fill(torch.tensor(repeats, device=objective.device)[None, :], float("-inf"))
+    depth = min(max(ranks) + 1, objective.shape[1])
+    top = masked.topk(depth, dim=1).indices
+    rows = torch.arange(objective.shape[0], device=objective.device)
+    return top[rows, torch.tensor(ranks, device=objective.device).clamp(max=depth - 1)]
 
 
 def _member_states(setup: SearchSetup, pops: list[_Population]) -> ParentStates | None:

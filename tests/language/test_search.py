@@ -142,13 +142,18 @@ def test_a_pack_of_128_targets_gives_each_target_the_search_it_gets_alone(tiny_l
             assert mine["activation"] == pytest.approx(theirs["activation"], rel=1e-4, abs=1e-5)
 
 
-def slot_0_follows_the_top(history: list[dict], iters: int) -> list[bool]:
-    """Per iteration from the second: whether slot 0's children are all one-token swaps of the highest
-    activation seen before it (what a slot of fluency weight 0 must do without restarts)."""
+def slot_0_follows_the_top(history: list[dict], iters: int, slot: int = 0, rank: int = 0) -> list[bool]:
+    """Per iteration from the second: whether `slot`'s children are all one-token swaps of the highest
+    activation seen before it (what a slot of fluency weight 0 must do without restarts), or with `rank` r of
+    the r-th highest distinct prompt after it (the r-th of several such slots)."""
     follows = []
     for t in range(2, iters + 1):
-        top = max((r for r in history if r["iteration"] < t), key=lambda r: r["activation"])["token_ids"]
-        children = [r["token_ids"] for r in history if r["iteration"] == t and r["slot"] == 0]
+        seen: dict[tuple, float] = {}
+        for r in history:
+            if r["iteration"] < t:
+                seen[tuple(r["token_ids"])] = r["activation"]
+        top = sorted(seen, key=seen.get, reverse=True)[rank]
+        children = [r["token_ids"] for r in history if r["iteration"] == t and r["slot"] == slot]
         follows.append(bool(children) and all(sum(a != b for a, b in zip(c, top)) == 1 for c in children))
     return follows
 
@@ -163,6 +168,13 @@ def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high
     assert all(slot_0_follows_the_top(found.history, SMALL["iters"]))
     with pytest.raises(ConfigError, match="activation_slots"):
         epo(tiny_lm, TARGET, activation_slots=3, **SMALL)  # every slot
+
+
+def test_two_activation_slots_hold_the_two_highest_distinct_prompts(tiny_lm):
+    found = epo(tiny_lm, FAINT, restart_every=None, activation_slots=2, **SMALL)
+    assert found.settings["fluency_weights"][:2] == [0.0, 0.0]
+    assert all(slot_0_follows_the_top(found.history, SMALL["iters"]))
+    assert all(slot_0_follows_the_top(found.history, SMALL["iters"], slot=1, rank=1))  # not a second copy of slot 0
 
 
 def test_without_an_activation_slot_the_lowest_weight_trades_a_faint_activation_for_fluency(tiny_lm):
