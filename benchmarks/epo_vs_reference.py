@@ -31,6 +31,7 @@ SmolLM2-135M and SmolLM2-1.7B shapes.
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref            # CPU, 4 neurons, 30 iterations
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --device cuda
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --model tiny:lm --iters 2 --children 4   # smoke
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --merge s01/epo_vs_reference.json,s23/epo_vs_reference.json
 """
 
 from __future__ import annotations
@@ -240,16 +241,25 @@ def compare(rows: list[dict[str, Any]], reference: str = "reference") -> dict[st
     return summary
 
 
+def stored_seeds(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """An earlier results file's per-seed runs ({seed: {"rows": ...}}), its budget, our settings and where it came
+    from ({"command": ..., "cpu": ...})."""
+    import json
+
+    record = json.loads(path.read_text())
+    settings, figures = record["settings"], record["figures"]
+    runs = figures.get("seeds") or {str(settings["seed"]): {"rows": figures["rows"]}}
+    source = {"command": record.get("command"), "cpu": (record.get("machine") or {}).get("cpu_model")}
+    return runs, {key: settings[key] for key in BUDGET}, dict(settings.get("ours") or {}), source
+
+
 def rescored(loaded: LoadedModel, path: Path, cache: Path | None
              ) -> tuple[dict[int, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The per-seed figures of the results file `path` with their reference columns recomputed from the cached
     reference runs (`reference_bests` as it is now), and that run's budget and our settings."""
     import json
 
-    record = json.loads(path.read_text())
-    settings, figures = record["settings"], record["figures"]
-    budget = {key: settings[key] for key in BUDGET}
-    runs = figures.get("seeds") or {str(settings["seed"]): {"rows": figures["rows"]}}
+    runs, budget, ours, source = stored_seeds(path)
     if cache is None or not cache.exists():
         raise SystemExit(f"--rescore needs the reference-run cache; {cache} is missing")
     stored = json.loads(cache.read_text())  # read once for every row
@@ -263,8 +273,34 @@ def rescored(loaded: LoadedModel, path: Path, cache: Path | None
                 raise SystemExit(f"--rescore: the cache holds no reference run for {row['target']} at seed {seed}")
             setup = SearchSetup.build(loaded, row["target"], n_tokens=budget["n_tokens"])
             rows.append(dict(row, **reference_columns(setup, loaded.tokenizer, cached_prompts(stored[key]))))
-        per_seed[int(seed)] = dict(seed_figures(rows), rescored_from=record.get("command"))
-    return per_seed, budget, dict(settings.get("ours") or {})
+        per_seed[int(seed)] = dict(seed_figures(rows), rescored_from=source["command"])
+    return per_seed, budget, ours
+
+
+def merged(paths: Sequence[Path]) -> tuple[dict[int, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The per-seed figures of several results files as they stand (nothing rerun or rescored: each seed's
+    reference columns are those its own run measured), for one table over all their seeds. The files must share
+    the budget and our settings, and name each seed once; otherwise refused, naming the file.
+
+    Example (files of seeds 0-1 and 2-3, same settings):
+        per_seed, budget, ours = merged([Path("s01/epo_vs_reference.json"), Path("s23/epo_vs_reference.json")])
+    """
+    per_seed: dict[int, dict[str, Any]] = {}
+    first: tuple[dict[str, Any], dict[str, Any]] | None = None
+    for path in paths:
+        runs, budget, ours, source = stored_seeds(path)
+        if first is not None and (budget, ours) != first:
+            raise SystemExit(f"--merge: {path} has budget {budget} and our settings {ours}, the first file "
+                             f"{first[0]} and {first[1]}: only runs of one setting can share a table")
+        first = first or (budget, ours)
+        for seed, run in runs.items():
+            if int(seed) in per_seed:
+                raise SystemExit(f"--merge: seed {seed} is in {path} and in an earlier file; give each seed once")
+            per_seed[int(seed)] = dict(seed_figures(run["rows"]), measured_on=run.get("measured_on") or source["cpu"],
+                                       measured_by=run.get("measured_by") or source["command"])
+    if first is None:
+        raise SystemExit("--merge: no results files given")
+    return per_seed, first[0], first[1]
 
 
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
@@ -445,6 +481,9 @@ def main() -> None:
                         help="recompute the reference columns of earlier results files (e.g. one per seed, same settings) "
                              "from the reference-run cache "
                              "(our rows and timings kept; the cache must hold every run it needs)")
+    parser.add_argument("--merge", metavar="RESULTS_JSON[,...]",
+                        help="one table over the seeds of earlier results files of the same settings, as they stand "
+                             "(nothing rerun: e.g. seeds measured on different days or machines)")
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds (the neurons stay drawn with seed 0)")
     parser.add_argument("--reference-cache", default=str(Path("~/.cache/dreamy/benchmarks/reference_epo.json").expanduser()),
                         help="JSON file of reference runs to reuse ('none': always run it; default %(default)s)")
@@ -494,12 +533,16 @@ def main() -> None:
                 found, budget, ours = rescored(loaded, Path(part), cache)
                 per_seed.update(found)
             args.seeds = ",".join(map(str, per_seed))
+        elif args.merge:
+            per_seed, budget, ours = merged([Path(part) for part in args.merge.split(",")])
+            args.seeds = ",".join(map(str, sorted(per_seed)))
         else:
             for seed in [int(v) for v in args.seeds.split(",")]:
                 per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
         figures = dict(per_seed[min(per_seed)])
         figures["seeds"] = {str(seed): {**{summary: run[summary] for summary, _, _ in REFERENCE_COLUMNS.values()},
-                                        "rows": run["rows"]} for seed, run in per_seed.items()}
+                                        **{key: run[key] for key in ("measured_on", "measured_by") if key in run},
+                                        "rows": run["rows"]} for seed, run in sorted(per_seed.items())}
         for summary, spread, _ in REFERENCE_COLUMNS.values():
             figures[spread] = over_seeds(per_seed, summary)
         table = []

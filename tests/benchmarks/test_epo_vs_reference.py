@@ -95,3 +95,38 @@ def test_the_reference_best_at_a_cut_off_is_the_best_of_every_batch_it_scored():
 
     setup = SimpleNamespace(layout=SimpleNamespace(n_tokens=12, prefix=torch.zeros(1)), score=score)
     assert reference_bests(setup, prompts)["5.0"] == pytest.approx(10.0 - 63 * 0.001)
+
+
+def _results_file(path, seeds, ours=None, cpu="cpu A"):
+    import json
+
+    from benchmarks.epo_vs_reference import BUDGET
+
+    cut = {"4.5": None, "5.0": 1.0, "6.0": 2.0, "7.0": 3.0, "max": 4.0}
+    row = {"target": "model.layers.1.mlp.down_proj@in:3", "ours": cut, "reference": dict(cut, max=5.0),
+           "reference_text": cut, "reference_allowed": cut, "ours_s_per_iter": 1.0, "reference_s_per_iter": 2.0}
+    record = {"command": f"run of {seeds}", "machine": {"cpu_model": cpu}, "settings": {**BUDGET, "ours": ours or {}},
+              "figures": {"seeds": {str(seed): {"rows": [row]} for seed in seeds}}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_merge_joins_the_seeds_of_files_of_one_setting_and_keeps_where_each_came_from(tmp_path):
+    from benchmarks.epo_vs_reference import merged, over_seeds
+
+    per_seed, budget, ours = merged([_results_file(tmp_path / "a.json", [0, 1]),
+                                     _results_file(tmp_path / "b.json", [2], cpu="cpu B")])
+    assert sorted(per_seed) == [0, 1, 2] and ours == {} and budget["iters"] == 30
+    assert per_seed[2]["measured_on"] == "cpu B" and per_seed[0]["measured_by"] == "run of [0, 1]"
+    spread = {row["cut-off"]: row for row in over_seeds(per_seed, "summary")}
+    assert spread["7.0"]["ours >= reference (all)"] == "3/3" and spread["max"]["ours >= reference (all)"] == "0/3"
+
+
+def test_merge_refuses_files_of_other_settings_or_a_seed_twice(tmp_path):
+    from benchmarks.epo_vs_reference import merged
+
+    a = _results_file(tmp_path / "a.json", [0])
+    with pytest.raises(SystemExit, match="b.json has budget"):
+        merged([a, _results_file(tmp_path / "b.json", [1], ours={"activation_slots": 2})])
+    with pytest.raises(SystemExit, match="seed 0 is in"):
+        merged([a, _results_file(tmp_path / "c.json", [0])])
