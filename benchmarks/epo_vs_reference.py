@@ -32,6 +32,17 @@ SmolLM2-135M and SmolLM2-1.7B shapes.
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --device cuda
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --model tiny:lm --iters 2 --children 4   # smoke
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --merge s01/epo_vs_reference.json,s23/epo_vs_reference.json
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --seeds 0,1,2,3 --fluency-weight-range 0.1,30 \
+        --reference-from benchmarks/results/epo_vs_reference.json   # ours only, under other settings
+
+`--reference-from RESULTS_JSON` runs only ours and takes the reference's columns (and s/iter) of each neuron and
+seed from an earlier results file of the same budget: the reference's runs do not depend on our settings, so a
+trial of our settings costs our searches alone (the reference takes ~2.5x ours per iteration on a CPU). A file of
+another budget, or one without the seed or neuron asked for, is refused by name.
+
+Each reference column is also given per neuron over the seeds (`per_neuron*`): seed s of ours and seed s of the
+reference are unrelated draws, so a neuron's wins over its seeds and the means of its bests say more than any
+one pairing.
 """
 
 from __future__ import annotations
@@ -297,10 +308,68 @@ def merged(paths: Sequence[Path]) -> tuple[dict[int, dict[str, Any]], dict[str, 
             if int(seed) in per_seed:
                 raise SystemExit(f"--merge: seed {seed} is in {path} and in an earlier file; give each seed once")
             per_seed[int(seed)] = dict(seed_figures(run["rows"]), measured_on=run.get("measured_on") or source["cpu"],
-                                       measured_by=run.get("measured_by") or source["command"])
+                                       measured_by=run.get("measured_by") or source["command"],
+                                       **({"reference_from": run["reference_from"]} if "reference_from" in run else {}))
     if first is None:
         raise SystemExit("--merge: no results files given")
     return per_seed, first[0], first[1]
+
+
+def stored_reference(path: Path, budget: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+    """The reference side of every row of the results file `path` ({(seed, target): its reference columns and
+    reference_s_per_iter}), for runs of `budget` (seed aside); a file of another budget, or a row without every
+    reference column, is refused by name.
+
+    Example:
+        stored = stored_reference(Path("benchmarks/results/epo_vs_reference.json"), BUDGET)
+    """
+    runs, stored_budget, _, _ = stored_seeds(path)
+    mine = {key: value for key, value in budget.items() if key != "seed"}
+    theirs = {key: value for key, value in stored_budget.items() if key != "seed"}
+    if mine != theirs:
+        raise SystemExit(f"--reference-from: {path} was run with budget {theirs}, this run's is {mine}: "
+                         f"its reference figures are not this budget's; run the reference (leave out --reference-from)")
+    out = {}
+    for seed, run in runs.items():
+        for row in run["rows"]:
+            missing = [key for key in (*REFERENCE_COLUMNS, "reference_s_per_iter") if key not in row]
+            if missing:
+                raise SystemExit(f"--reference-from: {path}, seed {seed}, {row['target']} lacks {', '.join(missing)}; "
+                                 f"rescore it first (--rescore)")
+            out[(int(seed), row["target"])] = {key: row[key] for key in (*REFERENCE_COLUMNS, "reference_s_per_iter")}
+    return out
+
+
+def per_neuron(per_seed: dict[int, dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """Per neuron, over the seeds, against the reference column `column`: at each cut-off and at "max", on how
+    many seeds ours >= the reference (as `compare` counts), and the mean highest activation of each side.
+
+    Example:
+        >>> seed = {"rows": [{"target": "n", "ours": {"4.5": None, "5.0": 1.0, "6.0": 1.0, "7.0": 1.0, "max": 2.0},
+        ...                   "reference": {"4.5": None, "5.0": None, "6.0": 2.0, "7.0": 2.0, "max": 3.0}}]}
+        >>> per_neuron({0: seed, 1: seed}, "reference")[0]["max"], per_neuron({0: seed}, "reference")[0]["<=5.0"]
+        ('0/2', '1/1')
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for run in per_seed.values():
+        for row in run["rows"]:
+            entry = table.setdefault(row["target"], {"wins": {}, "ours": [], "reference": [], "seeds": 0})
+            entry["seeds"] += 1
+            for cut in [*map(str, CUTOFFS), "max"]:
+                a, b = row["ours"][cut], row[column][cut]
+                won = (a is None and b is None) or (a is not None and (b is None or a >= b))
+                entry["wins"][cut] = entry["wins"].get(cut, 0) + won
+            entry["ours"].append(row["ours"]["max"])
+            entry["reference"].append(row[column]["max"])
+    out = []
+    for target, entry in table.items():
+        n = entry["seeds"]
+        ref = [v for v in entry["reference"] if v is not None]
+        out.append({"neuron": target.replace(".mlp.down_proj@in", ""), "seeds": n,
+                    **{("max" if cut == "max" else f"<={cut}"): f"{wins}/{n}" for cut, wins in entry["wins"].items()},
+                    "ours max (mean)": sum(entry["ours"]) / n,
+                    "reference max (mean)": sum(ref) / len(ref) if ref else None})
+    return out
 
 
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
@@ -318,10 +387,11 @@ def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[s
 
 
 def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: dict[str, Any],
-            cache: Path | None = None) -> dict[str, Any]:
+            cache: Path | None = None, stored: dict[tuple[int, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Both methods on every drawn neuron, back to back (order alternating). The neurons are drawn with seed 0
     whatever `budget["seed"]` (the searches' seed) is. With `cache`, a reference run of the same model, neuron,
-    budget and seed is read back instead of run again (its results do not depend on our settings)."""
+    budget and seed is read back instead of run again (its results do not depend on our settings); with `stored`
+    (`stored_reference`), ours alone runs and each row's reference side is the stored one."""
     rows = []
     for index, (layer, neuron) in enumerate(pick_neurons(loaded, budget["neurons"], 0)):
         target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
@@ -336,12 +406,19 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
         def run_ref() -> dict[str, Any]:
             return cached_reference(cache, reference, loaded, layer, neuron, budget)
 
-        first, second = (run_ours, run_ref) if index % 2 == 0 else (run_ref, run_ours)
-        done = [first(), second()]
-        mine, theirs = (done[0], done[1]) if index % 2 == 0 else (done[1], done[0])
-        row = {"target": target, "ours": our_bests(mine["history"]), **reference_columns(setup, loaded.tokenizer, theirs["prompts"]),
-               "ours_s_per_iter": mine["seconds"] / budget["iters"], "ours_loop_s_per_iter": mine["loop_seconds"] / budget["iters"],
-               "reference_s_per_iter": theirs["seconds"] / budget["iters"]}
+        if stored is not None:
+            if (budget["seed"], target) not in stored:
+                raise SystemExit(f"--reference-from: the file holds no reference figures for {target} at seed "
+                                 f"{budget['seed']}; give a file of that seed, or run the reference")
+            mine, theirs_side = run_ours(), stored[(budget["seed"], target)]
+        else:
+            first, second = (run_ours, run_ref) if index % 2 == 0 else (run_ref, run_ours)
+            done = [first(), second()]
+            mine, theirs = (done[0], done[1]) if index % 2 == 0 else (done[1], done[0])
+            theirs_side = {**reference_columns(setup, loaded.tokenizer, theirs["prompts"]),
+                           "reference_s_per_iter": theirs["seconds"] / budget["iters"]}
+        row = {"target": target, "ours": our_bests(mine["history"]), **theirs_side,
+               "ours_s_per_iter": mine["seconds"] / budget["iters"], "ours_loop_s_per_iter": mine["loop_seconds"] / budget["iters"]}
         rows.append(row)
         print(f"{target}: ours {row['ours']} {row['ours_s_per_iter']:.2f} s/iter | reference {row['reference']} "
               f"{row['reference_s_per_iter']:.2f} s/iter", flush=True)
@@ -484,6 +561,9 @@ def main() -> None:
     parser.add_argument("--merge", metavar="RESULTS_JSON[,...]",
                         help="one table over the seeds of earlier results files of the same settings, as they stand "
                              "(nothing rerun: e.g. seeds measured on different days or machines)")
+    parser.add_argument("--reference-from", metavar="RESULTS_JSON",
+                        help="run ours only; take the reference's figures per neuron and seed from this earlier results file "
+                             "of the same budget")
     parser.add_argument("--seeds", default="0", help="comma-separated search seeds (the neurons stay drawn with seed 0)")
     parser.add_argument("--reference-cache", default=str(Path("~/.cache/dreamy/benchmarks/reference_epo.json").expanduser()),
                         help="JSON file of reference runs to reuse ('none': always run it; default %(default)s)")
@@ -498,10 +578,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.reference_src:
+    runs_reference = not (args.reference_from or args.merge or args.rescore) or args.device.startswith("cuda") \
+        or args.timing_only  # these alone run the reference's code
+    if runs_reference and not args.reference_src:
         print("skipped: no reference EPO; fetch github.com/Confirm-Solutions/dreamy and pass --reference-src PATH")
         return
-    reference = load_reference(args.reference_src)
+    reference = load_reference(args.reference_src) if args.reference_src else None
     budget = dict(BUDGET)
     for key in ("iters", "children", "neurons"):
         if getattr(args, key) is not None:
@@ -537,14 +619,19 @@ def main() -> None:
             per_seed, budget, ours = merged([Path(part) for part in args.merge.split(",")])
             args.seeds = ",".join(map(str, sorted(per_seed)))
         else:
+            stored = stored_reference(Path(args.reference_from), budget) if args.reference_from else None
             for seed in [int(v) for v in args.seeds.split(",")]:
-                per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache)
+                per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache,
+                                         stored)
+                if stored is not None:
+                    per_seed[seed]["reference_from"] = args.reference_from
         figures = dict(per_seed[min(per_seed)])
         figures["seeds"] = {str(seed): {**{summary: run[summary] for summary, _, _ in REFERENCE_COLUMNS.values()},
-                                        **{key: run[key] for key in ("measured_on", "measured_by") if key in run},
+                                        **{key: run[key] for key in ("measured_on", "measured_by", "reference_from") if key in run},
                                         "rows": run["rows"]} for seed, run in sorted(per_seed.items())}
-        for summary, spread, _ in REFERENCE_COLUMNS.values():
+        for column, (summary, spread, _) in REFERENCE_COLUMNS.items():
             figures[spread] = over_seeds(per_seed, summary)
+            figures[f"per_neuron{column[len('reference'):]}"] = per_neuron(per_seed, column)
         table = []
         for row in figures["rows"]:
             for method in ("ours", *REFERENCE_COLUMNS):
@@ -554,10 +641,14 @@ def main() -> None:
         common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
                                         f"{budget['population']} x {budget['children']} children, {budget['iters']} iterations")
         common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
-        for _, spread, counts in REFERENCE_COLUMNS.values():
+        for column, (_, spread, counts) in REFERENCE_COLUMNS.items():
             common.print_table(figures[spread], title=f"over seeds {args.seeds}: {counts}")
+            common.print_table(figures[f"per_neuron{column[len('reference'):]}"],
+                               title=f"per neuron over seeds {args.seeds} (ours >= reference on k of n seeds): {counts}")
         print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
               f"(ratio {figures['speed_ratio']:.2f})")
+        if args.reference_from:
+            print(f"(the reference's s/iter is the one {args.reference_from} measured, on its own machine)")
     if args.device.startswith("cuda") or args.timing_only:
         if tokenizer is None:
             tokenizer = load(args.model).tokenizer

@@ -130,3 +130,55 @@ def test_merge_refuses_files_of_other_settings_or_a_seed_twice(tmp_path):
         merged([a, _results_file(tmp_path / "b.json", [1], ours={"activation_slots": 2})])
     with pytest.raises(SystemExit, match="seed 0 is in"):
         merged([a, _results_file(tmp_path / "c.json", [0])])
+
+
+def _stored_reference_file(path, targets, seeds, **budget):
+    import json
+
+    from benchmarks.epo_vs_reference import BUDGET
+
+    def row(k, target, seed):
+        side = {"4.5": None, "5.0": None, "6.0": None, "7.0": float(k), "max": 100.0 + 10 * seed + k}
+        return {"target": target, "ours": dict(side), "reference": side, "reference_text": side, "reference_allowed": side,
+                "ours_s_per_iter": 1.0, "reference_s_per_iter": 7.0}
+
+    record = {"command": "stored", "machine": {"cpu_model": "cpu A"}, "settings": {**BUDGET, **budget, "ours": {}},
+              "figures": {"seeds": {str(seed): {"rows": [row(k, t, seed) for k, t in enumerate(targets)]} for seed in seeds}}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_reference_from_runs_ours_alone_against_the_stored_reference_figures(run_script, tiny_lm, tmp_path, monkeypatch):
+    from benchmarks import epo_vs_reference
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference ran")
+
+    monkeypatch.setattr(epo_vs_reference, "run_reference", no_reference)
+    monkeypatch.delenv("DREAMY_REFERENCE_SRC", raising=False)  # not needed: the reference's code never runs
+    targets = [f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
+               for layer, neuron in epo_vs_reference.pick_neurons(tiny_lm, 4, 0)]
+    stored = _stored_reference_file(tmp_path / "stored.json", targets, [0, 1], iters=2, children=4)
+    figures = run_script("epo_vs_reference", "--model", "tiny:lm", "--iters", "2", "--children", "4", "--seeds", "0,1",
+                         "--reference-from", str(stored), "--reference-cache", "none")["figures"]
+    for seed in ("0", "1"):
+        rows = figures["seeds"][seed]["rows"]
+        assert [r["target"] for r in rows] == targets and figures["seeds"][seed]["reference_from"] == str(stored)
+        assert [r["reference"]["max"] for r in rows] == [100.0 + 10 * int(seed) + k for k in range(4)]  # that seed's
+        assert all(r["reference_s_per_iter"] == 7.0 and r["ours"]["max"] < 100 for r in rows)  # ours really ran
+    assert [row["max"] for row in figures["per_neuron"]] == ["0/2"] * 4 and figures["per_neuron"][0]["seeds"] == 2
+    assert figures["per_neuron"][1]["reference max (mean)"] == 106.0
+
+
+def test_reference_from_refuses_another_budget_or_a_missing_seed(run_script, tiny_lm, tmp_path):
+    from benchmarks import epo_vs_reference
+
+    targets = [f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
+               for layer, neuron in epo_vs_reference.pick_neurons(tiny_lm, 4, 0)]
+    with pytest.raises(SystemExit, match="was run with budget"):
+        epo_vs_reference.stored_reference(_stored_reference_file(tmp_path / "a.json", targets, [0]),
+                                          dict(epo_vs_reference.BUDGET, iters=2))
+    stored = _stored_reference_file(tmp_path / "b.json", targets, [0], iters=2, children=4)
+    with pytest.raises(SystemExit, match="no reference figures for .* at seed 3"):
+        run_script("epo_vs_reference", "--model", "tiny:lm", "--iters", "2", "--children", "4", "--seeds", "3",
+                   "--reference-from", str(stored), "--reference-cache", "none")
