@@ -27,10 +27,13 @@ from benchmarks import common
 from dreamy.maxima import Maxima, default_cache_dir, image_maxima, text_maxima
 from dreamy.models import LoadedModel, load
 
+# epo_fluency_weight_range: the range these figures were measured at (EPOConfig's default before (0.1, 30))
 QUICK = {"steps": 64, "fashion_mnist_images": 1000, "corpus_words": 20_000, "text_k": 8, "xent_windows": 32,
-         "epo_iters": 6, "epo_population": 4, "epo_children": 16, "n_tokens": 64, "epo_init": "window"}
+         "epo_iters": 6, "epo_population": 4, "epo_children": 16, "n_tokens": 64, "epo_init": "window",
+         "epo_fluency_weight_range": (0.3, 30.0)}
 FULL = {"steps": 512, "fashion_mnist_images": 10_000, "corpus_words": 200_000, "text_k": 16, "xent_windows": 128,
-        "epo_iters": 40, "epo_population": 4, "epo_children": 16, "n_tokens": 64, "epo_init": "window"}
+        "epo_iters": 40, "epo_population": 4, "epo_children": 16, "n_tokens": 64, "epo_init": "window",
+        "epo_fluency_weight_range": (0.3, 30.0)}
 
 
 def vision_targets(loaded: LoadedModel) -> list[str]:
@@ -88,7 +91,8 @@ def run_text(loaded: LoadedModel, settings: dict[str, Any], corpus: str, cache_d
         start = time.perf_counter()
         init = best.token_ids[-settings["n_tokens"]:] if settings["epo_init"] == "window" and best.token_ids else None
         result = epo(loaded, target, n_tokens=settings["n_tokens"], iters=settings["epo_iters"], population=settings["epo_population"],
-                     children=settings["epo_children"], init=init, seed=seed, progress=False)
+                     children=settings["epo_children"], fluency_weight_range=settings["epo_fluency_weight_range"],
+                     init=init, seed=seed, progress=False)
         seconds = time.perf_counter() - start
         seed_row = result.history[0]
         matched = [p for p in result.frontier if p.xentropy <= best.xentropy and p.activation > best.activation]

@@ -32,7 +32,7 @@ SmolLM2-135M and SmolLM2-1.7B shapes.
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --device cuda
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --model tiny:lm --iters 2 --children 4   # smoke
     python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --merge s01/epo_vs_reference.json,s23/epo_vs_reference.json
-    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --seeds 0,1,2,3 --fluency-weight-range 0.1,30 \
+    python -m benchmarks.epo_vs_reference --reference-src /tmp/dreamy-ref --seeds 0,1,2,3 --fluency-weight-range 0.3,30 \
         --reference-from benchmarks/results/epo_vs_reference.json   # ours only, under other settings
 
 `--reference-from RESULTS_JSON` runs only ours and takes the reference's columns (and s/iter) of each neuron and

@@ -43,8 +43,11 @@ from dreamy.language.search import SearchSetup
 from dreamy.models import LoadedModel, load
 
 OPTIM_MARK = "{optim_str}"
-QUICK = {"iters": 16, "candidates": 128, "n_tokens": 16, "topk": 64, "population": 4, "corpus_windows": 64}
-FULL = {"iters": 100, "candidates": 256, "n_tokens": 20, "topk": 128, "population": 4, "corpus_windows": 256}
+# fluency_weight_range: the range these figures were measured at (EPOConfig's default before (0.1, 30))
+QUICK = {"iters": 16, "candidates": 128, "n_tokens": 16, "topk": 64, "population": 4, "corpus_windows": 64,
+         "fluency_weight_range": (0.3, 30.0)}
+FULL = {"iters": 100, "candidates": 256, "n_tokens": 20, "topk": 128, "population": 4, "corpus_windows": 256,
+        "fluency_weight_range": (0.3, 30.0)}
 
 
 def chat_layout(tokenizer: Any, message: str) -> tuple[str, str]:
@@ -164,8 +167,8 @@ def measure(loaded: LoadedModel, settings: dict[str, Any], *, word: str, corpus:
     population = settings["population"]
     start = time.perf_counter()
     found = epo(loaded, target, n_tokens=n_tokens, iters=iters, population=population, children=candidates // population,
-                topk=settings["topk"], prefix=prefix, suffix=suffix, init=init, seed=seed, progress=False,
-                restart_every=max(iters // 3, 2))
+                topk=settings["topk"], fluency_weight_range=settings["fluency_weight_range"], prefix=prefix,
+                suffix=suffix, init=init, seed=seed, progress=False, restart_every=max(iters // 3, 2))
     seconds = time.perf_counter() - start
     top = found.best
     final = rescore(setup, top.text, token_id) if top else {"top1": None}

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference = {f"heldout_{kind}_mean": sum(v) / len(v) for kind, v in sentences.items()}
     reference.update({f"heldout_{kind}_max": max(v) for kind, v in sentences.items()})
     dream = epo(loaded, spec, EPOConfig(n_tokens=args.tokens, iters=args.iters, population=4, children=16,
+                                        fluency_weight_range=(0.3, 30.0),  # the range its figures were measured at
                                         minutes=args.dream_minutes, seed=0), progress=False)
     timings["dream"] = time.perf_counter() - mark
     frontier = sorted(dream.frontier, key=lambda point: -point.activation)

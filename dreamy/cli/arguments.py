@@ -70,6 +70,22 @@ def non_negative(text: str) -> float:
     return value
 
 
+def weight_range(text: str) -> tuple[float, float]:
+    """An argparse type for `--fluency-weight-range`: LOW,HIGH with 0 < LOW <= HIGH, both finite.
+
+    Example:
+        >>> weight_range("0.3,30")
+        (0.3, 30.0)
+    """
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0.3,30), got {text!r}")
+    low, high = (_number(float, part.strip()) for part in parts)
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, both finite, got {text!r}")
+    return low, high
+
+
 def check_seed(seed: int) -> None:
     """Refuse a seed torch cannot take (`UsageError`).
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from dreamy.cli import direction, export, sae_train
-from dreamy.cli.arguments import UsageError, non_negative, pack_size, positive
+from dreamy.cli.arguments import UsageError, non_negative, pack_size, positive, weight_range
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
 REGULARIZER_FLAGS = ("tv", "l1", "l2", "blur", "center")
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--activation-slots", type=int, default=0,
                         help="EPO slots with fluency weight 0, holding the frontier's high-activation end (default "
                              "%(default)s, the setting of benchmarks/prompt_vs_maxima's figures; the library's EPOConfig: 1 of 8)")
+    prompt.add_argument("--fluency-weight-range", type=weight_range, default=(0.3, 30.0), metavar="LOW,HIGH",
+                        help="EPO's fluency weights of the other slots, spread log-uniformly over LOW..HIGH (default 0.3,30, "
+                             "the setting of benchmarks/prompt_vs_maxima's figures; the library's EPOConfig: 0.1,30)")
     prompt.add_argument("--children", type=positive(int), default=32,
                         help="children per EPO member per iteration, or GCG children per iteration (default %(default)s; "
                              "the library's: EPO 32, GCG 128)")

@@ -73,6 +73,15 @@ def test_activation_slots_must_leave_a_weighted_slot_and_be_counted(capsys, monk
             "activation_slots", monkeypatch=monkeypatch)
 
 
+@pytest.mark.parametrize("value, words", [("30", "expected LOW,HIGH"), ("30,0.3", "0 < LOW <= HIGH"),
+                                          ("0,30", "0 < LOW <= HIGH"), ("0.3,inf", "0 < LOW <= HIGH"),
+                                          ("a,30", "expected a number")])
+def test_a_fluency_weight_range_must_be_low_comma_high(capsys, monkeypatch, tmp_path, value, words):
+    err = refused(capsys, PROMPT + ["--target", "logits:1", "--fluency-weight-range", value, "--out", str(tmp_path / "o")],
+                  words, monkeypatch=monkeypatch)
+    assert "--fluency-weight-range" in err
+
+
 def test_an_unknown_corpus_is_refused_before_dreaming(capsys, monkeypatch, tmp_path):
     refused(capsys, PROMPT + ["--target", "logits:1", "--maxima", "no-such-corpus", "--out", str(tmp_path / "o")],
             "unknown text corpus", monkeypatch=monkeypatch)

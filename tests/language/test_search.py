@@ -164,7 +164,7 @@ FAINT = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of
 def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high_end(tiny_lm):
     found = epo(tiny_lm, FAINT, restart_every=None, **SMALL)  # the default: one such slot
     weights = found.settings["fluency_weights"]
-    assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.3, 30.0)).tolist())
+    assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.1, 30.0)).tolist())
     assert all(slot_0_follows_the_top(found.history, SMALL["iters"]))
     with pytest.raises(ConfigError, match="activation_slots"):
         epo(tiny_lm, TARGET, activation_slots=3, **SMALL)  # every slot
@@ -321,7 +321,7 @@ def test_one_spec_gives_a_result_and_a_list_gives_results(tiny_lm):
     many = epo(tiny_lm, [TARGET], config, progress=False)
     assert isinstance(one, PromptResult) and isinstance(many, PromptResults)
     assert [r["frontier"] for r in many.to_records()] == [r["frontier"] for r in one.to_records()]
-    assert one.settings["children"] == 4 and one.settings["fluency_weight_range"] == [0.3, 30.0]
+    assert one.settings["children"] == 4 and one.settings["fluency_weight_range"] == [0.1, 30.0]
 
 
 def test_seeded_starts_put_one_window_per_member_and_frontier_points_say_where_they_came_from(tiny_lm):
