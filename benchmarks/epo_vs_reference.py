@@ -229,12 +229,29 @@ def reference_columns(setup: SearchSetup, tokenizer: Any, prompts: dict[tuple[in
             "reference_allowed": reference_bests(setup, allowed_prompts(setup, text))}
 
 
-def seed_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One seed's figures from its per-neuron rows: a summary per reference column and the mean s/iter of each method."""
+def seed_figures(rows: list[dict[str, Any]], ours_cpu: str | None = None,
+                 reference_cpu: str | None = None) -> dict[str, Any]:
+    """One seed's figures from its per-neuron rows: a summary per reference column and the mean s/iter of each
+    method. When the reference's side was measured elsewhere (`reference_cpu`, from `--reference-from`) on another
+    CPU than ours (`ours_cpu`), the speed ratio is None and `speed_ratio_refused` says why: s/iter of two machines
+    are not one yardstick.
+
+    Example:
+        >>> bests = dict.fromkeys(["4.5", "5.0", "6.0", "7.0", "max"], 1.0)
+        >>> row = {"target": "n", "ours": bests, "reference": bests, "reference_text": bests, "reference_allowed": bests,
+        ...        "ours_s_per_iter": 1.0, "reference_s_per_iter": 2.0}
+        >>> seed_figures([row])["speed_ratio"], seed_figures([row], "AMD", "Intel")["speed_ratio"]
+        (0.5, None)
+    """
     ours_speed = sum(r["ours_s_per_iter"] for r in rows) / len(rows)
     ref_speed = sum(r["reference_s_per_iter"] for r in rows) / len(rows)
-    return {"rows": rows, **{summary: compare(rows, column) for column, (summary, _, _) in REFERENCE_COLUMNS.items()},
-            "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed, "speed_ratio": ours_speed / ref_speed}
+    out = {"rows": rows, **{summary: compare(rows, column) for column, (summary, _, _) in REFERENCE_COLUMNS.items()},
+           "ours_s_per_iter": ours_speed, "reference_s_per_iter": ref_speed, "speed_ratio": ours_speed / ref_speed}
+    if reference_cpu is not None and reference_cpu != ours_cpu:
+        out["speed_ratio"] = None
+        out["speed_ratio_refused"] = (f"the reference's s/iter was measured on {reference_cpu}, ours on "
+                                      f"{ours_cpu or 'an unknown CPU'}: no ratio across machines")
+    return out
 
 
 def compare(rows: list[dict[str, Any]], reference: str = "reference") -> dict[str, Any]:
@@ -307,12 +324,24 @@ def merged(paths: Sequence[Path]) -> tuple[dict[int, dict[str, Any]], dict[str, 
         for seed, run in runs.items():
             if int(seed) in per_seed:
                 raise SystemExit(f"--merge: seed {seed} is in {path} and in an earlier file; give each seed once")
-            per_seed[int(seed)] = dict(seed_figures(run["rows"]), measured_on=run.get("measured_on") or source["cpu"],
+            ours_cpu = run.get("measured_on") or source["cpu"]
+            reference_cpu = reference_machine(Path(run["reference_from"]), seed) if "reference_from" in run else None
+            per_seed[int(seed)] = dict(seed_figures(run["rows"], ours_cpu, reference_cpu), measured_on=ours_cpu,
                                        measured_by=run.get("measured_by") or source["command"],
                                        **({"reference_from": run["reference_from"]} if "reference_from" in run else {}))
     if first is None:
         raise SystemExit("--merge: no results files given")
     return per_seed, first[0], first[1]
+
+
+def reference_machine(path: Path, seed: int | str) -> str:
+    """The CPU on which the results file `path` measured the reference's side of seed `seed` (its seed's
+    `measured_on`, else the file's machine); "unknown (PATH is missing)" when the file is gone."""
+    if not path.exists():
+        return f"unknown ({path} is missing)"
+    runs, _, _, source = stored_seeds(path)
+    run = runs.get(str(seed), {})
+    return run.get("measured_on") or source["cpu"] or "unknown"
 
 
 def stored_reference(path: Path, budget: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -387,11 +416,13 @@ def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[s
 
 
 def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: dict[str, Any],
-            cache: Path | None = None, stored: dict[tuple[int, str], dict[str, Any]] | None = None) -> dict[str, Any]:
+            cache: Path | None = None, stored: dict[tuple[int, str], dict[str, Any]] | None = None,
+            reference_cpu: str | None = None) -> dict[str, Any]:
     """Both methods on every drawn neuron, back to back (order alternating). The neurons are drawn with seed 0
     whatever `budget["seed"]` (the searches' seed) is. With `cache`, a reference run of the same model, neuron,
     budget and seed is read back instead of run again (its results do not depend on our settings); with `stored`
-    (`stored_reference`), ours alone runs and each row's reference side is the stored one."""
+    (`stored_reference`), ours alone runs and each row's reference side is the stored one, measured on
+    `reference_cpu` (no speed ratio when that is not this CPU)."""
     rows = []
     for index, (layer, neuron) in enumerate(pick_neurons(loaded, budget["neurons"], 0)):
         target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
@@ -422,7 +453,8 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
         rows.append(row)
         print(f"{target}: ours {row['ours']} {row['ours_s_per_iter']:.2f} s/iter | reference {row['reference']} "
               f"{row['reference_s_per_iter']:.2f} s/iter", flush=True)
-    return seed_figures(rows)
+    ours_cpu = common.machine_info(loaded.device)["cpu_model"]
+    return seed_figures(rows, ours_cpu, reference_cpu) if stored is not None else seed_figures(rows)
 
 
 def reference_key(loaded: LoadedModel, layer: int, neuron: int, budget: dict[str, Any]) -> str:
@@ -622,7 +654,7 @@ def main() -> None:
             stored = stored_reference(Path(args.reference_from), budget) if args.reference_from else None
             for seed in [int(v) for v in args.seeds.split(",")]:
                 per_seed[seed] = measure(loaded, reference, dict(budget, seed=seed), dict(ours, scoring=scorings[0]), cache,
-                                         stored)
+                                         stored, reference_machine(Path(args.reference_from), seed) if stored else None)
                 if stored is not None:
                     per_seed[seed]["reference_from"] = args.reference_from
         figures = dict(per_seed[min(per_seed)])
@@ -645,8 +677,9 @@ def main() -> None:
             common.print_table(figures[spread], title=f"over seeds {args.seeds}: {counts}")
             common.print_table(figures[f"per_neuron{column[len('reference'):]}"],
                                title=f"per neuron over seeds {args.seeds} (ours >= reference on k of n seeds): {counts}")
-        print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} "
-              f"(ratio {figures['speed_ratio']:.2f})")
+        ratio = "no ratio: " + figures["speed_ratio_refused"] if figures["speed_ratio"] is None else \
+            f"ratio {figures['speed_ratio']:.2f}"
+        print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} ({ratio})")
         if args.reference_from:
             print(f"(the reference's s/iter is the one {args.reference_from} measured, on its own machine)")
     if args.device.startswith("cuda") or args.timing_only:

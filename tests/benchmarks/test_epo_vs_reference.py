@@ -122,6 +122,24 @@ def test_merge_joins_the_seeds_of_files_of_one_setting_and_keeps_where_each_came
     assert spread["7.0"]["ours >= reference (all)"] == "3/3" and spread["max"]["ours >= reference (all)"] == "0/3"
 
 
+def test_a_speed_ratio_is_given_only_when_both_sides_ran_on_one_cpu(tmp_path):
+    import json
+
+    from benchmarks.epo_vs_reference import merged
+
+    reference = _results_file(tmp_path / "reference.json", [0, 1], cpu="cpu R")
+    ours = _results_file(tmp_path / "ours.json", [0, 1], cpu="cpu R")
+    record = json.loads(ours.read_text())
+    record["figures"]["seeds"]["0"]["reference_from"] = str(reference)
+    record["figures"]["seeds"]["1"].update(reference_from=str(reference), measured_on="cpu O")
+    ours.write_text(json.dumps(record))
+    per_seed, _, _ = merged([ours])
+    assert per_seed[0]["speed_ratio"] == 0.5 and "speed_ratio_refused" not in per_seed[0]  # both on cpu R
+    assert per_seed[1]["speed_ratio"] is None
+    assert per_seed[1]["speed_ratio_refused"] == ("the reference's s/iter was measured on cpu R, ours on cpu O: "
+                                                  "no ratio across machines")
+
+
 def test_merge_refuses_files_of_other_settings_or_a_seed_twice(tmp_path):
     from benchmarks.epo_vs_reference import merged
 
@@ -168,6 +186,7 @@ def test_reference_from_runs_ours_alone_against_the_stored_reference_figures(run
         assert all(r["reference_s_per_iter"] == 7.0 and r["ours"]["max"] < 100 for r in rows)  # ours really ran
     assert [row["max"] for row in figures["per_neuron"]] == ["0/2"] * 4 and figures["per_neuron"][0]["seeds"] == 2
     assert figures["per_neuron"][1]["reference max (mean)"] == 106.0
+    assert figures["speed_ratio"] is None and "measured on cpu A" in figures["speed_ratio_refused"]  # another CPU's
 
 
 def test_reference_from_refuses_another_budget_or_a_missing_seed(run_script, tiny_lm, tmp_path):
