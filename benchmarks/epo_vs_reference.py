@@ -453,8 +453,8 @@ def measure(loaded: LoadedModel, reference: Any, budget: dict[str, Any], ours: d
         rows.append(row)
         print(f"{target}: ours {row['ours']} {row['ours_s_per_iter']:.2f} s/iter | reference {row['reference']} "
               f"{row['reference_s_per_iter']:.2f} s/iter", flush=True)
-    ours_cpu = common.machine_info(loaded.device)["cpu_model"]
-    return seed_figures(rows, ours_cpu, reference_cpu) if stored is not None else seed_figures(rows)
+    ours_cpu = common.machine_info(loaded.device)["cpu_model"] if reference_cpu is not None else None
+    return seed_figures(rows, ours_cpu, reference_cpu)
 
 
 def reference_key(loaded: LoadedModel, layer: int, neuron: int, budget: dict[str, Any]) -> str:
