@@ -312,13 +312,14 @@ def test_every_epo_default_the_command_line_changes_is_stated_in_its_help():
     prompt = build_parser()._subparsers._group_actions[0].choices["prompt"]  # the prompt subcommand's parser
     library = EPOConfig()
     fields = {"iters": "iters", "tokens": "n_tokens", "population": "population", "children": "children",
-              "activation_slots": "zero_weight_slots", "fluency_weight_range": "fluency_weight_range"}
+              "activation_slots": "activation_slots", "fluency_weight_range": "fluency_weight_range"}
     differs = []
     for action in prompt._actions:
         if action.dest in fields and action.default != getattr(library, fields[action.dest]):
             differs.append(action.dest)
             assert "the library's" in action.help, action.dest
-    assert {"fluency_weight_range", "activation_slots", "iters"} <= set(differs)
+    assert {"iters", "tokens", "population"} <= set(differs)
+    assert not {"fluency_weight_range", "activation_slots"} & set(differs)  # the library's EPO schedule
 
 
 def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots_and_weight_range(tmp_path):
@@ -326,9 +327,9 @@ def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots_and_wei
     from dreamy.cli.parser import build_parser
 
     base = ["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", str(tmp_path)]
-    assert config_of(build_parser().parse_args(base)).activation_slots == 0  # the CLI's default, stated in --help
+    assert config_of(build_parser().parse_args(base)).zero_weight_slots == 1  # the library's default
     config = config_of(build_parser().parse_args(base + ["--activation-slots", "1", "--population", "4"]))
     assert (config.activation_slots, config.population) == (1, 4)
-    assert config_of(build_parser().parse_args(base)).fluency_weight_range == (0.3, 30.0)  # the CLI's, stated in --help
+    assert config_of(build_parser().parse_args(base)).fluency_weight_range == (0.1, 30.0)  # the library's
     config = config_of(build_parser().parse_args(base + ["--fluency-weight-range", "0.1,10"]))
     assert config.fluency_weight_range == (0.1, 10.0)
