@@ -42,7 +42,8 @@ another budget, or one without the seed or neuron asked for, is refused by name.
 
 Each reference column is also given per neuron over the seeds (`per_neuron*`): seed s of ours and seed s of the
 reference are unrelated draws, so a neuron's wins over its seeds and the means of its bests say more than any
-one pairing.
+one pairing. `per_neuron_means*` gives those means at every cut-off, with their spread and the number of seeds
+with a prompt there.
 """
 
 from __future__ import annotations
@@ -401,6 +402,46 @@ def per_neuron(per_seed: dict[int, dict[str, Any]], column: str) -> list[dict[st
     return out
 
 
+def per_neuron_means(per_seed: dict[int, dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """Per neuron and cut-off (and "max"), over the seeds, against the reference column `column`: each side's
+    mean best activation over the seeds where it has a prompt at that cut-off, the spread (min..max) and on how
+    many seeds it has one. "ours >= reference" when ours has a prompt on at least as many seeds as the reference
+    and its mean is at least the reference's (or the reference has none): the mean reading of a neuron, where
+    `per_neuron` counts the seed-by-seed pairings of unrelated draws.
+
+    Example:
+        >>> rows = lambda a, b: {"rows": [{"target": "n", "ours": dict.fromkeys(["4.5", "5.0", "6.0", "7.0", "max"], a),
+        ...                                "reference": dict.fromkeys(["4.5", "5.0", "6.0", "7.0", "max"], b)}]}
+        >>> table = per_neuron_means({0: rows(1.0, 2.0), 1: rows(3.0, None)}, "reference")
+        >>> table[0]["ours mean"], table[0]["ours seeds"], table[0]["reference seeds"], table[0]["ours >= reference"]
+        (2.0, '2/2', '1/2', True)
+    """
+    values: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for run in per_seed.values():
+        for row in run["rows"]:
+            entry = values.setdefault(row["target"], {})
+            for cut in [*map(str, CUTOFFS), "max"]:
+                sides = entry.setdefault(cut, {"ours": [], "reference": []})
+                for side, key in (("ours", "ours"), ("reference", column)):
+                    if row[key][cut] is not None:
+                        sides[side].append(row[key][cut])
+    n = len(per_seed)
+    out = []
+    for target, entry in values.items():
+        for cut, sides in entry.items():
+            line: dict[str, Any] = {"neuron": target.replace(".mlp.down_proj@in", ""),
+                                    "cut-off": cut if cut == "max" else f"<={cut}"}
+            for side, found in sides.items():
+                line[f"{side} mean"] = sum(found) / len(found) if found else None
+                line[f"{side} min..max"] = f"{min(found):.3g}..{max(found):.3g}" if found else None
+                line[f"{side} seeds"] = f"{len(found)}/{n}"
+            ours, ref = sides["ours"], sides["reference"]
+            line["ours >= reference"] = not ref or (len(ours) >= len(ref) and
+                                                    line["ours mean"] >= line["reference mean"])
+            out.append(line)
+    return out
+
+
 def over_seeds(per_seed: dict[int, dict[str, Any]], summary: str) -> list[dict[str, Any]]:
     """Per cut-off, over the seeds' `summary` (a summary of `REFERENCE_COLUMNS`): the range of neurons where ours >=
     the reference, the total of those wins, and mean sums."""
@@ -664,6 +705,7 @@ def main() -> None:
         for column, (summary, spread, _) in REFERENCE_COLUMNS.items():
             figures[spread] = over_seeds(per_seed, summary)
             figures[f"per_neuron{column[len('reference'):]}"] = per_neuron(per_seed, column)
+            figures[f"per_neuron_means{column[len('reference'):]}"] = per_neuron_means(per_seed, column)
         table = []
         for row in figures["rows"]:
             for method in ("ours", *REFERENCE_COLUMNS):
@@ -677,6 +719,10 @@ def main() -> None:
             common.print_table(figures[spread], title=f"over seeds {args.seeds}: {counts}")
             common.print_table(figures[f"per_neuron{column[len('reference'):]}"],
                                title=f"per neuron over seeds {args.seeds} (ours >= reference on k of n seeds): {counts}")
+            means = figures[f"per_neuron_means{column[len('reference'):]}"]
+            common.print_table(means, title=f"per neuron over seeds {args.seeds}, mean bests: {counts}")
+            print(f"mean reading: ours >= reference on {sum(m['ours >= reference'] for m in means)} of {len(means)} "
+                  f"neuron cut-offs")
         ratio = "no ratio: " + figures["speed_ratio_refused"] if figures["speed_ratio"] is None else \
             f"ratio {figures['speed_ratio']:.2f}"
         print(f"\ns/iter: ours {figures['ours_s_per_iter']:.3f}, reference {figures['reference_s_per_iter']:.3f} ({ratio})")

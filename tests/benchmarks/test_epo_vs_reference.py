@@ -186,6 +186,8 @@ def test_reference_from_runs_ours_alone_against_the_stored_reference_figures(run
         assert all(r["reference_s_per_iter"] == 7.0 and r["ours"]["max"] < 100 for r in rows)  # ours really ran
     assert [row["max"] for row in figures["per_neuron"]] == ["0/2"] * 4 and figures["per_neuron"][0]["seeds"] == 2
     assert figures["per_neuron"][1]["reference max (mean)"] == 106.0
+    means = {(m["neuron"], m["cut-off"]): m for m in figures["per_neuron_means"]}
+    assert len(means) == 4 * 5 and means[(targets[1].replace(".mlp.down_proj@in", ""), "max")]["reference mean"] == 106.0
     assert figures["speed_ratio"] is None and "measured on cpu A" in figures["speed_ratio_refused"]  # another CPU's
 
 
@@ -201,3 +203,24 @@ def test_reference_from_refuses_another_budget_or_a_missing_seed(run_script, tin
     with pytest.raises(SystemExit, match="no reference figures for .* at seed 3"):
         run_script("epo_vs_reference", "--model", "tiny:lm", "--iters", "2", "--children", "4", "--seeds", "3",
                    "--reference-from", str(stored), "--reference-cache", "none")
+
+
+def test_per_neuron_means_count_seeds_without_a_prompt_against_a_side():
+    from benchmarks.epo_vs_reference import per_neuron_means
+
+    def seed(ours, reference):
+        keys = ["4.5", "5.0", "6.0", "7.0", "max"]
+        return {"rows": [{"target": "model.layers.3.mlp.down_proj@in:7", "ours": dict(zip(keys, ours)),
+                          "reference_allowed": dict(zip(keys, reference))}]}
+
+    per_seed = {0: seed([None, 5.0, 5.0, 5.0, 9.0], [None, None, 1.0, 2.0, 3.0]),
+                1: seed([None, None, 0.5, 0.5, 1.0], [None, 1.0, 2.0, 2.0, 4.0])}
+    table = {m["cut-off"]: m for m in per_neuron_means(per_seed, "reference_allowed")}
+    assert table["<=4.5"]["ours >= reference"] and table["<=4.5"]["ours mean"] is None  # neither side has a prompt
+    assert table["<=5.0"]["ours >= reference"]  # one seed each, 5.0 against 1.0
+    assert table["<=6.0"]["ours mean"] == 2.75 and table["<=6.0"]["reference mean"] == 1.5
+    assert table["<=6.0"]["ours min..max"] == "0.5..5" and table["<=6.0"]["reference seeds"] == "2/2"
+    assert table["max"]["ours >= reference"] and table["max"]["neuron"] == "model.layers.3:7"
+    fewer = {0: seed([None, None, None, 9.0, 9.0], [None, None, 1.0, 1.0, 1.0]),
+             1: seed([None, None, 9.0, 9.0, 9.0], [None, None, 1.0, 1.0, 1.0])}
+    assert not {m["cut-off"]: m for m in per_neuron_means(fewer, "reference_allowed")}["<=6.0"]["ours >= reference"]
