@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the search starts: random tokens, the target's --maxima windows of the prompt's length "
                              "(one per member), or those for half the members and random tokens for the rest (default: "
                              "mixed with --maxima, random without; benchmarks/prompt_vs_maxima: from random tokens 0 of 4 "
-                             "targets beat the corpus at matched length in 30 iterations, seeded 4 of 4; mixed at the defaults 24 of 24)")
+                             "targets beat the corpus at matched length in 30 iterations, seeded 4 of 4; mixed at the defaults 23 of 24)")
     prompt.add_argument("--minutes", type=positive(float), default=None,
                         help="wall-clock budget per batch of targets; a search that reaches it stops and says so")
     prompt.add_argument("--plateau", type=positive(int), default=None,
