@@ -70,8 +70,8 @@ def config_of(args: argparse.Namespace) -> Config:
                   "suffix": args.suffix, "seed": args.seed, "init": init_of(args), "minutes": args.minutes,
                   "plateau": args.plateau, **({} if args.topk is None else {"topk": args.topk})}
         if args.method == "epo":
-            return EPOConfig(population=args.population, activation_slots=args.activation_slots,
-                             fluency_weight_range=args.fluency_weight_range, **common)
+            weights = {} if args.fluency_weight_range is None else {"fluency_weight_range": args.fluency_weight_range}
+            return EPOConfig(population=args.population, activation_slots=args.activation_slots, **weights, **common)
         return GCGConfig(**common)
     except ConfigError as error:
         raise UsageError(str(error)) from error

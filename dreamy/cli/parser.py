@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--activation-slots", type=int, default=None,
                         help="EPO slots with fluency weight 0, holding the frontier's high-activation end (default: "
                              "the library's EPOConfig, one, none for a population of one)")
-    prompt.add_argument("--fluency-weight-range", type=weight_range, default=(0.1, 30.0), metavar="LOW,HIGH",
-                        help="EPO's fluency weights of the other slots, spread log-uniformly over LOW..HIGH (default 0.1,30, "
-                             "as the library's EPOConfig)")
+    prompt.add_argument("--fluency-weight-range", type=weight_range, default=None, metavar="LOW,HIGH",
+                        help="EPO's fluency weights of the other slots, spread log-uniformly over LOW..HIGH (default: "
+                             "the library's EPOConfig, 0.1,30)")
     prompt.add_argument("--children", type=positive(int), default=32,
                         help="children per EPO member per iteration, or GCG children per iteration (default %(default)s; "
                              "the library's: EPO 32, GCG 128)")

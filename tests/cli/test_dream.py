@@ -315,11 +315,14 @@ def test_every_epo_default_the_command_line_changes_is_stated_in_its_help():
               "activation_slots": "activation_slots", "fluency_weight_range": "fluency_weight_range"}
     differs = []
     for action in prompt._actions:
-        if action.dest in fields and action.default != getattr(library, fields[action.dest]):
+        if action.dest in fields and action.default is not None and action.default != getattr(library, fields[action.dest]):
             differs.append(action.dest)
             assert "the library's" in action.help, action.dest
     assert {"iters", "tokens", "population"} <= set(differs)
-    assert not {"fluency_weight_range", "activation_slots"} & set(differs)  # the library's EPO schedule
+    actions = {action.dest: action for action in prompt._actions}
+    for dest in ("activation_slots", "fluency_weight_range"):  # the library's EPO schedule: its own default, no copy
+        assert actions[dest].default is None and "the library's" in actions[dest].help, dest
+    assert "%g,%g" % library.fluency_weight_range in actions["fluency_weight_range"].help  # the value it states
 
 
 def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots_and_weight_range(tmp_path):
