@@ -370,6 +370,16 @@ def stored_reference(path: Path, budget: dict[str, Any]) -> dict[tuple[int, str]
     return out
 
 
+def neuron_name(target: str) -> str:
+    """A neuron target as the tables name it.
+
+    Example:
+        >>> neuron_name("model.layers.4.mlp.down_proj@in:1071")
+        'model.layers.4:1071'
+    """
+    return target.replace(".mlp.down_proj@in", "")
+
+
 def per_neuron(per_seed: dict[int, dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Per neuron, over the seeds, against the reference column `column`: at each cut-off and at "max", on how
     many seeds ours >= the reference (as `compare` counts), and the mean highest activation of each side.
@@ -395,7 +405,7 @@ def per_neuron(per_seed: dict[int, dict[str, Any]], column: str) -> list[dict[st
     for target, entry in table.items():
         n = entry["seeds"]
         ref = [v for v in entry["reference"] if v is not None]
-        out.append({"neuron": target.replace(".mlp.down_proj@in", ""), "seeds": n,
+        out.append({"neuron": neuron_name(target), "seeds": n,
                     **{("max" if cut == "max" else f"<={cut}"): f"{wins}/{n}" for cut, wins in entry["wins"].items()},
                     "ours max (mean)": sum(entry["ours"]) / n,
                     "reference max (mean)": sum(ref) / len(ref) if ref else None})
@@ -429,7 +439,7 @@ def per_neuron_means(per_seed: dict[int, dict[str, Any]], column: str) -> list[d
     out = []
     for target, entry in values.items():
         for cut, sides in entry.items():
-            line: dict[str, Any] = {"neuron": target.replace(".mlp.down_proj@in", ""),
+            line: dict[str, Any] = {"neuron": neuron_name(target),
                                     "cut-off": cut if cut == "max" else f"<={cut}"}
             for side, found in sides.items():
                 line[f"{side} mean"] = sum(found) / len(found) if found else None
@@ -704,12 +714,13 @@ def main() -> None:
                                         "rows": run["rows"]} for seed, run in sorted(per_seed.items())}
         for column, (summary, spread, _) in REFERENCE_COLUMNS.items():
             figures[spread] = over_seeds(per_seed, summary)
-            figures[f"per_neuron{column[len('reference'):]}"] = per_neuron(per_seed, column)
-            figures[f"per_neuron_means{column[len('reference'):]}"] = per_neuron_means(per_seed, column)
+            suffix = column[len("reference"):]  # "", "_text", "_allowed"
+            figures[f"per_neuron{suffix}"] = per_neuron(per_seed, column)
+            figures[f"per_neuron_means{suffix}"] = per_neuron_means(per_seed, column)
         table = []
         for row in figures["rows"]:
             for method in ("ours", *REFERENCE_COLUMNS):
-                table.append({"neuron": row["target"].replace(".mlp.down_proj@in", ""), "method": method,
+                table.append({"neuron": neuron_name(row["target"]), "method": method,
                               "s/iter": row[f"{method.split('_')[0]}_s_per_iter"],
                               **{f"xent<={cut}": row[method][str(cut)] for cut in CUTOFFS}, "max": row[method]["max"]})
         common.print_table(table, title=f"{args.model} on {args.device}: EPO, {budget['n_tokens']} tokens, population "
@@ -717,9 +728,10 @@ def main() -> None:
         common.print_table([{"cut-off": cut, **s} for cut, s in figures["summary"].items()], title="ours vs reference per cut-off")
         for column, (_, spread, counts) in REFERENCE_COLUMNS.items():
             common.print_table(figures[spread], title=f"over seeds {args.seeds}: {counts}")
-            common.print_table(figures[f"per_neuron{column[len('reference'):]}"],
+            suffix = column[len("reference"):]
+            common.print_table(figures[f"per_neuron{suffix}"],
                                title=f"per neuron over seeds {args.seeds} (ours >= reference on k of n seeds): {counts}")
-            means = figures[f"per_neuron_means{column[len('reference'):]}"]
+            means = figures[f"per_neuron_means{suffix}"]
             common.print_table(means, title=f"per neuron over seeds {args.seeds}, mean bests: {counts}")
             print(f"mean reading: ours >= reference on {sum(m['ours >= reference'] for m in means)} of {len(means)} "
                   f"neuron cut-offs")
