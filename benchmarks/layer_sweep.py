@@ -22,7 +22,6 @@ the model's). `--full` uses the default EPO budget (population 8, 32 children) i
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path

@@ -17,4 +17,4 @@ from dreamy.datasets.text import FORTUNES_DIR, TEXT_CORPORA, TextCorpus, bible_k
 
 __all__ = ["DatasetError", "FASHION_CLASSES", "FASHION_MNIST_DIR", "FORTUNES_DIR", "IMAGE_SETS", "IMAGE_SUFFIXES",
            "ImageSet", "SKIMAGE_PHOTOS", "TEXT_CORPORA", "TextCorpus", "bible_kjv", "fashion_mnist", "fortunes",
-           "image_folder", "open_images", "open_text", "sample_photos", "text_files"]
+           "image_folder", "open_images", "open_text", "sample_photos", "text_files", "to_tensor"]

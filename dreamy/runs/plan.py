@@ -20,7 +20,7 @@ import torch
 
 from dreamy.core.config import Config
 from dreamy.models import LoadedModel
-from dreamy.targets import check_targets, expand, parse
+from dreamy.targets import check_targets, expand
 from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.probe import capture_raw
 

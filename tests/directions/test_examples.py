@@ -5,7 +5,7 @@ import torch
 
 from dreamy.directions.examples import (length_batches, position_weights, read_examples, reduce_positions,
                                         site_features, target_gradients, token_rows)
-from dreamy.sae.splice import after_start, edit_site
+from dreamy.sae.splice import edit_site
 from dreamy.targets import Probe
 
 
