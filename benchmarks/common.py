@@ -1,9 +1,10 @@
 """What every benchmark script shares: machine info, timing, FLOP counting, matmul peak, tables, JSON results.
 
 A benchmark script builds its parser with `parser(...)` (which adds `--quick` (the default), `--full`
-and `--results-dir`), measures, prints a table with `print_table`, and writes
+and `--results-dir`, and on request `--threads`, `--seeds` and `--set KEY=VALUE` settings of a method's config),
+reads it with `parse` (which applies `--threads`), measures, prints a table with `print_table`, and writes
 `benchmarks/results/NAME.json` with `write_result`; the JSON holds the command, the machine, the date,
-the settings and the figures.
+the settings and the figures. Timing-only runs use `random_llama` (random-init Llama models of the SmolLM2 shapes).
 
 Example:
     >>> args = parser("demo").parse_args([])
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import json
 import os
@@ -37,14 +39,97 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags every benchmark takes: `--quick` (default), `--full`, `--results-dir`."""
+def parser(description: str, *, threads: bool = False, seeds: bool = False,
+           config: type | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark takes: `--quick` (default), `--full`, `--results-dir`;
+    with `threads`, `--threads N` (applied by `parse`); with `seeds`, `--seeds 0,1,...` (default 0); with a
+    `config` class (e.g. `EPOConfig`), repeated `--set KEY=VALUE` of its settings (read with `config_of`).
+
+    Example:
+        >>> args = parser("demo", threads=True, seeds=True).parse_args(["--threads", "1", "--seeds", "0,2"])
+        >>> args.threads, args.seeds
+        (1, [0, 2])
+    """
     made = argparse.ArgumentParser(description=description)
     size = made.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small settings that finish in minutes (the default)")
     size.add_argument("--full", action="store_true", help="the full-size run")
     made.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where NAME.json goes (default: %(default)s)")
+    if threads:
+        made.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP spinning on a loaded machine)")
+    if seeds:
+        made.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds (default 0)")
+    if config is not None:
+        made.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                          help=f"a {config.__name__} setting (repeatable), e.g. --set topk=64 "
+                               f"--set fluency_weight_range=0.3,30; values read as Python literals, else as text")
     return made
+
+
+def parse(made: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`made.parse_args(argv)`, with torch's CPU threads set when `--threads` was given.
+
+    Example:
+        >>> parse(parser("demo", threads=True), []).threads is None
+        True
+    """
+    args = made.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def seed_list(text: str) -> list[int]:
+    """`"0,1,2"` as `[0, 1, 2]` (the `--seeds` argument type).
+
+    Example:
+        >>> seed_list("0, 2")
+        [0, 2]
+    """
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def setting_value(text: str) -> Any:
+    """A `--set` value: a Python literal (number, tuple, None, True...) when it reads as one, else the text.
+
+    Example:
+        >>> setting_value("64"), setting_value("0.3,30"), setting_value("None"), setting_value("maxima")
+        (64, (0.3, 30), None, 'maxima')
+    """
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_of(cls: Any, sets: Sequence[str], **base: Any) -> Any:
+    """`cls.build(**base)` with the `--set KEY=VALUE` pairs `sets` applied over `base`: a name the config does not
+    have (a typo, an old name) or a value out of range is refused with the config's own message.
+
+    Example:
+        >>> from dreamy.language import EPOConfig
+        >>> config_of(EPOConfig, ["topk=64"], iters=30).topk
+        64
+        >>> config_of(EPOConfig, ["topc=64"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: --set: unknown EPOConfig setting 'topc'; did you mean 'topk'? ...
+    """
+    from dreamy.core.config import ConfigError
+
+    overrides = dict(base)
+    for pair in sets:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SystemExit(f"--set {pair!r}: give KEY=VALUE, e.g. --set topk=64")
+        overrides[key.strip()] = setting_value(value.strip())
+    try:
+        return cls.build(**overrides)
+    except ConfigError as error:
+        raise SystemExit(f"--set: {error}") from None
 
 
 def _cpu_model() -> str:
@@ -276,3 +361,41 @@ def mlp_neuron_targets(model: torch.nn.Module, fractions: Sequence[float] = (0.1
     gen = torch.Generator().manual_seed(seed)
     picks = sorted({min(len(layers) - 1, int(f * len(layers))) for f in fractions})
     return [f"model.layers.{layer}.mlp.down_proj@in:{int(torch.randint(width, (1,), generator=gen))}" for layer in picks]
+
+
+LLAMA_SHAPES = {  # random-init Llama models for timing-only runs (SmolLM2 shapes)
+    "llama-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                             num_key_value_heads=3),
+    "llama-1.7b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                             num_key_value_heads=32),
+    "llama-tiny-shape": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2),  # smoke tests only
+}
+
+
+def load_tokenizer(folder: str | os.PathLike) -> Any:
+    """The tokenizer saved in `folder` (a Hugging Face tokenizer folder, e.g. the bundled SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(folder).expanduser()))
+
+
+def random_llama(shape: str, tokenizer: Any, device: str | torch.device = "cpu") -> Any:
+    """A random-init Llama of `LLAMA_SHAPES[shape]` with `tokenizer`'s vocabulary, as a `LoadedModel` named
+    "random-init SHAPE" (seeded; for timing only: no weights needed).
+
+    Example:
+        >>> from dreamy.models import load
+        >>> random_llama("llama-tiny-shape", load("tiny:lm").tokenizer).name
+        'random-init llama-tiny-shape'
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dreamy.models import LoadedModel
+
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **LLAMA_SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    return LoadedModel(name=f"random-init {shape}", kind="language", model=model, tokenizer=tokenizer)

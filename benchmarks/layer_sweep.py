@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -52,27 +51,9 @@ def _packs(text: str) -> list[int]:
     return packs
 
 
-def load_tokenizer(folder: str | os.PathLike) -> Any:
-    """The tokenizer saved in `folder` (a Hugging Face tokenizer folder, e.g. the bundled SmolLM2's)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(Path(folder).expanduser()))
-
-
 def timing_lm(tokenizer_dir: str | os.PathLike, device: str) -> LoadedModel:
     """A random-init Llama of the SmolLM2-135M shape with the tokenizer of `tokenizer_dir` (timing only)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from benchmarks.epo_vs_reference import SHAPES
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **SHAPES["llama-135m-shape"])
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return LoadedModel(name="random-init llama-135m-shape", kind="language", model=model, tokenizer=tokenizer)
+    return common.random_llama("llama-135m-shape", common.load_tokenizer(tokenizer_dir), device)
 
 
 def _token_ids(result: Any) -> list[list[int]]:
@@ -176,7 +157,7 @@ def image_sweep(loaded: LoadedModel, packs: list[int], steps: int, side: int | N
 
 
 def main(argv: list[str] | None = None) -> dict:
-    made = common.parser(__doc__.splitlines()[0])
+    made = common.parser(__doc__.splitlines()[0], threads=True)
     made.add_argument("--kind", choices=["prompt", "image", "both"], default="both")
     made.add_argument("--device", default="cpu")
     made.add_argument("--packs", default=None, help=f"prompt pack sizes (default {DEFAULT_PACKS} on cuda, {CPU_PACKS} on cpu)")
@@ -195,10 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
                       help="tokenizer folder for --timing-only (default %(default)s)")
     made.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                       help="image steps under a bf16 autocast (CUDA only; default %(default)s)")
-    made.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = made.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse(made, argv)
     cuda = args.device.startswith("cuda")
     started = time.perf_counter()
     budget = DEFAULT_BUDGET if args.full else SMALL_BUDGET

@@ -100,7 +100,7 @@ def score_run(out: Path, kinds: dict[str, str]) -> tuple[dict[str, Any], list[di
 
 def main(argv: list[str] | None = None) -> dict:
     """Run `dream prompt --maxima` for every --init at one budget; print the table; write the JSON."""
-    p = common.parser(__doc__.splitlines()[0])
+    p = common.parser(__doc__.splitlines()[0], threads=True)
     p.add_argument("--model", default="bundled:smollm2-135m")
     p.add_argument("--corpus", default="fortunes", help="the --maxima corpus (and the SAE's training corpus)")
     p.add_argument("--site", default="model.layers.9", help="the SAE's site (default %(default)s)")
@@ -112,10 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--inits", help="comma-separated --init values (default: every one in --full)")
     p.add_argument("--budget", help="flags added to the CLI defaults, as key=value,... (e.g. iters=150)")
     p.add_argument("--max-words", type=int, help="cut the corpus for the maxima (default: all of it in --full)")
-    p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the neuron draw and of the runs")
     p.add_argument("--keep", type=Path, help="keep each run's output folder under this folder")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     started = time.perf_counter()
     size = "full" if args.full else "quick"
     settings = dict(FULL if args.full else QUICK)
@@ -124,10 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
             settings[key] = getattr(args, key)
     if args.inits:
         settings["inits"] = args.inits.split(",")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     from dreamy.cli import main as dream
     from dreamy.models import load
 

@@ -29,7 +29,7 @@ FULL = {"features": 8, "windows": 2048, "steps": 40, "max_words": 200_000}
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Label the features; print the table and write results/token_labels.json."""
     started = time.perf_counter()
-    p = common.parser(__doc__.splitlines()[0])
+    p = common.parser(__doc__.splitlines()[0], threads=True)
     p.add_argument("--model", default="bundled:smollm2-135m")
     p.add_argument("--sae", type=Path, default=SAE_DIR, help="SAE folder (default %(default)s)")
     p.add_argument("--site", default="model.layers.9")
@@ -41,17 +41,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--window-tokens", type=int, default=32)
     p.add_argument("--steps", type=int)
     p.add_argument("--answers", nargs=2, default=None, help="the judge's two single-token answers")
-    p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     settings = dict(FULL if args.full else QUICK)
     for key in ("features", "windows", "steps", "max_words"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from dreamy.labels import LabelConfig, token_labels, window_activations
     from dreamy.models import load
     from dreamy.report.html import short_target

@@ -55,3 +55,41 @@ def test_parser_defaults_to_quick():
     assert not args.full
     with pytest.raises(SystemExit):
         common.parser("x").parse_args(["--quick", "--full"])
+
+
+def test_parse_sets_threads_and_reads_seeds():
+    before = torch.get_num_threads()
+    try:
+        args = common.parse(common.parser("x", threads=True, seeds=True), ["--threads", "1", "--seeds", "3,1"])
+        assert torch.get_num_threads() == 1 and args.seeds == [3, 1]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        common.parser("x", seeds=True).parse_args(["--seeds", "0,one"])
+
+
+def test_config_of_applies_set_values_over_the_base_and_refuses_names_the_config_lacks():
+    from dreamy.language import EPOConfig
+
+    made = common.parser("x", config=EPOConfig)
+    args = made.parse_args(["--set", "topk=64", "--set", "fluency_weight_range=0.3,30", "--set", "restart_every=None",
+                            "--set", "init=the cat"])
+    config = common.config_of(EPOConfig, args.sets, iters=30, topk=8)
+    assert (config.iters, config.topk, config.fluency_weight_range, config.restart_every, config.init) == \
+        (30, 64, (0.3, 30.0), None, "the cat")
+    with pytest.raises(SystemExit, match="did you mean 'topk'"):
+        common.config_of(EPOConfig, ["topc=64"])
+    with pytest.raises(SystemExit, match="it is called 'children' now"):
+        common.config_of(EPOConfig, ["children_per_member=4"])
+    with pytest.raises(SystemExit, match="population"):
+        common.config_of(EPOConfig, ["population=0"])
+    with pytest.raises(SystemExit, match="give KEY=VALUE"):
+        common.config_of(EPOConfig, ["=4"])
+
+
+def test_random_llama_has_the_shape_and_the_tokenizers_vocabulary(tiny_lm):
+    loaded = common.random_llama("llama-tiny-shape", tiny_lm.tokenizer)
+    assert len(loaded.model.model.layers) == 2 and loaded.model.config.hidden_size == 64
+    assert loaded.model.get_input_embeddings().weight.shape[0] == len(tiny_lm.tokenizer) and loaded.kind == "language"
+    again = common.random_llama("llama-tiny-shape", tiny_lm.tokenizer)
+    assert torch.equal(loaded.model.lm_head.weight, again.model.lm_head.weight)  # seeded

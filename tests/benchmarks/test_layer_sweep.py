@@ -19,16 +19,13 @@ def test_layer_sweep_packs_prompts_and_images_on_tiny_models(run_script):
 
 
 def test_layer_sweep_times_a_random_init_llama_of_the_smollm2_shape(run_script, monkeypatch):
-    import benchmarks.epo_vs_reference as reference
-
+    from benchmarks import common
     from tests.fixtures import cached
 
     # the real shape is too slow for a smoke test: a two-layer Llama of tiny width, with the tiny LM's tokenizer
-    monkeypatch.setitem(reference.SHAPES, "llama-135m-shape", dict(hidden_size=32, intermediate_size=64,
+    monkeypatch.setitem(common.LLAMA_SHAPES, "llama-135m-shape", dict(hidden_size=32, intermediate_size=64,
                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
-    import benchmarks.layer_sweep as sweep
-
-    monkeypatch.setattr(sweep, "load_tokenizer", lambda folder: cached("tiny:lm").tokenizer)
+    monkeypatch.setattr(common, "load_tokenizer", lambda folder: cached("tiny:lm").tokenizer)
     record = run_script("layer_sweep", "--kind", "prompt", "--timing-only", "--lm-site", "model.layers.1.mlp.down_proj@in",
                         "--packs", "1,2", "--iters", "1", result="layer_sweep_timing")
     rows = record["figures"]["prompt"]["rows"]
