@@ -19,13 +19,12 @@ import sys
 import time
 from typing import Any
 
-import torch
-
 from benchmarks import common
-from benchmarks.epo_vs_reference import BUDGET, CUTOFFS, epo_budget, our_bests, pick_neurons
+from benchmarks.epo_vs_reference import CUTOFFS, NEURONS, our_bests, pick_neurons
 from dreamy.language import epo
 from dreamy.models import load
 
+BUDGET = {"n_tokens": 12, "population": 8, "children": 32, "seed": 0, "neurons": NEURONS}
 SETTINGS = ("topk=64", "topk=16", "topk=256", "fluency_weight_range=0.3,30", "fluency_weight_range=0.03,3")
 
 
@@ -60,7 +59,8 @@ def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict
         for layer, neuron in neurons:
             target = f"model.layers.{layer}.mlp.down_proj@in:{neuron}"
             start = time.perf_counter()
-            found = epo(loaded, target, iters=budget["iters"], **epo_budget(budget), **options)
+            found = epo(loaded, target, iters=budget["iters"], n_tokens=budget["n_tokens"], population=budget["population"],
+                        children=budget["children"], seed=budget["seed"], progress=False, **options)
             seconds += time.perf_counter() - start
             per_neuron.append({"target": target, **our_bests(found.history)})
         sums = {str(cut): sum(r[str(cut)] or 0.0 for r in per_neuron) for cut in CUTOFFS}
@@ -74,15 +74,12 @@ def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict
 
 
 def main() -> None:
-    parser = common.parser(__doc__.splitlines()[0])
+    parser = common.parser(__doc__.splitlines()[0], threads=True)
     parser.add_argument("--model", default="bundled:smollm2-135m", help="language model (default %(default)s)")
     parser.add_argument("--settings", help=f"settings separated by ';' (default {';'.join(SETTINGS)})")
     parser.add_argument("--iters", type=int, help="iterations (quick 10, full 30)")
     parser.add_argument("--neurons", type=int, help=f"neurons, one per depth range (default {BUDGET['neurons']})")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse(parser)
     budget = dict(BUDGET, iters=args.iters or (30 if args.full else 10))
     if args.neurons:
         budget["neurons"] = args.neurons
