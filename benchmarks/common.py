@@ -105,9 +105,9 @@ def setting_value(text: str) -> Any:
         return text
 
 
-def config_of(cls: Any, sets: Sequence[str], **base: Any) -> Any:
+def config_of(cls: Any, sets: Sequence[str], *, flag: str = "--set", **base: Any) -> Any:
     """`cls.build(**base)` with the `--set KEY=VALUE` pairs `sets` applied over `base`: a name the config does not
-    have (a typo, an old name) or a value out of range is refused with the config's own message.
+    have (a typo, an old name) or a value out of range is refused with the config's own message, after `flag`.
 
     Example:
         >>> from dreamy.language import EPOConfig
@@ -124,12 +124,12 @@ def config_of(cls: Any, sets: Sequence[str], **base: Any) -> Any:
     for pair in sets:
         key, equals, value = pair.partition("=")
         if not equals or not key.strip():
-            raise SystemExit(f"--set {pair!r}: give KEY=VALUE, e.g. --set topk=64")
+            raise SystemExit(f"{flag} {pair!r}: give KEY=VALUE, e.g. topk=64")
         overrides[key.strip()] = setting_value(value.strip())
     try:
         return cls.build(**overrides)
     except ConfigError as error:
-        raise SystemExit(f"--set: {error}") from None
+        raise SystemExit(f"{flag}: {error}") from None
 
 
 def _cpu_model() -> str:

@@ -1,4 +1,4 @@
-"""Which EPO defaults find the best fluent prompts? A sweep of topk, lambda range and restart period.
+"""Which EPO defaults find the best fluent prompts? A sweep of topk, fluency weight range and restart period.
 
 Our EPO only (the reference's numbers come from `benchmarks/epo_vs_reference.py`), on the same seeded
 MLP neurons and budget as that benchmark (SmolLM2-135M, one neuron per depth quarter, 12 tokens,
@@ -15,13 +15,14 @@ fluency-weighted quality the defaults are for), the highest activation reported 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Any
 
 from benchmarks import common
 from benchmarks.epo_vs_reference import CUTOFFS, NEURONS, our_bests, pick_neurons
-from dreamy.language import epo
+from dreamy.language import EPOConfig, epo
 from dreamy.models import load
 
 BUDGET = {"n_tokens": 12, "population": 8, "children": 32, "seed": 0, "neurons": NEURONS}
@@ -29,24 +30,18 @@ SETTINGS = ("topk=64", "topk=16", "topk=256", "fluency_weight_range=0.3,30", "fl
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """`"topk=32,restart_every=10"`-style text to EPO keyword arguments (`fluency_weight_range=LOW,HIGH`).
+    """`"topk=32,restart_every=10"`-style text to EPO keyword arguments, each checked by `EPOConfig.build` (a name
+    it lacks is refused with its "did you mean"; a comma before a `KEY=` starts the next pair).
 
     Example:
         >>> parse_setting("topk=32")
         {'topk': 32}
-        >>> parse_setting("fluency_weight_range=0.3,30")
-        {'fluency_weight_range': (0.3, 30.0)}
+        >>> parse_setting("fluency_weight_range=0.3,30,restart_every=10")
+        {'fluency_weight_range': (0.3, 30.0), 'restart_every': 10}
     """
-    if text.startswith("fluency_weight_range="):
-        low, high = text.split("=", 1)[1].split(",")
-        return {"fluency_weight_range": (float(low), float(high))}
-    out: dict[str, Any] = {}
-    for part in filter(None, text.split(",")):
-        key, value = part.split("=", 1)
-        if key not in ("topk", "restart_every", "n_swaps"):
-            raise SystemExit(f"unknown setting {key!r}: use topk, restart_every, n_swaps or fluency_weight_range")
-        out[key] = int(value) or None if key == "restart_every" else int(value)
-    return out
+    pairs = [pair for pair in re.split(r",(?=\s*\w+=)", text) if pair]
+    config = common.config_of(EPOConfig, pairs, flag="--settings")
+    return {pair.partition("=")[0].strip(): getattr(config, pair.partition("=")[0].strip()) for pair in pairs}
 
 
 def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,13 +68,13 @@ def sweep(loaded: Any, settings: list[str], budget: dict[str, Any]) -> list[dict
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__.splitlines()[0], threads=True)
     parser.add_argument("--model", default="bundled:smollm2-135m", help="language model (default %(default)s)")
-    parser.add_argument("--settings", help=f"settings separated by ';' (default {';'.join(SETTINGS)})")
+    parser.add_argument("--settings", help=f"EPOConfig settings KEY=VALUE,..., separated by ';' (default {';'.join(SETTINGS)})")
     parser.add_argument("--iters", type=int, help="iterations (quick 10, full 30)")
     parser.add_argument("--neurons", type=int, help=f"neurons, one per depth range (default {BUDGET['neurons']})")
-    args = common.parse(parser)
+    args = common.parse(parser, argv)
     budget = dict(BUDGET, iters=args.iters or (30 if args.full else 10))
     if args.neurons:
         budget["neurons"] = args.neurons
