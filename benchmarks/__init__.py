@@ -1,6 +1,6 @@
 """Benchmark scripts: each answers one question, prints a table and writes benchmarks/results/NAME.json.
 
-Run them all with `python -m benchmarks.run --quick` (see benchmarks/README.md).
+Run them all with `python -m benchmarks.run --quick` (see benchmarks/run.py).
 
 On a small shared machine, OpenMP's default spin-waiting makes torch 5-100x slower whenever another
 process competes for the cores; unless you set it yourself, the benchmarks run with
