@@ -76,6 +76,8 @@ def read_table(spec: str, text_column: str = "text", min_words: int | None = Non
     """
     if not isinstance(text_column, str) or not text_column:
         raise DatasetError(f"text_column must be a column name, got {text_column!r}")
+    if min_words is not None and min_words < 1:
+        raise DatasetError(f"min_words must be >= 1, got {min_words}")
     if spec.startswith(HUB_PREFIX):
         source, rows = _hub_rows(spec, text_column)
     else:
@@ -173,7 +175,7 @@ def _csv_rows(path: Path, column: str) -> Iterator[str | None]:
 
 
 def _jsonl_rows(path: Path, column: str) -> Iterator[str | None]:
-    with path.open(encoding="utf-8", errors="replace") as file:
+    with path.open(encoding="utf-8-sig", errors="replace") as file:
         first = True
         for number, line in enumerate(file, 1):
             if not line.strip():
