@@ -46,3 +46,13 @@ def test_a_bad_column_or_budget_is_one_line_before_the_model_loads(table, tmp_pa
     assert cli.main(_argv(table, tmp_path / "sae", *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_dream_prompt_maxima_reads_a_table_and_refuses_its_missing_column(table, tmp_path, capsys, monkeypatch):
+    import dreamy.models
+
+    monkeypatch.setattr(dreamy.models, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    argv = ["prompt", "--model", "tiny:lm", "--target", "logits:1", "--maxima", table, "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(argv) == 2  # the default column 'text' is not in the table: one line, before the model loads
+    err = capsys.readouterr().err
+    assert "--maxima: text corpus" in err and "has no column 'text'; its columns: id, body" in err and err.count("\n") == 1
