@@ -94,3 +94,23 @@ def check_seed(seed: int) -> None:
     """
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    """Add `--text-column` and `--max-tokens` to a subcommand that takes a text corpus: the column of a table corpus
+    (a `datasets` folder, .jsonl, .parquet, .csv or hf:NAME[:SPLIT]) that holds the text, and a budget of tokens
+    (counted with the model's tokenizer) the corpus is cut to; `dreamy.datasets.open_text` and `token_stream` take
+    them as `text_column` and `max_tokens`.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(); add_corpus_flags(parser)
+        >>> args = parser.parse_args(["--max-tokens", "100000"])
+        >>> args.text_column, args.max_tokens
+        ('text', 100000)
+    """
+    parser.add_argument("--text-column", default="text", metavar="COLUMN",
+                        help="the column holding the text in a table corpus (a datasets folder, .jsonl, .parquet, "
+                             ".csv or hf:NAME[:SPLIT]) (default %(default)s)")
+    parser.add_argument("--max-tokens", type=positive(int), default=None, metavar="N",
+                        help="use only the corpus' first N tokens (counted with the model's tokenizer; a hub dataset "
+                             "streams no further); default: all of it")

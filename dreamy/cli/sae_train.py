@@ -2,11 +2,11 @@
 
     dream sae-train --model bundled:smollm2-135m --site model.layers.9 --corpus fortunes --corpus bible-kjv \\
         --features 4096 --k 32 --tokens 1000000 --out sae-l9/ [--resume] [--seed N] [--batch-tokens N] [--lr X]
-        [--window N] [--heldout-tokens N] [--device D] [--quiet]
+        [--window N] [--heldout-tokens N] [--device D] [--quiet] [--text-column COLUMN] [--max-tokens N]
 
 Every argument is checked before the model loads (bad ones: one line, exit 2): the output folder with the
 same check as `dream image|prompt` (unwritable, a dangling symlink or a loop, another run holding it), the
-corpora (text, not binary files). Then, with the model loaded, the site (token ids or a tensor shared across
+corpora (text, not binary files; a table's --text-column there and holding text). Then, with the model loaded, the site (token ids or a tensor shared across
 the batch are refused) and the memory training needs; only then does the SAE train (progress bar: tokens/s,
 FVE, L0, dead fraction), holding the folder's lock, and its folder (`cfg.json`, `sae_weights.safetensors`,
 `metrics.json`, `checkpoint.pt`) is written. The figures are printed. Training that diverges (a non-finite
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dreamy.cli.arguments import UsageError, check_seed, positive
+from dreamy.cli.arguments import UsageError, add_corpus_flags, check_seed, positive
 
 DEFAULT_MODEL = "bundled:smollm2-135m"
 CORPUS_NAMES = ("fortunes", "bible-kjv", "bible")
@@ -44,7 +44,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cmd = subparsers.add_parser("sae-train", help="train a TopK sparse autoencoder on a language model's site")
     cmd.add_argument("--model", default=DEFAULT_MODEL, help="language model name (default: %(default)s)")
     cmd.add_argument("--site", required=True, help="site to read, e.g. model.layers.9 (see `dream sites MODEL`)")
-    cmd.add_argument("--corpus", action="append", default=[], help="text corpus: fortunes, bible-kjv or a file/folder; repeat to combine")
+    cmd.add_argument("--corpus", action="append", default=[], help="text corpus: fortunes, bible-kjv, a text file/folder, a table "
+                     "(datasets folder, .jsonl, .parquet, .csv) or hf:NAME[:SPLIT]; repeat to combine")
+    add_corpus_flags(cmd)
     cmd.add_argument("--features", type=positive(int), default=4096, help="SAE latents (default %(default)s)")
     cmd.add_argument("--k", type=positive(int), default=32, help="active latents per token (default %(default)s)")
     cmd.add_argument("--tokens", type=positive(int), default=1_000_000, help="training tokens (default %(default)s)")
@@ -66,7 +68,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     Example:
         >>> check_arguments(argparse.Namespace(model="tiny:lm", site="model.layers.0", corpus=[], features=8, k=2,
-        ...                 tokens=10, out="x", resume=False, seed=0, batch_tokens=8, window=4, device="cpu"))
+        ...                 tokens=10, out="x", resume=False, seed=0, batch_tokens=8, window=4, device="cpu", text_column="text"))
         Traceback (most recent call last):
         ...
         dreamy.cli.arguments.UsageError: give at least one --corpus (fortunes, bible-kjv or a text file/folder)
@@ -79,11 +81,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.corpus:
         raise UsageError("give at least one --corpus (fortunes, bible-kjv or a text file/folder)")
     for corpus in args.corpus:
-        if corpus not in CORPUS_NAMES and not Path(corpus).expanduser().exists():
-            raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder")
+        if corpus not in CORPUS_NAMES and not corpus.startswith("hf:") and not Path(corpus).expanduser().exists():
+            raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder "
+                             "(nor hf:NAME[:SPLIT])")
         if corpus not in CORPUS_NAMES:
             try:
-                open_text(corpus, max_words=1)  # text, not a binary file or a folder of them
+                open_text(corpus, max_words=1, text_column=args.text_column)  # text, a text column
             except DatasetError as error:
                 raise UsageError(f"--corpus: {str(error).splitlines()[0]}") from error
     if args.k > args.features:
@@ -126,6 +129,25 @@ def config_of(args: argparse.Namespace) -> Any:
                               lr=args.lr, window=args.window, seed=args.seed, heldout_tokens=args.heldout_tokens)
     except ConfigError as error:
         raise UsageError(str(error)) from error
+
+
+def corpora_of(args: argparse.Namespace, tokenizer: Any) -> list[Any]:
+    """The `--corpus` corpora read with `--text-column`, each cut to its first `--max-tokens` tokens when given
+    (`UsageError` for one that cannot be read).
+
+    Example:
+        >>> from dreamy.models.tiny import tiny_tokenizer
+        >>> args = argparse.Namespace(corpus=["fortunes"], text_column="text", max_tokens=50)
+        >>> [corpus.name for corpus in corpora_of(args, tiny_tokenizer())]
+        ['fortunes[:50tok]']
+    """
+    from dreamy.datasets import DatasetError, limit_tokens, open_text
+
+    try:
+        return [open_text(c, text_column=args.text_column) if args.max_tokens is None else
+                limit_tokens(c, tokenizer, args.max_tokens, text_column=args.text_column) for c in args.corpus]
+    except DatasetError as error:
+        raise UsageError(f"--corpus: {str(error).splitlines()[0]}") from error
 
 
 def summary(metrics: dict[str, Any], folder: Path) -> str:
@@ -173,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     except SAERunError as error:
         raise UsageError(str(error)) from error
     try:
-        result = train_sae(loaded, args.site, args.corpus, config, out_dir=args.out, resume=args.resume,
+        corpora = corpora_of(args, loaded.tokenizer)
+        result = train_sae(loaded, args.site, corpora, config, out_dir=args.out, resume=args.resume,
                            progress=not args.quiet)
     except SAEDiverged as error:
         print(f"dream: error: {error}", file=sys.stderr)

@@ -1,8 +1,12 @@
-"""Text corpora for dataset maxima and SAE training: Debian's fortunes and King James Bible, or your own files.
+"""Text corpora for dataset maxima and SAE training: Debian's fortunes and King James Bible, your own files, or the
+tables researchers use.
 
 `open_text(name)`: `fortunes` (Debian `fortunes`, ~440k words), `bible-kjv` (Debian `bible-kjv`, ~790k words),
-or any text file or folder (files that are not text are refused: `not_text`). A `max_words` limit becomes part of the name, so cached maxima of a subset never
-pass for the whole corpus.
+any text file or folder (files that are not text are refused: `not_text`), or a table whose `text_column` holds one
+document per row (`dreamy.datasets.tables`): a Hugging Face `datasets` folder (`save_to_disk`), a `.jsonl`,
+`.parquet` or `.csv` file, or `hf:NAME[:SPLIT]` streamed from the hub. A `max_words` limit becomes part of the
+name, so cached maxima of a subset never pass for the whole corpus; files and tables are named with a hash of their
+text, so an edited file never passes for the old one. A token budget is `dreamy.datasets.tokens`' job.
 
 Example:
     >>> open_text("fortunes", max_words=1000).name
@@ -21,12 +25,14 @@ from pathlib import Path
 
 from dreamy.core.files import short_hash
 from dreamy.datasets.errors import DatasetError
+from dreamy.datasets.tables import HUB_PREFIX, is_table, read_table
 
 log = logging.getLogger(__name__)
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
 MAX_INVALID_SHARE = 0.01  # a text file may hold this share of bytes that are not UTF-8 (decoded as U+FFFD)
-TEXT_CORPORA = ("fortunes", "bible-kjv", "PATH (a text file or folder)")
+TEXT_CORPORA = ("fortunes", "bible-kjv", "PATH (a text file or folder)",
+                "a table (a datasets folder, .jsonl, .parquet or .csv file)", "hf:NAME[:SPLIT]")
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,34 @@ def text_files(path: str | os.PathLike) -> TextCorpus:
     return TextCorpus(f"file:{root.resolve()}#{short_hash(text)}", text)  # edited files never pass for the old text
 
 
-def open_text(spec: "str | TextCorpus", max_words: int | None = None) -> TextCorpus:
+def read_until(spec: "str | TextCorpus", min_words: int | None = None, *,
+               text_column: str = "text") -> tuple[TextCorpus, bool]:
+    """The corpus `spec` (as `open_text` names it) read in whole documents until at least `min_words` words, and
+    whether it was read to its end. Tables stop reading there (a hub dataset streams no further); corpora that are
+    read whole (fortunes, text files) come entire.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp(), "t.jsonl")
+        >>> _ = path.write_text('{"text": "one two"}\\n{"text": "three"}\\n')
+        >>> corpus, complete = read_until(str(path), 1)
+        >>> corpus.text, complete
+        ('one two', False)
+    """
+    if isinstance(spec, TextCorpus) or not is_table(spec) or spec in ("fortunes", "bible-kjv", "bible"):
+        return open_text(spec, text_column=text_column), True
+    table = read_table(spec, text_column, min_words)
+    text = "\n\n".join(table.documents)
+    prefix = "" if spec.startswith(HUB_PREFIX) else "file:"
+    return TextCorpus(f"{prefix}{table.source}#{short_hash(text)}", text), table.complete
+
+
+def open_text(spec: "str | TextCorpus", max_words: int | None = None, *, text_column: str = "text") -> TextCorpus:
     """A text corpus by name or path (see the module docstring), optionally cut to its first `max_words` words.
+
+    `text_column` names the column of a table that holds the text (ignored for text files and named corpora). A
+    table is read only as far as `max_words` needs; a missing column, a column that is not text or a table
+    without text is refused with `DatasetError` in one line.
 
     Example:
         >>> open_text("fortunes", max_words=1000).name
@@ -170,10 +202,14 @@ def open_text(spec: "str | TextCorpus", max_words: int | None = None) -> TextCor
     """
     if isinstance(spec, TextCorpus):
         return spec.limited(max_words)
+    if max_words is not None and max_words < 1:
+        raise DatasetError(f"max_words must be >= 1, got {max_words}")
     if spec == "fortunes":
         found = fortunes()
     elif spec in ("bible-kjv", "bible"):
         found = bible_kjv()
+    elif is_table(spec):
+        found, _ = read_until(spec, max_words, text_column=text_column)
     elif Path(spec).expanduser().exists():
         found = text_files(spec)
     else:
