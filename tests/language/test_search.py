@@ -9,7 +9,7 @@ import torch
 from dreamy.core.config import ConfigError
 from dreamy.language import epo, epo_many, gcg, gcg_many
 from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
-from dreamy.language.frontier import dominates
+from tests.language.test_frontier import dominates
 
 TARGET = "model.layers.1.mlp.down_proj:3"
 search_module = sys.modules["dreamy.language.search"]
