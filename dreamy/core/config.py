@@ -18,6 +18,8 @@ Example:
     Traceback (most recent call last):
     ...
     dreamy.core.config.ConfigError: unknown Toy setting 'stpes'; did you mean 'steps'? (Toy settings: steps)
+
+The constructor refuses an unknown or renamed name the same way (`Toy(stpes=8)`, not a raw `TypeError`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class Config:
 
     kind: ClassVar[str] = ""
     renamed: ClassVar[Mapping[str, str]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Config":
+        """Refuse a keyword the config has no field for as `build` does (a `ConfigError` naming the closest
+        known names, or what an old name is called now), before the dataclass `__init__` raises a raw `TypeError`."""
+        _refuse_unknown(cls, kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self.check()
@@ -75,10 +83,7 @@ class Config:
             >>> Config.build() == Config()
             True
         """
-        known = cls.field_names()
-        for name in overrides:
-            if name not in known:
-                raise ConfigError(unknown_setting(cls.__name__, name, known, cls.renamed))
+        _refuse_unknown(cls, overrides)
         if config is None:
             return cls(**overrides)
         if not isinstance(config, cls):
@@ -109,6 +114,14 @@ def unknown_setting(owner: str, name: str, known: Sequence[str], renamed: Mappin
     close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     return f"unknown {owner} setting {name!r}; {hint}({owner} settings: {', '.join(known)})"
+
+
+def _refuse_unknown(cls: type[Config], names: Mapping[str, Any]) -> None:
+    """`ConfigError` for the first of `names` that config class `cls` has no field for."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in names:
+        if name not in known:
+            raise ConfigError(unknown_setting(cls.__name__, name, known, cls.renamed))
 
 
 def json_value(value: Any) -> Any:

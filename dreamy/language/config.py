@@ -2,7 +2,7 @@
 
 Both share the prompt's layout (`n_tokens` between a fixed `prefix` and `suffix`), the budget (`iters`), how
 children are made (`children` per parent, `topk` replacement tokens per position, `n_swaps` swaps each),
-the vocabulary (`ascii_only`, `retokenize`), the start (`init`), the scoring strategy and the seed. The
+the vocabulary (`ascii_only`, `retokenize`), the start (`init`), how children are scored (`scoring`) and the seed. The
 concept "weight of the prompt's cross-entropy in the objective" is the fluency weight: one number for GCG
 (`fluency_weight`), a range spread over the population's slots for EPO (`fluency_weight_range`).
 
@@ -97,7 +97,7 @@ class EPOConfig(PromptConfig):
     high-activation end to the reference's on 2 of its 4 neurons, averaged over 4 seeds).
 
     Example:
-        >>> EPOConfig(population=4, activation_slots=2).zero_weight_slots
+        >>> EPOConfig(population=4, activation_slots=2).n_activation_slots
         2
     """
 
@@ -110,12 +110,12 @@ class EPOConfig(PromptConfig):
     activation_slots: int | None = None
 
     @property
-    def zero_weight_slots(self) -> int:
-        """How many slots have fluency weight 0: `activation_slots`, or by default (None) one when the
-        population has more than one slot, else none.
+    def n_activation_slots(self) -> int:
+        """How many activation slots (fluency weight 0) the population has: `activation_slots`, or by default
+        (None) one when the population has more than one slot, else none.
 
         Example:
-            >>> EPOConfig().zero_weight_slots, EPOConfig(population=1).zero_weight_slots
+            >>> EPOConfig().n_activation_slots, EPOConfig(population=1).n_activation_slots
             (1, 0)
         """
         if self.activation_slots is not None:

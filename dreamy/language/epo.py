@@ -1,13 +1,14 @@
 """EPO (Thompson et al., 2024, "Fluent dreaming for language models"): evolutionary prompt optimization.
 
-A population of M slots, slot m with its own fluency weight lambda_m (log-uniform in a range). Each
-iteration every member makes children by gradient-guided token swaps (its gradient computed under
-ITS OWN lambda); each slot then keeps the best of all members and children under its own objective
-`activation - lambda_m * cross-entropy` (lambda: the slot's fluency weight, see `EPOConfig`); slots that
-share a weight (several activation slots) keep its best, second best, ... distinct prompts, not copies of one.
-Every `restart_every` iterations the population collapses onto the best prompt seen so far under a lambda
-drawn at random (really at random: a fresh draw from the seeded generator each restart), and each slot's new
-gradient is again computed with its own lambda. Token rankings (from the gradients) of members that survive unchanged are reused. The result's
+A population of M slots, slot m with its own fluency weight w_m (log-uniform over `fluency_weight_range`).
+Each iteration every member makes children by gradient-guided token swaps (its gradient computed under
+ITS OWN fluency weight); each slot then keeps the best of all members and children under its own objective
+`activation - w_m * cross-entropy` (see `EPOConfig`); slots that share a weight (several activation slots)
+keep its best, second best, ... distinct prompts, not copies of one.
+Every `restart_every` iterations the population collapses onto the best prompt seen so far under a fluency
+weight drawn at random (really at random: a fresh draw from the seeded generator each restart), and each
+slot's new gradient is again computed with its own fluency weight. Token rankings (from the gradients) of
+members that survive unchanged are reused. The result's
 Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed
 into shared batches.
 
@@ -44,43 +45,44 @@ from dreamy.targets import Target
 log = logging.getLogger(__name__)
 
 
-def log_uniform_lambdas(population: int, lambda_range: tuple[float, float]) -> Tensor:
-    """`population` lambdas spaced log-uniformly over `lambda_range` (inclusive).
+def fluency_weights(n: int, fluency_weight_range: tuple[float, float]) -> Tensor:
+    """`n` fluency weights spaced log-uniformly over `fluency_weight_range` (inclusive; one: their geometric mean).
 
     Example:
-        >>> log_uniform_lambdas(3, (0.1, 10.0)).tolist()
+        >>> fluency_weights(3, (0.1, 10.0)).tolist()
         [0.10000000149011612, 1.0, 10.0]
     """
-    low, high = lambda_range
+    low, high = fluency_weight_range
     if not 0 < low <= high:
-        raise ValueError(f"lambda_range must satisfy 0 < low <= high, got {lambda_range}")
-    if population == 1:
+        raise ValueError(f"fluency_weight_range must satisfy 0 < low <= high, got {fluency_weight_range}")
+    if n == 1:
         return torch.tensor([math.sqrt(low * high)])
-    return torch.logspace(math.log10(low), math.log10(high), population)
+    return torch.logspace(math.log10(low), math.log10(high), n)
 
 
-def slot_lambdas(population: int, lambda_range: tuple[float, float], activation_slots: int = 0) -> Tensor:
+def slot_fluency_weights(population: int, fluency_weight_range: tuple[float, float], activation_slots: int = 0) -> Tensor:
     """The population's fluency weights: `activation_slots` zeros (activation alone), then the other slots'
-    weights spaced log-uniformly over `lambda_range` (`log_uniform_lambdas`).
+    weights spaced log-uniformly over `fluency_weight_range` (`fluency_weights`).
 
     Example:
-        >>> slot_lambdas(4, (0.1, 10.0), activation_slots=1).tolist()
+        >>> slot_fluency_weights(4, (0.1, 10.0), activation_slots=1).tolist()
         [0.0, 0.10000000149011612, 1.0, 10.0]
     """
     if not 0 <= activation_slots < population:
         raise ValueError(f"activation_slots must be in [0, population), got {activation_slots} of {population}")
-    spread = log_uniform_lambdas(population - activation_slots, lambda_range)
+    spread = fluency_weights(population - activation_slots, fluency_weight_range)
     return torch.cat([torch.zeros(activation_slots, dtype=spread.dtype), spread])
 
 
-def draw_restart_lambda(lambda_range: tuple[float, float], generator: torch.Generator) -> float:
-    """A lambda drawn log-uniformly at random from `lambda_range` (the restart lambda).
+def restart_fluency_weight(fluency_weight_range: tuple[float, float], generator: torch.Generator) -> float:
+    """The fluency weight a restart picks its prompt under: drawn log-uniformly at random from
+    `fluency_weight_range`.
 
     Example:
-        >>> 0.1 <= draw_restart_lambda((0.1, 10.0), torch.Generator().manual_seed(0)) <= 10.0
+        >>> 0.1 <= restart_fluency_weight((0.1, 10.0), torch.Generator().manual_seed(0)) <= 10.0
         True
     """
-    low, high = math.log(lambda_range[0]), math.log(lambda_range[1])
+    low, high = math.log(fluency_weight_range[0]), math.log(fluency_weight_range[1])
     return math.exp(low + (high - low) * torch.rand(1, generator=generator).item())
 
 
@@ -139,25 +141,25 @@ class _Population:
         self.origins = origins  # where each member's line started (host list, beside `ids`)
         self.generator = generator
         self.history = history
-        self.top_cache: dict[tuple[tuple[int, ...], float], Tensor] = {}  # (prompt, lambda) -> top tokens [L, k]
+        self.top_cache: dict[tuple[tuple[int, ...], float], Tensor] = {}  # (prompt, fluency weight) -> top tokens [L, k]
         self.states: dict[tuple[int, ...], ParentStates] = {}  # prompt -> its KV cache etc. (kept from its gradient pass)
         self.restarts: list[dict] = []
 
-    def restart(self, iteration: int, lambda_range: tuple[float, float]) -> None:
-        """Collapse onto the best prompt so far under a lambda drawn at random."""
-        lam_star = draw_restart_lambda(lambda_range, self.generator)
-        best = max(self.history, key=lambda r: r["activation"] - lam_star * r["xentropy"])
+    def restart(self, iteration: int, fluency_weight_range: tuple[float, float]) -> None:
+        """Collapse onto the best prompt so far under a fluency weight drawn at random."""
+        weight = restart_fluency_weight(fluency_weight_range, self.generator)
+        best = max(self.history, key=lambda r: r["activation"] - weight * r["xentropy"])
         n, device = len(self.ids), self.members.device
         self.ids = [tuple(best["token_ids"])] * n
         self.origins = [best.get("origin", "")] * n
         self.members = torch.tensor(best["token_ids"], device=device)[None].repeat(n, 1)
         self.act = torch.full((n,), best["activation"], device=device)
         self.xent = torch.full((n,), best["xentropy"], device=device)
-        self.restarts.append({"iteration": iteration, "fluency_weight": lam_star, "text": best["text"]})
-        log.info("restart at %d onto %r (lambda %.3g)", iteration, best["text"], lam_star)
+        self.restarts.append({"iteration": iteration, "fluency_weight": weight, "text": best["text"]})
+        log.info("restart at %d onto %r (fluency weight %.3g)", iteration, best["text"], weight)
 
-    def keys(self, lambdas: list[float]) -> list[tuple[tuple[int, ...], float]]:
-        return list(zip(self.ids, lambdas))
+    def keys(self, weights: list[float]) -> list[tuple[tuple[int, ...], float]]:
+        return list(zip(self.ids, weights))
 
 
 def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
@@ -170,12 +172,12 @@ def _epo(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: n
 def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_model: nn.Module | None,
          progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
     n_tokens, iters, population, topk = config.n_tokens, config.iters, config.population, config.topk
-    lambda_range, children_per_member = config.fluency_weight_range, config.children
+    fluency_weight_range, children = config.fluency_weight_range, config.children
     n_swaps, restart_every, init, seed = config.n_swaps, config.restart_every, config.init, config.seed
     setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
-    lambdas = slot_lambdas(population, lambda_range, config.zero_weight_slots)
-    lambda_list = lambdas.tolist()
+    weights = slot_fluency_weights(population, fluency_weight_range, config.n_activation_slots)
+    weight_list = weights.tolist()
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     windows = starts_of(setup, starts, init)
     firsts = [initial_members(setup.tokenizer, setup.allowed, population, n_tokens, init=init, windows=windows[k],
@@ -199,16 +201,16 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
         for iteration in range(1, iters + 1):
             if restart_every and iteration % restart_every == 0 and iteration < iters:  # never in the last one
                 for pop in pops:
-                    pop.restart(iteration, lambda_range)
-            tables = _refresh_top_tokens(setup, pops, lambdas, lambda_list, topk)
-            made = torch.cat([swap_children(pop.members, top, n_children=children_per_member, n_swaps=n_swaps,
+                    pop.restart(iteration, fluency_weight_range)
+            tables = _refresh_top_tokens(setup, pops, weights, weight_list, topk)
+            made = torch.cat([swap_children(pop.members, top, children=children, n_swaps=n_swaps,
                                             generator=pop.generator) for pop, top in zip(pops, tables)])
             made_ids = made.tolist()  # one transfer: token bookkeeping is host work
-            groups = filter_candidates(setup.tokenizer, [made_ids[g * children_per_member:(g + 1) * children_per_member]
+            groups = filter_candidates(setup.tokenizer, [made_ids[g * children:(g + 1) * children]
                                                          for g in range(n_targets * population)],
                                        retokenize=setup.retokenize,
                                        parents=[ids for pop in pops for ids in pop.ids])  # per (target, member)
-            new_points = _select(setup, pops, groups, lambdas, lambda_list, iteration)
+            new_points = _select(setup, pops, groups, weights, weight_list, iteration)
             bar.update(1)
             if progress:  # the summary walks the whole history: only for a bar someone sees
                 mean_best = sum(max(r["activation"] for r in p.history) for p in pops) / n_targets
@@ -220,19 +222,20 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     loop_seconds = time.perf_counter() - started
     results = PromptResults()
     for k, pop in enumerate(pops):
-        settings = {**config.to_dict(), "fluency_weights": lambdas.tolist(), "restarts": pop.restarts,
+        settings = {**config.to_dict(), "fluency_weights": weights.tolist(), "restarts": pop.restarts,
                     "loop_seconds": loop_seconds, "iterations_run": iteration, "stopped": stop.reason or "iters"}
         results.append(setup.result(pop.history, settings, seed, "epo", k))
     return results
 
 
-def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple[int, ...]]], lambdas: Tensor,
-            lambda_list: list[float], iteration: int) -> list[tuple[list[float], list[float]]]:
+def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple[int, ...]]], weights: Tensor,
+            weight_list: list[float], iteration: int) -> list[tuple[list[float], list[float]]]:
     """Score every kept child (of every member of every target) in one call; each slot keeps the best of its
-    population and their children under its own lambda (chosen on the device); then one transfer brings the
+    population and their children under its own fluency weight `weights [population]` (`weight_list` on the
+    host), chosen on the device; then one transfer brings the
     scores and choices to the host for the history and the members' token lists. Returns each target's new
     (activations, cross-entropies)."""
-    population = len(lambda_list)
+    population = len(weight_list)
     flat = [span for group in groups for span in group]
     if not flat:
         return [([], []) for _ in pops]
@@ -244,14 +247,14 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
     bounds = [0]
     for k in range(len(pops)):
         bounds.append(bounds[-1] + sum(len(g) for g in groups[k * population:(k + 1) * population]))
-    weights = lambdas[:, None].to(device)
-    ranks = _shared_weight_ranks(lambda_list)
+    slot_weights = weights[:, None].to(device)
+    ranks = _shared_weight_ranks(weight_list)
     choices = []
     for k, pop in enumerate(pops):
         lo, hi = bounds[k], bounds[k + 1]
         act = torch.cat([pop.act, scored.activation[lo:hi]])
         xent = torch.cat([pop.xent, scored.xentropy[lo:hi]])
-        choice = _slot_choices((act[None, :] - weights.to(act) * xent[None, :]), ranks,
+        choice = _slot_choices((act[None, :] - slot_weights.to(act) * xent[None, :]), ranks,
                                None if ranks is None else _repeats(pop.ids + flat[lo:hi]))
         pop.members = torch.cat([pop.members, spans[lo:hi]])[choice]
         pop.act, pop.xent = act[choice], xent[choice]
@@ -266,7 +269,7 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
             group = groups[k * population + m]
             origins = [pop.origins[m]] * len(group)  # a child carries its parent's line
             pop.history += history_rows(setup, group, act_host[row:row + len(group)], xent_host[row:row + len(group)],
-                                        iteration, m, lambda_list[m], origins)
+                                        iteration, m, weight_list[m], origins)
             children_origins += origins
             row += len(group)
         pool = pop.ids + flat[bounds[k]:bounds[k + 1]]
@@ -277,7 +280,7 @@ def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple
     return [(act_host[bounds[k]:bounds[k + 1]], xent_host[bounds[k]:bounds[k + 1]]) for k in range(len(pops))]
 
 
-def _shared_weight_ranks(lambda_list: list[float]) -> list[int] | None:
+def _shared_weight_ranks(weight_list: list[float]) -> list[int] | None:
     """Each slot's rank among the slots with its fluency weight (0 for the first), or None when no two slots
     share one (then every slot simply keeps its best).
 
@@ -287,9 +290,9 @@ def _shared_weight_ranks(lambda_list: list[float]) -> list[int] | None:
     """
     seen: dict[float, int] = {}
     ranks = []
-    for lam in lambda_list:
-        ranks.append(seen.get(lam, 0))
-        seen[lam] = ranks[-1] + 1
+    for weight in weight_list:
+        ranks.append(seen.get(weight, 0))
+        seen[weight] = ranks[-1] + 1
     return ranks if max(ranks) > 0 else None
 
 
@@ -340,16 +343,16 @@ def _member_states(setup: SearchSetup, pops: list[_Population]) -> ParentStates 
     return ParentStates.cat([pop.states[ids] for pop in pops for ids in pop.ids])
 
 
-def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], lambdas: Tensor, lambda_list: list[float],
+def _refresh_top_tokens(setup: SearchSetup, pops: list[_Population], weights: Tensor, weight_list: list[float],
                         topk: int) -> list[Tensor]:
     """Rank replacement tokens, in one packed gradient pass, for every member (of every target) whose
-    (prompt, lambda) has no ranking yet; keep only the current members' rankings and return them, one
+    (prompt, fluency weight) has no ranking yet; keep only the current members' rankings and return them, one
     `[population, L, k]` table per target."""
-    keys = [pop.keys(lambda_list) for pop in pops]
+    keys = [pop.keys(weight_list) for pop in pops]
     missing = [(k, i) for k, pop in enumerate(pops) for i, key in enumerate(keys[k]) if key not in pop.top_cache]
     if missing:
         spans = torch.stack([pops[k].members[i] for k, i in missing])
-        top, states = setup.top_tokens_and_states(spans, lambdas[[i for _, i in missing]], topk,
+        top, states = setup.top_tokens_and_states(spans, weights[[i for _, i in missing]], topk,
                                                   torch.tensor([k for k, _ in missing]))
         for row, (k, i) in enumerate(missing):
             pops[k].top_cache[keys[k][i]] = top[row]

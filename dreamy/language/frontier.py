@@ -28,16 +28,6 @@ def pareto_indices(activation: Sequence[float], xentropy: Sequence[float]) -> li
     return frontier
 
 
-def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """True when point a = (activation, xentropy) dominates b.
-
-    Example:
-        >>> dominates((2.0, 1.0), (1.0, 1.0)), dominates((1.0, 1.0), (1.0, 1.0))
-        (True, False)
-    """
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
-
-
 class FrontierTracker:
     """The running Pareto frontier of a search, to tell whether an iteration moved it (a plateau stop).
 

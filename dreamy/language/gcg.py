@@ -74,7 +74,7 @@ def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: n
 
 def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
          progress: bool, starts: Mapping[str, Sequence[Sequence[int]]] | None) -> PromptResults:
-    n_tokens, iters, batch_size, topk = config.n_tokens, config.iters, config.children, config.topk
+    n_tokens, iters, children, topk = config.n_tokens, config.iters, config.children, config.topk
     n_swaps, fluency_weight, init, seed = config.n_swaps, config.fluency_weight, config.init, config.seed
     setup = SearchSetup.build(loaded, targets, config, fluency_model=fluency_model)
     n_targets = len(setup.targets)
@@ -93,15 +93,15 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
                  for k in range(n_targets)]
     stop = StopRule(config, [(act[k:k + 1], xent[k:k + 1]) for k in range(n_targets)])
     iteration = 0
-    lambdas = torch.full((n_targets,), float(fluency_weight))
+    fluency_weights = torch.full((n_targets,), float(fluency_weight))
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
     with stepping.progress(iters, "GCG" if n_targets == 1 else f"GCG x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
-            top, states = setup.top_tokens_and_states(current, lambdas, topk, everyone)  # states: children reuse them
-            made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], n_children=batch_size, n_swaps=n_swaps,
+            top, states = setup.top_tokens_and_states(current, fluency_weights, topk, everyone)  # states: children reuse them
+            made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], children=children, n_swaps=n_swaps,
                                             generator=gens[k]) for k in range(n_targets)])
             made_ids = made.tolist()  # one transfer: token bookkeeping is host work
-            groups = filter_candidates(setup.tokenizer, [made_ids[k * batch_size:(k + 1) * batch_size]
+            groups = filter_candidates(setup.tokenizer, [made_ids[k * children:(k + 1) * children]
                                                          for k in range(n_targets)], retokenize=setup.retokenize,
                                        parents=current_ids)
             flat = [span for group in groups for span in group]

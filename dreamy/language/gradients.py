@@ -1,10 +1,11 @@
-"""Token gradients for GCG and EPO: the gradient of `activation - lambda * cross-entropy` with respect to the
+"""Token gradients for GCG and EPO: the gradient of `activation - w * cross-entropy` (w: the fluency weight)
+with respect to the
 span's one-hot token rows, and the top-k replacement tokens it ranks.
 
 With the span relaxed to rows `x[i, v]` (one-hot at a real prompt), EPO's objective is
-`activation(x) - lambda * CE(x)` with `CE(x) = -mean_i sum_v x[i, v] * log p(v | tokens < i)`: the relaxed x
+`activation(x) - w * CE(x)` with `CE(x) = -mean_i sum_v x[i, v] * log p(v | tokens < i)`: the relaxed x
 is both the input (through the embeddings) and the label of the cross-entropy, so the gradient holds
-`+lambda * log p(v | prefix) / L` at every position, pointing high-lambda slots at tokens the model
+`+w * log p(v | prefix) / L` at every position, pointing slots of high fluency weight at tokens the model
 expects (Thompson et al., 2024). At one-hot points every value equals the discrete prompt's.
 
 The span's embeddings are the model's own (`embedding(ids)`, so a scale applied inside the embedding
@@ -96,16 +97,16 @@ def span_embeddings(embedding: nn.Module, ids: Tensor, one_hot: Tensor, span: tu
     return torch.cat([embeds[:, :start], embeds[:, start:end] + delta.to(embeds.dtype), embeds[:, end:]], dim=1)
 
 
-def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans: Tensor, lambdas: Tensor,
+def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans: Tensor, fluency_weights: Tensor,
                     row_targets: Tensor | None = None, chunk_size: int = GRADIENT_CHUNK,
                     fluency_model: nn.Module | None = None,
                     states: list[ParentStates] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradient of `activation - lambda * xentropy` for each row w.r.t. its span's one-hot tokens (see the
+    """Gradient of `activation - fluency_weight * xentropy` for each row w.r.t. its span's one-hot tokens (see the
     module docstring: the cross-entropy's labels are the relaxed one-hot rows too).
 
-    `spans [M, L]`, `lambdas [M]`; returns `(grad [M, L, V], activation [M], xentropy [M])`, the activation
+    `spans [M, L]`, `fluency_weights [M]`; returns `(grad [M, L, V], activation [M], xentropy [M])`, the activation
     and cross-entropy being those of the discrete prompts. Rows are independent, so one backward gives every
-    row its own gradient under its own lambda. With `row_targets [M]` row i is scored by the probe's target
+    row its own gradient under its own fluency weight. With `row_targets [M]` row i is scored by the probe's target
     `row_targets[i]` (many targets packed into one batch), else by its first target. `fluency_model` (a
     second LM sharing the tokenizer and vocabulary) computes the cross-entropy term instead of `model`.
     Rows run `chunk_size` at a time (the chunk halves on out-of-memory errors). Given a list `states`, the
@@ -123,7 +124,7 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
     with torch.inference_mode(False), torch.enable_grad():
         # clones: tensors made under inference_mode cannot be saved for backward
         spans = spans.clone()
-        lambdas = lambdas.clone()
+        fluency_weights = fluency_weights.clone()
         owners = (torch.zeros(spans.shape[0], dtype=torch.long) if row_targets is None
                   else torch.as_tensor(row_targets).clone()).to(weight.device)
 
@@ -142,7 +143,7 @@ def token_gradients(model: nn.Module, probe: Probe, layout: PromptLayout, spans:
             else:
                 logits = fluency_model(inputs_embeds=span_embeddings(fluency_embedding, full, one_hot, layout.span)).logits
             xent = relaxed_span_xentropy(logits, one_hot, layout.span)
-            objective = activation - lambdas[rows].to(activation) * xent
+            objective = activation - fluency_weights[rows].to(activation) * xent
             (grad,) = torch.autograd.grad(objective.sum(), one_hot)
             if states is not None:
                 kept.append(ParentStates.from_output(result.output, full, layout.span))

@@ -37,24 +37,24 @@ def bucket_rows(n: int, limit: int = 32) -> int | None:
 
 
 class GradientGraph:
-    """A captured gradient pass for `rows` rows. `run(spans, lambdas, owners)` must return
+    """A captured gradient pass for `rows` rows. `run(spans, fluency_weights, owners)` must return
     `(top [rows, L, k], kv [layers, 2, rows, heads, T, d], token_xent [rows, L], logprobs [rows, L, V])`."""
 
     def __init__(self, run: GradientPass, rows: int, length: int, device: torch.device) -> None:
         self.run, self.rows = run, rows
         self.spans = torch.zeros(rows, length, dtype=torch.long, device=device)
-        self.lambdas = torch.zeros(rows, device=device)
+        self.fluency_weights = torch.zeros(rows, device=device)
         self.owners = torch.zeros(rows, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         self.failed = False
 
-    def _load(self, spans: Tensor, lambdas: Tensor, owners: Tensor) -> None:
+    def _load(self, spans: Tensor, fluency_weights: Tensor, owners: Tensor) -> None:
         n = spans.shape[0]
         self.spans[:n].copy_(spans)
         self.spans[n:].copy_(spans[:1].expand(self.rows - n, -1))  # padding rows repeat row 0
-        self.lambdas[:n].copy_(lambdas)
-        self.lambdas[n:].copy_(lambdas[:1].expand(self.rows - n))
+        self.fluency_weights[:n].copy_(fluency_weights)
+        self.fluency_weights[n:].copy_(fluency_weights[:1].expand(self.rows - n))
         self.owners[:n].copy_(owners)
         self.owners[n:].copy_(owners[:1].expand(self.rows - n))
 
@@ -63,20 +63,20 @@ class GradientGraph:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capturing stream (library handles, workspaces)
             for _ in range(2):
-                self.run(self.spans, self.lambdas, self.owners)
+                self.run(self.spans, self.fluency_weights, self.owners)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.outputs = self.run(self.spans, self.lambdas, self.owners)
+            self.outputs = self.run(self.spans, self.fluency_weights, self.owners)
         self.graph = graph
 
-    def __call__(self, spans: Tensor, lambdas: Tensor, owners: Tensor) -> tuple[Tensor, ParentStates] | None:
+    def __call__(self, spans: Tensor, fluency_weights: Tensor, owners: Tensor) -> tuple[Tensor, ParentStates] | None:
         """Top tables `[n, L, k]` and the rows' `ParentStates` for `spans [n, L]` (n <= rows), or None when
         this graph cannot serve (too many rows, or its capture failed: the caller runs the eager pass)."""
         n = spans.shape[0]
         if self.failed or n > self.rows:
             return None
-        self._load(spans, lambdas.to(self.lambdas), owners.to(self.owners))
+        self._load(spans, fluency_weights.to(self.fluency_weights), owners.to(self.owners))
         if self.graph is None:
             try:
                 self._capture()

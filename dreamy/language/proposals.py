@@ -4,7 +4,7 @@ swapping positions to tokens ranked by the gradient (see `dreamy.language.gradie
 Example:
     >>> import torch
     >>> top = torch.tensor([[[7, 8], [7, 8]]])     # [M=1, L=2, k=2] ranked replacement tokens
-    >>> swap_children(torch.tensor([[1, 2]]), top, n_children=3, generator=torch.Generator().manual_seed(0)).shape
+    >>> swap_children(torch.tensor([[1, 2]]), top, children=3, generator=torch.Generator().manual_seed(0)).shape
     torch.Size([3, 2])
 """
 
@@ -67,16 +67,15 @@ def initial_members(tokenizer: Any, allowed: Tensor, n: int, n_tokens: int, *, i
     return spans, [f"window {rank}" for _, rank in picked] + ["random"] * (n - len(picked))
 
 
-def swap_children(spans: Tensor, top: Tensor, *, n_children: int, n_swaps: int = 1, generator: torch.Generator) -> Tensor:
-    """Children `[M * n_children, L]`: each child of row m swaps `n_swaps` random positions of `spans[m]`
-    to random tokens of `top[m]` (`[M, L, k]`, see `top_tokens`) at that position."""
+def swap_children(spans: Tensor, top: Tensor, *, children: int, n_swaps: int = 1, generator: torch.Generator) -> Tensor:
+    """`children` children per row, `[M * children, L]`: each child of row m swaps `n_swaps` random positions of
+    `spans[m]` to random tokens of `top[m]` (`[M, L, k]`, see `top_tokens`) at that position."""
     length, k = top.shape[1], top.shape[2]
-    parents = spans.repeat_interleave(n_children, dim=0)
-    children = parents.clone()
-    rows = torch.arange(children.shape[0])
-    owner = rows // n_children
+    made = spans.repeat_interleave(children, dim=0)
+    rows = torch.arange(made.shape[0])
+    owner = rows // children
     for _ in range(min(n_swaps, length)):
-        pos = torch.randint(length, (children.shape[0],), generator=generator)
-        pick = torch.randint(k, (children.shape[0],), generator=generator)
-        children[rows, pos] = top[owner, pos, pick].to(children.dtype)
-    return children
+        pos = torch.randint(length, (made.shape[0],), generator=generator)
+        pick = torch.randint(k, (made.shape[0],), generator=generator)
+        made[rows, pos] = top[owner, pos, pick].to(made.dtype)
+    return made

@@ -1,9 +1,9 @@
 """Score candidate prompts fast: target activation and cross-entropy from one forward per token.
 
 Children of one parent differ from it from some position p on. The parent's KV cache already covers
-every position before p, so only positions >= p need a forward. The default (`strategy="packed"`,
+every position before p, so only positions >= p need a forward. The default (`scoring="packed"`,
 `dreamy.language.packed`) lays the changed tokens of many children side by side in a few rows with a
-4-D attention mask: one forward for all of them. The older `"grouped"` strategy groups children by p and
+4-D attention mask: one forward for all of them. The older `"grouped"` scoring groups children by p and
 runs one forward per group on top of the parents' caches (each row gathers its own parent's keys and
 values, so children of many parents, e.g. of many packed targets, share one forward per position).
 Cross-entropy terms before p come from the parent's logits. This needs every target to read the last
@@ -159,7 +159,7 @@ def _grouped(model: nn.Module, probe: Probe, ids: Tensor, span: tuple[int, int],
 def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: tuple[int, int],
                     parent_ids: Tensor | None = None, parent_index: Tensor | None = None,
                     fluency_model: nn.Module | None = None, chunk_size: int | None = None,
-                    parent_states: ParentStates | None = None, strategy: str = "packed") -> SequenceScores:
+                    parent_states: ParentStates | None = None, scoring: str = "packed") -> SequenceScores:
     """Score N token sequences `ids [N, T]`: the probe's targets and the mean cross-entropy of `xent_span`.
 
     With `parent_ids` (`[T]`, or `[P, T]` with `parent_index [N]` naming each row's parent) each parent's
@@ -167,12 +167,12 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
     one forward (see the module docstring); the results equal plain full forwards. `fluency_model`
     (sharing the tokenizer) computes the cross-entropy instead of `model` (then no cache reuse).
     `chunk_size` bounds rows per forward. `parent_states` (the parents' `ParentStates`, e.g. kept from their
-    gradient pass) saves the parents' forward. `strategy` says how children reuse their parents' caches:
+    gradient pass) saves the parents' forward. `scoring` says how children reuse their parents' caches:
     `"packed"` (one forward, children's changed tokens side by side, `dreamy.language.packed`) or
     `"grouped"` (one forward per change position).
     """
-    if strategy not in ("packed", "grouped"):
-        raise ValueError(f"strategy must be 'packed' or 'grouped', got {strategy!r}")
+    if scoring not in ("packed", "grouped"):
+        raise ValueError(f"scoring must be 'packed' or 'grouped', got {scoring!r}")
     if ids.ndim != 2:
         raise ValueError(f"ids must be [N, T], got shape {tuple(ids.shape)}")
     chunk = chunk_size or DEFAULT_CHUNK
@@ -191,7 +191,7 @@ def score_sequences(model: nn.Module, probe: Probe, ids: Tensor, *, xent_span: t
         raise ValueError(f"parent_index must hold one index in 0..{parents.shape[0] - 1} per row ({ids.shape[0]},)")
     if parent_states is not None and parent_states.n_parents != parents.shape[0]:
         raise ValueError(f"parent_states hold {parent_states.n_parents} parents, parent_ids {parents.shape[0]}")
-    if strategy == "grouped":
+    if scoring == "grouped":
         return _grouped(model, probe, ids, xent_span, parents, owner, chunk, parent_states)
     return _packed(model, probe, ids, xent_span, parents, owner, chunk, parent_states)
 

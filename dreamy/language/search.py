@@ -39,7 +39,7 @@ class SearchSetup:
     Many targets share the layout and every batch: row i of a batch is scored by its own target
     `owners[i]` (an index into `targets`).
 
-    Scoring strategy (`scoring`): `"packed"` scores children on top of their parents' KV caches, their
+    How children are scored (`scoring`): `"packed"` scores children on top of their parents' KV caches, their
     changed tokens side by side in one forward (`dreamy.language.packed`); `"grouped"` does the same with
     one forward per change position; `"full"` runs one plain batched forward over whole prompts. `build`'s
     `"auto"` picks packed on every device (measured faster than both on a CPU and an H100; the figures are in
@@ -107,7 +107,7 @@ class SearchSetup:
         scores = score_sequences(self.model, self.probe, self.layout.full(spans), xent_span=self.layout.span,
                                  parent_ids=parent_ids, parent_index=parent_index, fluency_model=self.fluency_model,
                                  chunk_size=self.chunk_size, parent_states=parent_states,
-                                 strategy="grouped" if self.scoring == "grouped" else "packed")
+                                 scoring="grouped" if self.scoring == "grouped" else "packed")
         own = self._owners(owners, spans.shape[0]).to(scores.activation.device)
         return SequenceScores(scores.activation.gather(1, own[:, None]).squeeze(1), scores.xentropy)
 
@@ -116,18 +116,18 @@ class SearchSetup:
         """Whether scoring reuses parent states (KV reuse on, cross-entropy from the searched model)."""
         return self.scoring != "full" and self.fluency_model is None
 
-    def top_tokens_and_states(self, spans: Tensor, lambdas: Tensor, topk: int,
+    def top_tokens_and_states(self, spans: Tensor, fluency_weights: Tensor, topk: int,
                               owners: Tensor | None = None) -> tuple[Tensor, ParentStates | None]:
         """`top_tokens`, and the spans' `ParentStates` kept from the same forward when scoring reuses them
         (`keeps_states`; else None): a search scores the children of these spans without another forward."""
         owners = self._owners(owners, spans.shape[0])
-        replayed = self._replay_gradient_graph(spans, lambdas, topk, owners)
+        replayed = self._replay_gradient_graph(spans, fluency_weights, topk, owners)
         if replayed is not None:
             return replayed
 
         def one(rows: slice) -> tuple[Tensor, list[ParentStates]]:
             kept: list[ParentStates] = []  # per call: a chunk retried after out-of-memory keeps nothing twice
-            grad, _, _ = token_gradients(self.model, self.probe, self.layout, spans[rows], lambdas[rows],
+            grad, _, _ = token_gradients(self.model, self.probe, self.layout, spans[rows], fluency_weights[rows],
                                          row_targets=owners[rows], chunk_size=GRADIENT_CHUNK,
                                          fluency_model=self.fluency_model, states=kept if self.keeps_states else None)
             return top_tokens(grad, self.allowed, topk, self.n_allowed), kept
@@ -136,7 +136,7 @@ class SearchSetup:
         tables = torch.cat([table for table, _ in parts])
         return tables, ParentStates.cat([s for _, kept in parts for s in kept]) if self.keeps_states else None
 
-    def _replay_gradient_graph(self, spans: Tensor, lambdas: Tensor, topk: int,
+    def _replay_gradient_graph(self, spans: Tensor, fluency_weights: Tensor, topk: int,
                                owners: Tensor) -> tuple[Tensor, ParentStates] | None:
         """On a CUDA device, the gradient pass as a replayed CUDA graph (`dreamy.language.graphs`; one per
         padded row count and topk), when `cuda_graphs` is on and scoring keeps parent states; else None."""
@@ -158,7 +158,7 @@ class SearchSetup:
                 return top_tokens(grad, allowed, topk, self.n_allowed), kv, state.token_xent, state.logprobs
 
             self._graphs[key] = GradientGraph(run, rows, spans.shape[1], spans.device)
-        return self._graphs[key](spans, lambdas, owners)
+        return self._graphs[key](spans, fluency_weights, owners)
 
     @staticmethod
     def _graph_device(device: torch.device) -> bool:
@@ -240,7 +240,7 @@ class StopRule:
 
     def __init__(self, config: PromptConfig, first: Sequence[tuple[Sequence[float], Sequence[float]]]) -> None:
         self.deadline = time.perf_counter() + 60 * config.minutes if config.minutes else None
-        self.patience = config.plateau
+        self.plateau = config.plateau
         self.fronts = [FrontierTracker() for _ in first]
         for front, (activation, xentropy) in zip(self.fronts, first):
             front.add(activation, xentropy)
@@ -254,7 +254,7 @@ class StopRule:
         self.still = 0 if any(moved) else self.still + 1
         if not more:
             return False
-        if self.patience and self.still >= self.patience:
+        if self.plateau and self.still >= self.plateau:
             self.reason = "plateau"
         elif self.deadline is not None and time.perf_counter() >= self.deadline:
             self.reason = "minutes"
@@ -263,7 +263,7 @@ class StopRule:
 
 def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation: Sequence[float],
                  xentropy: Sequence[float], iteration: int, slot: int | None = None,
-                 lam: float | None = None, origins: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                 fluency_weight: float | None = None, origins: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """History dicts for evaluated spans, from host lists (token ids and scores already transferred; one
     batched decode); `origins` says where each span's line started (see `proposals.initial_members`).
 
@@ -275,6 +275,6 @@ def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation:
     """
     texts = setup.tokenizer.batch_decode([list(span) for span in spans]) if len(spans) else []
     origins = origins if origins is not None else [""] * len(spans)
-    return [{"iteration": iteration, "slot": slot, "fluency_weight": lam, "text": text, "token_ids": list(span),
+    return [{"iteration": iteration, "slot": slot, "fluency_weight": fluency_weight, "text": text, "token_ids": list(span),
              "activation": a, "xentropy": x, "origin": origin}
             for text, span, a, x, origin in zip(texts, spans, activation, xentropy, origins)]

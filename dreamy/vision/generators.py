@@ -16,7 +16,7 @@ targets do not interact.
 
 Example:
     >>> prior = RandomDecoder((32, 32), generator=torch.Generator().manual_seed(0))
-    >>> param = GeneratorParam(prior, prior.latent_shape, n=2, rng=torch.Generator().manual_seed(1))
+    >>> param = GeneratorParam(prior, prior.latent_shape, n=2, generator=torch.Generator().manual_seed(1))
     >>> param.images().shape
     torch.Size([2, 3, 32, 32])
 """
@@ -65,12 +65,12 @@ class GeneratorParam:
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.Sigmoid(), nn.Unflatten(1, (3, 8, 8)))
-        >>> p = GeneratorParam(net, (4,), n=2, rng=torch.Generator().manual_seed(0), clip=(-1, 1))
+        >>> p = GeneratorParam(net, (4,), n=2, generator=torch.Generator().manual_seed(0), clip=(-1, 1))
         >>> p.after_step(); float(p.latent.detach().abs().max()) <= 1.0
         True
     """
 
-    def __init__(self, net: nn.Module, latent_shape: Sequence[int], *, n: int, rng: torch.Generator,
+    def __init__(self, net: nn.Module, latent_shape: Sequence[int], *, n: int, generator: torch.Generator,
                  clip: tuple[float, float] | None = None, decay: float = 0.0, init_std: float = 1.0,
                  output_range: tuple[float, float] = (0.0, 1.0), device: str | torch.device = "cpu") -> None:
         if not 0.0 <= decay < 1.0:
@@ -83,7 +83,7 @@ class GeneratorParam:
         self.clip = clip
         self.decay = decay
         self.output_range = output_range
-        latent = torch.randn(n, *latent_shape, generator=rng, device=rng.device) * init_std
+        latent = torch.randn(n, *latent_shape, generator=generator, device=generator.device) * init_std
         if clip is not None:
             latent = latent.clamp(*clip)
         self.latent = latent.to(device).requires_grad_(True)
@@ -109,12 +109,12 @@ class GeneratorParam:
             self.latent.clamp_(*self.clip)
 
 
-def random_decoder_param(n: int, size: tuple[int, int], *, rng: torch.Generator, device: str | torch.device = "cpu") -> GeneratorParam:
+def random_decoder_param(n: int, size: tuple[int, int], *, generator: torch.Generator, device: str | torch.device = "cpu") -> GeneratorParam:
     """A `GeneratorParam` over a seeded `RandomDecoder` (parametrization `"decoder"`; no download needed).
 
     Example:
-        >>> random_decoder_param(1, (16, 16), rng=torch.Generator().manual_seed(0)).images().shape
+        >>> random_decoder_param(1, (16, 16), generator=torch.Generator().manual_seed(0)).images().shape
         torch.Size([1, 3, 16, 16])
     """
-    prior = RandomDecoder(size, generator=rng)
-    return GeneratorParam(prior, prior.latent_shape, n=n, rng=rng, clip=(-3.0, 3.0), decay=1e-3, device=device)
+    prior = RandomDecoder(size, generator=generator)
+    return GeneratorParam(prior, prior.latent_shape, n=n, generator=generator, clip=(-3.0, 3.0), decay=1e-3, device=device)

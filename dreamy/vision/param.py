@@ -253,7 +253,7 @@ def make_param(name: str, n: int, size: tuple[int, int], *, generator: torch.Gen
     if name == "decoder":
         from dreamy.vision.generators import random_decoder_param
 
-        return random_decoder_param(n, size, rng=generator, device=device)
+        return random_decoder_param(n, size, generator=generator, device=device)
     raise ValueError(f"unknown parametrization '{name}'; use one of {', '.join(PARAMETRIZATIONS)}, "
                      "or pass an object such as ImageParam(images) or generators.GeneratorParam(...)")
 

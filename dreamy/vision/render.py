@@ -36,7 +36,6 @@ from dreamy.vision.transforms import Transforms
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
 Penalty = Callable[[Tensor], Tensor]
 
 

@@ -20,6 +20,31 @@ def test_an_unknown_setting_names_the_closest_ones():
         EPOConfig.build(lambda_range=(0.1, 10))
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda: EPOConfig(lambda_range=(0.1, 10)),
+     "EPOConfig has no setting 'lambda_range': it is called 'fluency_weight_range' now"),
+    (lambda: EPOConfig(children_per_member=4), "EPOConfig has no setting 'children_per_member': it is called 'children' now"),
+    (lambda: GCGConfig(batch_size=4), "GCGConfig has no setting 'batch_size': it is called 'children' now"),
+    (lambda: DreamConfig(stpes=3), "unknown DreamConfig setting 'stpes'; did you mean 'steps'?"),
+    (lambda: SAETrainConfig(featurs=8), "unknown SAETrainConfig setting 'featurs'; did you mean 'features'?"),
+    (lambda: dataclasses.replace(EPOConfig(), lambda_range=(0.1, 10)), "it is called 'fluency_weight_range' now"),
+])
+def test_the_constructor_refuses_unknown_and_old_names_as_build_does(make, words):
+    with pytest.raises(ConfigError) as caught:  # a ConfigError, not the dataclass's raw TypeError
+        make()
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_configs_still_pickle_copy_and_show_their_fields():
+    import copy
+    import inspect
+    import pickle
+
+    config = EPOConfig(iters=3, population=4)
+    assert pickle.loads(pickle.dumps(config)) == config == copy.deepcopy(config)
+    assert list(inspect.signature(EPOConfig).parameters) == EPOConfig.field_names()
+
+
 def test_build_overrides_a_given_config_and_refuses_another_kind():
     base = EPOConfig(iters=30, population=4)
     assert EPOConfig.build(base, iters=5) == dataclasses.replace(base, iters=5) and base.iters == 30

@@ -2,7 +2,12 @@
 
 import random
 
-from dreamy.language.frontier import dominates, pareto_indices
+from dreamy.language.frontier import pareto_indices
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """True when point a = (activation, xentropy) dominates b: the definition, written out as the oracle."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
 def test_frontier_points_are_not_dominated_and_cover_the_rest():

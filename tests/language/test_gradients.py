@@ -1,5 +1,5 @@
 """Token gradients: the relaxed objective (label side included), embeddings with the model's own semantics,
-per-row lambdas and targets, the fluency model."""
+per-row fluency weights and targets, the fluency model."""
 
 import pytest
 import torch
@@ -54,7 +54,7 @@ def test_one_hot_gradient_matches_finite_differences_of_the_relaxed_objective(ti
         model.float()
 
 
-def test_gradient_adds_lambda_log_p_over_length_to_the_input_only_gradient(tiny_lm):
+def test_gradient_adds_fluency_weight_log_p_over_length_to_the_input_only_gradient(tiny_lm):
     # the label side of the relaxed cross-entropy contributes +lam * log p(v | < i) / L at position i
     model = tiny_lm.model
     probe = Probe(model, [TARGET], sequence_reduce="pos=-1")
@@ -75,7 +75,7 @@ def test_gradient_adds_lambda_log_p_over_length_to_the_input_only_gradient(tiny_
     torch.testing.assert_close(grad[0] - input_only[0], lam * logprobs / 3, rtol=1e-4, atol=1e-5)
 
 
-def test_each_row_gets_its_own_lambda(tiny_lm):
+def test_each_row_gets_its_own_fluency_weight(tiny_lm):
     probe = Probe(tiny_lm.model, [TARGET], sequence_reduce="pos=-1")
     layout = make_layout(tiny_lm.tokenizer, 3)
     spans = torch.tensor([[10, 20, 30], [10, 20, 30]])
@@ -89,11 +89,11 @@ def test_each_row_gets_its_own_target_and_chunks_change_nothing(tiny_lm):
     probe = Probe(tiny_lm.model, [TARGET, "logits:9"], sequence_reduce="pos=-1")
     layout = make_layout(tiny_lm.tokenizer, 3)
     spans = torch.tensor([[10, 20, 30], [10, 20, 30], [11, 21, 31]])
-    lambdas = torch.tensor([0.5, 0.5, 1.0])
-    grad, act, _ = token_gradients(tiny_lm.model, probe, layout, spans, lambdas, row_targets=torch.tensor([0, 1, 1]),
+    weights = torch.tensor([0.5, 0.5, 1.0])
+    grad, act, _ = token_gradients(tiny_lm.model, probe, layout, spans, weights, row_targets=torch.tensor([0, 1, 1]),
                                    chunk_size=2)
     second = Probe(tiny_lm.model, ["logits:9"], sequence_reduce="pos=-1")
-    alone, alone_act, _ = token_gradients(tiny_lm.model, second, layout, spans[1:], lambdas[1:])
+    alone, alone_act, _ = token_gradients(tiny_lm.model, second, layout, spans[1:], weights[1:])
     torch.testing.assert_close(grad[1:], alone, rtol=1e-4, atol=1e-5 * alone.abs().max().item())  # fp32 noise scales with |grad|
     torch.testing.assert_close(act[1:], alone_act, rtol=1e-4, atol=1e-5 * alone_act.abs().max().item())
     assert not torch.allclose(grad[0], grad[1])

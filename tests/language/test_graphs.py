@@ -18,7 +18,7 @@ def test_padding_rows_repeat_the_first_row():
     graph = GradientGraph(lambda *a: None, 4, 3, torch.device("cpu"))
     graph._load(torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([0.5, 2.0]), torch.tensor([0, 1]))
     assert graph.spans.tolist() == [[1, 2, 3], [4, 5, 6], [1, 2, 3], [1, 2, 3]]
-    assert graph.lambdas.tolist() == [0.5, 2.0, 0.5, 0.5] and graph.owners.tolist() == [0, 1, 0, 0]
+    assert graph.fluency_weights.tolist() == [0.5, 2.0, 0.5, 0.5] and graph.owners.tolist() == [0, 1, 0, 0]
 
 
 def test_no_graph_off_cuda(tiny_lm):
@@ -31,9 +31,9 @@ def _same_search_outputs(graphed, eager, device):
     gen = torch.Generator().manual_seed(0)
     for n in (3, 4, 1, 3):  # buckets 4, 4, 1, 4: captures once per bucket, then replays
         spans = torch.randint(5, 150, (n, 6), generator=gen).to(device)
-        lambdas = torch.rand(n, generator=gen) * 10
-        top_g, states_g = graphed.top_tokens_and_states(spans, lambdas, 8)
-        top_e, states_e = eager.top_tokens_and_states(spans, lambdas, 8)
+        weights = torch.rand(n, generator=gen) * 10
+        top_g, states_g = graphed.top_tokens_and_states(spans, weights, 8)
+        top_e, states_e = eager.top_tokens_and_states(spans, weights, 8)
         # padded rows change the batch shape, so near-ties may rank differently in the last bits
         assert (top_g == top_e).float().mean() > 0.9
         torch.testing.assert_close(states_g.logprobs, states_e.logprobs, rtol=1e-4, atol=1e-4)
@@ -48,8 +48,8 @@ def _same_search_outputs(graphed, eager, device):
 def test_graph_outputs_are_read_out_like_the_eager_pass(tiny_lm, monkeypatch):
     # on the CPU: a stand-in "graph" whose replay reruns the pass into the same static buffers
     def capture(self):
-        self.outputs = self.run(self.spans, self.lambdas, self.owners)
-        replay = lambda: [o.copy_(n) for o, n in zip(self.outputs, self.run(self.spans, self.lambdas, self.owners))]
+        self.outputs = self.run(self.spans, self.fluency_weights, self.owners)
+        replay = lambda: [o.copy_(n) for o, n in zip(self.outputs, self.run(self.spans, self.fluency_weights, self.owners))]
         self.graph = type("Replay", (), {"replay": staticmethod(replay)})()
 
     monkeypatch.setattr(GradientGraph, "_capture", capture)

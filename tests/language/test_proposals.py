@@ -11,7 +11,7 @@ def test_swaps_use_top_k_allowed_tokens_at_one_position(tiny_lm):
     allowed = allowed_tokens(tiny_lm.tokenizer)
     grad = torch.randn(2, 5, len(allowed), generator=torch.Generator().manual_seed(0))
     spans = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(1))
-    children = swap_children(spans, top_tokens(grad, allowed, 4), n_children=20, generator=torch.Generator().manual_seed(2))
+    children = swap_children(spans, top_tokens(grad, allowed, 4), children=20, generator=torch.Generator().manual_seed(2))
     assert children.shape == (40, 5)
     for i, child in enumerate(children):
         owner = i // 20

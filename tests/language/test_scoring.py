@@ -33,28 +33,28 @@ def setup(tiny_lm):
     return tiny_lm.model, probe, parent
 
 
-STRATEGIES = ["packed", "grouped"]
+WAYS = ["packed", "grouped"]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_kv_reuse_equals_full_forward(setup, strategy):
+@pytest.mark.parametrize("way", WAYS)
+def test_kv_reuse_equals_full_forward(setup, way):
     model, probe, parent = setup
     kids = torch.cat([children_of(parent, 40, 1), parent[None]])
     act, xent = plain(model, probe, kids, (1, 12))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy=strategy)
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, scoring=way)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("span", [(1, 12), (2, 9)])
-def test_kv_reuse_without_logit_targets_equals_full_forward(tiny_lm, setup, span, strategy):
+def test_kv_reuse_without_logit_targets_equals_full_forward(tiny_lm, setup, span, way):
     # no target reads the logits: group forwards keep only the logits that predict span tokens
     model, _, parent = setup
     probe = Probe(model, ["model.layers.1.mlp.down_proj:3", "model.layers.0.mlp@in:7"], sequence_reduce="pos=-1")
     kids = torch.cat([children_of(parent, 60, 4), parent[None]])
     act, xent = plain(model, probe, kids, span)
-    out = score_sequences(model, probe, kids, xent_span=span, parent_ids=parent, strategy=strategy)
+    out = score_sequences(model, probe, kids, xent_span=span, parent_ids=parent, scoring=way)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
 
@@ -115,8 +115,8 @@ def test_span_must_be_scorable():
         span_xentropy(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long), (0, 3))
 
 
-@pytest.mark.parametrize("strategy", ["grouped", "packed"])
-def test_kv_reuse_really_runs_only_the_changed_positions(setup, monkeypatch, strategy):
+@pytest.mark.parametrize("way", ["grouped", "packed"])
+def test_kv_reuse_really_runs_only_the_changed_positions(setup, monkeypatch, way):
     model, probe, parent = setup
     shapes = []
     original = probe.__call__
@@ -129,8 +129,8 @@ def test_kv_reuse_really_runs_only_the_changed_positions(setup, monkeypatch, str
     monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: spy(*a, **k))
     kids = parent.repeat(8, 1)
     kids[:, 9] = torch.arange(8)
-    score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy=strategy)
-    if strategy == "grouped":
+    score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, scoring=way)
+    if way == "grouped":
         assert shapes == [(8, 3)]  # only positions 9..11 ran for the group
     else:
         assert shapes == [(1, 24)]  # the 8 children's positions 9..11 side by side in one row
@@ -144,7 +144,7 @@ def test_thinly_spread_children_share_merged_groups(setup, monkeypatch):
     calls = []
     original = Probe.__call__
     monkeypatch.setattr(Probe, "__call__", lambda self, *a, **k: calls.append(k["input_ids"].shape) or original(self, *a, **k))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, strategy="grouped")
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parent, scoring="grouped")
     assert len(calls) <= 11 // scoring.MIN_GROUP_FOR_CACHE + 1  # groups of one were merged, not run one by one
     act, xent = plain(model, probe, kids, (1, 12))
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
@@ -172,8 +172,8 @@ def test_full_forwards_skip_the_output_layer_on_the_prefix(tiny_lm, setup, monke
     torch.testing.assert_close(out.xentropy, xent, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, monkeypatch, strategy):
+@pytest.mark.parametrize("way", WAYS)
+def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, monkeypatch, way):
     from dreamy.language import packed
 
     model, probe, parent = setup
@@ -183,10 +183,10 @@ def test_children_of_many_parents_share_forwards_and_equal_full_forwards(setup, 
     owner = torch.cat([torch.full((24,), i) for i in range(3)] + [torch.tensor([1])])
     act, xent = plain(model, probe, kids, (1, 12))
     mixed = []
-    module = scoring if strategy == "grouped" else packed  # both build their caches with states.cache_rows
+    module = scoring if way == "grouped" else packed  # both build their caches with states.cache_rows
     original = module.cache_rows
     monkeypatch.setattr(module, "cache_rows", lambda layers, rows, *a: mixed.append(len(rows.unique())) or original(layers, rows, *a))
-    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner, strategy=strategy)
+    out = score_sequences(model, probe, kids, xent_span=(1, 12), parent_ids=parents, parent_index=owner, scoring=way)
     torch.testing.assert_close(out.activation, act, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.xentropy, xent, atol=1e-4, rtol=1e-4)
     assert max(mixed) == 3  # a forward ran the children of all three parents together
@@ -202,9 +202,9 @@ def test_many_parents_need_a_parent_index(setup):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("name", REAL_LMS)
-def test_many_parent_reuse_equals_full_forwards_on_real_models(name, strategy):
+def test_many_parent_reuse_equals_full_forwards_on_real_models(name, way):
     lm, probe = real_lm_with_mid_probe(name)
     gen = torch.Generator().manual_seed(0)
     parents = torch.randint(100, 5000, (2, 10), generator=gen)
@@ -214,6 +214,6 @@ def test_many_parent_reuse_equals_full_forwards_on_real_models(name, strategy):
     with torch.no_grad():
         act, xent = plain(lm.model, probe, kids, (1, 10))
     out = score_sequences(lm.model, probe, kids, xent_span=(1, 10), parent_ids=parents, parent_index=owner,
-                          strategy=strategy)
+                          scoring=way)
     torch.testing.assert_close(out.activation, act, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(out.xentropy, xent, atol=2e-3, rtol=2e-3)

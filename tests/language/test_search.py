@@ -8,8 +8,8 @@ import torch
 
 from dreamy.core.config import ConfigError
 from dreamy.language import epo, epo_many, gcg, gcg_many
-from dreamy.language.epo import draw_restart_lambda, log_uniform_lambdas
-from dreamy.language.frontier import dominates
+from dreamy.language.epo import fluency_weights, restart_fluency_weight
+from tests.language.test_frontier import dominates
 
 TARGET = "model.layers.1.mlp.down_proj:3"
 search_module = sys.modules["dreamy.language.search"]
@@ -36,13 +36,13 @@ def test_epo_is_reproducible(tiny_lm):
     assert [r["token_ids"] for r in a.history] != [r["token_ids"] for r in c.history]
 
 
-def test_restarts_draw_random_lambdas_and_collapse_the_population(tiny_lm, monkeypatch):
+def test_restarts_draw_random_fluency_weights_and_collapse_the_population(tiny_lm, monkeypatch):
     seen = []
     original = search_module.token_gradients
 
-    def spy(model, probe, layout, spans, lambdas, **kwargs):
-        seen.append((spans.clone(), lambdas.clone()))
-        return original(model, probe, layout, spans, lambdas, **kwargs)
+    def spy(model, probe, layout, spans, weights, **kwargs):
+        seen.append((spans.clone(), weights.clone()))
+        return original(model, probe, layout, spans, weights, **kwargs)
 
     monkeypatch.setattr(search_module, "token_gradients", spy)
     result = epo(tiny_lm, TARGET, seed=1, restart_every=2, **{**SMALL, "iters": 7})
@@ -50,19 +50,19 @@ def test_restarts_draw_random_lambdas_and_collapse_the_population(tiny_lm, monke
     assert [r["iteration"] for r in restarts] == [2, 4, 6]  # and none in the last iteration
     assert [r["iteration"] for r in epo(tiny_lm, TARGET, seed=1, restart_every=2, **SMALL).settings["restarts"]] == [2, 4]
     assert len({round(r["fluency_weight"], 6) for r in restarts}) == 3  # a fresh random draw each time
-    lambdas = torch.tensor(result.settings["fluency_weights"])
-    # right after a restart every slot holds the same prompt, and each gets its gradient under its own lambda
-    collapsed = [(s, l) for s, l in seen if len(s) == 3 and (s == s[0]).all()]
-    assert collapsed and all(torch.allclose(l, lambdas) for _, l in collapsed)
+    weights = torch.tensor(result.settings["fluency_weights"])
+    # right after a restart every slot holds the same prompt, and each gets its gradient under its own fluency weight
+    collapsed = [(s, w) for s, w in seen if len(s) == 3 and (s == s[0]).all()]
+    assert collapsed and all(torch.allclose(w, weights) for _, w in collapsed)
 
 
-def test_restart_lambda_is_log_uniform_in_range():
+def test_the_restart_fluency_weight_is_log_uniform_in_range():
     gen = torch.Generator().manual_seed(0)
-    draws = [draw_restart_lambda((0.1, 10.0), gen) for _ in range(400)]
+    draws = [restart_fluency_weight((0.1, 10.0), gen) for _ in range(400)]
     assert min(draws) >= 0.1 and max(draws) <= 10.0
     below_one = sum(d < 1.0 for d in draws) / len(draws)
     assert 0.4 < below_one < 0.6  # log-uniform: half the mass below the geometric middle
-    assert log_uniform_lambdas(5, (0.1, 10.0))[2].item() == pytest.approx(1.0)
+    assert fluency_weights(5, (0.1, 10.0))[2].item() == pytest.approx(1.0)
 
 
 def test_gcg_with_prefix_and_suffix(tiny_lm):
@@ -164,7 +164,7 @@ FAINT = f"0.001*{TARGET}"  # activations small beside cross-entropy: a weight of
 def test_an_activation_slot_has_fluency_weight_zero_and_holds_the_frontiers_high_end(tiny_lm):
     found = epo(tiny_lm, FAINT, restart_every=None, **SMALL)  # the default: one such slot
     weights = found.settings["fluency_weights"]
-    assert weights[0] == 0.0 and weights[1:] == pytest.approx(log_uniform_lambdas(2, (0.1, 30.0)).tolist())
+    assert weights[0] == 0.0 and weights[1:] == pytest.approx(fluency_weights(2, (0.1, 30.0)).tolist())
     assert all(slot_0_follows_the_top(found.history, SMALL["iters"]))
     with pytest.raises(ConfigError, match="activation_slots"):
         epo(tiny_lm, TARGET, activation_slots=3, **SMALL)  # every slot

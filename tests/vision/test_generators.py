@@ -18,7 +18,7 @@ def small_generator():
 
 
 def test_any_generator_latent_is_dreamed_with_clipping(tiny_cnn):
-    param = GeneratorParam(small_generator(), (8,), n=1, rng=torch.Generator().manual_seed(1), clip=(-2, 2), decay=0.01)
+    param = GeneratorParam(small_generator(), (8,), n=1, generator=torch.Generator().manual_seed(1), clip=(-2, 2), decay=0.01)
     start = param.latent.detach().clone()
     result = dream(tiny_cnn, ["head:4"], param=param, steps=25, lr=0.1, progress=False)
     assert not torch.equal(param.latent.detach(), start)
@@ -27,7 +27,7 @@ def test_any_generator_latent_is_dreamed_with_clipping(tiny_cnn):
 
 
 def test_decay_shrinks_the_code():
-    param = GeneratorParam(small_generator(), (8,), n=2, rng=torch.Generator().manual_seed(0), decay=0.5)
+    param = GeneratorParam(small_generator(), (8,), n=2, generator=torch.Generator().manual_seed(0), decay=0.5)
     before = param.latent.detach().norm()
     param.after_step()
     assert torch.isclose(param.latent.detach().norm(), before * 0.5)
@@ -50,13 +50,13 @@ def test_random_decoder_rows_do_not_interact():
 
 def test_output_range_maps_a_tanh_generator_into_unit_range():
     net = nn.Sequential(nn.Linear(4, 3 * 4 * 4), nn.Tanh(), nn.Unflatten(1, (3, 4, 4))).requires_grad_(False)
-    param = GeneratorParam(net, (4,), n=3, rng=torch.Generator().manual_seed(0), output_range=(-1, 1))
+    param = GeneratorParam(net, (4,), n=3, generator=torch.Generator().manual_seed(0), output_range=(-1, 1))
     raw = net(param.latent.detach())
     torch.testing.assert_close(param.images().detach(), (raw + 1) / 2)
 
 
 def test_bad_generator_settings_are_explained():
     with pytest.raises(ValueError, match="decay"):
-        GeneratorParam(small_generator(), (8,), n=1, rng=torch.Generator(), decay=1.5)
+        GeneratorParam(small_generator(), (8,), n=1, generator=torch.Generator(), decay=1.5)
     with pytest.raises(ValueError, match=r"\[n, 3, H, W\]"):
-        GeneratorParam(nn.Linear(8, 5), (8,), n=1, rng=torch.Generator()).images()
+        GeneratorParam(nn.Linear(8, 5), (8,), n=1, generator=torch.Generator()).images()
