@@ -67,7 +67,7 @@ def measure(loaded: LoadedModel, target: str, settings: dict[str, Any], peak: fl
         "full": lambda: score_sequences(model, probe, children, xent_span=span),
         "kv packed": lambda: score_sequences(model, probe, children, xent_span=span, parent_ids=parent),
         "kv grouped": lambda: score_sequences(model, probe, children, xent_span=span, parent_ids=parent,
-                                              strategy="grouped"),
+                                              scoring="grouped"),
     }
     reference = None
     rows = []

@@ -330,7 +330,7 @@ def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots_and_wei
     from dreamy.cli.parser import build_parser
 
     base = ["prompt", "--model", "tiny:lm", "--target", "logits:3", "--out", str(tmp_path)]
-    assert config_of(build_parser().parse_args(base)).zero_weight_slots == 1  # the library's default
+    assert config_of(build_parser().parse_args(base)).n_activation_slots == 1  # the library's default
     config = config_of(build_parser().parse_args(base + ["--activation-slots", "1", "--population", "4"]))
     assert (config.activation_slots, config.population) == (1, 4)
     assert config_of(build_parser().parse_args(base)).fluency_weight_range == (0.1, 30.0)  # the library's
