@@ -550,10 +550,18 @@ class FeatureEncoder:
         pre = torch.addmm(t["b"], x.reshape(-1, x.shape[-1]), t["w"]).reshape(*x.shape[:-1], -1)
         if self.architecture == "gated":
             post = activate("gated", pre, gate=x @ t["w_gate"] + t["b_gate"])
-        elif self.every:
+        elif self.identity:
             post = activate(self.architecture, pre, k=self.k)
-            if not self.identity:
-                pre, post = pre.index_select(-1, t["columns"]), post.index_select(-1, t["columns"])
+        elif self.every:  # the top k among every latent, then the asked ones: kept ones keep their value, others 0
+            chosen = (pre.abs() if self.architecture == "abstopk" else pre).topk(self.k, dim=-1, sorted=True).indices
+            columns = t["columns"]
+            if len(self.indices) * self.k <= pre.shape[-1]:  # few asked: compare them with the k chosen
+                kept = (chosen.unsqueeze(-1) == columns).any(dim=-2)
+            else:
+                kept = torch.zeros(pre.shape, dtype=torch.bool, device=pre.device).scatter(-1, chosen, True)
+                kept = kept.index_select(-1, columns)
+            pre = pre.index_select(-1, columns)
+            post = torch.where(kept, pre if self.architecture == "abstopk" else pre.clamp(min=0), torch.zeros_like(pre))
         else:
             post = activate(self.architecture, pre, threshold=t["threshold"])
         if not pre.requires_grad:

@@ -36,6 +36,9 @@ def test_topk_feature_scores_what_encode_gives_zero_outside_the_top_k(tmp_path, 
     assert torch.allclose(scores, z, atol=1e-5)
     assert bool(((z == 0) & (sae.pre_activation(net[0](x)) > 0)).any())  # a positive latent left out of the top k reads 0
     assert torch.equal((scores != 0).sum(dim=1), (z != 0).sum(dim=1))
+    for asked in ([5, 1, 3, 0], [4]):  # some of the latents (many of them, or few of them, against k)
+        some = Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in asked])(x).scores
+        assert torch.allclose(some, z[:, asked], atol=1e-5)
 
 
 def test_topk_k1_feature_fires_where_encode_does_not_on_its_surrogate(tmp_path):
