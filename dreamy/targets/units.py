@@ -327,6 +327,7 @@ class UnitGroup:
         indices = [u.index for u in self.units] if kind == "neurons" else [0]
         self._extremes = (self.units[indices.index(min(indices))], self.units[indices.index(max(indices))])
         self._placed: dict[tuple, dict[str, Tensor | None]] = {}
+        self._plans: dict[tuple, tuple] = {}
 
     def _on(self, x: Tensor) -> dict[str, Tensor | None]:
         key = (x.device, x.dtype)
@@ -354,13 +355,62 @@ class UnitGroup:
             return features_last @ matrix
         if self.kind == "sae":
             return self.encoder(features_last, site, info)
-        return torch.stack([one.project(features_last, site, info) for one in self.each], dim=-1)
+        return self._heads(features_last, site, info)
+
+    def _heads(self, features_last: Tensor, site: str, info: SiteInfo | None) -> Tensor:
+        """Attention-head units: entries (a head's feature I, a pattern's key J) by one gather, norms and means of
+        every head once, directions by one product over the heads they read; then put in the units' order."""
+        size = features_last.shape[-1]
+        key = (size, info, features_last.device, features_last.dtype)
+        if key not in self._plans:  # check every unit once per layout (the errors of `ResolvedUnit.project`)
+            one = features_last.detach().reshape(-1, size)[:1]
+            for unit in self.each:
+                unit.project(one, site, info)
+            self._plans[key] = self._head_plan(size // info.heads, features_last)
+        gather, norms, means, directions, order, vectors = self._plans[key]
+        heads = features_last.unflatten(-1, (info.heads, size // info.heads))
+        parts = []
+        if gather is not None:
+            parts.append(features_last.index_select(-1, gather))
+        if norms is not None:
+            parts.append(torch.linalg.vector_norm(heads, dim=-1).index_select(-1, norms))
+        if means is not None:
+            parts.append(heads.mean(dim=-1).index_select(-1, means))
+        if directions is not None:
+            parts.append((heads.index_select(-2, directions) * vectors).sum(dim=-1))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return out if order is None else out.index_select(-1, order)
+
+    def _head_plan(self, width: int, like: Tensor) -> tuple:
+        """For heads of `width` features: index tensors of each way of reading (None: unused), the permutation
+        back to the units' order (None: already in it) and the directions' vectors `[n, width]`, on `like`'s
+        device (vectors in its dtype)."""
+        gather, norms, means, directions, vectors = [], [], [], [], []
+        for j, one in enumerate(self.each):
+            unit = one.unit
+            if unit.key is not None:
+                gather.append((j, unit.index * width + unit.key % width))
+            elif isinstance(unit.part, Neuron):
+                gather.append((j, unit.index * width + unit.part.index))
+            elif unit.part == "norm":
+                norms.append((j, unit.index))
+            elif unit.part is None:
+                means.append((j, unit.index))
+            else:
+                directions.append((j, unit.index))
+                vectors.append(one.part.vector.float().reshape(-1))
+        placed = [j for kind in (gather, norms, means, directions) for j, _ in kind]
+        with torch.inference_mode(False):
+            index = [torch.tensor([i for _, i in kind], dtype=torch.long, device=like.device) if kind else None
+                     for kind in (gather, norms, means, directions)]
+            order = None if placed == list(range(len(placed))) else torch.tensor(placed, device=like.device).argsort()
+            return (*index, order, torch.stack(vectors).to(like) if vectors else None)
 
 
 def group_units(units: Sequence[Unit | None]) -> list[UnitGroup]:
     """Resolve the distinct `units` of one site into groups read together: every neuron by one gather, the
-    directions of one length by one matmul, the features of one SAE by one encode, the mean once; attention-head
-    units one by one. Each file is read once.
+    directions of one length by one matmul, the features of one SAE by one encode, the mean once, the units of
+    attention heads by one gather, norm, mean and product each. Each file is read once.
 
     Example:
         >>> groups = group_units([Neuron(2), Neuron(0), None])
@@ -395,5 +445,5 @@ def group_units(units: Sequence[Unit | None]) -> list[UnitGroup]:
         groups.append(UnitGroup([None], "mean"))
     heads = [u for u in distinct if isinstance(u, Head)]
     if heads:
-        groups.append(UnitGroup(heads, "each", each=[load_unit(u) for u in heads]))
+        groups.append(UnitGroup(heads, "heads", each=[load_unit(u) for u in heads]))
     return groups

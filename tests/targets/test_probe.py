@@ -374,9 +374,10 @@ def _one_at_a_time(model, specs, *args, **kwargs):
     sequence_reduce = kwargs.pop("sequence_reduce", "mean")
     scores, maps = [], []
     for spec in specs:
-        result = Probe(model, [spec], sequence_reduce=sequence_reduce)(*args, keep_activations=True, **kwargs)
+        probe = Probe(model, [spec], sequence_reduce=sequence_reduce)
+        result = probe(*args, keep_activations=True, **kwargs)
         scores.append(result.scores[:, 0])
-        maps.append(score_map(spec, result.activations))
+        maps.append(probe.maps(result.activations)[0])
     return torch.stack(scores, dim=1), maps
 
 
@@ -387,8 +388,6 @@ def _assert_many_equal_one_at_a_time(model, specs, *args, sequence_reduce="mean"
     torch.testing.assert_close(result.scores, scores, atol=1e-5, rtol=1e-5)
     many_maps = probe.maps(result.activations)
     for j in range(len(specs)):
-        if probe.targets[j].terms[0].site.is_logprobs:  # score_map of one target computes what maps does
-            continue
         torch.testing.assert_close(many_maps[j], maps[j], atol=1e-5, rtol=1e-5)
     if len({tuple(m.shape) for m in many_maps}) == 1:
         torch.testing.assert_close(probe.stacked_maps(result.activations), torch.stack(many_maps, dim=-1))
@@ -460,6 +459,19 @@ def test_logits_and_logprobs_score_as_each_alone(llama, ids):
     logits = llama(input_ids=ids).logits
     torch.testing.assert_close(result.scores[:, 4], logits[:, -1].log_softmax(dim=-1)[:, 7], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[..., 7].mean(dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_head_units_score_as_each_alone(tmp_path, llama, ids):
+    torch.save({"v": torch.randn(8, generator=torch.Generator().manual_seed(7))}, tmp_path / "v.pt")
+    z, pattern = "blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"
+    specs = [f"{z}:head=3,norm", f"{z}:head=2,1", f"{z}:head=0,dir={tmp_path}/v.pt#v", f"{z}:head=1", f"{z}:head=2,7",
+             f"{z}:head=0,norm/mean", f"{z}:head=3,dir={tmp_path}/v.pt#v", f"{pattern}:head=1,key=-1",
+             f"{pattern}:head=0,key=2/pos=4", f"{pattern}:head=3,key=0"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    head3 = result.activations[z][:, -1, 24:32]
+    torch.testing.assert_close(result.scores[:, 0], head3.norm(dim=-1))
+    with pytest.raises(TargetError, match="out of range for site 'blocks.1.attn.hook_z head 2' with 8 features"):
+        Probe(llama, [f"{z}:head=2,1", f"{z}:head=2,8"])(input_ids=ids)
 
 
 def test_combinations_score_as_each_alone(tmp_path, llama, ids):
