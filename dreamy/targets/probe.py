@@ -29,7 +29,7 @@ from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.saelens import SiteInfo
 from dreamy.targets.spec import Site, Target, Term, parse
-from dreamy.targets.units import ResolvedUnit, load_unit
+from dreamy.targets.units import UnitGroup, group_units
 
 SITES_HINT = "run `dream sites MODEL` (or dreamy.targets.list_sites) to list sites"
 
@@ -84,21 +84,48 @@ def features_last(activation: Tensor) -> Tensor:
 
 
 def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site, patch_tokens: int | None = None) -> Tensor:
-    """Reduce `[B, *positions]` to `[B]`.
+    """Reduce `[B, *positions]` to `[B]` (see `_reduce_positions`)."""
+    return _reduce_positions(values.unsqueeze(-1), reduce, sequence_reduce, site, patch_tokens)[..., 0]
 
-    With `patch_tokens` (a vision transformer's patch count), a `[B, T]` token map with T > patch_tokens
+
+SELECTING = ("cls", "center")  # with `pos=N` and `tokens=N`: reductions that read one position
+
+
+def _effective(reduce: str | None, sequence_reduce: str, n_positions: int) -> str | None:
+    """The reduction a term applies to a map with `n_positions` position dimensions (None: no positions)."""
+    if n_positions == 0:
+        return None
+    if reduce is None:
+        return sequence_reduce if n_positions == 1 else "mean"
+    return reduce
+
+
+def _selects(reduce: str | None) -> bool:
+    """True when `reduce` reads one position (so a unit may be read at that position alone)."""
+    return reduce is not None and (reduce in SELECTING or reduce.startswith(("pos=", "tokens=")))
+
+
+def _reduce_positions(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site,
+                      patch_tokens: int | None = None) -> Tensor:
+    """Reduce `[B, *positions, C]` to `[B, C]`, every column alike (`[B, C]` is returned as it is).
+
+    With `patch_tokens` (a vision transformer's patch count), a `[B, T, C]` token map with T > patch_tokens
     holds T - patch_tokens prefix tokens (class, registers) first: `mean`/`max`/`sum` (and the default)
     read only the patch tokens, `tokens=i` is patch token i, `cls` is token 0; `pos=N` indexes all T.
+
+    Example:
+        >>> _reduce_positions(torch.arange(12.0).reshape(1, 3, 4), "pos=-1", "mean", Site("x")).tolist()
+        [[8.0, 9.0, 10.0, 11.0]]
     """
-    if values.ndim == 1:
-        return values
+    reduce = _effective(reduce, sequence_reduce, values.ndim - 2)
     if reduce is None:
-        reduce = sequence_reduce if values.ndim == 2 else "mean"
+        return values
+    positions = tuple(values.shape[1:-1])
     if reduce == "cls" or reduce.startswith("tokens="):
-        if values.ndim != 2:
+        if len(positions) != 1:
             raise TargetError(f"reduction {reduce} reads a token site [B, tokens, D]; site '{site}' has positions "
-                              f"{tuple(values.shape[1:])}; use mean, max or center")
-    prefix = values.shape[1] - patch_tokens if values.ndim == 2 and patch_tokens and values.shape[1] > patch_tokens else 0
+                              f"{positions}; use mean, max or center")
+    prefix = values.shape[1] - patch_tokens if len(positions) == 1 and patch_tokens and values.shape[1] > patch_tokens else 0
     if reduce == "cls":
         if patch_tokens is not None and prefix == 0:
             raise TargetError(f"site '{site}' has no class token: its {values.shape[1]} tokens are all patch tokens; "
@@ -111,7 +138,7 @@ def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site
         return patches[:, index]
     if reduce in ("mean", "sum", "max"):
         values = values[:, prefix:]
-    flat = values.flatten(1)
+    flat = values.flatten(1, -2)
     if reduce == "mean":
         return flat.mean(dim=1)
     if reduce == "sum":
@@ -119,7 +146,7 @@ def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site
     if reduce == "max":
         return flat.max(dim=1).values
     if reduce == "center":
-        index = tuple(size // 2 for size in values.shape[1:])
+        index = tuple(size // 2 for size in positions)
         return values[(slice(None),) + index]
     if reduce.startswith("pos="):
         pos = int(reduce[4:])
@@ -129,8 +156,50 @@ def _reduce(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site
     raise TargetError(f"unknown reduction '{reduce}'")
 
 
+class _Combination:
+    """Targets as weighted sums of columns: `apply([..., n_columns]) -> [..., n_targets]`, where target j is
+    `sum_k coefs[j][k] * values[..., columns[j][k]]`. One gather per term slot (a target's first term, second, ...),
+    not one operation per target; index and coefficient tensors are placed on a device once."""
+
+    def __init__(self, columns: Sequence[Sequence[int]], coefs: Sequence[Sequence[float]], n_columns: int) -> None:
+        first = [c[0] for c in columns]
+        self.identity = first == list(range(n_columns)) and all(len(c) == 1 for c in columns)
+        self.unit_coefs = all(k == 1.0 for row in coefs for k in row[:1])
+        self._slots: list[tuple[list[int] | None, list[int], list[float]]] = [(None, first, [row[0] for row in coefs])]
+        for k in range(1, max(len(c) for c in columns)):
+            rows = [j for j, c in enumerate(columns) if len(c) > k]
+            self._slots.append((rows, [columns[j][k] for j in rows], [coefs[j][k] for j in rows]))
+        self._placed: dict[tuple, list[tuple[Tensor | None, Tensor, Tensor]]] = {}
+
+    def _on(self, values: Tensor) -> list[tuple[Tensor | None, Tensor, Tensor]]:
+        key = (values.device, values.dtype)
+        if key not in self._placed:
+            with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
+                self._placed[key] = [(None if rows is None else torch.tensor(rows, device=values.device),
+                                      torch.tensor(columns, device=values.device),
+                                      torch.tensor(coefs, dtype=values.dtype, device=values.device))
+                                     for rows, columns, coefs in self._slots]
+        return self._placed[key]
+
+    def apply(self, values: Tensor) -> Tensor:
+        slots = self._on(values)
+        _, columns, coefs = slots[0]
+        total = values if self.identity else values.index_select(-1, columns)
+        if not self.unit_coefs:
+            total = total * coefs
+        for rows, columns, coefs in slots[1:]:
+            total = total.index_add(-1, rows, values.index_select(-1, columns) * coefs)
+        return total
+
+
 class _Scorer:
-    """Targets with their units resolved; turns captured activations into scores."""
+    """Targets with their units resolved; turns captured activations into scores.
+
+    The units of one site are read together (`dreamy.targets.units.group_units`): each group once per call for
+    every target that reads it (neurons by one gather, directions by one matmul, an SAE by one encode), then
+    reduced once per distinct reduction; targets combine their terms by one gather per term slot. Every loop at
+    call time runs over sites, groups and reductions, never over targets.
+    """
 
     def __init__(self, targets: Sequence[Target], sequence_reduce: str, patch_tokens: int | None = None,
                  info: dict[str, SiteInfo] | None = None) -> None:
@@ -138,76 +207,172 @@ class _Scorer:
         self.sequence_reduce = sequence_reduce
         self.patch_tokens = patch_tokens
         self.info = info or {}  # what the model says about each site (per-head layout, ...), by site string
-        self.units: dict[Term, ResolvedUnit] = {}
-        self._coef_cache: dict[tuple, Tensor] = {}
-        for target in self.targets:
-            for term in target.terms:
-                if term not in self.units:
-                    self.units[term] = load_unit(term.unit)
+        terms = [term for target in self.targets for term in target.terms]
+        self.sites: list[Site] = list(dict.fromkeys(term.site for term in terms))
+        # per site: its unit groups; a (site, unit) pair is column `column` of group `g` of that site
+        self.groups: dict[Site, list[UnitGroup]] = {}
+        where: dict[tuple[Site, Any], tuple[int, int]] = {}
+        for site in self.sites:
+            self.groups[site] = group_units([term.unit for term in terms if term.site == site])
+            for g, group in enumerate(self.groups[site]):
+                where.update({(site, unit): (g, column) for column, unit in enumerate(group.units)})
+        self._where = where
+        # readings (site, unit, reduce), contiguous per (site, group, reduce) block; blocks[site][g]: (reduce, columns)
+        reads = list(dict.fromkeys((term.site, term.unit, term.reduce) for term in terms))
+        self.blocks: dict[Site, list[list[tuple[str | None, list[int]]]]] = {site: [[] for _ in self.groups[site]] for site in self.sites}
+        order: dict[tuple, int] = {}
+        for site in self.sites:
+            for g, group in enumerate(self.groups[site]):
+                reduces = list(dict.fromkeys(r for s, u, r in reads if s == site and where[(s, u)][0] == g))
+                for reduce in reduces:
+                    members = [(s, u, r) for s, u, r in reads if s == site and r == reduce and where[(s, u)][0] == g]
+                    self.blocks[site][g].append((reduce, [where[(s, u)][1] for s, u, _ in members]))
+                    order.update({read: len(order) + i for i, read in enumerate(members)})
+        self._block_columns: dict[tuple[Site, int, int], Tensor] = {}
+        self.n_readings = len(order)
+        term_columns = [[order[(t.site, t.unit, t.reduce)] for t in target.terms] for target in self.targets]
+        coefs = [[t.coef for t in target.terms] for target in self.targets]
+        self._combination = _Combination(term_columns, coefs, self.n_readings)
+        self._term_order = torch.tensor([c for row in term_columns for c in row], dtype=torch.long)
+        self._term_sizes = [len(row) for row in term_columns]
+        self._placed: dict[Any, Tensor] = {}
+        # maps: each (site, unit) once; a target's terms are map columns of the sites' groups laid side by side
+        self._map_offsets = {site: [0] for site in self.sites}
+        for site in self.sites:
+            for group in self.groups[site][:-1]:
+                self._map_offsets[site].append(self._map_offsets[site][-1] + len(group.units))
+        self._map_plans: dict[tuple, Any] = {}
 
     @staticmethod
     def activation(term: Term, activations: dict[str, Tensor]) -> Tensor:
         """The site's captured tensor; `TargetError` for one no target can score (integers, e.g. token ids)."""
-        activation = activations[str(term.site)]
+        return _Scorer._activation(term.site, activations)
+
+    @staticmethod
+    def _activation(site: Site, activations: dict[str, Tensor]) -> Tensor:
+        activation = activations[str(site)]
         if not (activation.is_floating_point() or activation.is_complex()):
-            raise TargetError(f"site '{term.site}' gives {str(activation.dtype).removeprefix('torch.')} values (token "
+            raise TargetError(f"site '{site}' gives {str(activation.dtype).removeprefix('torch.')} values (token "
                               "ids?), not activations a target can score; pick a float site, e.g. a module's output "
                               "instead of its @in")
         return activation
 
-    def term_map(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
-        activation = self.activation(term, activations)
-        if term.site.is_logprobs:
-            activation = activation.log_softmax(dim=-1)
-        return self.units[term].project(features_last(activation), str(term.site), self.info.get(str(term.site)))
+    def _columns(self, site: Site, g: int, b: int, device: torch.device) -> Tensor:
+        key = (site, g, b, device)
+        if key not in self._block_columns:
+            with torch.inference_mode(False):
+                self._block_columns[key] = torch.tensor(self.blocks[site][g][b][1], dtype=torch.long, device=device)
+        return self._block_columns[key]
 
-    def reduced_term(self, term: Term, activations: dict[str, Tensor]) -> Tensor:
-        """`term` reduced to `[B]`. A `logprobs` term read at one position of a sequence is sliced before the
-        log-softmax, which then costs one position instead of the whole `[B, T, vocab]` output."""
-        reduce = term.reduce or self.sequence_reduce
-        activation = self.activation(term, activations)
-        if term.site.is_logprobs and activation.ndim == 3 and reduce.startswith("pos="):
-            pos = int(reduce[4:])
-            if not -activation.shape[1] <= pos < activation.shape[1]:
-                raise TargetError(f"reduction pos={pos} out of range for site '{term.site}' with {activation.shape[1]} positions")
-            one = activation[:, pos].log_softmax(dim=-1)
-            return self.units[term].project(one, str(term.site), self.info.get(str(term.site)))
-        return _reduce(self.term_map(term, activations), term.reduce, self.sequence_reduce, term.site, self.patch_tokens)
+    def readings(self, activations: dict[str, Tensor]) -> Tensor:
+        """Every distinct (site, unit, reduction) reduced, `[B, n_readings]`, in block order."""
+        out: list[Tensor] = []
+        for site in self.sites:
+            features = features_last(self._activation(site, activations))
+            info, name = self.info.get(str(site)), str(site)
+            full = None
+            for g, group in enumerate(self.groups[site]):
+                blocks = self.blocks[site][g]
+                reduce = _effective(blocks[0][0], self.sequence_reduce, features.ndim - 2)
+                if len(blocks) == 1 and _selects(reduce):
+                    # one position read: read the units there alone (a `logprobs` site: its log-softmax there)
+                    one = _reduce_positions(features, reduce, self.sequence_reduce, site, self.patch_tokens)
+                    values = group.project(one.log_softmax(dim=-1) if site.is_logprobs else one, name, info)
+                    out.append(self._pick(values, site, g, 0, len(group.units)))
+                    continue
+                if full is None:
+                    full = features.log_softmax(dim=-1) if site.is_logprobs else features
+                mapped = group.project(full, name, info)
+                for b, (reduce, _) in enumerate(blocks):
+                    picked = self._pick(mapped, site, g, b, len(group.units))
+                    out.append(_reduce_positions(picked, reduce, self.sequence_reduce, site, self.patch_tokens))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+    def _pick(self, values: Tensor, site: Site, g: int, b: int, width: int) -> Tensor:
+        """Block b's columns of group g's values (all of them, in order: the values themselves)."""
+        columns = self.blocks[site][g][b][1]
+        if len(columns) == width and columns == list(range(width)):
+            return values
+        return values.index_select(-1, self._columns(site, g, b, values.device))
 
     def score(self, activations: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
-        cache: dict[Term, Tensor] = {}
-        per_target: list[Tensor] = []
-        for target in self.targets:
-            values = []
-            for term in target.terms:
-                if term not in cache:
-                    cache[term] = self.reduced_term(term, activations)
-                values.append(cache[term])
-            per_target.append(torch.stack(values, dim=1))
-        scores = torch.stack([(values * self._coefs(j, values)).sum(dim=1) for j, values in enumerate(per_target)], dim=1)
-        return scores, per_target
+        readings = self.readings(activations)
+        scores = self._combination.apply(readings)
+        key = ("terms", readings.device)
+        if key not in self._placed:
+            with torch.inference_mode(False):
+                self._placed[key] = self._term_order.to(readings.device)
+        in_order = readings.index_select(1, self._placed[key])
+        return scores, list(in_order.split(self._term_sizes, dim=1))
 
-    def _coefs(self, j: int, values: Tensor) -> Tensor:
-        """Target j's term coefficients on `values`' device and dtype, made once (a host-to-device copy per call
-        would also break CUDA-graph capture)."""
-        key = (j, values.dtype, values.device)
-        if key not in self._coef_cache:
-            with torch.inference_mode(False):  # a normal tensor: gradient passes may save it for backward
-                self._coef_cache[key] = torch.tensor([t.coef for t in self.targets[j].terms], dtype=values.dtype,
-                                                     device=values.device)
-        return self._coef_cache[key]
+    def _group_maps(self, activations: dict[str, Tensor]) -> dict[Site, Tensor]:
+        """Per site, every unit's per-position map side by side, `[B, *positions, n_units]`."""
+        maps = {}
+        for site in self.sites:
+            features = features_last(self._activation(site, activations))
+            if site.is_logprobs:
+                features = features.log_softmax(dim=-1)
+            info, name = self.info.get(str(site)), str(site)
+            parts = [group.project(features, name, info) for group in self.groups[site]]
+            maps[site] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return maps
+
+    def _map_plan(self, shapes: dict[Site, tuple[int, ...]]) -> list[tuple[list[Site], list[int], _Combination]]:
+        """Buckets of sites with one position shape: their sites, the targets read off them, and how to combine."""
+        key = tuple(shapes[site] for site in self.sites)
+        if key in self._map_plans:
+            return self._map_plans[key]
+        buckets: dict[tuple[int, ...], list[Site]] = {}
+        for site in self.sites:
+            buckets.setdefault(shapes[site], []).append(site)
+        plan = []
+        for shape, sites in buckets.items():
+            offset, start = 0, {}
+            for site in sites:
+                start[site] = offset
+                offset += sum(len(group.units) for group in self.groups[site])
+            columns, coefs, members = [], [], []
+            for j, target in enumerate(self.targets):
+                inside = [t for t in target.terms if shapes[t.site] == shape]
+                if not inside:
+                    continue
+                if len(inside) != len(target.terms):
+                    other = next(shapes[t.site] for t in target.terms if shapes[t.site] != shape)
+                    raise TargetError(f"terms of '{target}' have different position shapes {shape} and {other}")
+                members.append(j)
+                columns.append([start[t.site] + self._map_column(t) for t in target.terms])
+                coefs.append([t.coef for t in target.terms])
+            plan.append((sites, members, _Combination(columns, coefs, offset)))
+        self._map_plans[key] = plan
+        return plan
+
+    def _map_column(self, term: Term) -> int:
+        g, column = self._where[(term.site, term.unit)]
+        return self._map_offsets[term.site][g] + column
+
+    def _bucket_maps(self, activations: dict[str, Tensor]) -> list[tuple[list[int], Tensor]]:
+        maps = self._group_maps(activations)
+        plan = self._map_plan({site: tuple(value.shape[:-1]) for site, value in maps.items()})
+        out = []
+        for sites, members, combination in plan:
+            side = maps[sites[0]] if len(sites) == 1 else torch.cat([maps[site] for site in sites], dim=-1)
+            out.append((members, combination.apply(side)))
+        return out
 
     def maps(self, activations: dict[str, Tensor]) -> list[Tensor]:
-        result = []
-        for target in self.targets:
-            total = None
-            for term in target.terms:
-                mapped = term.coef * self.term_map(term, activations)
-                if total is not None and total.shape != mapped.shape:
-                    raise TargetError(f"terms of '{target}' have different position shapes {tuple(total.shape)} and {tuple(mapped.shape)}")
-                total = mapped if total is None else total + mapped
-            result.append(total)
+        result: list[Tensor] = [None] * len(self.targets)  # type: ignore[list-item]
+        for members, stacked in self._bucket_maps(activations):
+            for j, one in zip(members, stacked.unbind(dim=-1)):
+                result[j] = one
         return result
+
+    def stacked_maps(self, activations: dict[str, Tensor]) -> Tensor:
+        buckets = self._bucket_maps(activations)
+        if len(buckets) != 1:
+            shapes = [tuple(stacked.shape[1:-1]) for _, stacked in buckets]
+            raise TargetError(f"targets read sites with different position shapes {shapes}; stack the maps of targets "
+                              "of one shape (several probes) or use Probe.maps")
+        return buckets[0][1]
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
@@ -339,6 +504,21 @@ class Probe:
     def maps(self, activations: dict[str, Tensor]) -> list[Tensor]:
         """Per-position score maps (`[B, *positions]`) of each target from kept activations."""
         return self._scorer.maps(activations)
+
+    def stacked_maps(self, activations: dict[str, Tensor]) -> Tensor:
+        """Every target's per-position score map as one tensor, `[B, *positions, n_targets]` (column j: target j,
+        equal to `maps(activations)[j]`), from kept activations; the units of one site are read together (one
+        gather, matmul or SAE encode for all of them). `TargetError` when the targets' sites have different
+        position shapes (use `maps`).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 6))
+            >>> probe = Probe(net, ["0:1", "0:4", "2*0:1-0:0"])
+            >>> kept = probe(torch.randn(2, 5, 4), keep_activations=True).activations
+            >>> tuple(probe.stacked_maps(kept).shape)
+            (2, 5, 3)
+        """
+        return self._scorer.stacked_maps(activations)
 
     def reads_last_position_only(self, j: int | None = None) -> bool:
         """True when target `j` (every target when `None`) reads a sequence only at its last position

@@ -53,7 +53,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -463,32 +463,53 @@ class SiteInfo:
     basis: str | None = None
 
 
-@dataclass(frozen=True)
 class FeatureEncoder:
-    """One latent of an SAE as a function of the site's activation `[..., width] -> [...]`.
+    """Latents `indices` of one SAE as a function of the site's activation: `[..., width] -> [..., n]`, one encode
+    for all of them (one matmul; a TopK SAE's full pre-activation, since its top k is chosen among every latent).
 
-    The value is what the SAE encodes (for TopK / AbsTopK latents: the pre-activation after ReLU / signed,
-    because which k latents a row keeps depends on all the others); the gradient is the pre-activation's
-    (straight through), so a dream that starts with the latent off still gets a signal.
+    Each value is what the SAE's encode returns (SAELens's `encode`): ReLU, JumpReLU (0 at or below its threshold),
+    gated (0 where its gate is closed), TopK (0 outside that position's top k), AbsTopK (signed, 0 outside the k
+    largest magnitudes). Its gradient is the latent's pre-activation's (straight through), so a dream whose latent
+    starts off (below threshold, out of the top k) still gets a signal; the value is never the surrogate.
+
+    Example:
+        >>> w = SAEWeights("topk", torch.eye(3), torch.zeros(3), torch.eye(3), torch.zeros(3), k=1)
+        >>> encoder = features_encoder(w, [0, 2], "sae")
+        >>> encoder(torch.tensor([[3.0, 5.0, 4.0], [6.0, 1.0, 2.0]]), "site").tolist()
+        [[0.0, 0.0], [6.0, 0.0]]
     """
 
-    path: str
-    index: int
-    architecture: str
-    w: Tensor
-    b: Tensor
-    b_dec: Tensor | None = None
-    threshold: Tensor | None = None
-    w_gate: Tensor | None = None
-    b_gate: Tensor | None = None
-    normalize: str = "none"
-    head_index: int | None = None
-    processing: tuple[str, ...] = ()
+    def __init__(self, path: str, indices: "tuple[int, ...]", architecture: str, w: Tensor, b: Tensor,
+                 b_dec: Tensor | None = None, threshold: Tensor | None = None, w_gate: Tensor | None = None,
+                 b_gate: Tensor | None = None, normalize: str = "none", head_index: int | None = None,
+                 processing: tuple[str, ...] = (), k: int | None = None) -> None:
+        self.path, self.indices, self.architecture = path, tuple(indices), architecture
+        self.normalize, self.head_index, self.processing, self.k = normalize, head_index, processing, k
+        # a TopK family SAE keeps every latent's encoder (`w [d_in, d_sae]`) and picks `indices` after the top k
+        self.every = architecture in ("topk", "abstopk")
+        self.identity = self.every and self.indices == tuple(range(w.shape[1]))
+        self._tensors = {"w": w, "b": b, "b_dec": b_dec, "threshold": threshold, "w_gate": w_gate, "b_gate": b_gate,
+                         "columns": torch.tensor(self.indices, dtype=torch.long) if self.every else None}
+        self._placed: dict[tuple, dict[str, Tensor | None]] = {}
+
+    @property
+    def index(self) -> int:
+        """The first (for one latent: the) latent index."""
+        return self.indices[0]
 
     @property
     def d_in(self) -> int:
         """Width of the input the SAE reads (one head's when `head_index` is set)."""
-        return self.w.shape[0]
+        return self._tensors["w"].shape[0]
+
+    def _on(self, x: Tensor) -> dict[str, Tensor | None]:
+        """The tensors on `x`'s device and dtype, made once per device and dtype (not copied at every call)."""
+        key = (x.device, x.dtype)
+        if key not in self._placed:
+            with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
+                self._placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
+                                     for name, t in self._tensors.items()}
+        return self._placed[key]
 
     def _input(self, x: Tensor, site: str, info: SiteInfo | None) -> Tensor:
         size = x.shape[-1]
@@ -520,42 +541,70 @@ class FeatureEncoder:
         return x
 
     def __call__(self, x: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
-        """The latent's value at every position of `x` (`[..., width]`); `site` names the site in errors."""
+        """The latents' values at every position of `x` (`[..., width] -> [..., n]`); `site` names the site in errors."""
         x = self._processed(self._input(x, site, info), info)
         x, _ = normalize_input(x, self.normalize)
-        if self.b_dec is not None:
-            x = x - self.b_dec.to(x)
-        pre = x @ self.w.to(x) + self.b.to(x)
+        t = self._on(x)
+        if t["b_dec"] is not None:
+            x = x - t["b_dec"]
+        pre = torch.addmm(t["b"], x.reshape(-1, x.shape[-1]), t["w"]).reshape(*x.shape[:-1], -1)
         if self.architecture == "gated":
-            post = activate("gated", pre, gate=x @ self.w_gate.to(x) + self.b_gate.to(x))
-        elif self.architecture == "jumprelu":
-            post = activate("jumprelu", pre, threshold=self.threshold)
-        elif self.architecture == "abstopk":
-            post = pre
-        else:  # relu, and topk's surrogate
-            post = pre.clamp(min=0)
-        return pre + (post - pre).detach()
+            post = activate("gated", pre, gate=x @ t["w_gate"] + t["b_gate"])
+        elif self.identity:
+            post = activate(self.architecture, pre, k=self.k)
+        elif self.every:  # the top k among every latent, then the asked ones: kept ones keep their value, others 0
+            chosen = (pre.abs() if self.architecture == "abstopk" else pre).topk(self.k, dim=-1, sorted=True).indices
+            columns = t["columns"]
+            if len(self.indices) * self.k <= pre.shape[-1]:  # few asked: compare them with the k chosen
+                kept = (chosen.unsqueeze(-1) == columns).any(dim=-2)
+            else:
+                kept = torch.zeros(pre.shape, dtype=torch.bool, device=pre.device).scatter(-1, chosen, True)
+                kept = kept.index_select(-1, columns)
+            pre = pre.index_select(-1, columns)
+            post = torch.where(kept, pre if self.architecture == "abstopk" else pre.clamp(min=0), torch.zeros_like(pre))
+        else:
+            post = activate(self.architecture, pre, threshold=t["threshold"])
+        if not pre.requires_grad:
+            return post
+        return pre + (post - pre).detach()  # the value is post; the gradient is the pre-activation's
+
+
+def features_encoder(weights: SAEWeights, indices: "Sequence[int]", path: str) -> FeatureEncoder:
+    """Latents `indices` of `weights` (read from `path`) as one `FeatureEncoder`; `TargetError` when one is out of
+    range.
+
+    Example:
+        >>> w = SAEWeights("relu", torch.eye(2), torch.zeros(2), torch.eye(2), torch.zeros(2))
+        >>> features_encoder(w, [1, 0], "sae")(torch.tensor([[3.0, -4.0]]), "site").tolist()
+        [[0.0, 3.0]]
+    """
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < weights.d_sae]
+    if bad:
+        raise TargetError(f"SAE feature {bad[0]} out of range for '{path}' with {weights.d_sae} features; valid 0..{weights.d_sae - 1}")
+    gated, every = weights.architecture == "gated", weights.architecture in ("topk", "abstopk")
+    columns = torch.tensor(indices, dtype=torch.long)
+    w = weights.W_enc if every else weights.W_enc.index_select(1, columns).contiguous()
+    b = weights.b_enc if every else weights.b_enc.index_select(0, columns)
+    return FeatureEncoder(
+        path=path, indices=tuple(indices), architecture=weights.architecture,
+        w=w * torch.exp(weights.r_mag.index_select(0, columns)) if gated else w, b=b,
+        b_dec=weights.b_dec if weights.apply_b_dec_to_input else None,
+        threshold=weights.threshold.index_select(0, columns) if weights.threshold is not None else None,
+        w_gate=w if gated else None, b_gate=weights.b_gate.index_select(0, columns) if gated else None,
+        normalize=weights.normalize_activations, head_index=weights.head_index, processing=weights.processing,
+        k=weights.k)
 
 
 def feature_encoder(weights: SAEWeights, index: int, path: str) -> FeatureEncoder:
-    """Latent `index` of `weights` (read from `path`) as a `FeatureEncoder`; `TargetError` when out of range.
+    """Latent `index` of `weights` (read from `path`) as a `FeatureEncoder` of one latent (`[..., 1]` values).
 
     Example:
         >>> w = SAEWeights("relu", torch.eye(2), torch.zeros(2), torch.eye(2), torch.zeros(2))
         >>> feature_encoder(w, 1, "sae")(torch.tensor([[3.0, -4.0]]), "site").tolist()
-        [0.0]
+        [[0.0]]
     """
-    if not 0 <= index < weights.d_sae:
-        raise TargetError(f"SAE feature {index} out of range for '{path}' with {weights.d_sae} features; valid 0..{weights.d_sae - 1}")
-    w = weights.W_enc[:, index].contiguous()
-    gated = weights.architecture == "gated"
-    return FeatureEncoder(
-        path=path, index=index, architecture=weights.architecture,
-        w=w * torch.exp(weights.r_mag[index]) if gated else w, b=weights.b_enc[index],
-        b_dec=weights.b_dec if weights.apply_b_dec_to_input else None,
-        threshold=weights.threshold[index] if weights.threshold is not None else None,
-        w_gate=w if gated else None, b_gate=weights.b_gate[index] if gated else None,
-        normalize=weights.normalize_activations, head_index=weights.head_index, processing=weights.processing)
+    return features_encoder(weights, [index], path)
 
 
 def sae_site_spec(path: str | os.PathLike) -> str:

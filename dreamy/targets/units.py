@@ -8,8 +8,8 @@ position (`[...]`):
   a steering direction). `.pt`, `.npy`, `.npz` and `.safetensors` files work.
 - `SAEFeature(path, index)`: the activation of one feature of a sparse autoencoder's encoder:
   `act((x - b_dec) @ W_enc[:, i] + b_enc[i])`. `path` is one tensor file or a folder in the SAELens
-  layout (`cfg.json` + `sae_weights.safetensors`, see `dreamy.targets.saelens`); a TopK feature of a
-  folder reads as its pre-activation after ReLU (the per-row top-k choice is no function of one feature).
+  layout (`cfg.json` + `sae_weights.safetensors`, see `dreamy.targets.saelens`); the value is what the SAE's
+  encode gives (a TopK feature is 0 outside its position's top k), the gradient its pre-activation's.
 - `Head(h, part)`: attention head `h` of a per-head site (`blocks.L.attn.hook_z`, an attention output
   projection's input): `part` a unit of the head's own `d_head` features (`Neuron`, `Direction`), its `"norm"`,
   or None (their mean); on `blocks.L.attn.hook_pattern` with `key=J`: the weight from each query to key position J
@@ -17,7 +17,8 @@ position (`[...]`):
 - no unit (`None`): the mean over all features.
 
 Units are frozen dataclasses that hold only names; `load_unit` reads the file once and returns a
-`ResolvedUnit` that does the arithmetic.
+`ResolvedUnit` that does the arithmetic. `group_units` resolves many units of one site into `UnitGroup`s that
+read them together: neurons by one gather, directions by one matmul, the features of one SAE by one encode.
 
 Example:
     >>> import torch
@@ -31,13 +32,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
 from dreamy.targets.errors import TargetError
-from dreamy.targets.saelens import FeatureEncoder, SiteInfo, feature_encoder, is_sae_folder, read_sae_folder
+from dreamy.targets.saelens import FeatureEncoder, SAEWeights, SiteInfo, features_encoder, is_sae_folder, read_sae_folder
 
 _SAFE_PATH = re.compile(r"^[\w./~]+$")
 _REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
@@ -237,7 +238,7 @@ class ResolvedUnit:
             return features_last @ vec.reshape(-1)
         if isinstance(unit, Head):
             return self._head(features_last, site, info)
-        return self.encoder(features_last, site, info)
+        return self.encoder(features_last, site, info)[..., 0]
 
     def _head(self, features_last: Tensor, site: str, info: SiteInfo | None) -> Tensor:
         unit, size = self.unit, features_last.shape[-1]
@@ -263,15 +264,33 @@ class ResolvedUnit:
         return self.part.project(one, f"{site} head {unit.index}")
 
 
-def _load_sae_folder_feature(unit: SAEFeature) -> ResolvedUnit:
-    """Feature `unit.index` of an SAE folder in the SAELens layout (see `dreamy.targets.saelens`).
-
-    ReLU, JumpReLU and gated features read as the SAE computes them. A TopK feature reads as its pre-activation
-    after ReLU: which `k` features a row keeps depends on all the others, so it is no function of one feature.
-    The input is normalized as the folder's `normalize_activations` says, and `b_dec` subtracted from it when
-    `apply_b_dec_to_input` is true (the default).
-    """
-    return ResolvedUnit(unit, encoder=feature_encoder(read_sae_folder(unit.path), unit.index, unit.path))
+def _sae_weights(path: str) -> SAEWeights:
+    """The encoder of the SAE at `path`: a folder in the SAELens layout (see `dreamy.targets.saelens`), or one
+    tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder."""
+    if is_sae_folder(path):
+        return read_sae_folder(path)
+    if not Path(path).expanduser().exists():
+        raise TargetError(f"SAE '{path}' does not exist; give a folder in the SAELens layout "
+                          "(cfg.json + sae_weights.safetensors) or a .pt/.safetensors file")
+    data = _read_tensors(path)
+    if isinstance(data, Tensor):
+        raise TargetError(f"SAE file '{path}' must hold named tensors W_enc and b_enc")
+    w_enc = _first(data, ("W_enc", "w_enc", "encoder.weight"))
+    b_enc = _first(data, ("b_enc", "encoder.bias"))
+    if w_enc is None or b_enc is None:
+        raise TargetError(f"SAE file '{path}' lacks W_enc/b_enc; keys are {sorted(data)}")
+    w_enc = _finite(w_enc, f"SAE {path} W_enc").float()
+    b_enc = _finite(b_enc, f"SAE {path} b_enc").float()
+    if w_enc.ndim != 2 or b_enc.ndim != 1 or b_enc.shape[0] not in w_enc.shape:
+        raise TargetError(f"SAE {path}: W_enc {tuple(w_enc.shape)} and b_enc {tuple(b_enc.shape)} do not fit; "
+                          "expected W_enc [d_in, d_sae] and b_enc [d_sae]")
+    if w_enc.shape[1] != b_enc.shape[0]:  # stored as [F, D] (nn.Linear layout)
+        w_enc = w_enc.T
+    b_dec = _first(data, ("b_dec", "decoder.bias"))
+    threshold = _first(data, ("threshold",))
+    return SAEWeights("relu" if threshold is None else "jumprelu", W_enc=w_enc.contiguous(), b_enc=b_enc,
+                      W_dec=torch.zeros(0), b_dec=torch.zeros(w_enc.shape[0]) if b_dec is None else b_dec.float(),
+                      threshold=None if threshold is None else threshold.float(), apply_b_dec_to_input=b_dec is not None)
 
 
 def load_unit(unit: Unit | None) -> ResolvedUnit:
@@ -286,37 +305,145 @@ def load_unit(unit: Unit | None) -> ResolvedUnit:
     if isinstance(unit, Head):
         part = unit.part if isinstance(unit.part, (Neuron, Direction)) else None
         return ResolvedUnit(unit, part=load_unit(part))
-    if isinstance(unit, SAEFeature) and is_sae_folder(unit.path):
-        return _load_sae_folder_feature(unit)
-    if isinstance(unit, SAEFeature) and not Path(unit.path).expanduser().exists():
-        raise TargetError(f"SAE '{unit.path}' does not exist; give a folder in the SAELens layout "
-                          "(cfg.json + sae_weights.safetensors) or a .pt/.safetensors file")
+    if isinstance(unit, SAEFeature):
+        return ResolvedUnit(unit, encoder=features_encoder(_sae_weights(unit.path), [unit.index], unit.path))
     data = _read_tensors(unit.path)
-    if isinstance(unit, Direction):
-        vector = _finite(_pick(data, unit.key, unit.path), f"direction {unit}").float()
-        if vector.ndim != 1:
-            raise TargetError(f"direction {unit} has shape {tuple(vector.shape)}; expected a vector (pick a row with '#N')")
-        return ResolvedUnit(unit, vector=vector)
-    if isinstance(data, Tensor):
-        raise TargetError(f"SAE file '{unit.path}' must hold named tensors W_enc and b_enc")
-    w_enc = _first(data, ("W_enc", "w_enc", "encoder.weight"))
-    b_enc = _first(data, ("b_enc", "encoder.bias"))
-    if w_enc is None or b_enc is None:
-        raise TargetError(f"SAE file '{unit.path}' lacks W_enc/b_enc; keys are {sorted(data)}")
-    w_enc = _finite(w_enc, f"SAE {unit.path} W_enc").float()
-    b_enc = _finite(b_enc, f"SAE {unit.path} b_enc")
-    if w_enc.ndim != 2 or b_enc.ndim != 1 or b_enc.shape[0] not in w_enc.shape:
-        raise TargetError(f"SAE {unit.path}: W_enc {tuple(w_enc.shape)} and b_enc {tuple(b_enc.shape)} do not fit; "
-                          "expected W_enc [d_in, d_sae] and b_enc [d_sae]")
-    if w_enc.shape[1] != b_enc.shape[0]:  # stored as [F, D] (nn.Linear layout)
-        w_enc = w_enc.T
-    n_features = w_enc.shape[1]
-    if not 0 <= unit.index < n_features:
-        raise TargetError(f"SAE feature {unit.index} out of range for '{unit.path}' with {n_features} features; valid 0..{n_features - 1}")
-    b_dec = _first(data, ("b_dec", "decoder.bias"))
-    threshold = _first(data, ("threshold",))
-    i = unit.index
-    return ResolvedUnit(unit, encoder=FeatureEncoder(
-        path=unit.path, index=i, architecture="relu" if threshold is None else "jumprelu",
-        w=w_enc[:, i].contiguous(), b=b_enc[i].float(), b_dec=None if b_dec is None else b_dec.float(),
-        threshold=None if threshold is None else threshold[i].float()))
+    vector = _finite(_pick(data, unit.key, unit.path), f"direction {unit}").float()
+    if vector.ndim != 1:
+        raise TargetError(f"direction {unit} has shape {tuple(vector.shape)}; expected a vector (pick a row with '#N')")
+    return ResolvedUnit(unit, vector=vector)
+
+
+class UnitGroup:
+    """Units read off one site's features in one operation: `project([..., D]) -> [..., n]`, column j for
+    `units[j]`. Made by `group_units`; tensors are placed on a device once, at first use there."""
+
+    def __init__(self, units: Sequence[Unit | None], kind: str, *, columns: Tensor | None = None,
+                 matrix: Tensor | None = None, encoder: FeatureEncoder | None = None,
+                 each: Sequence[ResolvedUnit] = ()) -> None:
+        self.units, self.kind = tuple(units), kind
+        self.encoder, self.each = encoder, list(each)
+        self._tensors = {"columns": columns, "matrix": matrix}
+        indices = [u.index for u in self.units] if kind == "neurons" else [0]
+        self._extremes = (self.units[indices.index(min(indices))], self.units[indices.index(max(indices))])
+        self._placed: dict[tuple, dict[str, Tensor | None]] = {}
+        self._plans: dict[tuple, tuple] = {}
+
+    def _on(self, x: Tensor) -> dict[str, Tensor | None]:
+        key = (x.device, x.dtype)
+        if key not in self._placed:
+            with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
+                self._placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
+                                     for name, t in self._tensors.items()}
+        return self._placed[key]
+
+    def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
+        """The group's units read off `features_last` (`[..., D]`), `[..., n]`; `site` names the site in errors."""
+        size = features_last.shape[-1]
+        if self.kind == "mean":
+            return features_last.mean(dim=-1, keepdim=True)
+        if self.kind == "neurons":
+            bad = [u for u in self._extremes if not 0 <= u.index < size]
+            if bad:
+                raise TargetError(f"unit {bad[0].index} out of range for site '{site}' with {size} features; "
+                                  f"valid units are 0..{size - 1}")
+            return features_last.index_select(-1, self._on(features_last)["columns"])
+        if self.kind == "directions":
+            matrix = self._on(features_last)["matrix"]
+            if matrix.shape[0] != size:
+                raise TargetError(f"direction {self.units[0]} has {matrix.shape[0]} values but site '{site}' has {size} features")
+            return features_last @ matrix
+        if self.kind == "sae":
+            return self.encoder(features_last, site, info)
+        return self._heads(features_last, site, info)
+
+    def _heads(self, features_last: Tensor, site: str, info: SiteInfo | None) -> Tensor:
+        """Attention-head units: entries (a head's feature I, a pattern's key J) by one gather, norms and means of
+        every head once, directions by one product over the heads they read; then put in the units' order."""
+        size = features_last.shape[-1]
+        key = (size, info, features_last.device, features_last.dtype)
+        if key not in self._plans:  # check every unit once per layout (the errors of `ResolvedUnit.project`)
+            one = features_last.detach().reshape(-1, size)[:1]
+            for unit in self.each:
+                unit.project(one, site, info)
+            self._plans[key] = self._head_plan(size // info.heads, features_last)
+        gather, norms, means, directions, order, vectors = self._plans[key]
+        heads = features_last.unflatten(-1, (info.heads, size // info.heads))
+        parts = []
+        if gather is not None:
+            parts.append(features_last.index_select(-1, gather))
+        if norms is not None:
+            parts.append(torch.linalg.vector_norm(heads, dim=-1).index_select(-1, norms))
+        if means is not None:
+            parts.append(heads.mean(dim=-1).index_select(-1, means))
+        if directions is not None:
+            parts.append((heads.index_select(-2, directions) * vectors).sum(dim=-1))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return out if order is None else out.index_select(-1, order)
+
+    def _head_plan(self, width: int, like: Tensor) -> tuple:
+        """For heads of `width` features: index tensors of each way of reading (None: unused), the permutation
+        back to the units' order (None: already in it) and the directions' vectors `[n, width]`, on `like`'s
+        device (vectors in its dtype)."""
+        gather, norms, means, directions, vectors = [], [], [], [], []
+        for j, one in enumerate(self.each):
+            unit = one.unit
+            if unit.key is not None:
+                gather.append((j, unit.index * width + unit.key % width))
+            elif isinstance(unit.part, Neuron):
+                gather.append((j, unit.index * width + unit.part.index))
+            elif unit.part == "norm":
+                norms.append((j, unit.index))
+            elif unit.part is None:
+                means.append((j, unit.index))
+            else:
+                directions.append((j, unit.index))
+                vectors.append(one.part.vector.float().reshape(-1))
+        placed = [j for kind in (gather, norms, means, directions) for j, _ in kind]
+        with torch.inference_mode(False):
+            index = [torch.tensor([i for _, i in kind], dtype=torch.long, device=like.device) if kind else None
+                     for kind in (gather, norms, means, directions)]
+            order = None if placed == list(range(len(placed))) else torch.tensor(placed, device=like.device).argsort()
+            return (*index, order, torch.stack(vectors).to(like) if vectors else None)
+
+
+def group_units(units: Sequence[Unit | None]) -> list[UnitGroup]:
+    """Resolve the distinct `units` of one site into groups read together: every neuron by one gather, the
+    directions of one length by one matmul, the features of one SAE by one encode, the mean once, the units of
+    attention heads by one gather, norm, mean and product each. Each file is read once.
+
+    Example:
+        >>> groups = group_units([Neuron(2), Neuron(0), None])
+        >>> [(g.kind, [str(u) for u in g.units]) for g in groups]
+        [('neurons', ['2', '0']), ('mean', ['None'])]
+        >>> groups[0].project(torch.arange(8.0).reshape(2, 4), site="fc").tolist()
+        [[2.0, 0.0], [6.0, 4.0]]
+    """
+    distinct = list(dict.fromkeys(units))
+    neurons = [u for u in distinct if isinstance(u, Neuron)]
+    groups = [UnitGroup(neurons, "neurons", columns=torch.tensor([u.index for u in neurons], dtype=torch.long))] if neurons else []
+    directions: dict[int, list[tuple[Direction, Tensor]]] = {}
+    files: dict[str, dict[str, Tensor] | Tensor] = {}
+    for unit in distinct:
+        if isinstance(unit, Direction):
+            if unit.path not in files:
+                files[unit.path] = _read_tensors(unit.path)
+            vector = _finite(_pick(files[unit.path], unit.key, unit.path), f"direction {unit}").float()
+            if vector.ndim != 1:
+                raise TargetError(f"direction {unit} has shape {tuple(vector.shape)}; expected a vector (pick a row with '#N')")
+            directions.setdefault(vector.numel(), []).append((unit, vector))
+    for pairs in directions.values():
+        groups.append(UnitGroup([u for u, _ in pairs], "directions", matrix=torch.stack([v for _, v in pairs], dim=1)))
+    saes: dict[str, list[SAEFeature]] = {}
+    for unit in distinct:
+        if isinstance(unit, SAEFeature):
+            saes.setdefault(unit.path, []).append(unit)
+    for path, features in saes.items():
+        encoder = features_encoder(_sae_weights(path), [u.index for u in features], path)
+        groups.append(UnitGroup(features, "sae", encoder=encoder))
+    if None in distinct:
+        groups.append(UnitGroup([None], "mean"))
+    heads = [u for u in distinct if isinstance(u, Head)]
+    if heads:
+        groups.append(UnitGroup(heads, "heads", each=[load_unit(u) for u in heads]))
+    return groups

@@ -365,3 +365,176 @@ def test_threads_running_epo_on_one_model(tiny_lm, scoring):
     results, errors = _in_threads(3, search)
     assert errors == []
     assert all(results[i] == search(i) for i in range(3))
+
+
+# Units that share a site are read together: a probe of many targets scores each as a probe of that target alone.
+
+def _one_at_a_time(model, specs, *args, **kwargs):
+    """Scores and maps of each spec by its own single-target probe."""
+    sequence_reduce = kwargs.pop("sequence_reduce", "mean")
+    scores, maps = [], []
+    for spec in specs:
+        probe = Probe(model, [spec], sequence_reduce=sequence_reduce)
+        result = probe(*args, keep_activations=True, **kwargs)
+        scores.append(result.scores[:, 0])
+        maps.append(probe.maps(result.activations)[0])
+    return torch.stack(scores, dim=1), maps
+
+
+def _assert_many_equal_one_at_a_time(model, specs, *args, sequence_reduce="mean", **kwargs):
+    probe = Probe(model, specs, sequence_reduce=sequence_reduce)
+    result = probe(*args, keep_activations=True, **kwargs)
+    scores, maps = _one_at_a_time(model, specs, *args, sequence_reduce=sequence_reduce, **kwargs)
+    torch.testing.assert_close(result.scores, scores, atol=1e-5, rtol=1e-5)
+    many_maps = probe.maps(result.activations)
+    for j in range(len(specs)):
+        torch.testing.assert_close(many_maps[j], maps[j], atol=1e-5, rtol=1e-5)
+    if len({tuple(m.shape) for m in many_maps}) == 1:
+        torch.testing.assert_close(probe.stacked_maps(result.activations), torch.stack(many_maps, dim=-1))
+    assert [tuple(t.shape) for t in result.terms] == [(scores.shape[0], len(t.terms)) for t in probe.targets]
+    return result
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from tests.fixtures import tiny_hf
+
+    return tiny_hf("llama")
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 100, (3, 7), generator=torch.Generator().manual_seed(4))
+
+
+def test_many_neurons_of_one_site_score_as_each_alone(llama, ids):
+    site = "model.layers.1.mlp.down_proj@in"
+    specs = [f"{site}:{i}" for i in (5, 0, 63, 5, 17)] + [f"{site}:3/mean", f"{site}:9/max", f"{site}:2/pos=1",
+                                                          f"model.layers.0:4", site]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    down_in = result.activations[site]
+    torch.testing.assert_close(result.scores[:, 2], down_in[:, -1, 63])
+    torch.testing.assert_close(result.scores[:, 6], down_in[:, :, 9].max(dim=1).values)
+
+
+def test_many_channels_of_one_conv_site_score_as_each_alone(net, images):
+    specs = [f"1:{c}" for c in range(4)] + ["1:2/max", "1:3/center", "3:5/sum", "3:0/pos=7", "1:1"]
+    result = _assert_many_equal_one_at_a_time(net, specs, images)
+    torch.testing.assert_close(result.scores[:, 0], torch.relu(net[0](images))[:, 0].mean(dim=(1, 2)))
+    with pytest.raises(TargetError, match="different position shapes"):
+        Probe(net, ["1:0", "5:1"]).stacked_maps(Probe(net, ["1:0", "5:1"])(images, keep_activations=True).activations)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu", "relu", "gated"])
+def test_many_features_of_one_sae_score_as_each_alone(tmp_path, llama, ids, architecture):
+    from dreamy.sae import save
+    from tests.sae.helpers import small_sae
+
+    sae = small_sae(architecture, d_in=32, d_sae=24, seed=2)
+    save(sae, tmp_path / "sae")
+    site = "model.layers.1"
+    specs = [f"{site}:sae={tmp_path}/sae#{i}" for i in (3, 0, 23, 7, 3)] + [f"{site}:sae={tmp_path}/sae#5/mean",
+                                                                         f"{site}:sae={tmp_path}/sae#11/max"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    z = sae.encode(result.activations[site])
+    torch.testing.assert_close(result.scores[:, 2], z[:, -1, 23], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 6], z[:, :, 11].max(dim=1).values, atol=1e-5, rtol=1e-5)
+
+
+def test_directions_of_one_file_and_of_several_score_as_each_alone(tmp_path, llama, ids):
+    gen = torch.Generator().manual_seed(5)
+    torch.save(torch.randn(4, 32, generator=gen), tmp_path / "rows.pt")
+    save_file({"a": torch.randn(32, generator=gen), "b": torch.randn(32, generator=gen)}, str(tmp_path / "v.safetensors"))
+    site = "model.layers.1"
+    specs = [f"{site}:dir={tmp_path}/rows.pt#{r}" for r in range(4)] + [
+        f"{site}:dir={tmp_path}/v.safetensors#a", f"{site}:dir={tmp_path}/v.safetensors#b/mean"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    rows = torch.load(tmp_path / "rows.pt")
+    torch.testing.assert_close(result.scores[:, 3], result.activations[site][:, -1] @ rows[3])
+
+
+def test_logits_and_logprobs_score_as_each_alone(llama, ids):
+    specs = [f"logits:{i}" for i in (1, 99, 50)] + [f"logprobs:{i}" for i in (2, 7)] + ["logprobs:7/mean", "logits:3/max"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    logits = llama(input_ids=ids).logits
+    torch.testing.assert_close(result.scores[:, 4], logits[:, -1].log_softmax(dim=-1)[:, 7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[..., 7].mean(dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_head_units_score_as_each_alone(tmp_path, llama, ids):
+    torch.save({"v": torch.randn(8, generator=torch.Generator().manual_seed(7))}, tmp_path / "v.pt")
+    z, pattern = "blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"
+    specs = [f"{z}:head=3,norm", f"{z}:head=2,1", f"{z}:head=0,dir={tmp_path}/v.pt#v", f"{z}:head=1", f"{z}:head=2,7",
+             f"{z}:head=0,norm/mean", f"{z}:head=3,dir={tmp_path}/v.pt#v", f"{pattern}:head=1,key=-1",
+             f"{pattern}:head=0,key=2/pos=4", f"{pattern}:head=3,key=0"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    head3 = result.activations[z][:, -1, 24:32]
+    torch.testing.assert_close(result.scores[:, 0], head3.norm(dim=-1))
+    with pytest.raises(TargetError, match="out of range for site 'blocks.1.attn.hook_z head 2' with 8 features"):
+        Probe(llama, [f"{z}:head=2,1", f"{z}:head=2,8"])(input_ids=ids)
+
+
+def test_combinations_score_as_each_alone(tmp_path, llama, ids):
+    from dreamy.sae import save
+    from tests.sae.helpers import small_sae
+
+    save(small_sae("topk", d_in=32, d_sae=24, seed=3), tmp_path / "sae")
+    sae = f"sae={tmp_path}/sae"
+    specs = ["0.5*model.layers.1:1-model.layers.2:2", "model.layers.1:1", f"2*model.layers.1:{sae}#4-logits:3",
+             f"model.layers.1:{sae}#4+model.layers.1:{sae}#5+0.25*model.layers.1:7/mean", "-model.layers.2:2"]
+    result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
+    a1, a2 = result.activations["model.layers.1"], result.activations["model.layers.2"]
+    torch.testing.assert_close(result.scores[:, 0], 0.5 * a1[:, -1, 1] - a2[:, -1, 2])
+    torch.testing.assert_close(result.terms[0], torch.stack([a1[:, -1, 1], a2[:, -1, 2]], dim=1))
+
+
+def test_many_targets_give_gradients_as_each_alone(llama):
+    specs = ["model.layers.1:3", "0.5*model.layers.1:4-model.layers.2:1", "model.layers.1:3/mean"]
+    embeds = llama.model.embed_tokens(torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(6)))
+    many = embeds.detach().clone().requires_grad_(True)
+    Probe(llama, specs, sequence_reduce="pos=-1")(inputs_embeds=many).scores.sum().backward()
+    alone = embeds.detach().clone().requires_grad_(True)
+    sum(Probe(llama, [spec], sequence_reduce="pos=-1")(inputs_embeds=alone).scores.sum() for spec in specs).backward()
+    torch.testing.assert_close(many.grad, alone.grad, atol=1e-5, rtol=1e-5)
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "to")
+
+
+def _count_host_syncs(monkeypatch, run):
+    """Calls of tensor methods that wait for the device or copy between devices (`to`), while `run()` runs."""
+    counts = {name: 0 for name in SYNCING}
+
+    def spy(name, original):
+        def wrapper(self, *args, **kwargs):
+            counts[name] += 1
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    with monkeypatch.context() as patch:
+        for name in SYNCING:
+            patch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+        run()
+    return sum(counts.values())
+
+
+def test_host_synchronizations_do_not_grow_with_the_number_of_targets(tmp_path, llama, ids, monkeypatch):
+    from dreamy.sae import save
+    from tests.sae.helpers import small_sae
+
+    save(small_sae("topk", d_in=32, d_sae=64, seed=4), tmp_path / "sae")
+    counts = {}
+    for n in (1, 64):
+        specs = [f"model.layers.1:sae={tmp_path}/sae#{i}" for i in range(n)] + [f"model.layers.1:{i % 32}" for i in range(n)]
+        probe = Probe(llama, specs, sequence_reduce="pos=-1")
+        probe(input_ids=ids)  # the first call on a device places the unit tensors there
+        kept = probe(input_ids=ids, keep_activations=True).activations
+
+        def run():
+            probe(input_ids=ids)
+            probe(input_ids=ids, row_targets=[0, 1, 0])
+            probe.maps(kept)
+            probe.stacked_maps(kept)
+
+        counts[n] = _count_host_syncs(monkeypatch, run)
+    assert counts[64] == counts[1], counts

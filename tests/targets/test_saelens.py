@@ -25,16 +25,45 @@ def test_folder_feature_scores_what_encode_gives(tmp_path, architecture, shift, 
     assert torch.allclose(scores, sae.encode(net[0](x)), atol=1e-5)
 
 
-def test_topk_feature_scores_its_pre_activation_after_relu(tmp_path):
-    sae = small_sae("topk")
+@pytest.mark.parametrize("architecture", ["topk", "abstopk"])
+def test_topk_feature_scores_what_encode_gives_zero_outside_the_top_k(tmp_path, architecture):
+    sae = small_sae(architecture)
     save(sae, tmp_path / "sae")
     net = _net()
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(2))
     scores = Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in range(6)])(x).scores
-    pre = sae.pre_activation(net[0](x))
-    assert torch.allclose(scores, pre.clamp(min=0), atol=1e-5)
     z = sae.encode(net[0](x))
-    assert torch.allclose(scores[z != 0], z[z != 0], atol=1e-5)  # where top-k keeps a feature, the two agree
+    assert torch.allclose(scores, z, atol=1e-5)
+    assert bool(((z == 0) & (sae.pre_activation(net[0](x)) > 0)).any())  # a positive latent left out of the top k reads 0
+    assert torch.equal((scores != 0).sum(dim=1), (z != 0).sum(dim=1))
+    for asked in ([5, 1, 3, 0], [4]):  # some of the latents (many of them, or few of them, against k)
+        some = Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in asked])(x).scores
+        assert torch.allclose(some, z[:, asked], atol=1e-5)
+
+
+def test_topk_k1_feature_fires_where_encode_does_not_on_its_surrogate(tmp_path):
+    """The issue's case: k=1 of 16 features; feature 3 is non-zero exactly where the SAE's encode makes it so."""
+    sae = small_sae("topk", d_in=3, d_sae=16, seed=5)
+    sae.k = 1
+    save(sae, tmp_path / "sae")
+    net = torch.nn.Sequential(torch.nn.Identity())
+    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(6))
+    scores = Probe(net, [f"0:sae={tmp_path}/sae#3"])(x).scores[:, 0]
+    z = sae.encode(x)[:, 3]
+    assert torch.equal(scores != 0, z != 0) and torch.allclose(scores, z, atol=1e-6)
+    assert int((sae.pre_activation(x)[:, 3] > 0).sum()) > 2 * int((z != 0).sum())  # the ReLU surrogate read far more
+
+
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu", "gated"])
+def test_folder_feature_gradient_is_its_pre_activations_straight_through(tmp_path, architecture):
+    sae = small_sae(architecture)
+    save(sae, tmp_path / "sae")
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    net = torch.nn.Sequential(torch.nn.Identity())
+    Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in range(6)])(x).scores.sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    sae.pre_activation(reference).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-5)  # every latent passes its pre-activation's gradient, off or on
 
 
 def test_site_width_must_match_d_in(tmp_path):
@@ -66,15 +95,6 @@ def test_check_targets_reports_folder_problems_before_a_run(tmp_path):
     errors = dict(check_targets(net, specs, torch.zeros(2, 3)))
     assert list(errors) == specs[1:]
     assert "valid 0..5" in errors[specs[1]] and "d_in=4" in errors[specs[2]] and "does not exist" in errors[specs[3]]
-
-
-def test_abstopk_feature_scores_its_signed_pre_activation(tmp_path):
-    sae = small_sae("abstopk")
-    save(sae, tmp_path / "sae")
-    net = _net()
-    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(3))
-    scores = Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in range(6)])(x).scores
-    assert torch.allclose(scores, sae.pre_activation(net[0](x)), atol=1e-5)
 
 
 def _folder(path, cfg, tensors):

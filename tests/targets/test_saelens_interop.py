@@ -98,7 +98,7 @@ def test_elementwise_saes_saved_by_saelens_score_its_encode(tmp_path, kind, appl
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
 @pytest.mark.parametrize("kind", ["topk", "topk_rescaled", "abstopk"])
-def test_topk_saes_saved_by_saelens_encode_alike_and_score_where_kept(tmp_path, kind, normalize):
+def test_topk_saes_saved_by_saelens_encode_alike_and_score_its_encode(tmp_path, kind, normalize):
     sae_lens()
     sae = build(kind, normalize=normalize)
     folder = _saved(sae, tmp_path / "sae")
@@ -110,8 +110,26 @@ def test_topk_saes_saved_by_saelens_encode_alike_and_score_where_kept(tmp_path, 
     assert torch.allclose(ours.encode(x), expected, atol=1e-5)
     assert torch.allclose(ours(x), recon, atol=1e-4)  # and the reconstruction, normalization undone
     scores = _ours(folder, x)
-    kept = expected != 0
-    assert torch.allclose(scores[kept], expected[kept], atol=1e-5)  # a kept latent scores its value
+    assert torch.allclose(scores, expected, atol=1e-5)  # a kept latent scores its value, any other 0
+    assert torch.equal(scores != 0, expected != 0)
+
+
+@pytest.mark.parametrize("kind", ["topk", "topk_rescaled", "jumprelu"])
+def test_every_feature_has_the_density_of_saelens_encode(tmp_path, kind):
+    """Per-token maps of all latents at once (what the scan and the Neuronpedia export read): the same values and
+    the same share of firing tokens as SAELens's `encode` on the same activations."""
+    sae_lens()
+    sae = build(kind, seed=2)
+    folder = _saved(sae, tmp_path / "sae")
+    x = _x(n=6 * 20).reshape(6, 20, D_IN)  # [documents, tokens, d_in]
+    with torch.no_grad():
+        expected = sae.encode(x)
+    probe = Probe(torch.nn.Sequential(torch.nn.Identity()), [f"0:sae={folder}#{i}" for i in range(D_SAE)])
+    maps = probe.stacked_maps(probe(x, keep_activations=True).activations)
+    assert torch.allclose(maps, expected, atol=1e-5)
+    density = (maps != 0).float().mean(dim=(0, 1))
+    assert torch.equal(density, (expected != 0).float().mean(dim=(0, 1)))
+    assert bool((density > 0).any()) and bool((density < 1).any())  # neither all dead nor all firing
 
 
 @pytest.mark.parametrize("kind", ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"])
@@ -213,8 +231,7 @@ def test_saelens_saes_score_their_encode_on_smollm2_activations(tmp_path, smollm
     ours = load(folder)
     assert torch.allclose(ours.encode(x), expected, atol=1e-4)
     scores = _ours(folder, x)
-    kept = expected != 0 if kind.startswith("topk") else torch.ones_like(expected, dtype=torch.bool)
-    assert torch.allclose(scores[kept], expected[kept], atol=1e-4)
+    assert torch.allclose(scores, expected, atol=1e-4)
     assert bool((expected > 0).any())
 
 
