@@ -65,27 +65,6 @@ def _prompt_layout(run: dict[str, Any] | None) -> tuple[int, str, str] | None:
     return settings["n_tokens"], settings.get("prefix") or "", settings.get("suffix") or ""
 
 
-def matched_windows(loaded: LoadedModel, specs: Sequence[str], config: Any, corpus: Any, **scan: Any) -> dict[str, list[list[int]]]:
-    """Each target's matched-length dataset windows (`text_maxima(..., lengths=[config.n_tokens])` in the
-    prompt's layout, cached), best first, as the token ids an `init` of "maxima" or "mixed" starts from.
-
-    Example:
-        >>> from dreamy.models import load
-        >>> from dreamy.datasets import TextCorpus
-        >>> from dreamy.language import EPOConfig
-        >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park. " * 8)
-        >>> found = matched_windows(load("tiny:lm"), ["logits:3"], EPOConfig(n_tokens=3), corpus, k=2, window=8,
-        ...                         xent_windows=2, cache_dir=None, progress=False)
-        >>> [len(ids) for ids in found["logits:3"]]
-        [3, 3]
-    """
-    from dreamy import maxima
-
-    found = maxima.text_maxima(loaded, list(specs), corpus, lengths=[config.n_tokens], prefix=config.prefix,
-                               suffix=config.suffix, **scan).at(config.n_tokens)
-    return {spec: [e.token_ids for e in found[maxima.records.canonical_target(spec)].examples] for spec in specs}
-
-
 def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe: bool, progress: bool,
                    scan: dict[str, Any]) -> list[dict[str, Any]]:
     from dreamy import maxima
@@ -274,4 +253,4 @@ def attach_steering(out_dir: str | Path, loaded: LoadedModel, config: Any) -> li
         return updated
 
 
-__all__ = ["attach_judges", "attach_maxima", "attach_steering", "judge_records", "matched_windows", "steering_of"]
+__all__ = ["attach_judges", "attach_maxima", "attach_steering", "judge_records", "steering_of"]
