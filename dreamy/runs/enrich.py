@@ -71,8 +71,9 @@ class EnrichSteps:
     `progress` shows the searches' bars.
 
     Example:
-        >>> EnrichSteps(maxima=MaximaStep("fortunes"), describe=True)
-        EnrichSteps(maxima=MaximaStep(dataset='fortunes', scan={}), describe=True, labels=None, judges=(), steering=None, progress=True)
+        >>> steps = EnrichSteps(maxima=MaximaStep("fortunes"), describe=True)
+        >>> steps.maxima, steps.labels, steps.judges, steps.steering
+        (MaximaStep(dataset='fortunes', scan={}), None, (), None)
     """
 
     maxima: MaximaStep | None = None
@@ -86,7 +87,7 @@ class EnrichSteps:
 def enrich(out_dir: str | Path, loaded: LoadedModel | None, steps: EnrichSteps) -> list[dict[str, Any]]:
     """Apply `steps` to the finished records of the run in `out_dir` (see the module docstring), write its
     results.json and gallery once, and return the records that changed, in the run's order. `loaded` is the
-    run's model (None will do for judges alone).
+    run's model (None will do for judges alone; `ValueError` for a step that reads it).
 
     Example:
         >>> import tempfile
@@ -100,6 +101,11 @@ def enrich(out_dir: str | Path, loaded: LoadedModel | None, steps: EnrichSteps) 
         >>> [(r["target"], len(r["maxima"]) > 0, "judges" in r) for r in enrich(out, cnn, steps)]
         [('logits:3', True, True), ('conv3:1', True, False)]
     """
+    needs_model = [name for name, asked in (("maxima", steps.maxima is not None), ("describe", steps.describe),
+                                            ("labels", steps.labels is not None),
+                                            ("steering", steps.steering is not None)) if asked]
+    if loaded is None and needs_model:
+        raise ValueError(f"enrich: the {', '.join(needs_model)} step(s) read the run's model; pass it as `loaded`")
     with run_lock(out_dir):
         out = Path(out_dir)
         store = ResultsStore(out)
@@ -114,17 +120,17 @@ def enrich(out_dir: str | Path, loaded: LoadedModel | None, steps: EnrichSteps) 
                 changed.add(record["target"])
 
         got_maxima: set[str] = set()
-        if steps.maxima is not None and loaded is not None:
+        if steps.maxima is not None:
             with_maxima = maxima_of(loaded, list(records.values()), steps.maxima, out, run, steps.progress)
             got_maxima = {r["target"] for r in with_maxima}
             apply(with_maxima)
-        if loaded is not None:
+        if got_maxima or steps.describe:
             apply(_described_and_plotted(loaded, records, got_maxima, steps.describe, out, kind))
-        if steps.labels is not None and loaded is not None:
+        if steps.labels is not None:
             apply(label_records(loaded, list(records.values()), steps.labels, progress=steps.progress))
         if steps.judges:
             apply(judge_records(steps.judges, list(records.values()), out, default_kind=kind or "image"))
-        if steps.steering is not None and loaded is not None:
+        if steps.steering is not None:
             apply(steering_of(loaded, list(records.values()), steps.steering, default_kind=kind or "prompt"))
         if not changed:
             return []

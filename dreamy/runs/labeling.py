@@ -58,7 +58,8 @@ def label_records(loaded: LoadedModel, records: Sequence[dict[str, Any]], step: 
         >>> from dreamy.datasets import TextCorpus
         >>> from dreamy.labels import LabelConfig
         >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park and the sun is hot. " * 30)
-        >>> step = LabelStep(corpus, LabelConfig(steps=1, context=6, answers=(" the", " a")), windows=64, window_tokens=8)
+        >>> config = LabelConfig(steps=1, context=6, answers=(" the", " a"))
+        >>> step = LabelStep(corpus, config, windows=64, window_tokens=8)
         >>> [record] = label_records(load("tiny:lm"), [{"kind": "prompt", "target": "model.layers.1:3"}], step,
         ...                          progress=False)
         >>> record["labels"]["counts"]["windows"], record["labels"]["corpus"]

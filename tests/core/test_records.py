@@ -33,7 +33,8 @@ def test_each_kind_declares_the_common_keys_and_its_own():
     common = {"kind", "target", "model", "method", "activation", "settings", "seed", "plot", "error", "maxima"}
     assert common <= RECORD_KEYS["image"] & RECORD_KEYS["prompt"]
     assert {"images", "judges", "label"} <= RECORD_KEYS["image"] - RECORD_KEYS["prompt"]
-    assert {"frontier", "description", "maxima_matched", "labels", "steering"} <= RECORD_KEYS["prompt"] - RECORD_KEYS["image"]
+    prompt_only = RECORD_KEYS["prompt"] - RECORD_KEYS["image"]
+    assert {"frontier", "description", "maxima_matched", "labels", "steering"} <= prompt_only
 
 
 def test_report_and_the_enrichment_pass_never_guess_a_kind_or_read_n_tokens_by_string():

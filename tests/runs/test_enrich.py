@@ -60,7 +60,8 @@ def test_maxima_descriptions_and_steering_after_a_run_write_results_and_the_gall
     by_target = {r["target"]: r for r in records}
     neuron = by_target["model.layers.0.mlp.down_proj@in:3"]
     # maxima first, then the description over them and the plot with them, then steering reading them
-    assert neuron["maxima"] and neuron["maxima_matched"] and neuron["description"]["token_change"]["contexts"] == "maxima"
+    assert neuron["maxima"] and neuron["maxima_matched"]
+    assert neuron["description"]["token_change"]["contexts"] == "maxima"
     assert neuron["steering"]["input_score"] is not None and "steering_error" in by_target["logits:5"]
     for record in records:
         assert set(record) <= RECORD_KEYS[record_kind(record)], set(record) - RECORD_KEYS[record_kind(record)]
@@ -84,3 +85,9 @@ def test_image_records_keep_to_the_schema_after_maxima_and_judges(tmp_path, tiny
     assert writes["batches"] - before["batches"] == 1 and writes["index.html"] - before["index.html"] == 1
     for record in ResultsStore(tmp_path / "run").records:
         assert set(record) <= RECORD_KEYS["image"], set(record) - RECORD_KEYS["image"]
+
+
+def test_a_step_that_reads_the_model_without_one_is_refused_before_anything_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"the maxima, steering step\(s\) read the run's model; pass it as `loaded`"):
+        enrich(tmp_path / "run", None, EnrichSteps(maxima=MaximaStep("photos"), steering=object()))
+    assert not (tmp_path / "run").exists()
