@@ -193,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `dream image|prompt` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
     from dreamy.models import load
     from dreamy.runs import dream_targets, plan_batches, unusable_targets
-    from dreamy.runs.enrich import attach_judges, attach_maxima, attach_steering
-    from dreamy.runs.labeling import attach_labels
+    from dreamy.runs.enrich import EnrichSteps, MaximaStep, enrich
+    from dreamy.runs.labeling import LabelStep
     from dreamy.runs.store import OutDirError, prepare_out_dir, run_info_of, run_lock
 
     device = _check_arguments(args)
@@ -234,13 +234,9 @@ def run(args: argparse.Namespace) -> int:
                                     batch_targets=batch_targets, describe=getattr(args, "describe", True),
                                     use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
                                     progress=not args.quiet, maxima=args.maxima)
-            if judges:
-                attach_judges(out, judges)
-            attach_maxima(out, loaded, args.maxima, describe=getattr(args, "describe", True), progress=not args.quiet)
-            if getattr(args, "labels", False):
-                attach_labels(out, loaded, args.maxima, progress=not args.quiet)
-            if steering is not None:
-                attach_steering(out, loaded, steering)
+            enrich(out, loaded, EnrichSteps(maxima=MaximaStep(args.maxima), describe=getattr(args, "describe", True),
+                                            labels=LabelStep(args.maxima) if getattr(args, "labels", False) else None,
+                                            judges=tuple(judges), steering=steering, progress=not args.quiet))
     except OutDirError as error:
         raise UsageError(str(error)) from error
     failed = [r for r in records if "error" in r]

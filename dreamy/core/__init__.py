@@ -1,4 +1,5 @@
-"""What every layer shares and nothing in dreamy sits below: configs, step loops, files, PNGs, memory.
+"""What every layer shares and nothing in dreamy sits below: configs, step loops, files, PNGs, memory,
+the shape of a run's records (`records`).
 
 Example:
     >>> from dreamy.core.files import safe_name

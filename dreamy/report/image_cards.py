@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from dreamy.core.records import record_kind
 from dreamy.report.html import anchor, esc, figure, fmt
 from dreamy.targets import Neuron, TargetError, class_index, parse
 
@@ -52,7 +53,7 @@ def layer_sheets(records: Sequence[dict[str, Any]]) -> str:
     groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for record in records:
         found = _channel(str(record.get("target", "")))
-        if found and record.get("kind", "image") == "image":
+        if found and record_kind(record, default="image") == "image":
             key, unit = found
             groups.setdefault(key, []).append((unit, record))
     sheets = []

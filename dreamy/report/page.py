@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dreamy.core.files import write_atomic
+from dreamy.core.records import record_kind
 from dreamy.report.html import STYLE, anchor, esc, fmt, short_target
 from dreamy.report.image_cards import comparison, image_section, judge_verdicts, layer_sheets
 from dreamy.report.prompt_cards import STYLE as PROMPT_STYLE, feature_index, prompt_card
@@ -39,7 +40,7 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
         head = f'<h2 title="{esc(record["target"])}">{esc(short_target(str(record["target"])))}{label}</h2><div class="label">model {esc(record.get("model", "?"))} · method {esc(record.get("method", "?"))}'
         if record.get("activation") is not None:
             head += f' · best activation {fmt(record["activation"])}'
-        is_image = record.get("kind", "image" if "images" in record else None) == "image"
+        is_image = record_kind(record) == "image"
         head += (comparison(record) if is_image else "") + judge_verdicts(record) + "</div>"
         if "error" in record:
             body = f'<div class="error">failed: {esc(record["error"])}</div>'

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from dreamy.core.records import record_kind
 from dreamy.maxima.verdict import verdict_of
 from dreamy.report.html import anchor, esc, fmt, short_target
 
@@ -245,7 +246,7 @@ def feature_index(records: Sequence[dict[str, Any]]) -> str:
         >>> feature_index([{"kind": "image", "target": "conv1:0"}])
         ''
     """
-    prompts = [r for r in records if r.get("kind") == "prompt" or "frontier" in r]
+    prompts = [r for r in records if record_kind(r) == "prompt"]
     if not prompts:
         return ""
     labelled = any(r.get("labels") for r in prompts)

@@ -1,29 +1,46 @@
-"""Enrich a finished run's records in its output folder: dataset maxima, judges' verdicts, descriptions, steering.
+"""Enrich a finished run's records in its output folder, in one pass: dataset maxima, descriptions, labels,
+judges' verdicts, steering.
 
-Each step reads the run's results.json, adds fields to the finished (non-error) records, rewrites the file
-and the gallery, and holds the folder's lock while it does (`store.run_lock`). This is what `dream ...
---maxima DATASET`, `--judge MODEL` and `--steer` do after dreaming.
+`enrich(out_dir, loaded, steps)` reads the run's results.json once, applies the steps `EnrichSteps` asks for in
+this order, each on the records the steps before it left:
+
+1. maxima: the dataset maxima of every finished target (found now in `MaximaStep.dataset`, or the cached ones of
+   an earlier search); a prompt record also gets the windows of its own length (`maxima_matched`, the verdict's
+   yardstick) from the same pass;
+2. descriptions and plots: a prompt record that just got maxima gets its TokenChange over those windows
+   (`describe`; so do finished prompt records with no description yet) and its frontier plot redrawn with the
+   windows as points: each made once, after the maxima they show;
+3. labels: token-space labels searched on the corpus windows (`runs.labeling`);
+4. judges: the judges' verdicts on every class dream (`judge_records`);
+5. steering: the steering check of every prompt target (`steering_of`; reads the maxima of step 1);
+
+then writes results.json and the gallery once (only if a record changed), holding the folder's lock
+(`store.run_lock`, re-entrant: a caller that holds it already, as `dream ...` does around the run, keeps it).
+This is what `dream ... --maxima DATASET`, `--labels`, `--judge MODEL` and `--steer` do after dreaming.
 
 Example (judges on a run with no class dreams judge nothing):
     >>> import tempfile
-    >>> attach_judges(tempfile.mkdtemp(), [])
+    >>> enrich(tempfile.mkdtemp(), None, EnrichSteps(judges=()))
     []
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from dreamy.core.files import safe_name, write_atomic
 from dreamy.core.png import read_png
+from dreamy.core.records import prompt_layout, record_kind
 from dreamy.models import LoadedModel
 from dreamy.report.page import gallery_title, write_index
 from dreamy.report.plots import frontier_png, plot_name
 from dreamy.runs.describe import describe_record
+from dreamy.runs.labeling import LabelStep, label_records
 from dreamy.runs.store import ResultsStore, run_lock
 from dreamy.targets import class_index
 from dreamy.vision.judges import Verdict, judge_images
@@ -31,17 +48,102 @@ from dreamy.vision.judges import Verdict, judge_images
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class MaximaStep:
+    """The maxima step: find them now in `dataset` (images: photos, fashion-mnist, a folder; text: fortunes,
+    bible-kjv, a file), or with `dataset` None attach the cached maxima of an earlier search where they exist;
+    `scan` goes to `maxima.image_maxima` / `maxima.text_maxima` (e.g. `k`, `max_words`, `cache_dir`).
+
+    Example:
+        >>> MaximaStep("photos", {"k": 4}).scan["k"]
+        4
+    """
+
+    dataset: Any = None
+    scan: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnrichSteps:
+    """The steps of one `enrich` pass (see the module docstring for their order): `maxima` (a `MaximaStep`, None:
+    none), `describe` (prompt records that get maxima, or have no description, are described), `labels` (a
+    `runs.labeling.LabelStep`), `judges` (loaded image classifiers), `steering` (a `steering.SteerConfig`);
+    `progress` shows the searches' bars.
+
+    Example:
+        >>> steps = EnrichSteps(maxima=MaximaStep("fortunes"), describe=True)
+        >>> steps.maxima, steps.labels, steps.judges, steps.steering
+        (MaximaStep(dataset='fortunes', scan={}), None, (), None)
+    """
+
+    maxima: MaximaStep | None = None
+    describe: bool = False
+    labels: LabelStep | None = None
+    judges: tuple[LoadedModel, ...] = ()
+    steering: Any = None
+    progress: bool = True
+
+
+def enrich(out_dir: str | Path, loaded: LoadedModel | None, steps: EnrichSteps) -> list[dict[str, Any]]:
+    """Apply `steps` to the finished records of the run in `out_dir` (see the module docstring), write its
+    results.json and gallery once, and return the records that changed, in the run's order. `loaded` is the
+    run's model (None will do for judges alone; `ValueError` for a step that reads it).
+
+    Example:
+        >>> import tempfile
+        >>> from dreamy.models import load
+        >>> from dreamy.runs import dream_targets
+        >>> from dreamy.vision import DreamConfig
+        >>> out, cnn = tempfile.mkdtemp(), load("tiny:cnn")
+        >>> _ = dream_targets(cnn, ["logits:3", "conv3:1"], DreamConfig(steps=2), out_dir=out, progress=False)
+        >>> steps = EnrichSteps(maxima=MaximaStep("photos", {"cache_dir": tempfile.mkdtemp()}), judges=(cnn,),
+        ...                     progress=False)
+        >>> [(r["target"], len(r["maxima"]) > 0, "judges" in r) for r in enrich(out, cnn, steps)]
+        [('logits:3', True, True), ('conv3:1', True, False)]
+    """
+    needs_model = [name for name, asked in (("maxima", steps.maxima is not None), ("describe", steps.describe),
+                                            ("labels", steps.labels is not None),
+                                            ("steering", steps.steering is not None)) if asked]
+    if loaded is None and needs_model:
+        raise ValueError(f"enrich: the {', '.join(needs_model)} step(s) read the run's model; pass it as `loaded`")
+    with run_lock(out_dir):
+        out = Path(out_dir)
+        store = ResultsStore(out)
+        run = store.run or {}
+        kind = record_kind(run) or (None if loaded is None else "image" if loaded.kind == "vision" else "prompt")
+        records = {r["target"]: r for r in store.records}
+        changed: set[str] = set()
+
+        def apply(updated: Sequence[dict[str, Any]]) -> None:
+            for record in updated:
+                records[record["target"]] = record
+                changed.add(record["target"])
+
+        got_maxima: set[str] = set()
+        if steps.maxima is not None:
+            with_maxima = maxima_of(loaded, list(records.values()), steps.maxima, out, run, steps.progress)
+            got_maxima = {r["target"] for r in with_maxima}
+            apply(with_maxima)
+        if got_maxima or steps.describe:
+            apply(_described_and_plotted(loaded, records, got_maxima, steps.describe, out, kind))
+        if steps.labels is not None:
+            apply(label_records(loaded, list(records.values()), steps.labels, progress=steps.progress))
+        if steps.judges:
+            apply(judge_records(steps.judges, list(records.values()), out, default_kind=kind or "image"))
+        if steps.steering is not None:
+            apply(steering_of(loaded, list(records.values()), steps.steering, default_kind=kind or "prompt"))
+        if not changed:
+            return []
+        store.add_many(list(records.values()))  # one write, in the run's order
+        model = run.get("model") or (loaded.name if loaded is not None else "?")
+        write_index(out, store.records, gallery_title(kind or "image", model))
+        return [r for target, r in records.items() if target in changed]
+
+
 def attach_maxima(out_dir: str | Path, loaded: LoadedModel, dataset: str | None = None, *, describe: bool = True,
                   progress: bool = True, **scan: Any) -> list[dict[str, Any]]:
-    """Put dataset maxima into the finished records of the run in `out_dir` and rewrite its gallery.
-
-    With `dataset` (images: photos, fashion-mnist, a folder; text: fortunes, bible-kjv, a file) the maxima
-    are found now; without it, cached maxima of an earlier search are attached where they exist. Prompt
-    records then get TokenChange over those windows (`describe`) and their frontier plot redrawn with the
-    windows as points. Prompt records also get, from the same corpus pass, the windows of the prompt's own length
-    scored as the prompt is (`maxima_matched`: the verdict's yardstick, see `maxima.verdict`); `maxima` keeps the
-    longer context windows. Returns the updated records. `scan` goes to `maxima.image_maxima` /
-    `maxima.text_maxima` (e.g. `k`, `max_words`, `cache_dir`).
+    """`enrich` with the maxima step alone (and the descriptions it calls for): the dataset maxima of `dataset`
+    (None: cached ones) put into the finished records of the run in `out_dir`; `scan` goes to the maxima search.
 
     Example:
         >>> import tempfile
@@ -53,68 +155,67 @@ def attach_maxima(out_dir: str | Path, loaded: LoadedModel, dataset: str | None 
         >>> [len(r["maxima"]) > 0 for r in attach_maxima(out, cnn, "photos", progress=False, cache_dir=tempfile.mkdtemp())]
         [True]
     """
-    with run_lock(out_dir):
-        return _attach_maxima(Path(out_dir), loaded, dataset, describe, progress, scan)
+    return enrich(out_dir, loaded, EnrichSteps(maxima=MaximaStep(dataset, scan), describe=describe, progress=progress))
 
 
-def _prompt_layout(run: dict[str, Any] | None) -> tuple[int, str, str] | None:
-    """(n_tokens, prefix, suffix) of a prompt run's settings, or None."""
-    settings = (run or {}).get("settings") or {}
-    if (run or {}).get("kind") != "prompt" or not isinstance(settings.get("n_tokens"), int):
-        return None
-    return settings["n_tokens"], settings.get("prefix") or "", settings.get("suffix") or ""
-
-
-def matched_windows(loaded: LoadedModel, specs: Sequence[str], config: Any, corpus: Any, **scan: Any) -> dict[str, list[list[int]]]:
-    """Each target's matched-length dataset windows (`text_maxima(..., lengths=[config.n_tokens])` in the
-    prompt's layout, cached), best first, as the token ids an `init` of "maxima" or "mixed" starts from.
+def attach_judges(out_dir: str | Path, judges: Sequence[LoadedModel]) -> list[dict[str, Any]]:
+    """`enrich` with the judges step alone: the judges' verdicts on every finished class-dream record of the run
+    in `out_dir` (see `judge_records`); returns the judged records.
 
     Example:
         >>> from dreamy.models import load
-        >>> from dreamy.datasets import TextCorpus
-        >>> from dreamy.language import EPOConfig
-        >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park. " * 8)
-        >>> found = matched_windows(load("tiny:lm"), ["logits:3"], EPOConfig(n_tokens=3), corpus, k=2, window=8,
-        ...                         xent_windows=2, cache_dir=None, progress=False)
-        >>> [len(ids) for ids in found["logits:3"]]
-        [3, 3]
+        >>> from dreamy.runs import dream_targets
+        >>> from dreamy.vision import DreamConfig
+        >>> out, cnn = __import__("tempfile").mkdtemp(), load("tiny:cnn")
+        >>> _ = dream_targets(cnn, ["logits:3", "conv3:1"], DreamConfig(steps=2), out_dir=out, progress=False)
+        >>> [(r["target"], r["judges"][0]["judge"]) for r in attach_judges(out, [cnn])]
+        [('logits:3', 'tiny:cnn')]
+    """
+    return enrich(out_dir, None, EnrichSteps(judges=tuple(judges)))
+
+
+def maxima_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], step: MaximaStep, out: Path,
+              run: Mapping[str, Any], progress: bool = True) -> list[dict[str, Any]]:
+    """Copies of the finished `records` of the run `run` in folder `out` with their dataset maxima (`maxima`,
+    `maxima_dataset`; image maxima copied into `out/maxima/`) and, for a prompt run, the windows of the prompt's
+    own length (`maxima_matched`, `maxima_matched_dataset`); records without maxima are left out.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from dreamy.models import load
+        >>> out = Path(tempfile.mkdtemp())
+        >>> [r["maxima_dataset"] for r in maxima_of(load("tiny:cnn"), [{"kind": "image", "target": "conv3:1"}],
+        ...  MaximaStep("photos", {"limit": 4, "cache_dir": None}), out, {"kind": "image"}, progress=False)]
+        ['photos[:4]']
     """
     from dreamy import maxima
 
-    found = maxima.text_maxima(loaded, list(specs), corpus, lengths=[config.n_tokens], prefix=config.prefix,
-                               suffix=config.suffix, **scan).at(config.n_tokens)
-    return {spec: [e.token_ids for e in found[maxima.records.canonical_target(spec)].examples] for spec in specs}
-
-
-def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe: bool, progress: bool,
-                   scan: dict[str, Any]) -> list[dict[str, Any]]:
-    from dreamy import maxima
-
-    store = ResultsStore(out)
-    kind = (store.run or {}).get("kind") or ("image" if loaded.kind == "vision" else "prompt")
-    layout = _prompt_layout(store.run)
-    good = [r["target"] for r in store.records if "error" not in r]
+    kind = record_kind(run) or ("image" if loaded.kind == "vision" else "prompt")
+    layout = prompt_layout(run)
+    good = [r["target"] for r in records if "error" not in r]
     if not good:
         return []
     matched: dict[str, Any] = {}
-    if dataset:
+    if step.dataset:
         if kind == "image":
-            found = maxima.image_maxima(loaded, good, dataset, progress=progress, **scan)
+            found = maxima.image_maxima(loaded, good, step.dataset, progress=progress, **step.scan)
         else:
-            lengths = [layout[0]] if layout else []
-            found = maxima.text_maxima(loaded, good, dataset, lengths=lengths, prefix=layout[1] if layout else "",
-                                       suffix=layout[2] if layout else "", progress=progress, **scan)
-            matched = dict(found.at(layout[0])) if layout else {}
+            found = maxima.text_maxima(loaded, good, step.dataset, lengths=[layout.n_tokens] if layout else [],
+                                       prefix=layout.prefix if layout else "", suffix=layout.suffix if layout else "",
+                                       progress=progress, **step.scan)
+            matched = dict(found.at(layout.n_tokens)) if layout else {}
     else:
         cache = maxima.default_cache_dir()
-        context = (lambda m: not layout or m.settings.get("window") != layout[0])
+        context = (lambda m: not layout or m.settings.get("window") != layout.n_tokens)
         found = {t: maxima.load_cached_maxima(cache, loaded.name, t, matching=context) for t in good}
         if layout:
-            same = (lambda m: m.settings.get("window") == layout[0] and (m.settings.get("prefix") or "") == layout[1]
-                    and (m.settings.get("suffix") or "") == layout[2])
+            same = (lambda m: m.settings.get("window") == layout.n_tokens
+                    and (m.settings.get("prefix") or "") == layout.prefix
+                    and (m.settings.get("suffix") or "") == layout.suffix)
             matched = {t: maxima.load_cached_maxima(cache, loaded.name, t, matching=same) for t in good}
     updated = []
-    for record in store.records:
+    for record in records:
         entry = found.get(record["target"])
         if entry is None or "error" in record:
             continue
@@ -128,20 +229,32 @@ def _attach_maxima(out: Path, loaded: LoadedModel, dataset: str | None, describe
         windows = matched.get(record["target"])
         if windows is not None:
             record.update(maxima_matched=windows.gallery_items(), maxima_matched_dataset=windows.dataset)
-        updated.append(_refresh_prompt_card(loaded, record, out, describe=describe))
-    if updated:
-        store.add_many(updated)
-        write_index(out, store.records, gallery_title(kind, loaded.name))
+        updated.append(record)
     return updated
 
 
-def _refresh_prompt_card(loaded: LoadedModel, record: dict[str, Any], out: Path, describe: bool) -> dict[str, Any]:
-    """A prompt record that just got its dataset maxima: TokenChange over those windows, and its frontier plot
-    redrawn with the windows as points."""
-    if record.get("kind") != "prompt":
-        return record
-    if describe:
-        record = describe_record(loaded, record)
+def _described_and_plotted(loaded: LoadedModel, records: Mapping[str, dict[str, Any]], got_maxima: set[str],
+                           describe: bool, out: Path, kind: str | None) -> list[dict[str, Any]]:
+    """The finished prompt records that just got maxima, described over those windows (`describe`) with their
+    frontier plot redrawn with the windows as points, and (`describe`) those with no description yet."""
+    updated = []
+    for target, record in records.items():
+        if "error" in record or record_kind(record, default=kind) != "prompt":
+            continue
+        fresh = target in got_maxima
+        undescribed = describe and "description" not in record and "description_error" not in record
+        if not fresh and not undescribed:
+            continue
+        new = describe_record(loaded, record) if describe else record
+        if fresh:
+            new = _with_plot(new, out)
+        if fresh or new is not record:
+            updated.append(new)
+    return updated
+
+
+def _with_plot(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """`record` with its frontier plot (re)drawn into `out` (a plot that fails is only logged)."""
     name = record.get("plot") or plot_name(record["target"], "frontier")
     try:
         write_atomic(out / name, frontier_png(record))
@@ -151,36 +264,14 @@ def _refresh_prompt_card(loaded: LoadedModel, record: dict[str, Any], out: Path,
     return {**record, "plot": name}
 
 
-def attach_judges(out_dir: str | Path, judges: Sequence[LoadedModel]) -> list[dict[str, Any]]:
-    """Add the judges' verdicts to every finished class-dream record of the run in `out_dir` (see
-    `judge_records`) and rewrite its results.json and gallery; returns the judged records.
-
-    Example:
-        >>> from dreamy.models import load
-        >>> from dreamy.runs import dream_targets
-        >>> from dreamy.vision import DreamConfig
-        >>> out, cnn = __import__("tempfile").mkdtemp(), load("tiny:cnn")
-        >>> _ = dream_targets(cnn, ["logits:3", "conv3:1"], DreamConfig(steps=2), out_dir=out, progress=False)
-        >>> [(r["target"], r["judges"][0]["judge"]) for r in attach_judges(out, [cnn])]
-        [('logits:3', 'tiny:cnn')]
-    """
-    with run_lock(out_dir):
-        store = ResultsStore(out_dir)
-        updated = {r["target"]: r for r in judge_records(judges, store.records, out_dir)} if judges else {}
-        if updated:
-            store.add_many([updated.get(r["target"], r) for r in store.records])  # keeps the gallery's order
-            run = store.run or {}
-            write_index(out_dir, store.records, gallery_title(run.get("kind", "image"), run.get("model", "?")))
-        return list(updated.values())
-
-
-def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any]],
-                  directory: str | Path) -> list[dict[str, Any]]:
+def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any]], directory: str | Path, *,
+                  default_kind: str | None = "image") -> list[dict[str, Any]]:
     """Add each judge's verdicts to the class-logit image records of a run written in `directory`.
 
     Every image of a record is judged from its PNG (what the gallery shows). A record gets
     `judges`: one entry per judge for its best image (the one with the record's activation), with
-    `probabilities` of every image. Returns the updated records (the others are left out).
+    `probabilities` of every image. Returns the updated records (the others are left out). A record that does not
+    say its kind (`core.records.record_kind`) is of `default_kind`.
 
     Example:
         >>> import tempfile
@@ -194,7 +285,7 @@ def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any
         (['logits:3'], ['judge', 'label', 'probabilities', 'probability', 'rank', 'target', 'top5'])
     """
     todo = [(r, class_index(r["target"])) for r in records
-            if "error" not in r and r.get("images") and r.get("kind", "image") == "image"]
+            if "error" not in r and r.get("images") and record_kind(r, default=default_kind) == "image"]
     todo = [(r, c) for r, c in todo if c is not None]
     if not todo:
         return []
@@ -221,10 +312,12 @@ def judge_records(judges: Sequence[LoadedModel], records: Sequence[dict[str, Any
     return updated
 
 
-def steering_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+def steering_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], config: Any, *,
+                default_kind: str | None = "prompt") -> list[dict[str, Any]]:
     """Copies of the finished prompt `records` with their `"steering"` (`dreamy.steering.steer_many`: the
     continuations, the input score over the record's `maxima` windows, the output score and the fluency cost) or,
-    for a target that cannot be steered, `"steering_error"`. Error records and image records are left out.
+    for a target that cannot be steered, `"steering_error"`. Error records and image records are left out; a record
+    that does not say its kind (`core.records.record_kind`) is of `default_kind`.
 
     Example:
         >>> from dreamy.models import load
@@ -236,7 +329,7 @@ def steering_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], config: 
     """
     from dreamy.steering import steer_many, steering_direction
 
-    todo = [r for r in records if "error" not in r and r.get("kind", "prompt") == "prompt"]
+    todo = [r for r in records if "error" not in r and record_kind(r, default=default_kind) == "prompt"]
     good, out = [], {}
     for record in todo:
         fresh = {k: v for k, v in record.items() if k not in ("steering", "steering_error")}
@@ -254,24 +347,5 @@ def steering_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], config: 
     return [out[r["target"]] for r in todo]
 
 
-def attach_steering(out_dir: str | Path, loaded: LoadedModel, config: Any) -> list[dict[str, Any]]:
-    """Steer every finished prompt target of the run in `out_dir` (`steering_of`), rewrite its results.json and
-    gallery; returns the updated records. Run it after `attach_maxima`: the input score reads the records' maxima.
-
-    Example:
-        >>> import tempfile
-        >>> attach_steering(tempfile.mkdtemp(), None, None)
-        []
-    """
-    with run_lock(out_dir):
-        store = ResultsStore(out_dir)
-        updated = steering_of(loaded, store.records, config) if store.records else []
-        if updated:
-            by_target = {r["target"]: r for r in updated}
-            store.add_many([by_target.get(r["target"], r) for r in store.records])  # keeps the gallery's order
-            run = store.run or {}
-            write_index(out_dir, store.records, gallery_title(run.get("kind", "prompt"), run.get("model", "?")))
-        return updated
-
-
-__all__ = ["attach_judges", "attach_maxima", "attach_steering", "judge_records", "matched_windows", "steering_of"]
+__all__ = ["EnrichSteps", "MaximaStep", "attach_judges", "attach_maxima", "enrich", "judge_records", "maxima_of",
+           "steering_of"]

@@ -42,7 +42,7 @@ from dreamy.report.page import gallery_title, write_index
 from dreamy.runs import batch
 from dreamy.language.proposals import SEEDED_INITS
 from dreamy.runs.batch import BatchOutput, PackLimit, error_record
-from dreamy.runs.enrich import matched_windows
+from dreamy.maxima.matched import matched_windows
 from dreamy.runs.plan import batch_config, check_model, plan_batches, unusable_targets
 from dreamy.runs.store import ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
 

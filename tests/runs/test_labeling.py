@@ -1,4 +1,5 @@
-"""dreamy/runs/labeling.py: token labels attached to a finished prompt run's records and shown on its cards."""
+"""dreamy/runs/labeling.py: token labels attached to a finished prompt run's records (the labels step of
+`runs.enrich`) and shown on its cards."""
 
 import json
 
@@ -7,9 +8,10 @@ import torch
 
 from dreamy.datasets import TextCorpus
 from dreamy.language import EPOConfig
-from dreamy.labels import token_labels, window_activations
+from dreamy.labels import LabelConfig, token_labels, window_activations
 from dreamy.runs import dream_targets
-from dreamy.runs.labeling import attach_labels
+from dreamy.runs.enrich import EnrichSteps, enrich
+from dreamy.runs.labeling import LabelStep
 from dreamy.sae.activations import corpus_windows
 
 CORPUS = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park and the sun is hot. A bird sang. " * 40)
@@ -25,8 +27,8 @@ def run(tiny_lm, tmp_path_factory):
 
 
 def test_each_record_gets_the_label_search_on_the_corpus_windows(tiny_lm, run):
-    updated = attach_labels(run, tiny_lm, CORPUS, windows=96, window_tokens=8, steps=2, context=6,
-                            answers=(" the", " a"), progress=False)
+    step = LabelStep(CORPUS, LabelConfig(steps=2, context=6, answers=(" the", " a")), windows=96, window_tokens=8)
+    updated = enrich(run, tiny_lm, EnrichSteps(labels=step, progress=False))
     stored = {r["target"]: r for r in json.loads((run / "results.json").read_text())["records"]}
     assert [r["target"] for r in updated] == TARGETS + ["logits:2"]
     # the same windows and values give the same labels as token_labels called directly on one target
@@ -52,7 +54,7 @@ def test_the_values_of_many_targets_are_those_of_each_alone(tiny_lm):
 def test_a_target_the_search_cannot_label_says_why_and_the_others_are_labelled(tiny_lm, tmp_path):
     dream_targets(tiny_lm, TARGETS, EPOConfig(iters=1, n_tokens=3, population=2, children=4), out_dir=tmp_path,
                   progress=False)
-    updated = attach_labels(tmp_path, tiny_lm, CORPUS, windows=64, window_tokens=8, steps=1, context=6,
-                            progress=False)  # " Yes" is not one token of the tiny tokenizer
+    step = LabelStep(CORPUS, LabelConfig(steps=1, context=6), windows=64, window_tokens=8)
+    updated = enrich(tmp_path, tiny_lm, EnrichSteps(labels=step, progress=False))  # " Yes" is not one tiny token
     assert all("single-token answers" in r["labels_error"] and "labels" not in r for r in updated)
     assert "no token labels: answer" in (tmp_path / "index.html").read_text()
