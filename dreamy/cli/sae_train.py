@@ -78,14 +78,21 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if not args.corpus:
         raise UsageError("give at least one --corpus (fortunes, bible-kjv or a text file/folder)")
+    seen: dict[str, str] = {}
     for corpus in args.corpus:
         if corpus not in CORPUS_NAMES and not Path(corpus).expanduser().exists():
             raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder")
-        if corpus not in CORPUS_NAMES:
+        if corpus in CORPUS_NAMES:
+            same = "bible-kjv" if corpus == "bible" else corpus
+        else:
             try:
-                open_text(corpus, max_words=1)  # text, not a binary file or a folder of them
+                same = open_text(corpus).name.partition("#")[2]  # text, not binary; the hash of the text it holds
             except DatasetError as error:
                 raise UsageError(f"--corpus: {str(error).splitlines()[0]}") from error
+        if same in seen:
+            raise UsageError(f"--corpus {corpus!r} is the same text as --corpus {seen[same]!r}; give each corpus once "
+                             "(a duplicate would be trained on twice)")
+        seen[same] = corpus
     if args.k > args.features:
         raise UsageError(f"--k {args.k} must be <= --features {args.features}")
     if args.window < 2:

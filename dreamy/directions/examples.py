@@ -100,6 +100,9 @@ def bare_site(site: "str | Site") -> Site:
                          "or sum); the reduction is the `reduce` setting")
     if term.site.is_logits:
         raise ValueError(f"site {site!r}: a direction lives at a hidden site, not at the model's output")
+    if str(term.site).endswith("hook_pattern"):
+        raise ValueError(f"site {site!r} is an attention pattern, whose last dimension is a key position, not a "
+                         "feature; a direction lives at a site of features, e.g. blocks.0.hook_resid_post")
     return term.site
 
 

@@ -177,3 +177,10 @@ def test_examples_longer_than_the_context_are_cut_with_a_warning(texts, tmp_path
     assert "cut to its first 255 tokens" in caplog.text
     features = site_features(tiny_lm, "model.layers.1", [" ".join(["cat"] * 400)])
     assert features.shape == (1, 64) and bool(torch.isfinite(features).all())
+
+
+def test_an_attention_pattern_site_is_refused_before_the_model_loads(texts, tmp_path):
+    good, bad = texts
+    argv = [a if a != "model.layers.1" else "blocks.0.attn.hook_pattern" for a in _direction(good, bad, tmp_path / "d.pt")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    _refused(done, "--site: site 'blocks.0.attn.hook_pattern' is an attention pattern")

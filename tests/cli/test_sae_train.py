@@ -346,3 +346,15 @@ def test_an_sae_run_beside_the_users_files_still_resumes(corpus, tmp_path):
     (out / "notes.txt").write_text("mine")
     assert cli.main(_argv(corpus, out, "--resume")) == 0
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_corpus_given_twice_is_refused(corpus, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "copy.txt"
+    shutil.copy(corpus, copy)
+    relative = os.path.relpath(corpus)
+    for twice in ([corpus, corpus], [corpus, relative], [corpus, str(copy)], ["bible", "bible-kjv"]):
+        argv = _argv(twice[0], tmp_path / "sae") + ["--corpus", twice[1]]
+        one_line(run(*argv), 2, f"--corpus {twice[1]!r} is the same text as --corpus {twice[0]!r}")
+    assert not (tmp_path / "sae").exists()
