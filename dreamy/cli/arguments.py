@@ -13,6 +13,8 @@ import argparse
 import math
 from typing import Callable
 
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (torch.finfo(torch.float32).tiny)
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32
 MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**63 (and batch k adds k)
 
 
@@ -71,7 +73,8 @@ def non_negative(text: str) -> float:
 
 
 def weight_range(text: str) -> tuple[float, float]:
-    """An argparse type for `--fluency-weight-range`: LOW,HIGH with 0 < LOW <= HIGH, both finite.
+    """An argparse type for `--fluency-weight-range`: LOW,HIGH with 0 < LOW <= HIGH, both finite and within what
+    a float32 holds (normal numbers: no weight underflows to 0 or overflows to inf).
 
     Example:
         >>> weight_range("0.3,30")
@@ -83,6 +86,9 @@ def weight_range(text: str) -> tuple[float, float]:
     low, high = (_number(float, part.strip()) for part in parts)
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
         raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, both finite, got {text!r}")
+    if low < FLOAT32_TINY or high > FLOAT32_MAX:  # the weights are float32: 0 or inf otherwise
+        raise argparse.ArgumentTypeError(f"expected LOW and HIGH between {FLOAT32_TINY:.2g} and {FLOAT32_MAX:.2g} "
+                                         f"(the weights are float32), got {text!r}")
     return low, high
 
 
@@ -114,3 +120,18 @@ def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=positive(int), default=None, metavar="N",
                         help="use only the corpus' first N tokens (counted with the model's tokenizer; a hub dataset "
                              "streams no further); default: all of it")
+
+
+def check_resume_overwrite(args: argparse.Namespace) -> None:
+    """Refuse `--resume` with `--overwrite` (`UsageError`): one keeps the finished records in --out, the other
+    deletes them. A command without one of the flags passes.
+
+    Example:
+        >>> check_resume_overwrite(argparse.Namespace(resume=True, overwrite=True))
+        Traceback (most recent call last):
+        ...
+        dreamy.cli.arguments.UsageError: --resume keeps the finished records in --out and --overwrite deletes them; give one of the two, not both
+    """
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise UsageError("--resume keeps the finished records in --out and --overwrite deletes them; give one of the two, "
+                         "not both")

@@ -4,12 +4,13 @@
     dream direction --positive good.txt --negative bad.txt --site model.layers.15 --out sentiment.pt
     dream direction --positive striped/ --negative plain/ --site _blocks.10 --out striped.pt [--model M]
         [--method logistic --method mean_diff --method pca] [--reduce mean|max|sum|center|pos=N] [--heldout 0.25]
-        [--heldout-positive FILE --heldout-negative FILE] [--seed N] [--batch-size N] [--device D]
+        [--heldout-positive FILE --heldout-negative FILE] [--seed N] [--batch-size N] [--device D] [--overwrite]
 
 Examples are text files (one example per line) or folders of images; without `--model` texts use
 bundled:smollm2-135m and images bundled:efficientnet-lite0. Without `--method` the three methods run when the
 sets are paired (the same number of examples, line i of each a pair) and `pca` is left out otherwise. Every
-argument is checked before the model loads; then the site is checked on the model, the directions are learned,
+argument is checked before the model loads (an existing `--out` file or sidecar is refused unless `--overwrite`
+asks to replace them); then the site is checked on the model, the directions are learned,
 and the file (one unit vector per method) and its sidecar JSON are written. The accuracies, the cosines and the
 spec of each direction are printed.
 
@@ -23,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cmd.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default %(default)s)")
     cmd.add_argument("--batch-size", type=positive(int), default=16, help="examples per forward (default %(default)s)")
     cmd.add_argument("--device", default="cpu")
+    cmd.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --out file and its .json sidecar (without it they are refused)")
     return cmd
 
 
@@ -76,6 +80,32 @@ def _kind(examples: Any) -> str:
     return "text" if isinstance(examples, list) else "image"
 
 
+def check_not_taken(out: Path, *, overwrite: bool) -> None:
+    """Refuse (`UsageError`) an `--out` direction file or its `.json` sidecar that already exists, unless
+    `overwrite` (`--overwrite`) asks to replace them; nothing of a user's is replaced without a word.
+
+    Example:
+        >>> import tempfile
+        >>> taken = Path(tempfile.mkdtemp(), "d.pt"); _ = taken.write_bytes(b"mine")
+        >>> check_not_taken(taken, overwrite=True)
+        >>> check_not_taken(taken, overwrite=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dreamy.cli.arguments.UsageError: --out ...d.pt already exists; add --overwrite to replace it (and its .json sidecar), or choose another name
+    """
+    from dreamy.directions.files import sidecar_path
+
+    if overwrite:
+        return
+    side = sidecar_path(out)
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"--out {out} already exists; add --overwrite to replace it (and its .json sidecar), "
+                         "or choose another name")
+    if side.exists() or side.is_symlink():
+        raise UsageError(f"--out {out}: its sidecar {side} already exists; add --overwrite to replace it, "
+                         "or choose another name")
+
+
 def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """Refuse a bad command line before any model loads (`UsageError`, one line); returns the example sets read
     (`positive`, `negative`, `heldout`), the model name and the `DirectionConfig`.
@@ -89,6 +119,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         dreamy.cli.arguments.UsageError: --out d.npy must end in .pt or .safetensors (the target grammar reads both)
     """
     from dreamy.core.config import ConfigError
+    from dreamy.core.folders import OutDirError, check_out_folder
     from dreamy.directions import DirectionConfig
     from dreamy.directions.examples import bare_site
     from dreamy.models import check_device, kind_of
@@ -99,6 +130,11 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--out {args.out} must end in .pt or .safetensors (the target grammar reads both)")
     if out.is_dir():
         raise UsageError(f"--out {args.out} is a folder; give a file name ending in .pt or .safetensors")
+    check_not_taken(out, overwrite=getattr(args, "overwrite", False))
+    try:  # its folder: writable (or makeable), so the file can be written once the directions are learned
+        check_out_folder(out.parent)
+    except OutDirError as error:
+        raise UsageError(f"--out {args.out}: {str(error).splitlines()[0]}") from error
     check_seed(args.seed)
     if (args.heldout_positive is None) != (args.heldout_negative is None):
         raise UsageError("give both --heldout-positive and --heldout-negative, or neither")
@@ -107,6 +143,10 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     except (SpecError, ValueError) as error:
         raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
     positive, negative = _examples("--positive", args.positive), _examples("--negative", args.negative)
+    for flag, examples in (("--positive", positive), ("--negative", negative)):
+        if len(examples) < 2:
+            raise UsageError(f"{flag} {getattr(args, flag[2:])} holds {len(examples)} example; a direction needs at "
+                             "least 2 in each set")
     heldout = None
     if args.heldout_positive is not None:
         heldout = (_examples("--heldout-positive", args.heldout_positive), _examples("--heldout-negative", args.heldout_negative))
@@ -188,6 +228,12 @@ def run(args: argparse.Namespace) -> int:
                                          heldout_examples=checked["heldout"], sources=sources)
     except TargetError as error:
         raise UsageError(f"--site: {str(error).splitlines()[0]}") from error
-    files = result.save(Path(args.out).expanduser())
+    check_not_taken(Path(args.out).expanduser(), overwrite=getattr(args, "overwrite", False))  # made meanwhile?
+    try:
+        files = result.save(Path(args.out).expanduser())
+    except OSError as error:
+        print(f"dream: error: cannot write --out {args.out} ({error.strerror or error})",
+              file=sys.stderr)
+        return 1
     print(summary(result, files))
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from dreamy.cli.arguments import MAX_SEED, UsageError, check_seed
+from dreamy.cli.arguments import MAX_SEED, UsageError, check_resume_overwrite, check_seed
 from dreamy.cli.parser import DEFAULT_MODELS, REGULARIZER_FLAGS
 from dreamy.core.config import Config, ConfigError
 from dreamy.core.memory import available_bytes
@@ -158,6 +158,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     except ModelLoadError as error:
         raise UsageError(f"--device: {error}") from error
     check_seed(args.seed)
+    check_resume_overwrite(args)
     if args.command == "image" and getattr(args, "precision", "fp32") == "bf16" and device.type != "cuda":
         raise UsageError(f"--precision bf16 autocasts on CUDA only, not on --device {args.device}; drop it (fp32 is "
                          "the default) or use --device cuda")

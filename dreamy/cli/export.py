@@ -6,7 +6,10 @@
 `--neuronpedia OUT` writes the JSON Neuronpedia imports (`dreamy.sae.neuronpedia`): one folder per source (an SAE,
 or one site's neurons) under OUT. The statistics (density, histograms, correlations) are computed on `--windows`
 random windows of `--dataset` (default: the data set of the run's maxima, with their window length); without
-one, on the run's maxima windows. Everything knowable before the model loads is checked first (one line, exit 2).
+one, on the run's maxima windows. Everything knowable before the model loads is checked first (one line, exit 2):
+a RUN_DIR a run is still writing (its lock held) is unfinished, and OUT must be new, empty or an earlier export
+of the same run (replaced whole; the user's files or another run's export are refused). The run folder's lock is
+held while it is read, and OUT's while it is written.
 
 Example:
     >>> import argparse
@@ -19,6 +22,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,26 +53,81 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return cmd
 
 
+_MAXIMA_NAME = re.compile(r"(?P<corpus>.+?)(?:\[:\d+w\])?@(?P<window>\d+)tok(?:\[[^\]]*\])?")
+_FILE_CORPUS = re.compile(r"file:(?P<path>.+)#[0-9a-f]+")
+
+
 def _maxima_dataset(records: list[dict[str, Any]]) -> tuple[str | None, int | None]:
-    """The data set and window length of the run's maxima (`fortunes@64tok` -> ('fortunes', 64)).
+    """The data set and window length of the run's maxima, as `open_text` opens it: `fortunes@64tok` ->
+    ('fortunes', 64); a file's `file:PATH#HASH@64tok` (what `--maxima FILE` records) -> (PATH, 64).
 
     Example:
-        >>> _maxima_dataset([{"maxima_dataset": "bible-kjv@64tok"}])
-        ('bible-kjv', 64)
+        >>> _maxima_dataset([{"maxima_dataset": "bible-kjv@64tok"}]), _maxima_dataset([{"maxima_dataset": "file:/a b.txt#0f3e9a12@32tok"}])
+        (('bible-kjv', 64), ('/a b.txt', 32))
     """
     for record in records:
         name = record.get("maxima_dataset")
         if isinstance(name, str) and name:
-            base, _, tail = name.rpartition("@")
-            if base and tail.endswith("tok") and tail[:-3].isdigit():
-                return base, int(tail[:-3])
-            return name, None
+            match = _MAXIMA_NAME.fullmatch(name)
+            corpus, window = (match["corpus"], int(match["window"])) if match else (name, None)
+            file = _FILE_CORPUS.fullmatch(corpus)
+            return (file["path"] if file else corpus), window
     return None, None
+
+
+def _has_maxima_windows(records: list[dict[str, Any]]) -> bool:
+    """Whether some record holds dataset maxima windows (token ids) the statistics can be computed on."""
+    return any(isinstance(m, dict) and m.get("token_ids") for r in records for m in (r.get("maxima") or []))
+
+
+def _run_dir_problem(shown: str, error: Exception) -> str:
+    """A RUN_DIR's results.json or record log that cannot be read, as one line with advice `dream export` can
+    follow (it has no --overwrite)."""
+    parts = [part for part in str(error).splitlines()[0].split("; ") if "--overwrite" not in part]
+    advice = ("repair or delete that line of the record log" if "record log" in parts[0]
+              else "give the folder of a `dream prompt` run")
+    return f"RUN_DIR {shown!r}: {'; '.join(parts)}; {advice}"
+
+
+def _check_export_folder(out: str, run: dict[str, Any]) -> None:
+    """Refuse (`UsageError`) an `--neuronpedia` folder that cannot be written, holds the user's files or another
+    run's export (an earlier export of this run is replaced)."""
+    from dreamy.core.folders import OutDirError, check_out_folder
+    from dreamy.sae.neuronpedia import ExportFolderError, earlier_export
+
+    if not out.strip():
+        raise UsageError("--neuronpedia is empty; name a folder to write the export into, e.g. --neuronpedia np-out")
+    try:
+        check_out_folder(out)
+        earlier_export(out, run)
+    except (OutDirError, ExportFolderError) as error:
+        raise UsageError(f"--neuronpedia: {str(error).splitlines()[0]}") from error
+
+
+def _hold(stack: ExitStack, folder: Path, shown: str, flag: str) -> None:
+    """Hold `folder`'s lock until `stack` closes; a run (or export) holding it is one line. A folder this process
+    cannot write into (a read-only run) cannot be locked, nor written by anyone else here: it is read as it is."""
+    from dreamy.core.folders import OutDirError, folder_lock
+
+    try:
+        stack.enter_context(folder_lock(folder, "dream export"))
+    except OutDirError as error:
+        raise UsageError(f"{flag} {shown!r} is in use: {str(error).splitlines()[0]}") from error
+    except OSError:
+        if flag != "RUN_DIR":
+            raise
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `dream export` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
+    with ExitStack() as held:  # the locks taken (RUN_DIR's, then OUT's) are released however the export ends
+        return _export(args, held)
+
+
+def _export(args: argparse.Namespace, held: ExitStack) -> int:
+    """`run` with `held` holding the locks it takes."""
     from dreamy.datasets import DatasetError, open_text
+    from dreamy.core.folders import lock_holder
     from dreamy.models import check_device
     from dreamy.runs.store import OutDirError, ResultsStore
 
@@ -77,10 +138,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.neuronpedia)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--neuronpedia {args.neuronpedia!r} is a file; give a folder")
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise UsageError(f"RUN_DIR {args.run_dir!r} is unfinished: a run is still writing it ({holder}); export it "
+                         "once that run has ended")
+    _hold(held, run_dir, args.run_dir, "RUN_DIR")  # no run starts writing it while it is read
     try:
         store = ResultsStore(run_dir)
     except OutDirError as error:
-        raise UsageError(str(error).splitlines()[0]) from error
+        raise UsageError(_run_dir_problem(args.run_dir, error)) from error
     run_info = store.run or {}
     if run_info.get("kind") not in (None, "prompt") or any(r.get("kind") == "image" for r in store.records):
         raise UsageError(f"{args.run_dir} is an image run; Neuronpedia export reads prompt runs (features and neurons of "
@@ -89,24 +155,45 @@ def run(args: argparse.Namespace) -> int:
     if not model_name:
         raise UsageError(f"{run_dir / 'results.json'} names no model; it was not written by `dream prompt`")
     dataset, window = _maxima_dataset(store.records)
+    shown = "--dataset" if args.dataset else f"the run's maxima data set {dataset!r} (--dataset to give another)"
+    if not args.dataset and dataset is not None and dataset not in ("fortunes", "bible-kjv", "bible") \
+            and not Path(dataset).expanduser().exists():
+        raise UsageError(f"the run's maxima were found in {dataset!r}, which no longer exists; give --dataset "
+                         "(fortunes, bible-kjv or a text file) for the statistics")
     dataset = args.dataset or dataset
     window = args.window or window or 64
     if dataset is not None:
         try:
             open_text(dataset, max_words=1)
         except DatasetError as error:
-            raise UsageError(f"--dataset: {str(error).splitlines()[0]}") from error
+            raise UsageError(f"{shown}: {str(error).splitlines()[0]}") from error
+    elif not _has_maxima_windows(store.records):
+        raise UsageError(f"{args.run_dir} holds no dataset maxima to compute the statistics on; give --dataset "
+                         "(fortunes, bible-kjv or a text file), or rerun with --maxima")
     try:
         device = check_device(args.device)
     except ValueError as error:
         raise UsageError(f"--device: {error}") from error
+    run = {"run_dir": str(run_dir), **run_info}
+    _check_export_folder(args.neuronpedia, run)
     from dreamy.models import load
     from dreamy.sae.neuronpedia import neuronpedia_sources, write_neuronpedia
 
     loaded = load(model_name, device)
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if dataset is not None and isinstance(context, int) and window + 1 > context:
+        raise UsageError(f"--window {window} tokens (and the start token) is longer than the {context} positions "
+                         f"{model_name} was made for; lower --window")
     sources, skipped = neuronpedia_sources(loaded, store.records, model_id=args.model_id, sae_set=args.sae_set,
                                            corpus=dataset, n_windows=args.windows, window=window, seed=args.seed)
-    folders = write_neuronpedia(out, sources, skipped, run={"run_dir": str(run_dir), **run_info})
+    _hold(held, out, args.neuronpedia, "--neuronpedia")  # one export at a time writes into OUT
+    _check_export_folder(args.neuronpedia, run)  # again under the lock: another export may have written meanwhile
+    try:
+        folders = write_neuronpedia(out, sources, skipped, run=run)
+    except OSError as error:
+        print(f"dream: error: cannot write the export into --neuronpedia {args.neuronpedia} "
+              f"({error.strerror or error})", file=sys.stderr)
+        return 1
     n_features = sum(len(s.features) for s in sources)
     print(f"{n_features} feature(s) of {len(sources)} source(s) written for Neuronpedia: "
           + (", ".join(str(f) for f in folders) or "nothing"))

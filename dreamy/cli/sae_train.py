@@ -5,8 +5,9 @@
         [--window N] [--heldout-tokens N] [--device D] [--quiet] [--text-column COLUMN] [--max-tokens N]
 
 Every argument is checked before the model loads (bad ones: one line, exit 2): the output folder with the
-same check as `dream image|prompt` (unwritable, a dangling symlink or a loop, another run holding it), the
-corpora (text, not binary files; a table's --text-column there and holding text). Then, with the model loaded, the site (token ids or a tensor shared across
+same check as `dream image|prompt` (unwritable, a dangling symlink or a loop, another run holding it; a
+non-empty folder that holds no SAE run, with or without `--resume`), the corpora (text, not binary files; a table's
+--text-column there and holding text; the same corpus given twice). Then, with the model loaded, the site (token ids or a tensor shared across
 the batch are refused) and the memory training needs; only then does the SAE train (progress bar: tokens/s,
 FVE, L0, dead fraction), holding the folder's lock, and its folder (`cfg.json`, `sae_weights.safetensors`,
 `metrics.json`, `checkpoint.pt`) is written. The figures are printed. Training that diverges (a non-finite
@@ -80,15 +81,26 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if not args.corpus:
         raise UsageError("give at least one --corpus (fortunes, bible-kjv or a text file/folder)")
+    seen: dict[str, str] = {}
     for corpus in args.corpus:
         if corpus not in CORPUS_NAMES and not corpus.startswith("hf:") and not Path(corpus).expanduser().exists():
             raise UsageError(f"--corpus {corpus!r} is neither fortunes, bible-kjv nor an existing file or folder "
                              "(nor hf:NAME[:SPLIT])")
-        if corpus not in CORPUS_NAMES:
+        if corpus in CORPUS_NAMES:
+            same = "bible-kjv" if corpus == "bible" else corpus
+        else:
             try:
-                open_text(corpus, max_words=1, text_column=args.text_column)  # text, a text column
+                if corpus.startswith("hf:"):  # its first rows: the column is there and holds text
+                    open_text(corpus, max_words=1, text_column=args.text_column)
+                    same = corpus
+                else:  # text, not binary; a table's text column; the hash of the text it holds
+                    same = open_text(corpus, text_column=args.text_column).name.partition("#")[2]
             except DatasetError as error:
                 raise UsageError(f"--corpus: {str(error).splitlines()[0]}") from error
+        if same in seen:
+            raise UsageError(f"--corpus {corpus!r} is the same text as --corpus {seen[same]!r}; give each corpus once "
+                             "(a duplicate would be trained on twice)")
+        seen[same] = corpus
     if args.k > args.features:
         raise UsageError(f"--k {args.k} must be <= --features {args.features}")
     if args.window < 2:
@@ -108,9 +120,38 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--site {args.site!r} must be a bare hidden site like model.layers.9 (no unit, reduction, sum or logits)")
     try:
         check_device(args.device)
-        check_out_dir(args.out, args.resume)
+        folder = check_out_dir(args.out, args.resume)
     except (SAERunError, ValueError) as error:
         raise UsageError(str(error).splitlines()[0]) from error
+    check_holds_no_other_files(folder, args.out)
+
+
+def check_holds_no_other_files(folder: Path, shown: str) -> None:
+    """Refuse (`UsageError`) an output folder that is not empty but holds no SAE run of ours (`checkpoint.pt`,
+    `cfg.json`, `sae_weights.safetensors`): training would write among the user's files (and replace a
+    `metrics.json` of theirs), with `--resume` too (there is nothing to continue). A new or empty folder, or
+    one with an SAE run beside other files, passes.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()); _ = (folder / "metrics.json").write_text("{}")
+        >>> check_holds_no_other_files(folder, "sae/")
+        Traceback (most recent call last):
+        ...
+        dreamy.cli.arguments.UsageError: --out sae/ is not empty ('metrics.json') and holds no SAE run to continue (checkpoint.pt, cfg.json, sae_weights.safetensors); train into an empty or new folder
+    """
+    from dreamy.core.folders import foreign_entries
+    from dreamy.sae.train import CHECKPOINT_NAME, METRICS_NAME
+    from dreamy.targets.saelens import CFG_NAME, WEIGHTS_NAME
+
+    run_files = (CHECKPOINT_NAME, CFG_NAME, WEIGHTS_NAME)
+    others = foreign_entries(folder, run_files + (METRICS_NAME,))  # a killed run's temporary files are its own
+    if (folder / METRICS_NAME).exists():
+        others = sorted(others + [folder / METRICS_NAME], key=lambda entry: entry.name)  # but alone, the user's
+    if others and not any((folder / name).exists() for name in run_files):
+        shown_others = ", ".join(repr(entry.name) for entry in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(f"--out {shown} is not empty ({shown_others}) and holds no SAE run to continue "
+                         f"({', '.join(run_files)}); train into an empty or new folder")
 
 
 def config_of(args: argparse.Namespace) -> Any:

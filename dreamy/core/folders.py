@@ -8,6 +8,8 @@ time, and the temporary files that a killed write leaves behind.
 - `folder_lock`: an exclusive `flock` on `DIR/.dreamy.lock` for a run's life (re-entrant in one thread); a
   second holder, in any process, is refused naming the first. The system drops the lock however its holder
   dies, so a killed run never leaves a stale lock.
+- `foreign_entries`: what a folder holds besides a run's own files (a command refuses to write among the
+  user's files); `lock_holder`: who holds a folder's lock (a run still writing it), or None.
 - `remove_stale_temps`: the temporary files of `core.files.write_atomic` that a SIGKILL left (call it while
   holding the folder's lock, so no live writer's file is taken).
 
@@ -235,4 +237,47 @@ def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] = (), pat
     return removed
 
 
-__all__ = ["LOCK_NAME", "OutDirError", "check_out_folder", "check_unlocked", "folder_lock", "remove_stale_temps"]
+def _ours(name: str, wanted: set[str], pattern: str | None) -> bool:
+    """Whether file name `name` is one of `wanted`, matches `pattern`, or is a `write_atomic` temporary file of one."""
+    if name.startswith(".") and _TEMP_SUFFIX.search(name):
+        name = name[1:-9]
+    return name in wanted or (pattern is not None and re.fullmatch(pattern, name) is not None)
+
+
+def foreign_entries(directory: str | os.PathLike, names: Iterable[str] = (), pattern: str | None = None) -> list[Path]:
+    """What folder `directory` holds besides the files a run of ours writes there: its lock file, the files
+    `names`, those whose name matches the regular expression `pattern`, and the temporary files `write_atomic`
+    leaves for them; sorted by name. Empty for a folder that does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()); _ = (folder / "cfg.json").write_text("{}"); _ = (folder / "notes.txt").write_text("mine")
+        >>> [p.name for p in foreign_entries(folder, ["cfg.json"])]
+        ['notes.txt']
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    wanted = set(names) | {LOCK_NAME}
+    return sorted((entry for entry in folder.iterdir() if not _ours(entry.name, wanted, pattern)
+                   or not (entry.is_file() or entry.is_symlink())), key=lambda entry: entry.name)
+
+
+def lock_holder(directory: str | os.PathLike) -> str | None:
+    """Who holds folder `directory`'s `folder_lock` now, in words (pid, host, start, command), or None when
+    nobody does (this thread's own lock counts as nobody's).
+
+    Example:
+        >>> import tempfile
+        >>> lock_holder(tempfile.mkdtemp()) is None
+        True
+    """
+    try:
+        check_unlocked(directory)
+    except OutDirError:
+        return _holder(Path(directory) / LOCK_NAME)
+    return None
+
+
+__all__ = ["LOCK_NAME", "OutDirError", "check_out_folder", "check_unlocked", "folder_lock", "foreign_entries",
+           "lock_holder", "remove_stale_temps"]

@@ -10,7 +10,8 @@ target with respect to the site, reduced the same way.
   reduction weights it, for `mean` and `sum`; one for `pos=N` and `center`), so `gradients @ v` is each
   example's directional derivative along `v` (TCAV's conceptual sensitivity).
 
-Texts run as `start token + the text's tokens`, grouped by length so no batch needs padding.
+Texts run as `start token + the text's tokens`, grouped by length so no batch needs padding; a text longer than the
+model's context is cut to fit (a warning says so). Example files must be text (`read_examples`).
 
 Example:
     >>> from dreamy.models import load
@@ -24,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -32,17 +34,22 @@ import torch
 from torch import Tensor
 
 from dreamy.datasets import ImageSet, image_folder
+from dreamy.datasets.text import not_text
 from dreamy.language.layout import start_token
 from dreamy.models import LoadedModel
 from dreamy.sae.splice import edit_site
 from dreamy.targets import Probe, Target, features_last, parse
 from dreamy.targets.spec import Site
 
+log = logging.getLogger(__name__)
+
 Examples = Union[Sequence[str], Tensor, ImageSet]
 
 
 def read_examples(source: "str | os.PathLike") -> "list[str] | ImageSet":
     """The examples of `source`: a text file (one example per line; blank lines skipped) or a folder of images.
+    A file that is not text (NUL bytes, mostly invalid UTF-8: `datasets.text.not_text`) and a folder with an image
+    that cannot be read are refused (`ValueError`, one line naming the file).
 
     Example:
         >>> import tempfile
@@ -52,10 +59,25 @@ def read_examples(source: "str | os.PathLike") -> "list[str] | ImageSet":
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        return image_folder(path)
+        images = image_folder(path)
+        for index in range(len(images)):  # every image read now, not after the model has run on the others
+            try:
+                images.image(index)
+            except Exception as error:  # Pillow's errors for a corrupt or truncated file are of many types
+                raise ValueError(f"example folder '{source}': image '{images.source(index)}' cannot be read "
+                                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else '-'}); "
+                                 "remove or replace it") from error
+        return images
     if not path.is_file():
         raise ValueError(f"example set '{source}' is neither a text file (one example per line) nor a folder of images")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"example file '{source}' cannot be read ({error.strerror or error})") from error
+    why = not_text(data)
+    if why is not None:  # the check text corpora have: random bytes are no examples
+        raise ValueError(f"example file '{source}' is not text: {why}; give a UTF-8 text file, one example per line")
+    lines = [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()]
     examples = [line for line in lines if line]
     if not examples:
         raise ValueError(f"example file '{source}' holds no examples; write one example per line")
@@ -78,6 +100,9 @@ def bare_site(site: "str | Site") -> Site:
                          "or sum); the reduction is the `reduce` setting")
     if term.site.is_logits:
         raise ValueError(f"site {site!r}: a direction lives at a hidden site, not at the model's output")
+    if str(term.site).endswith("hook_pattern"):
+        raise ValueError(f"site {site!r} is an attention pattern, whose last dimension is a key position, not a "
+                         "feature; a direction lives at a site of features, e.g. blocks.0.hook_resid_post")
     return term.site
 
 
@@ -148,7 +173,8 @@ def reduce_positions(activation: Tensor, reduce: str, skip_start: bool = False) 
 
 
 def token_rows(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
-    """Each text's token ids with the start token first (no other special tokens).
+    """Each text's token ids with the start token first (no other special tokens); a text longer than the model's
+    context (`max_position_embeddings`, start token included) is cut to fit, with a warning.
 
     Example:
         >>> from dreamy.models import load
@@ -162,6 +188,14 @@ def token_rows(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
     for text, ids in zip(texts, encoded):
         if not ids:
             raise ValueError(f"example {text!r} gives no tokens; remove empty examples")
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context > 1:
+        long = [len(ids) for ids in encoded if len(ids) + 1 > context]
+        if long:  # past the positions the model was made for: meaningless values, or out of memory on long lines
+            log.warning("%d example(s) are longer than the %d positions '%s' was made for (the longest %d tokens and "
+                        "the start token); each is cut to its first %d tokens", len(long), context, loaded.name,
+                        max(long), context - 1)
+            encoded = [ids[:context - 1] for ids in encoded]
     return [[start] + list(ids) for ids in encoded]
 
 

@@ -71,7 +71,8 @@ def write_direction(directions: dict[str, Tensor], sidecar: dict[str, Any], path
 
 
 def read_sidecar(path: "str | Path") -> dict[str, Any]:
-    """The sidecar JSON of the direction file `path` (`ValueError` naming the file when it is missing).
+    """The sidecar JSON of the direction file `path` (`ValueError` naming the file when it is missing or not a
+    JSON object).
 
     Example:
         >>> read_sidecar("/no/such/direction.pt")
@@ -82,7 +83,15 @@ def read_sidecar(path: "str | Path") -> dict[str, Any]:
     side = sidecar_path(Path(path).expanduser())
     if not side.is_file():
         raise ValueError(f"no sidecar '{side}' beside the direction file; it is written by save_direction (or dream direction)")
-    return json.loads(side.read_text())
+    try:
+        sidecar = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"sidecar '{side}' cannot be read as JSON ({str(error).splitlines()[0]}); repair it, or write "
+                         "it again with save_direction (or dream direction --overwrite)") from error
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"sidecar '{side}' is not a JSON object; write it again with save_direction (or dream "
+                         "direction --overwrite)")
+    return sidecar
 
 
 __all__ = ["SUFFIXES", "read_sidecar", "sidecar_path", "write_direction"]

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dreamy.core.config import Config
-from dreamy.core.files import fingerprint, json_safe, write_json_atomic
+from dreamy.core.files import fingerprint, json_safe, safe_name, write_json_atomic
 from dreamy.core.folders import LOCK_NAME, OutDirError, check_out_folder, check_unlocked, folder_lock, remove_stale_temps
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ LOG_NAME = "records.jsonl"
 # maxima PNGs); `clear_outputs` removes these and the recorded files, nothing else.
 OUTPUT_NAMES = ("results.json", "index.html", LOG_NAME)
 OUTPUT_FOLDERS = ("images", "maxima")  # removed only when nothing of the user's is left in them
+# a recorded file's shape: `images/SAFE_0.png`, `images/SAFE_steps.png`, `maxima/SAFE_0.png` (SAFE: `safe_name(target)`)
+_RUN_FILE = re.compile(r"(images|maxima)/(?P<stem>[A-Za-z0-9._-]+)_[A-Za-z0-9]+\.png")
 TEMP_PNG = r".+\.png"  # the PNGs' temporary files (`write_atomic`) that a killed run leaves in those folders
 
 
@@ -135,7 +138,7 @@ def _user_entries(directory: Path) -> list[Path]:
 def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
     """Check, before any work, that `directory` can take the results of `run` (see `run_info`).
 
-    Refused (`OutDirError`): an empty path, a path that is a file, a dangling symlink or a symlink loop, a folder
+    Refused (`OutDirError`): `resume` and `overwrite` together, an empty path, a path that is a file, a dangling symlink or a symlink loop, a folder
     that cannot be written (`core.folders.check_out_folder`, the check every command shares), a folder
     another run is writing into (see `run_lock`), a non-empty folder without `resume` or `overwrite`, a `resume`
     into results of another run (the message names what differs) or into a broken results.json, and an
@@ -147,6 +150,9 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
         >>> import tempfile
         >>> prepare_out_dir(tempfile.mkdtemp(), run_info("tiny:cnn", "image", {}, 0))
     """
+    if resume and overwrite:  # --overwrite would delete the very records --resume means to keep
+        raise OutDirError("resume=True (--resume) keeps the finished records in the output folder and overwrite=True "
+                          "(--overwrite) deletes them; give one of the two")
     directory = check_out_folder(directory)  # empty, a file, a dangling symlink or a loop, unwritable
     if not directory.exists():
         return
@@ -174,28 +180,40 @@ def prepare_out_dir(directory: str | Path, run: dict[str, Any], *, resume: bool 
                           "use the same settings, --overwrite (overwrite=True), or another folder")
 
 
+def _written_by_run(target: Any, name: str) -> bool:
+    """Whether `name` has the shape of a file a run writes for `target`: `images/SAFE_i.png`, `images/SAFE_WHAT.png`
+    (a plot) or `maxima/SAFE_i.png`, SAFE being `safe_name(target)`."""
+    match = _RUN_FILE.fullmatch(name)
+    return bool(match) and isinstance(target, str) and match["stem"] == safe_name(target)
+
+
 def recorded_files(records: Iterable[dict[str, Any]]) -> list[str]:
-    """The output-folder paths that `records` name: dreamed images, plots and dataset-maxima PNGs.
+    """The output-folder paths that `records` name (dreamed images, plots and dataset-maxima PNGs) and that have
+    the shape a run gives them (`images/` or `maxima/`, the record's target's `safe_name`, `_` and a number or
+    a plot's name, `.png`); a name of any other shape (an edited results.json's `notes.txt`) is left out.
 
     Example:
-        >>> recorded_files([{"target": "a:1", "images": ["images/a_0.png"], "plot": "images/a_steps.png",
-        ...                  "maxima": [{"image": "maxima/a_0.png"}, {"text": "hi"}]}])
-        ['images/a_0.png', 'images/a_steps.png', 'maxima/a_0.png']
+        >>> recorded_files([{"target": "a:1", "images": ["images/a_1-2b2c40a6_0.png", "notes.txt"],
+        ...                  "plot": "images/a_1-2b2c40a6_steps.png", "maxima": [{"image": "maxima/a_1-2b2c40a6_0.png"},
+        ...                  {"image": "maxima/b_1-34340f0e_0.png"}, {"text": "hi"}]}])
+        ['images/a_1-2b2c40a6_0.png', 'images/a_1-2b2c40a6_steps.png', 'maxima/a_1-2b2c40a6_0.png']
     """
     names: list[str] = []
     for record in records:
-        names += [name for name in record.get("images") or [] if isinstance(name, str)]
+        named = [name for name in record.get("images") or [] if isinstance(name, str)]
         if isinstance(record.get("plot"), str):
-            names.append(record["plot"])
-        names += [item["image"] for item in record.get("maxima") or []
+            named.append(record["plot"])
+        named += [item["image"] for item in record.get("maxima") or []
                   if isinstance(item, dict) and isinstance(item.get("image"), str)]
+        names += [name for name in named if _written_by_run(record.get("target"), name)]
     return list(dict.fromkeys(names))
 
 
 def clear_outputs(directory: str | Path) -> None:
     """Remove what the dreamy run in `directory` wrote: its results.json, records.jsonl and index.html, and the
-    files its records name (images, plots, maxima PNGs); then `images/` and `maxima/` when that left them empty. Every
-    other file stays, also inside those folders. A record naming a path outside the folder is ignored.
+    files its records name that have the shape a run gives them (`recorded_files`: images, plots, maxima PNGs);
+    then `images/` and `maxima/` when that left them empty. Every other file stays, also inside those folders,
+    whatever an edited results.json names. A record naming a path outside the folder is ignored.
 
     Example:
         >>> import tempfile

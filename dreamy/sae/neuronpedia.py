@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ TOP_TOKENS = 10
 HISTOGRAM_BINS = 50
 MAX_EXAMPLES = 20
 MAX_DREAMED = 10
+_EXPORT_FILE = r"batch-\d+\.json|skipped_indexes\.json|dreamy\.json"  # what a source folder holds
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|h|layer)\.(\d+)(?:\.|@|$|\[)")
 
 
@@ -353,10 +355,77 @@ def neuronpedia_sources(loaded: LoadedModel, records: Sequence[dict[str, Any]], 
     return sources, skipped
 
 
+class ExportFolderError(ValueError):
+    """An export folder that cannot take this export (a file, the user's files, another run's export)."""
+
+
+def _same_run(a: Any, b: dict[str, Any]) -> bool:
+    """Whether the `run` of an earlier export's dreamy.json is the run `b` (the same run folder and fingerprint)."""
+    if not isinstance(a, dict):
+        return False
+    if a.get("fingerprint") != b.get("fingerprint"):
+        return False
+    where = [r.get("run_dir") for r in (a, b)]
+    if where[0] is None or where[1] is None:
+        return where[0] == where[1]
+    try:
+        return Path(str(where[0])).resolve() == Path(str(where[1])).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def earlier_export(out_dir: str | os.PathLike, run: dict[str, Any] | None = None) -> list[Path]:
+    """The files of an earlier export of the same `run` in `out_dir` (that writing this one replaces), checked
+    before any work: `ExportFolderError` (one line) for a path that is a file, a folder holding anything but
+    source folders of an export (the user's files), and an export of another run, so one export folder never
+    holds two runs' files. Empty for a new or empty folder.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()); _ = (out / "notes.txt").write_text("mine")
+        >>> earlier_export(out)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dreamy.sae.neuronpedia.ExportFolderError: export folder ... holds files that are not a dreamy Neuronpedia export ('notes.txt'); export into an empty or new folder
+    """
+    from dreamy.core.folders import LOCK_NAME, foreign_entries
+
+    out = Path(out_dir)
+    run = run or {}
+    if out.exists() and not out.is_dir():
+        raise ExportFolderError(f"export folder {out} is a file; give a folder")
+    if not out.is_dir():
+        return []
+    files, others = [], []
+    for entry in sorted(out.iterdir(), key=lambda e: e.name):
+        if entry.name == LOCK_NAME:
+            continue
+        if not entry.is_dir() or entry.is_symlink() or not (entry / "dreamy.json").is_file() \
+                or foreign_entries(entry, pattern=_EXPORT_FILE):
+            others.append(entry.name)
+            continue
+        try:
+            earlier = json.loads((entry / "dreamy.json").read_text()).get("run")
+        except (OSError, ValueError, AttributeError):
+            others.append(entry.name)
+            continue
+        if not _same_run(earlier, run):
+            where = earlier.get("run_dir") if isinstance(earlier, dict) else None
+            raise ExportFolderError(f"export folder {out} holds the export of another run"
+                                    f"{f' ({where})' if where else ''}; export into another folder, or delete that one first")
+        files += [path for path in entry.iterdir() if path.name != LOCK_NAME]
+    if others:
+        shown = ", ".join(repr(name) for name in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ExportFolderError(f"export folder {out} holds files that are not a dreamy Neuronpedia export ({shown}); "
+                                "export into an empty or new folder")
+    return files
+
+
 def write_neuronpedia(out_dir: str | os.PathLike, sources: Sequence[NeuronpediaSource], skipped: Sequence[dict[str, str]] = (),
                       run: dict[str, Any] | None = None) -> list[Path]:
     """Write each source's folder under `out_dir` (`batch-<i>.json`, `skipped_indexes.json`, `dreamy.json`; see the
-    module docstring); returns the folders.
+    module docstring); returns the folders. An earlier export of the same `run` there is replaced (its files
+    removed first: none of it stays beside the new one); anything else in `out_dir` is refused (`earlier_export`).
 
     Example:
         >>> import tempfile
@@ -365,6 +434,12 @@ def write_neuronpedia(out_dir: str | os.PathLike, sources: Sequence[NeuronpediaS
         >>> sorted(p.name for p in folders[0].iterdir())
         ['batch-0.json', 'dreamy.json', 'skipped_indexes.json']
     """
+    for path in earlier_export(out_dir, run):
+        path.unlink()
+        try:
+            path.parent.rmdir()  # a source folder this export does not write again
+        except OSError:
+            pass
     folders = []
     for source in sources:
         folder = Path(out_dir) / source.folder_name

@@ -431,3 +431,39 @@ def test_bf16_precision_is_refused_on_the_cpu_before_the_model_loads(tmp_path):
 
     assert main(["image", "--model", "tiny:cnn", "--target", "head:1", "--precision", "bf16", "--out", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())
+
+
+# ---- issue 41: nothing of a user's is overwritten or deleted ------------------------------------------------
+
+@pytest.mark.parametrize("command", [IMAGE + ["--target", "head:1"], PROMPT + ["--target", "logits:1"]])
+def test_resume_with_overwrite_is_refused_at_argument_time(tmp_path, finished_run, command):
+    before = (finished_run / "results.json").read_text()
+    started = time.time()
+    done = subprocess.run(DREAM + command + ["--out", str(finished_run), "--resume", "--overwrite"],
+                          capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1, done.stderr
+    assert "--resume keeps the finished records in --out and --overwrite deletes them" in err
+    assert (finished_run / "results.json").read_text() == before and time.time() - started < 60
+
+
+def test_overwrite_deletes_no_file_an_edited_results_json_names(tmp_path, finished_run):
+    (finished_run / "notes.txt").write_text("mine")
+    (finished_run / "images" / "holiday.png").write_bytes(b"mine")
+    saved = json.loads((finished_run / "results.json").read_text())
+    saved["records"][0]["images"] += ["notes.txt", "images/holiday.png"]
+    (finished_run / "results.json").write_text(json.dumps(saved))
+    done = subprocess.run(DREAM + IMAGE + ["--target", "head:2", "--out", str(finished_run), "--overwrite"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert (finished_run / "notes.txt").read_text() == "mine"
+    assert (finished_run / "images" / "holiday.png").read_bytes() == b"mine"
+    assert [r["target"] for r in json.loads((finished_run / "results.json").read_text())["records"]] == ["head:2"]
+    assert not any("head_1" in p.name for p in (finished_run / "images").iterdir())  # the old run's own images went
+
+
+@pytest.mark.parametrize("value", ["1e-300,1e300", "1e-39,30", "0.3,1e39"])
+def test_a_fluency_weight_range_float32_cannot_hold_is_refused(capsys, monkeypatch, tmp_path, value):
+    err = refused(capsys, PROMPT + ["--target", "logits:1", "--fluency-weight-range", value, "--out", str(tmp_path / "o")],
+                  "(the weights are float32)", monkeypatch=monkeypatch)
+    assert value in err and not (tmp_path / "o").exists()

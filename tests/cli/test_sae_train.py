@@ -273,8 +273,11 @@ def test_stale_temporary_files_of_a_killed_write_are_removed(corpus, tmp_path):
     out.mkdir()
     for name in (".checkpoint.pt.k3j_x9a2", ".sae_weights.safetensors.abcdefgh", ".metrics.json.00000000"):
         (out / name).write_bytes(b"half a file")
+    assert cli.main(_argv(corpus, out)) == 0  # a folder of a killed run's temporary files only is no user's folder
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "checkpoint.pt", "metrics.json", "sae_weights.safetensors"]
+    (out / ".checkpoint.pt.k3j_x9a2").write_bytes(b"half a file")
     (out / ".notes.txt.abcdefgh").write_text("mine")  # not a temp of an SAE file: kept
-    assert cli.main(_argv(corpus, out)) == 0
+    assert cli.main(_argv(corpus, out, "--resume")) == 0
     assert sorted(p.name for p in out.iterdir()) == [".notes.txt.abcdefgh", "cfg.json", "checkpoint.pt", "metrics.json",
                                                      "sae_weights.safetensors"]
 
@@ -321,3 +324,37 @@ def test_a_dream_run_folder_is_not_an_sae_folder(corpus, tmp_path, capsys):
     assert cli.main(["image", "--model", "tiny:cnn", "--target", "head:1", "--steps", "2", "--out", str(out), "--quiet"]) == 0
     assert cli.main(_argv(corpus, out)) == 2
     assert "holds a dream run (results.json)" in capsys.readouterr().err
+
+
+# ---- issue 41: nothing of a user's is overwritten ----------------------------------------------------------
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_of_the_users_files_is_refused_with_and_without_resume(corpus, tmp_path, resume):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("mine")
+    err = one_line(run(*_argv(corpus, out, *(["--resume"] if resume else []))), 2, "is not empty")
+    assert "'metrics.json', 'notes.txt'" in err and "holds no SAE run" in err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes.txt"]
+    assert (out / "metrics.json").read_text() == '{"mine": true}'
+
+
+def test_an_sae_run_beside_the_users_files_still_resumes(corpus, tmp_path):
+    out = tmp_path / "sae"
+    assert cli.main(_argv(corpus, out)) == 0
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(_argv(corpus, out, "--resume")) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_corpus_given_twice_is_refused(corpus, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "copy.txt"
+    shutil.copy(corpus, copy)
+    relative = os.path.relpath(corpus)
+    for twice in ([corpus, corpus], [corpus, relative], [corpus, str(copy)], ["bible", "bible-kjv"]):
+        argv = _argv(twice[0], tmp_path / "sae") + ["--corpus", twice[1]]
+        one_line(run(*argv), 2, f"--corpus {twice[1]!r} is the same text as --corpus {twice[0]!r}")
+    assert not (tmp_path / "sae").exists()

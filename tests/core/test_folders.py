@@ -102,3 +102,34 @@ def test_a_folder_the_lock_made_for_nothing_is_removed(tmp_path):
     with folder_lock(tmp_path):  # a folder that was there stays, empty or not
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"] and outer
+
+
+def test_foreign_entries_are_what_a_run_did_not_write(tmp_path):
+    from dreamy.core.folders import foreign_entries
+
+    assert foreign_entries(tmp_path / "missing") == []
+    for name in ("cfg.json", ".cfg.json.abcd1234", "batch-3.json", LOCK_NAME, "notes.txt", ".notes.txt.abcd1234"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "batch-4.json").mkdir()  # a folder of a file's name is not the run's file
+    assert [p.name for p in foreign_entries(tmp_path, ["cfg.json"], pattern=r"batch-\d+\.json")] == [
+        ".notes.txt.abcd1234", "batch-4.json", "notes.txt"]
+
+
+def test_lock_holder_names_the_process_holding_the_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from dreamy.core.folders import lock_holder
+
+    code = ("import sys, time; from dreamy.core.folders import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'the holder'):\n    print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert f"pid {child.pid} on " in lock_holder(tmp_path) and "the holder" in lock_holder(tmp_path)
+    finally:
+        child.kill()
+        child.wait()
+    assert lock_holder(tmp_path) is None  # the system released a killed holder's lock
+    with folder_lock(tmp_path):
+        assert lock_holder(tmp_path) is None  # this thread's own lock is nobody else's

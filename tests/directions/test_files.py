@@ -44,3 +44,14 @@ def test_a_bad_file_name_is_refused_before_writing(tmp_path, tiny_lm):
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="no 'pca' direction was learned"):
         result.spec(tmp_path / "x.pt", "pca")
+
+
+@pytest.mark.parametrize("content, words", [(b'{"site": ', "cannot be read as JSON"), (b"\xff\xfe\x00", "cannot be read as JSON"),
+                                            (b"[1, 2]", "is not a JSON object")])
+def test_a_corrupt_sidecar_is_one_line_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "d.pt"
+    path.write_bytes(b"")
+    (tmp_path / "d.pt.json").write_bytes(content)
+    with pytest.raises(ValueError, match=words) as caught:
+        read_sidecar(path)
+    assert str(tmp_path / "d.pt.json") in str(caught.value) and len(str(caught.value).splitlines()) == 1

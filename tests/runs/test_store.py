@@ -119,12 +119,15 @@ def test_out_dir_rules(tmp_path):
 
 
 def test_clear_outputs_removes_only_what_the_run_recorded(tmp_path):
+    from dreamy.core.files import safe_name
+
+    a = safe_name("a:1")
     store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
-    for name in ("images/a_0.png", "images/a_steps.png", "maxima/a_0.png", "images/holiday.png", "maxima/notes.txt",
-                 "index.html", "mine.txt"):
+    for name in (f"images/{a}_0.png", f"images/{a}_steps.png", f"maxima/{a}_0.png", "images/holiday.png",
+                 "maxima/notes.txt", "index.html", "mine.txt"):
         write_atomic(tmp_path / name, b"x")
-    store.add({"target": "a:1", "images": ["images/a_0.png"], "plot": "images/a_steps.png",
-               "maxima": [{"image": "maxima/a_0.png"}, {"image": "../outside.png"}]})
+    store.add({"target": "a:1", "images": [f"images/{a}_0.png"], "plot": f"images/{a}_steps.png",
+               "maxima": [{"image": f"maxima/{a}_0.png"}, {"image": "../outside.png"}]})
     (tmp_path.parent / "outside.png").write_bytes(b"keep")
     clear_outputs(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
@@ -331,12 +334,14 @@ def test_taking_the_run_lock_removes_what_a_killed_run_half_wrote(tmp_path):
 
 
 def test_clear_outputs_removes_the_log_and_the_files_its_records_name(tmp_path):
+    from dreamy.core.files import safe_name
     from dreamy.runs.store import LOG_NAME
 
     store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
     store.add_many([_record(i, 500) for i in range(5)])
-    write_atomic(tmp_path / "images" / "late_0.png", b"x")
-    store.add({"target": "late:1", "images": ["images/late_0.png"]})
+    late = f"images/{safe_name('late:1')}_0.png"
+    write_atomic(tmp_path / late, b"x")
+    store.add({"target": "late:1", "images": [late]})
     assert (tmp_path / LOG_NAME).exists()
     clear_outputs(tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -362,3 +367,27 @@ def test_epo_runs_record_activation_slots_only_when_not_zero():
     assert "activation_slots" not in run_info_of("tiny:lm", EPOConfig(activation_slots=0))["settings"]  # as before it existed
     assert run_info_of("tiny:lm", EPOConfig(activation_slots=2))["settings"]["activation_slots"] == 2
     assert run_info_of("tiny:lm", EPOConfig())["fingerprint"] != run_info_of("tiny:lm", EPOConfig(activation_slots=0))["fingerprint"]
+
+
+# ---- issue 41: --overwrite deletes only what a run writes; --resume with --overwrite refused -----------------
+
+def test_overwrite_never_deletes_a_file_an_edited_results_json_names(tmp_path):
+    from dreamy.core.files import safe_name
+
+    a = safe_name("a:1")
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    names = ["notes.txt", "images/holiday.png", f"images/{safe_name('b:1')}_0.png", f"images/{a}.png",
+             f"images/{a}_0.jpg", f"data/{a}_0.png", f"images/sub/{a}_0.png", f"images/{a}_0.png"]
+    for name in names:
+        write_atomic(tmp_path / name, b"mine")
+    store.add({"target": "a:1", "images": names[:-1], "plot": "notes.txt", "maxima": [{"image": n} for n in names]})
+    clear_outputs(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(names[:-1])
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    store = ResultsStore(tmp_path, run_info("tiny:cnn", "image", {}, 0))
+    store.add({"target": "a:1"})
+    with pytest.raises(OutDirError, match=r"resume=True \(--resume\).*overwrite=True \(--overwrite\).*one of the two"):
+        prepare_out_dir(tmp_path, run_info("tiny:cnn", "image", {}, 0), resume=True, overwrite=True)
+    assert ResultsStore(tmp_path).done() == {"a:1"}

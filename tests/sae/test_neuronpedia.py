@@ -189,3 +189,120 @@ def test_dream_export_writes_the_folder_and_refuses_what_it_cannot_read(tiny_lm,
     (run_dir / "results.json").write_text(json.dumps({"run": {"model": "tiny:cnn", "kind": "image"}, "records": []}))
     assert main(["export", "--neuronpedia", str(tmp_path / "np3"), str(run_dir)]) == 2
     assert "is an image run" in capsys.readouterr().err
+
+
+# ---- issue 41: one export folder never holds two runs; a run still writing is not exported ------------------
+
+import subprocess
+import sys
+
+DREAM = [sys.executable, "-m", "dreamy"]
+
+
+def _run_dir(path, loaded, folder):
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({"run": {"model": "tiny:lm", "kind": "prompt", "format": 2,
+                                                           "fingerprint": "f" * 16}, "records": _records(loaded, folder)}))
+    return path
+
+
+def _export(out, run_dir, corpus):
+    return ["export", "--neuronpedia", str(out), str(run_dir), "--dataset", str(corpus), "--windows", "8", "--window", "8"]
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(done, words):
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("dream: error:"), done.stderr
+    assert words in err, err
+
+
+def test_reexporting_a_run_replaces_its_export_and_another_runs_is_refused(tiny_lm, sae_folder, tmp_path, capsys):
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text(CORPUS.text)
+    first = _run_dir(tmp_path / "run", tiny_lm, sae_folder[0])
+    out = tmp_path / "np"
+    assert main(_export(out, first, corpus)) == 0
+    sources = sorted(p.name for p in out.iterdir())
+    stale = out / sources[0] / "batch-1.json"  # as a bigger export of this run left it
+    stale.write_text("{}")
+    (out / "gone-source").mkdir()
+    (out / "gone-source" / "dreamy.json").write_text(json.dumps({"run": {"run_dir": str(first), "fingerprint": "f" * 16}}))
+    assert main(_export(out, first, corpus)) == 0
+    assert sorted(p.name for p in out.iterdir()) == sources and not stale.exists()
+    capsys.readouterr()
+    before = _files(out)
+    second = _run_dir(tmp_path / "other", tiny_lm, sae_folder[0])
+    _one_line(subprocess.run(DREAM + _export(out, second, corpus), capture_output=True, text=True, timeout=120),
+              "holds the export of another run")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    _one_line(subprocess.run(DREAM + _export(tmp_path / "mine", second, corpus), capture_output=True, text=True,
+                             timeout=120), "holds files that are not a dreamy Neuronpedia export ('notes.txt')")
+    assert _files(out) == before and _files(tmp_path / "mine") == {"notes.txt": b"mine"}
+
+
+def test_a_run_still_writing_its_folder_is_not_exported(tiny_lm, sae_folder, tmp_path):
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text(CORPUS.text)
+    run_dir = _run_dir(tmp_path / "run", tiny_lm, sae_folder[0])
+    code = ("import sys, time; from dreamy.runs.store import run_lock\n"
+            "with run_lock(sys.argv[1], 'dream prompt --out run'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = subprocess.run(DREAM + _export(tmp_path / "np", run_dir, corpus), capture_output=True, text=True, timeout=120)
+        _one_line(done, "is unfinished: a run is still writing it (pid")
+        assert "dream prompt --out run" in done.stderr and not (tmp_path / "np").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_made_with_maxima_from_a_file_exports_without_dataset(tiny_lm, sae_folder, tmp_path, capsys):
+    from dreamy.datasets import open_text
+
+    corpus = tmp_path / "my corpus.txt"
+    corpus.write_text(CORPUS.text)
+    run_dir = _run_dir(tmp_path / "run", tiny_lm, sae_folder[0])
+    saved = json.loads((run_dir / "results.json").read_text())
+    for record in saved["records"]:
+        if "maxima_dataset" in record:
+            record["maxima_dataset"] = f"{open_text(str(corpus)).name}@8tok"  # what `--maxima FILE` records
+    (run_dir / "results.json").write_text(json.dumps(saved))
+    assert main(["export", "--neuronpedia", str(tmp_path / "np"), str(run_dir), "--windows", "8"]) == 0
+    batch = json.loads(next((tmp_path / "np").glob("*/batch-0.json")).read_text())
+    assert batch["features"][0]["dataset"].startswith("file:") and batch["features"][0]["n_tokens_in_prompt"] == 8
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no maxima", "holds no dataset maxima to compute the statistics on; give --dataset"),
+    ("window", "--window 1000 tokens (and the start token) is longer than the 256 positions tiny:lm was made for"),
+    ("record log", "(line 1: expected {\"records\": [...]}); repair or delete that line of the record log"),
+    ("gone file", "the run's maxima were found in '/no/such/file.txt', which no longer exists; give --dataset"),
+])
+def test_export_refusals_are_one_line_and_name_what_the_user_can_do(tiny_lm, sae_folder, tmp_path, case, words):
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text(CORPUS.text)
+    run_dir = _run_dir(tmp_path / "run", tiny_lm, sae_folder[0])
+    argv = ["export", "--neuronpedia", str(tmp_path / "np"), str(run_dir), "--windows", "8"]
+    saved = json.loads((run_dir / "results.json").read_text())
+    if case == "no maxima":
+        for record in saved["records"]:
+            record.pop("maxima", None), record.pop("maxima_dataset", None)
+    elif case == "window":
+        argv += ["--dataset", str(corpus), "--window", "1000"]
+    elif case == "record log":
+        (run_dir / "records.jsonl").write_text('{"not": "ours"}\n')
+        argv += ["--dataset", str(corpus)]
+    else:
+        for record in saved["records"]:
+            if "maxima_dataset" in record:
+                record["maxima_dataset"] = "file:/no/such/file.txt#0123abcd@6tok"
+    (run_dir / "results.json").write_text(json.dumps(saved))
+    done = subprocess.run(DREAM + argv, capture_output=True, text=True, timeout=120)
+    _one_line(done, words)
+    assert "--overwrite" not in done.stderr and not (tmp_path / "np").exists()
