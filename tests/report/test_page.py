@@ -168,3 +168,15 @@ def test_the_steps_plot_sits_beside_the_dreams_in_their_row_not_under_the_card()
         assert page.index('class="steps"') < page.index('class="maxima"')
     assert ".row figure.steps img.plot{width:240px;height:160px" in page  # small: as tall as a dream
 
+
+
+def test_long_prompts_and_tokens_wrap_inside_their_card():
+    """A 64-token context window, a 32-token prompt or a long promoted token once ran past the card's right edge
+    (`white-space:pre` cells); tokens now wrap at their spaces (or anywhere, if one token is too long) and anything
+    still too wide scrolls inside its card."""
+    record = prompt_record("m.layers.1:sae=s#0", 3.0, 2.0, [" supercalifragilistic"] * 5)
+    page = render_index([record])
+    assert "white-space:pre;" not in page and "white-space:pre}" not in page
+    assert ".tok{font-family:monospace;white-space:pre-wrap;overflow-wrap:anywhere" in page
+    target_rule = page[page.index(".target{"):]
+    assert "overflow-x:auto" in target_rule[:target_rule.index("}")]
