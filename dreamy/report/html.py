@@ -17,10 +17,11 @@ from typing import Any
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
 h1{font-size:22px} h2{font-size:16px;margin:0 0 4px 0;font-family:monospace} h2 small{font-family:system-ui;font-weight:normal;color:#555}
-.target{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0}
-.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start} .groups{display:flex;flex-wrap:wrap;gap:24px}
+.target{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:12px 0;overflow-x:auto}
+.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start} .groups{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0;text-align:center;font-size:12px;width:160px} figure img{width:160px;height:160px;border:1px solid #ccc}
 .class figure{width:224px} .class figure img{width:224px;height:224px}
+.row figure.steps{width:240px} .row figure.steps img.plot{width:240px;height:160px;max-width:none}
 .sheet .grid{display:flex;flex-wrap:wrap;gap:4px} .sheet figure{width:96px} .sheet figure img{width:96px;height:96px}
 .sheet figure a.to{color:#555;text-decoration:none;font-family:monospace}
 .maxima figure{width:88px} .maxima figure img{width:88px;height:88px}
@@ -28,7 +29,7 @@ figcaption b{font-weight:600} figcaption span{display:block;color:#777;font-size
 .label{color:#666;font-size:12px;margin:4px 0 4px 0} .error{color:#b00020;font-family:monospace}
 .beats{color:#0a7d32;font-weight:600} .short{color:#b00020;font-weight:600}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
-.tok{font-family:monospace;white-space:pre;border-radius:2px}
+.tok{font-family:monospace;white-space:pre-wrap;overflow-wrap:anywhere;border-radius:2px}
 .top5{color:#777;font-size:11px}
 """
 

@@ -75,21 +75,39 @@ def layer_sheets(records: Sequence[dict[str, Any]]) -> str:
     return "".join(sheets)
 
 
+def steps_figure(src: str) -> str:
+    """The objective-per-step plot as a small figure that sits in the dreams' row, beside them (as tall as a
+    dream); a click opens it at full resolution.
+
+    Example:
+        >>> '<img class="plot" src="images/a_steps.png"' in steps_figure("images/a_steps.png")
+        True
+    """
+    return (f'<figure class="steps"><a href="{esc(src)}" target="_blank" title="open at full resolution">'
+            f'<img class="plot" src="{esc(src)}" alt="objective per step" loading="lazy"></a>'
+            "<figcaption>objective per step</figcaption></figure>")
+
+
 def image_section(record: dict[str, Any]) -> str:
+    """The body of an image target's card: its dreams with their objective-per-step plot beside them in one row,
+    then its dataset maxima.
+
+    Example:
+        >>> body = image_section({"images": ["a.png"], "activation": 1.0, "plot": "a_steps.png"})
+        >>> body.index("a.png") < body.index('class="steps"') < body.index("</div></div>")  # in the dreams' row
+        True
+    """
     images = record.get("images", [])
     acts = record.get("activations", [record.get("activation")] * len(images))
     kind = "class" if _is_class_dream(record.get("target", "")) else "plain"
+    steps = steps_figure(record["plot"]) if record.get("plot") else ""
     groups = [f'<div class="{kind}"><div class="label">dreams (activation of the final image)</div><div class="row">'
-              + "".join(figure(src, a) for src, a in zip(images, acts)) + "</div></div>"]
+              + "".join(figure(src, a) for src, a in zip(images, acts)) + steps + "</div></div>"]
     maxima = record.get("maxima") or []
     if maxima:
         groups.append(f'<div class="maxima"><div class="label">most activating images ({esc(record.get("maxima_dataset", "dataset"))})'
                       '</div><div class="row">'
                       + "".join(figure(m["image"], m["activation"], m.get("label", "")) for m in maxima) + "</div></div>")
-    if record.get("plot"):
-        src = esc(record["plot"])
-        groups.append(f'<div><div class="label">objective per step</div><a href="{src}" target="_blank">'
-                      f'<img class="plot" src="{src}" alt="objective per step" loading="lazy"></a></div>')
     return '<div class="groups">' + "".join(groups) + "</div>"
 
 

@@ -4,7 +4,8 @@
   evaluated prompt faint (when the record holds `evaluated`), the Pareto frontier as a line, the dataset
   windows of the prompt's own length as diamonds (the yardstick) and longer context windows as faint crosses
   (as in the EPO paper's figures).
-- `steps_png(series)`: activation (or objective) per step, one line per dreamed image of a target.
+- `steps_png(series)`: activation (or objective) per step, one line per dreamed image of a target; drawn small
+  (2.4 x 1.6 in, small type) at twice the resolution, to sit beside a dream on its card and stay sharp.
 - `evaluated_points(history)`: the compact `(xentropy, activation)` lists a prompt record keeps for the plot.
 - `plot_name(spec, what)`: where a target's plot goes in the output folder (`images/`).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import Any, Sequence
 
 from dreamy.core.files import safe_name
@@ -25,6 +27,8 @@ from dreamy.core.files import safe_name
 MAX_EVALUATED = 1000
 SIZE_INCHES = (4.8, 3.2)
 DPI = 100
+STEPS_SIZE_INCHES = (2.4, 1.6)  # shown at 240 x 160 px beside a dream
+STEPS_DPI = 200
 
 
 def plot_name(spec: str, what: str) -> str:
@@ -56,19 +60,19 @@ def evaluated_points(history: Sequence[dict[str, Any]], limit: int = MAX_EVALUAT
     return {"xentropy": [_round(x) for x, _ in rows], "activation": [_round(a) for _, a in rows]}
 
 
-def _png(figure: Any) -> bytes:
+def _png(figure: Any, dpi: int = DPI) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
-def _figure() -> tuple[Any, Any]:
+def _figure(size: tuple[float, float] = SIZE_INCHES) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=SIZE_INCHES, layout="constrained")
+    figure = Figure(figsize=size, layout="constrained")
     return figure, figure.add_subplot()
 
 
@@ -118,12 +122,13 @@ def steps_png(series: Sequence[Sequence[float]], ylabel: str = "objective") -> b
         >>> steps_png([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]])[:4] == b"\\x89PNG"
         True
     """
-    figure, axes = _figure()
+    figure, axes = _figure(STEPS_SIZE_INCHES)
     for j, values in enumerate(series):
-        axes.plot(range(len(values)), list(values), linewidth=1.2, label=f"dream {j}")
-    axes.set_xlabel("step")
-    axes.set_ylabel(ylabel)
+        axes.plot(range(len(values)), list(values), linewidth=1.0, label=f"dream {j}")
+    axes.set_xlabel("step", fontsize=7)
+    axes.set_ylabel(textwrap.fill(ylabel, 18), fontsize=7)  # two short lines fit the small plot's height
+    axes.tick_params(labelsize=6)
     axes.grid(alpha=0.3)
     if len(series) > 1:
-        axes.legend(fontsize=7)
-    return _png(figure)
+        axes.legend(fontsize=5)
+    return _png(figure, STEPS_DPI)

@@ -39,8 +39,8 @@ FRONTIER_ROWS = 12  # frontier rows a card shows before folding the rest
 STYLE = """
 .card{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start;margin-bottom:8px}
 img.plot{width:480px;max-width:100%;border:1px solid #ddd}
-.outtok td{font-family:monospace;white-space:pre} .outtok .up{color:#b03a10} .outtok .down{color:#1f5fc8}
-.findex td.tokens{font-family:monospace;white-space:pre}
+.outtok td{font-family:monospace;white-space:pre-wrap} .outtok .up{color:#b03a10} .outtok .down{color:#1f5fc8}
+.findex td.tokens{font-family:monospace;white-space:pre-wrap}
 .steer td.text{font-family:monospace;white-space:pre-wrap;max-width:520px} th.sortable{cursor:pointer;text-decoration:underline dotted}
 """
 # Sorts the index rows and the prompt cards by a numeric column (data-score-NAME on each row; missing sorts last).

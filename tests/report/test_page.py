@@ -153,3 +153,30 @@ def test_a_prompt_card_never_compares_its_dream_with_the_longer_context_windows(
               "maxima_matched": [{"text": "b", "token_ids": [3, 4], "activation": 2.0, "xentropy": 5.0}]}
     page = render_index([record])
     assert "best dataset example" not in page and "yes (1.5x" in page
+
+
+def test_the_steps_plot_sits_beside_the_dreams_in_their_row_not_under_the_card():
+    """The objective-per-step plot once sat under the dreams and maxima at 480 px and doubled the page's length; it is
+    now a small figure in the dreams' own row, before the dataset maxima, for plain and class dreams alike."""
+    for target, kind in (("conv3:0", "plain"), ("logits:1", "class")):
+        page = render_index([{"kind": "image", "target": target, "activation": 1.0, "images": ["images/a.png"],
+                              "plot": "images/a_steps.png", "maxima": [{"image": "maxima/m.png", "activation": 2.0}]}])
+        row = page[page.index(f'class="{kind}"'):]
+        row = row[row.index('class="row"'):]
+        row = row[:row.index("</div>")]  # the dreams' row up to its end
+        assert "images/a.png" in row and '<figure class="steps">' in row and 'src="images/a_steps.png"' in row
+        assert page.index('class="steps"') < page.index('class="maxima"')
+    assert ".row figure.steps img.plot{width:240px;height:160px" in page  # small: as tall as a dream
+
+
+
+def test_long_prompts_and_tokens_wrap_inside_their_card():
+    """A 64-token context window, a 32-token prompt or a long promoted token once ran past the card's right edge
+    (`white-space:pre` cells); tokens now wrap at their spaces (or anywhere, if one token is too long) and anything
+    still too wide scrolls inside its card."""
+    record = prompt_record("m.layers.1:sae=s#0", 3.0, 2.0, [" supercalifragilistic"] * 5)
+    page = render_index([record])
+    assert "white-space:pre;" not in page and "white-space:pre}" not in page
+    assert ".tok{font-family:monospace;white-space:pre-wrap;overflow-wrap:anywhere" in page
+    target_rule = page[page.index(".target{"):]
+    assert "overflow-x:auto" in target_rule[:target_rule.index("}")]

@@ -28,6 +28,13 @@ def test_steps_plot_decodes_and_leaves_no_pyplot_figures():
     assert len(matplotlib._pylab_helpers.Gcf.get_all_fig_managers()) == before
 
 
+def test_steps_plot_is_drawn_at_the_size_it_is_shown_beside_a_dream_at_twice_the_resolution():
+    """Drawn at 2.4 x 1.6 in (the 240 x 160 px it takes on a card) its type reads at the size it was set; the
+    pixels are doubled to stay sharp. The old plot, 4.8 x 3.2 in at 100 dpi, was shown at 480 px under the dreams."""
+    image = decoded(steps_png([[0.0, 1.0, 2.0]], "objective (under transforms)"))
+    inches = tuple(round(pixels / dpi, 2) for pixels, dpi in zip(image.size, image.info["dpi"]))
+    assert inches == (2.4, 1.6) and image.size == (480, 320)
+
 def test_evaluated_points_are_thinned_and_rounded():
     history = [{"xentropy": 1.0 + i / 3, "activation": float(i)} for i in range(5000)]
     points = evaluated_points(history, limit=100)
