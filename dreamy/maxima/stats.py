@@ -8,7 +8,7 @@ target read as a whole window counts its window score once per window). Per batc
 on the values' device:
 - counts: tokens seen, tokens where the value is > 0 ("fires"), the sum and the max of the firing values;
 - histogram: exact counts of the firing values in fixed log-spaced bins, `BINS_PER_DECADE` per factor of ten
-  from `10**LOG10_LOW` to `10**LOG10_HIGH` (values outside land in the end bins), one `bincount` per batch; the
+  from `10**LOG10_LOW` to `10**LOG10_HIGH` (values outside land in the end bins), one `index_add_` per batch; the
   result keeps the span of non-empty bins, so no first pass is needed to decide the range;
 - samples: a uniform sample without replacement of `samples` firing tokens per target (each firing token gets a
   random key and the largest keys are kept: one `topk` merge per batch, with each kept token's scanned context);
@@ -107,17 +107,16 @@ class ActivationStats:
         firing = torch.where(fired, flat, torch.zeros_like(flat))
         self.total += firing.double().sum(dim=0)
         self.max = torch.maximum(self.max, torch.where(fired, flat, torch.full_like(flat, -torch.inf)).amax(dim=0))
-        where = (histogram_bins(flat) + self._bin_offsets)[fired]
-        self.histogram += torch.bincount(where, minlength=self.n_targets * N_BINS).view(self.n_targets, N_BINS)
+        where = histogram_bins(flat) + self._bin_offsets  # no boolean indexing or bincount: neither waits for the device
+        self.histogram.view(-1).index_add_(0, where.flatten(), fired.flatten().long())
         keys = torch.rand(flat.shape, generator=self.generator, device=self.device)
         items = batch.items.to(self.device).long()
         positions = (items[:, None] * self.context + torch.arange(self.context, device=self.device)).flatten()
         rows = torch.arange(len(items), device=self.device).repeat_interleave(self.context)
         self.sample.update(torch.where(fired, keys, torch.full_like(keys, -torch.inf)), positions, values, rows)
         for slot, item in enumerate(self.random_items):
-            hit = (items == item).nonzero()
-            if len(hit):
-                self.random[slot] = values[int(hit[0, 0])]
+            hit = items == item
+            self.random[slot] = torch.where(hit.any(), values[hit.int().argmax()], self.random[slot])
 
     def state(self) -> dict[str, Tensor]:
         """Tensors to checkpoint (on the host)."""
