@@ -8,12 +8,20 @@ activation).
 Scoring every one of the corpus's stride-1 windows would cost one forward per token. Instead:
 1. scan: the corpus is cut into non-overlapping windows, run once in batches through one `Probe` for
    all targets (stopping after the deepest hooked site); every token's activation is read off the
-   per-position score map. The last token of each window is an exact window score; earlier tokens
-   saw a shorter context and serve as candidates.
-2. refine: for each target the windows ending at its `k * candidates` best tokens are re-scored as
-   standalone windows with a full forward (activation, per-token activations, cross-entropy); the
-   best `k` are kept, and the windows that no other re-scored window beats in both activation and
-   cross-entropy form the data set's frontier.
+   per-position score maps, stacked into one `[B, window, n_targets]` tensor on the model's device. The
+   last token of each window is an exact window score; earlier tokens saw a shorter context and serve as
+   candidates. Every target's running top-k (with each kept token's values in its scanned chunk) is one
+   device tensor merged by `torch.topk`, and `dreamy.maxima.stats` gathers each target's dashboard
+   statistics (density, histogram, quantile and random samples) in the same pass: `stats["tokens"]`,
+   `Maxima.samples`, `MaximaResults.dead`.
+2. refine: the windows ending at each target's `k * candidates` best tokens are re-scored as standalone
+   windows with a full forward (activation, per-token activations, cross-entropy): the union of all
+   targets' windows, each run once, in batches scored for every target. Per target the best `k` are
+   kept, and the windows that no other re-scored window beats in both activation and cross-entropy form
+   the data set's frontier. `rescore=False` skips this for the scan's windows (a dashboard of thousands of
+   features): the examples are then the top tokens' scanned chunks with the scan's values, as
+   SAEDashboard shows them; the matched-length windows (`lengths`, a verdict's yardstick) are always
+   re-scored.
 3. fluency baseline: the cross-entropy of `xent_windows` random windows gives the corpus median.
 
 Example:
@@ -146,6 +154,9 @@ def text_maxima(
     cross-entropy over the window's tokens): `results.at(n_tokens)`. Their candidates are the
     `MATCHED_CANDIDATES` best tokens of the pass, re-scored at that length.
 
+    `rescore=False`: the `window`-token examples are the scan's own (see the module docstring; no
+    cross-entropy, no frontier), cached apart from re-scored ones.
+
     Example:
         >>> from dreamy.models import load
         >>> corpus = TextCorpus("toy", "The cat sat on the mat. The dog ran in the park. " * 8)
@@ -231,7 +242,7 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
                                        context=window, observers=[statistics], checkpoint=checkpoint,
                                        desc=f"maxima {corpus.name}", progress=progress,
                                        fingerprint=fingerprint({"model": loaded.name, "targets": scanned, "keep": keep,
-                                                                **settings}))
+                                                                "rescore": rescore, **settings}))
     top_values, top_indices, top_contexts = top.values.cpu(), top.indices.cpu(), top.contexts.cpu()
     dashboards = statistics.results()
     context = _Context(loaded.tokenizer, ids, window, corpus.name)
