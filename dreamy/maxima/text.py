@@ -214,13 +214,15 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
         stack for the targets read per token, the window scores of the others at each chunk's last token."""
         chunks = torch.stack([ids[c * window:(c + 1) * window] for c in items]).to(device)
         result = probe(input_ids=scan_layout.full(chunks), keep_activations=True)
-        maps = probe.maps(result.activations)
         scores = result.scores.float()
-        per_token = torch.full((len(items), window, len(scanned)), float("nan"), device=device)
-        if len(per_token_columns):
-            per_token[:, :, per_token_columns] = torch.stack([m[:, 1:].float() for m, last in zip(maps, last_only) if last], dim=-1)
-        if len(window_columns):  # other reductions: only whole windows are candidates
-            per_token[:, -1, window_columns] = scores[:, window_columns]
+        if all(last_only):
+            per_token = _stacked_maps(probe, result.activations)[:, 1:].float()
+        else:
+            per_token = torch.full((len(items), window, len(scanned)), float("nan"), device=device)
+            if len(per_token_columns):
+                maps = probe.maps(result.activations)
+                per_token[:, :, per_token_columns] = torch.stack([m[:, 1:].float() for m, last in zip(maps, last_only) if last], dim=-1)
+            per_token[:, -1, window_columns] = scores[:, window_columns]  # other reductions: only whole windows are candidates
         candidates_ = per_token
         if rescore and items[0] == 0:
             candidates_ = per_token.clone()
@@ -284,6 +286,13 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
             if cache is not None:
                 save_maxima(maxima, cache)
             found[request][target] = maxima
+
+
+def _stacked_maps(probe: Probe, activations: dict[str, Tensor]) -> Tensor:
+    """Every target's per-position map as one `[B, *positions, n_targets]` tensor: the probe's own stacked maps
+    where it has them (units of one site read together), else its per-target maps stacked."""
+    stacked = getattr(probe, "stacked_maps", None)
+    return stacked(activations) if stacked is not None else torch.stack(probe.maps(activations), dim=-1)
 
 
 class _Context:
@@ -351,7 +360,7 @@ def _refine(loaded: LoadedModel, probe: Probe, columns: list[int], targets: list
         for first in range(0, len(rows_all), batch_size):
             chunk = rows_all[first:first + batch_size]
             result = probe(input_ids=chunk, need_output=True, keep_activations=True)
-            maps = torch.stack([m[:, start:end].float() for m in probe.maps(result.activations)], dim=-1)[..., column_index]
+            maps = _stacked_maps(probe, result.activations)[:, start:end].float()[..., column_index]
             pairs = member[first:first + len(chunk)].nonzero()  # (window in batch, target) pairs asked for
             wanted = maps[pairs[:, 0].to(device), :, pairs[:, 1].to(device)].cpu()  # one host copy per batch
             for (u, i), row in zip(pairs.tolist(), wanted):
