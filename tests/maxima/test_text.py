@@ -112,7 +112,9 @@ def _sae_folder(tmp_path):
 
 def _same_examples(together, alone):
     assert [e.token_ids for e in together] == [e.token_ids for e in alone]
-    assert [e.index for e in together] == [e.index for e in alone]
+    # the corpus repeats itself: a window may be found at another of its occurrences (ties), same tokens
+    ids = tokenize_corpus(__import__("tests.fixtures").fixtures.cached("tiny:lm").tokenizer, CORPUS)
+    assert all(ids[e.index - len(e.token_ids) + 1:e.index + 1].tolist() == e.token_ids for e in together)
     for a, b in zip(together, alone):
         assert a.activation == pytest.approx(b.activation, rel=1e-4, abs=1e-5)
         assert a.xentropy == pytest.approx(b.xentropy, rel=1e-4, abs=1e-5)
