@@ -138,8 +138,9 @@ class ActivationStats:
         nonzero = histogram > 0
         first = torch.where(nonzero.any(dim=1), nonzero.int().argmax(dim=1), -1).tolist()
         last = torch.where(nonzero.any(dim=1), N_BINS - 1 - nonzero.flip(1).int().argmax(dim=1), -1).tolist()
-        keys, indices, contexts = self.sample.values.cpu(), self.sample.indices.cpu(), self.sample.contexts.cpu()
+        keys, indices, contexts = self.sample.values.tolist(), self.sample.indices.tolist(), self.sample.contexts.cpu()
         random = self.random.cpu()
+        random_last = random[:, -1].tolist()
         results = []
         for j in range(self.n_targets):
             summary: dict[str, Any] = {
@@ -148,15 +149,16 @@ class ActivationStats:
                 "histogram": {"log10_edges": bin_edges(first[j], last[j]) if fired[j] else [],
                               "counts": histogram[j, first[j]:last[j] + 1].tolist() if fired[j] else []}}
             samples: dict[str, list[tuple[int, float, Tensor]]] = {}
-            drawn = [(int(i), float(row[int(i) % self.context]), row)
-                     for key, i, row in zip(keys[j], indices[j], contexts[j]) if math.isfinite(float(key))]
+            slots = [slot for slot, key in enumerate(keys[j]) if math.isfinite(key)]
+            rows = contexts[j].tolist()
+            drawn = [(indices[j][slot], rows[slot][indices[j][slot] % self.context], contexts[j, slot]) for slot in slots]
             by_value = sorted(range(len(drawn)), key=lambda d: drawn[d][1])  # drawn is in random (key) order
             for low, high in QUANTILE_BANDS:
                 band = by_value[int(low * len(drawn)):math.ceil(high * len(drawn))]
                 chosen = sorted(sorted(band)[:self.per_band], key=lambda d: -drawn[d][1])  # the first draws, best first
                 if chosen:
                     samples[f"q{low:.2f}-{high:.2f}"] = [drawn[d] for d in chosen]
-            samples["random"] = [(item * self.context + self.context - 1, float(random[slot, -1, j]), random[slot, :, j])
+            samples["random"] = [(item * self.context + self.context - 1, random_last[slot][j], random[slot, :, j])
                                  for slot, item in enumerate(self.random_items)]
             results.append(TargetStats(summary, samples))
         return results

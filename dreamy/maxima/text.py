@@ -246,6 +246,7 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
                                        fingerprint=fingerprint({"model": loaded.name, "targets": scanned, "keep": keep,
                                                                 "rescore": rescore, **settings}))
     top_values, top_indices, top_contexts = top.values.cpu(), top.indices.cpu(), top.contexts.cpu()
+    value_lists, index_lists = top_values.tolist(), top_indices.tolist()  # plain numbers for the per-target loops
     dashboards = statistics.results()
     context = _Context(loaded.tokenizer, ids, window, corpus.name)
     for request in requests:
@@ -260,21 +261,21 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
         columns = [scanned.index(target) for target in todo[request]]
         rescored = [0] * len(columns)
         if main and not rescore:
-            refined = [_scan_examples(loaded.name, target, dataset, context, top_values[j, :k], top_indices[j, :k],
+            refined = [_scan_examples(loaded.name, target, dataset, context, value_lists[j][:k], index_lists[j][:k],
                                       top_contexts[j, :k]) for target, j in zip(todo[request], columns)]
         else:
             refine_probe = probe if main else Probe(loaded.model, todo[request], sequence_reduce="pos=-1")
-            ends = [list(dict.fromkeys(int(i) for i, v in zip(top_indices[j][:shown], top_values[j][:shown])
-                                       if torch.isfinite(v) and int(i) >= n_tokens - 1)) for j in columns]
+            ends = [list(dict.fromkeys(i for i, v in zip(index_lists[j][:shown], value_lists[j][:shown])
+                                       if math.isfinite(v) and i >= n_tokens - 1)) for j in columns]
             rows = columns if main else list(range(len(columns)))
             rescored = [len(e) for e in ends]
             refined = _refine(loaded, refine_probe, rows, todo[request], dataset, ids, ends, layout, k,
-                              max(batch_size, 64 if n_tokens < window else 0))
+                              max(batch_size, 64 if n_tokens < window else 0), context)
         for target, j, maxima, n_rescored in zip(todo[request], columns, refined, rescored):
-            in_scan = {int(i): row for i, row, v in zip(top_indices[j], top_contexts[j], top_values[j]) if torch.isfinite(v)}
+            in_scan = {i: slot for slot, (i, v) in enumerate(zip(index_lists[j], value_lists[j])) if math.isfinite(v)}
             for example in maxima.examples + maxima.frontier:
                 if example.index in in_scan and example.context_activations is None:
-                    context.attach(example, in_scan[example.index])
+                    context.attach(example, top_contexts[j, in_scan[example.index]])
             dashboard = dashboards[j]
             maxima.samples = [context.example(rank, index, value, row, group)
                               for group, picked in dashboard.samples.items() for rank, (index, value, row) in enumerate(picked)]
@@ -300,6 +301,19 @@ class _Context:
 
     def __init__(self, tokenizer: Any, ids: Tensor, window: int, corpus_name: str) -> None:
         self.tokenizer, self.ids, self.window, self.corpus_name = tokenizer, ids, window, corpus_name
+        self._pieces: dict[int, str] = {}
+        self._texts: dict[tuple[int, ...], str] = {}
+
+    def decoded(self, token_ids: list[int]) -> tuple[str, list[str]]:
+        """The text of `token_ids` and each token's own text, each decoded once per run (thousands of targets
+        share their windows)."""
+        key = tuple(token_ids)
+        if key not in self._texts:
+            self._texts[key] = self.tokenizer.decode(token_ids)
+        for t in token_ids:
+            if t not in self._pieces:
+                self._pieces[t] = self.tokenizer.decode([t])
+        return self._texts[key], [self._pieces[t] for t in token_ids]
 
     def attach(self, example: Example, row: Tensor) -> None:
         """Set `example`'s scanned context (the chunk holding its last token) and its values there."""
@@ -311,23 +325,21 @@ class _Context:
         start = index // self.window * self.window
         token_ids = self.ids[start:start + self.window].tolist()
         example = Example(rank, index, value, f"{self.corpus_name} tokens {start}..{start + self.window - 1}",
-                          self.tokenizer.decode(token_ids), [self.tokenizer.decode([t]) for t in token_ids], token_ids,
-                          group=group)
+                          *self.decoded(token_ids), token_ids, group=group)
         self.attach(example, row)
         example.token_activations = example.context_activations
         return example
 
 
-def _scan_examples(model_name: str, target: str, dataset: str, context: _Context, values: Tensor, indices: Tensor,
+def _scan_examples(model_name: str, target: str, dataset: str, context: _Context, values: list[float], indices: list[int],
                    rows: Tensor) -> Maxima:
     """The top tokens of the scan as examples, each its scanned chunk with the values there (no re-scoring)."""
-    examples = [context.example(rank, int(i), float(v), row)
-                for rank, (v, i, row) in enumerate(zip(values, indices, rows)) if torch.isfinite(v)]
+    examples = [context.example(rank, i, v, rows[rank]) for rank, (v, i) in enumerate(zip(values, indices)) if math.isfinite(v)]
     return Maxima(model_name, target, dataset, "text", examples, {}, {})
 
 
 def _refine(loaded: LoadedModel, probe: Probe, columns: list[int], targets: list[str], dataset: str, ids: Tensor,
-            ends: list[list[int]], layout: PromptLayout, k: int, batch_size: int) -> list[Maxima]:
+            ends: list[list[int]], layout: PromptLayout, k: int, batch_size: int, context: _Context) -> list[Maxima]:
     """Re-score the candidate windows of every target standalone in `layout` (`layout.n_tokens` tokens ending at
     `ends[i]` for `targets[i]`, read as `probe`'s target `columns[i]`): the union of all targets' windows, each
     run once, in batches scored for every target of `probe`; per target the top `k` and the frontier."""
@@ -368,7 +380,6 @@ def _refine(loaded: LoadedModel, probe: Probe, columns: list[int], targets: list
             scores.append(result.scores.float()[:, column_index].cpu())
             xents.append(span_xentropy(result.output.logits, chunk, layout.span).cpu())
     scores_all, xents_all = torch.cat(scores), torch.cat(xents)
-    tokenizer = loaded.tokenizer
     for i, rows in enumerate(picked):
         if not rows:
             continue
@@ -376,8 +387,8 @@ def _refine(loaded: LoadedModel, probe: Probe, columns: list[int], targets: list
         def example(rank: int, u: int, end_: int) -> Example:
             token_ids = spans[u].tolist()
             return Example(rank, end_, float(scores_all[u, i]), f"{dataset} tokens {end_ - window + 1}..{end_}",
-                           tokenizer.decode(token_ids), [tokenizer.decode([t]) for t in token_ids], token_ids,
-                           [round(float(v), 5) for v in values[(u, i)]], float(xents_all[u]))
+                           *context.decoded(token_ids), token_ids, [round(float(v), 5) for v in values[(u, i)]],
+                           float(xents_all[u]))
 
         mine = torch.tensor([u for u, _ in rows])
         order = scores_all[mine, i].argsort(descending=True).tolist()
