@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,13 +40,14 @@ def _usable(found: Maxima | None, k: int) -> bool:
 
 
 def cached_or_todo(loaded: LoadedModel, targets: Sequence[str], dataset: str, k: int, cache_dir: str | os.PathLike | None,
-                   refresh: bool) -> tuple[dict[str, Maxima], list[str]]:
-    """Split canonical targets into those with a usable cache entry and those still to scan."""
+                   refresh: bool, matching: Callable[[Maxima], bool] | None = None) -> tuple[dict[str, Maxima], list[str]]:
+    """Split canonical targets into those with a usable cache entry (at least `k` examples, and one `matching`
+    accepts) and those still to scan."""
     found: dict[str, Maxima] = {}
     todo: list[str] = []
     for target in dict.fromkeys(canonical_target(t) for t in targets):
         entry = None if refresh or cache_dir is None else load_cached_maxima(cache_dir, loaded.name, target, dataset)
-        if _usable(entry, k):
+        if _usable(entry, k) and (matching is None or matching(entry)):
             found[target] = entry
         else:
             todo.append(target)

@@ -38,7 +38,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Example:
-    """One dataset example: `index` is the image index, or for text the corpus position of the window's last token."""
+    """One dataset example: `index` is the image index, or for text the corpus position of the window's last token.
+
+    Text examples found by a scan also carry their scanned context, as SAEDashboard shows it: `context_start`, the
+    corpus position of the first token of the scanned chunk that holds `index`, and `context_activations`, the
+    target's value at each token of that chunk in the scan. `group` names the sample an example was drawn for
+    (`random`, or a quantile band of the firing values such as `q0.50-0.75`); None for the top-k.
+    """
 
     rank: int
     index: int
@@ -49,6 +55,9 @@ class Example:
     token_ids: list[int] | None = None
     token_activations: list[float] | None = None
     xentropy: float | None = None
+    context_start: int | None = None
+    context_activations: list[float] | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -59,6 +68,8 @@ class Maxima:
     non-overlapping text window); text adds `stats["xentropy"]`, the cross-entropy distribution of
     random corpus windows, and `frontier`, the windows no other re-scored window beats in both
     activation and cross-entropy. `images` `[k, H, W, 3]` uint8 and `maps` `[k, *positions]` are arrays.
+    A text scan adds `stats["tokens"]` (`dreamy.maxima.stats`: density, histogram of the firing values) and
+    `samples`, examples drawn from quantile bands of the firing values and random windows (`Example.group`).
     """
 
     model_name: str
@@ -72,6 +83,7 @@ class Maxima:
     maps: np.ndarray | None = None
     frontier: list[Example] = field(default_factory=list)
     path: Path | None = None
+    samples: list[Example] = field(default_factory=list)
 
     @property
     def best_activation(self) -> float | None:
@@ -119,7 +131,8 @@ class Maxima:
         """A JSON-able record (without the arrays)."""
         return {"model": self.model_name, "target": self.target, "dataset": self.dataset, "kind": self.kind,
                 "best_activation": self.best_activation, "examples": [asdict(e) for e in self.examples],
-                "frontier": [asdict(e) for e in self.frontier], "stats": self.stats, "settings": self.settings}
+                "frontier": [asdict(e) for e in self.frontier], "samples": [asdict(e) for e in self.samples],
+                "stats": self.stats, "settings": self.settings}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, path: Path | None = None) -> "Maxima":
@@ -127,7 +140,8 @@ class Maxima:
         arrays = arrays or {}
         return cls(record["model"], record["target"], record["dataset"], record["kind"],
                    [Example(**e) for e in record["examples"]], record.get("stats", {}), record.get("settings", {}),
-                   arrays.get("images"), arrays.get("maps"), [Example(**e) for e in record.get("frontier", [])], path)
+                   arrays.get("images"), arrays.get("maps"), [Example(**e) for e in record.get("frontier", [])], path,
+                   [Example(**e) for e in record.get("samples", [])])
 
 
 class MaximaResults(dict):
@@ -147,6 +161,16 @@ class MaximaResults(dict):
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-able record per target (every method's results give their records the same way)."""
         return [maxima.to_record() for maxima in self.values()]
+
+    @property
+    def dead(self) -> list[str]:
+        """The targets that never fired (a value > 0) at any scanned token (`stats["tokens"]["fired"] == 0`).
+
+        Example:
+            >>> MaximaResults({"t": Maxima("m", "t", "d", "text", [], {"tokens": {"fired": 0}}, {})}).dead
+            ['t']
+        """
+        return [target for target, maxima in self.items() if maxima.stats.get("tokens", {}).get("fired", 1) == 0]
 
     def at(self, n_tokens: int) -> "MaximaResults":
         """The maxima of windows of `n_tokens` tokens found in the same search (`text_maxima(..., lengths=...)`).

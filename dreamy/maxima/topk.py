@@ -13,7 +13,8 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -25,36 +26,75 @@ log = logging.getLogger(__name__)
 QUANTILES = (0.5, 0.9, 0.99)
 
 
+@dataclass
+class ScanBatch:
+    """What `scan`'s `score_batch` returns for one batch of items; every tensor may stay on the model's device.
+
+    `scores [M, n_targets]` compete for the top-k (M may exceed the batch, e.g. one per token; NaN never ranks),
+    `indices [M]` the dataset index of each, `summary [B', n_targets]` enters the dataset-wide statistics.
+    Optionally `contexts [R, C, n_targets]`: each target's values over the `C` positions of `R` context rows (a
+    scanned text chunk), `rows [M]` the context row of each score, and `items [R]` the item of each context row;
+    a top-k with `context=C` keeps, for every kept score, its target's values over its row.
+    """
+
+    scores: Tensor
+    indices: Tensor
+    summary: Tensor
+    contexts: Tensor | None = None
+    rows: Tensor | None = None
+    items: Tensor | None = None
+
+
 class StreamingTopK:
     """The `k` largest scores per target (and the dataset indices they came from) over a stream of batches.
 
-    NaN scores count as -inf (they rank last). `values` / `indices` are `[n_targets, <=k]`, best first.
+    NaN scores count as -inf (they rank last). `values` / `indices` are `[n_targets, <=k]`, best first, kept on
+    the device of the scores (one `torch.topk` per batch for every target, no host copy). With `context=C`,
+    `contexts [n_targets, <=k, C]` holds each kept score's target values over its context row (`ScanBatch`).
     """
 
-    def __init__(self, n_targets: int, k: int) -> None:
+    def __init__(self, n_targets: int, k: int, context: int = 0) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = k
+        self.context = context
         self.values = torch.empty(n_targets, 0)
         self.indices = torch.empty(n_targets, 0, dtype=torch.long)
+        self.contexts = torch.empty(n_targets, 0, context)
 
-    def update(self, scores: Tensor, indices: Tensor) -> None:
-        """Merge a batch: `scores [B, n_targets]`, `indices [B]` (dataset index of each row)."""
-        scores = scores.detach().float().cpu().t()
+    def update(self, scores: Tensor, indices: Tensor, contexts: Tensor | None = None, rows: Tensor | None = None) -> None:
+        """Merge a batch: `scores [B, n_targets]`, `indices [B]` (dataset index of each row); with `context`, also
+        `contexts [R, C, n_targets]` and `rows [B]` (the context row of each score)."""
+        scores = scores.detach().float().t()
+        device = scores.device
         scores = torch.where(torch.isnan(scores), torch.full_like(scores, -torch.inf), scores)
-        values = torch.cat([self.values, scores], dim=1)
-        index = torch.cat([self.indices, indices.cpu().long()[None].expand(len(scores), -1)], dim=1)
+        old = self.values.shape[1]
+        values = torch.cat([self.values.to(device), scores], dim=1)
+        index = torch.cat([self.indices.to(device), indices.to(device).long()[None].expand(len(scores), -1)], dim=1)
         keep = min(self.k, values.shape[1])
         top = values.topk(keep, dim=1)
+        if self.context:
+            if contexts is None or rows is None:
+                raise ValueError(f"this top-k keeps {self.context} context values per score; pass contexts and rows")
+            fresh = (top.indices - old).clamp(min=0)  # [T, keep] position among this batch's scores
+            row = rows.to(device).long()[fresh]  # [T, keep] context row of each
+            per_target = contexts.detach().float().permute(2, 0, 1)  # [T, R, C]
+            new_context = per_target.gather(1, row[..., None].expand(-1, -1, self.context))
+            kept = self.contexts.to(device)
+            if old:
+                old_context = kept.gather(1, top.indices.clamp(max=old - 1)[..., None].expand(-1, -1, self.context))
+                new_context = torch.where((top.indices < old)[..., None], old_context, new_context)
+            self.contexts = new_context
         self.values, self.indices = top.values, index.gather(1, top.indices)
 
     def state(self) -> dict[str, Tensor]:
-        """Tensors to checkpoint."""
-        return {"top_values": self.values, "top_indices": self.indices}
+        """Tensors to checkpoint (on the host)."""
+        return {"top_values": self.values.cpu(), "top_indices": self.indices.cpu(), "top_contexts": self.contexts.cpu()}
 
     def restore(self, state: dict[str, Tensor]) -> None:
         """Load a `state()`."""
         self.values, self.indices = state["top_values"], state["top_indices"]
+        self.contexts = state.get("top_contexts", torch.empty(len(self.values), 0, self.context))
 
 
 def summarize(values: Tensor) -> dict[str, float]:
@@ -75,13 +115,26 @@ def summarize(values: Tensor) -> dict[str, float]:
     return summary
 
 
+class Observer(Protocol):
+    """Anything else that watches a scan's batches (e.g. `dreamy.maxima.stats.ActivationStats`) and checkpoints
+    with it."""
+
+    def observe(self, batch: ScanBatch) -> None: ...
+
+    def state(self) -> dict[str, Tensor]: ...
+
+    def restore(self, state: dict[str, Tensor]) -> None: ...
+
+
 def scan(
-    score_batch: Callable[[Sequence[int]], tuple[Tensor, Tensor, Tensor]],
+    score_batch: Callable[[Sequence[int]], "ScanBatch | tuple[Tensor, Tensor, Tensor]"],
     n_items: int,
     *,
     n_targets: int,
     k: int,
     batch_size: int,
+    context: int = 0,
+    observers: Sequence[Observer] = (),
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
     fingerprint: str = "",
@@ -90,13 +143,22 @@ def scan(
 ) -> tuple[StreamingTopK, Tensor, float]:
     """Stream items `0..n_items-1` in batches once, keeping the top-k per target.
 
-    `score_batch(items)` returns `(scores [M, n_targets], indices [M], summary_scores [B', n_targets])`:
-    the scores that compete for the top-k (M may exceed the batch, e.g. one per token), the dataset
-    index of each, and the scores that enter the dataset-wide statistics. With `checkpoint`, the state
-    is saved every `checkpoint_seconds` and on interrupt, and a later scan with the same `fingerprint`
-    resumes from it. Returns the top-k, all summary scores `[N', n_targets]` and the seconds spent.
+    `score_batch(items)` returns a `ScanBatch` (or its first three fields as a tuple): the scores that compete for
+    the top-k, the dataset index of each, and the scores that enter the dataset-wide statistics. The top-k stays
+    on the scores' device; the only host copy per batch is the summary scores' (one for all targets). With
+    `context`, the top-k keeps each kept score's context values (`StreamingTopK`). Each of `observers` sees every
+    batch. With `checkpoint`, the state (top-k, observers) is saved every `checkpoint_seconds` and on interrupt,
+    and a later scan with the same `fingerprint` resumes from it. Returns the top-k, all summary scores
+    `[N', n_targets]` and the seconds spent.
+
+    Example:
+        >>> values = torch.tensor([[1.0, 5.0], [3.0, 0.0], [2.0, 4.0]])
+        >>> top, summary, _ = scan(lambda items: (values[items], torch.tensor(items), values[items]), 3, n_targets=2,
+        ...                        k=1, batch_size=2, progress=False)
+        >>> top.indices.tolist(), tuple(summary.shape)
+        ([[1], [0]], (3, 2))
     """
-    top = StreamingTopK(n_targets, k)
+    top = StreamingTopK(n_targets, k, context)
     summaries: list[Tensor] = []
     start, spent = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -110,6 +172,8 @@ def scan(
             state = {}
         if state.get("fingerprint") == fingerprint:
             top.restore(state)
+            for i, observer in enumerate(observers):
+                observer.restore(state[f"observer{i}"])
             summaries, start, spent = [state["summaries"]], int(state["next"]), float(state["seconds"])
             log.info("resuming %s at item %d of %d from %s", desc, start, n_items, checkpoint)
 
@@ -119,6 +183,7 @@ def scan(
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         staging = checkpoint.with_name(checkpoint.name + f".{os.getpid()}.tmp")
         torch.save({**top.state(), "summaries": torch.cat(summaries) if summaries else torch.empty(0, n_targets),
+                    **{f"observer{i}": observer.state() for i, observer in enumerate(observers)},
                     "next": next_item, "seconds": seconds, "fingerprint": fingerprint}, staging)
         os.replace(staging, checkpoint)
 
@@ -130,9 +195,13 @@ def scan(
             while item < n_items:
                 items = list(range(item, min(n_items, item + batch_size)))
                 with torch.no_grad():
-                    scores, indices, summary = score_batch(items)
-                top.update(scores, indices)
-                summaries.append(summary.detach().float().cpu())
+                    batch = score_batch(items)
+                    if not isinstance(batch, ScanBatch):
+                        batch = ScanBatch(*batch)
+                    top.update(batch.scores, batch.indices, batch.contexts, batch.rows)
+                    for observer in observers:
+                        observer.observe(batch)
+                summaries.append(batch.summary.detach().float().cpu())
                 item = items[-1] + 1
                 bar.update(len(items))
                 if checkpoint is not None and time.perf_counter() - last_save > checkpoint_seconds:

@@ -69,3 +69,56 @@ def test_summarize_ignores_nan():
     summary = summarize(torch.tensor([1.0, float("nan"), 3.0, 2.0]))
     assert summary["count"] == 3 and summary["median"] == 2.0 and summary["max"] == 3.0
     assert summarize(torch.tensor([]))["count"] == 0
+
+
+def test_kept_contexts_are_the_rows_the_kept_scores_came_from():
+    gen = torch.Generator().manual_seed(3)
+    contexts = torch.randn(12, 5, 3, generator=gen)  # 12 rows of 5 positions, 3 targets
+    scores = contexts.flatten(0, 1)  # every position of every row competes
+    top = StreamingTopK(3, k=4, context=5)
+    for first in range(0, 12, 5):
+        rows = torch.arange(first, min(12, first + 5))
+        top.update(scores[first * 5:(first + len(rows)) * 5], torch.arange(first * 5, (first + len(rows)) * 5),
+                   contexts[rows], torch.arange(len(rows)).repeat_interleave(5))
+    expected = scores.t().topk(4, dim=1)
+    assert torch.equal(top.indices, expected.indices)
+    for j in range(3):
+        for slot, index in enumerate(top.indices[j].tolist()):
+            assert torch.equal(top.contexts[j, slot], contexts[index // 5, :, j])
+    with pytest.raises(ValueError, match="pass contexts and rows"):
+        top.update(scores[:5], torch.arange(5))
+
+
+def test_scan_takes_scan_batches_and_feeds_its_observers(tmp_path):
+    from dreamy.maxima.topk import ScanBatch
+
+    class Counter:
+        def __init__(self):
+            self.seen = torch.zeros(())
+
+        def observe(self, batch):
+            self.seen = self.seen + len(batch.scores)
+
+        def state(self):
+            return {"seen": self.seen}
+
+        def restore(self, state):
+            self.seen = state["seen"]
+
+    values = torch.randn(20, 2, generator=torch.Generator().manual_seed(4))
+
+    def score(items, fail_at=None):
+        if fail_at is not None and items[0] >= fail_at:
+            raise KeyboardInterrupt
+        rows = values[items]
+        return ScanBatch(rows, torch.tensor(items), rows, rows[:, None], torch.arange(len(items)), torch.tensor(items))
+
+    counter = Counter()
+    with pytest.raises(KeyboardInterrupt):
+        scan(lambda items: score(items, fail_at=10), 20, n_targets=2, k=2, batch_size=5, context=1, observers=[counter],
+             checkpoint=tmp_path / "scan.pt", fingerprint="a", progress=False)
+    resumed = Counter()
+    top, _, _ = scan(score, 20, n_targets=2, k=2, batch_size=5, context=1, observers=[resumed],
+                     checkpoint=tmp_path / "scan.pt", fingerprint="a", progress=False)
+    assert float(resumed.seen) == 20  # 10 before the interrupt, restored, and 10 after
+    assert torch.equal(top.contexts[:, :, 0], values.t().topk(2, dim=1).values)
