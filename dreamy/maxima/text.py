@@ -290,10 +290,9 @@ def _scan_and_refine(loaded: LoadedModel, corpus: TextCorpus, scanned: list[str]
 
 
 def _stacked_maps(probe: Probe, activations: dict[str, Tensor]) -> Tensor:
-    """Every target's per-position map as one `[B, *positions, n_targets]` tensor: the probe's own stacked maps
-    where it has them (units of one site read together), else its per-target maps stacked."""
-    stacked = getattr(probe, "stacked_maps", None)
-    return stacked(activations) if stacked is not None else torch.stack(probe.maps(activations), dim=-1)
+    """Every target's per-position map as one `[B, *positions, n_targets]` tensor (`Probe.stacked_maps`: the units
+    of one site read together)."""
+    return probe.stacked_maps(activations)
 
 
 class _Context:
