@@ -3,8 +3,9 @@
 Every error that can be known up front is found here, so a run never starts (or records a failure
 hours later) for a target that cannot be scored: an unknown site, a unit out of range, a direction
 file that is unreadable, of the wrong size or not finite, an SAE that does not fit the site, terms
-whose shapes do not combine. Targets that differ only in a neuron index are scored once, so a range
-of 100,000 units costs one forward and one cheap index check each.
+whose shapes do not combine. Targets that differ only in a neuron or SAE feature index are scored once,
+so a range of 100,000 units costs one forward and one cheap index check each, and every feature of an SAE
+one read of its file.
 
 Example:
     >>> import torch
@@ -24,7 +25,7 @@ from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
 from dreamy.targets.spec import Site, Target
-from dreamy.targets.units import Neuron
+from dreamy.targets.units import Neuron, SAEFeature, _sae_weights, sae_reads_shared
 
 
 def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict
@@ -91,9 +92,33 @@ def _neuron_error(target: Target, tensors: dict[str, Tensor]) -> str | None:
     return None
 
 
+def _sae_error(target: Target) -> str | None:
+    """The error of reading an SAE the target names, or of a feature index out of its range (each SAE is read
+    once per `check_targets`, see `sae_reads_shared`)."""
+    for term in target.terms:
+        if isinstance(term.unit, SAEFeature):
+            try:
+                d_sae = _sae_weights(term.unit.path).d_sae
+            except TargetError as error:
+                return str(error).splitlines()[0]
+            if not 0 <= term.unit.index < d_sae:
+                return (f"SAE feature {term.unit.index} out of range for '{term.unit.path}' with {d_sae} features; "
+                        f"valid 0..{d_sae - 1}")
+    return None
+
+
+def _unit_kind(unit: object) -> object:
+    """What of a unit decides how it scores: a neuron's index and an SAE feature's index do not (checked apart)."""
+    if isinstance(unit, Neuron):
+        return "neuron"
+    if isinstance(unit, SAEFeature):
+        return ("sae", unit.path)
+    return unit
+
+
 def _shape_key(target: Target) -> tuple:
-    """Targets with equal keys score alike up to the neuron index (checked apart)."""
-    return tuple((term.site, term.reduce, "neuron" if isinstance(term.unit, Neuron) else term.unit) for term in target.terms)
+    """Targets with equal keys score alike up to the neuron or SAE feature index (checked apart)."""
+    return tuple((term.site, term.reduce, _unit_kind(term.unit)) for term in target.terms)
 
 
 def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any, sequence_reduce: str = "mean",
@@ -112,6 +137,12 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
             parsed.append((str(spec), complete_sites(spec), None))  # `sae=DIR#i`: the site its cfg names
         except TargetError as error:
             parsed.append((str(spec), None, str(error).splitlines()[0]))
+    with sae_reads_shared():  # N features of one SAE read it once
+        return _check(model, parsed, args, kwargs, sequence_reduce, patch_tokens)
+
+
+def _check(model: nn.Module, parsed: list[tuple[str, Target | None, str | None]], args: tuple, kwargs: dict,
+           sequence_reduce: str, patch_tokens: int | None) -> list[tuple[str, str]]:
     good = [target for _, target, _ in parsed if target is not None]
     tensors, site_errors, readings = _site_tensors(model, good, args, kwargs) if good else ({}, {}, {})
     info = {str(site): r.info for site, r in readings.items()}
@@ -120,7 +151,7 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
     for spec, target, error in parsed:
         if error is None:
             bad_sites = [site_errors[site] for site in target.sites if site in site_errors]
-            error = bad_sites[0] if bad_sites else _neuron_error(target, tensors)
+            error = bad_sites[0] if bad_sites else _neuron_error(target, tensors) or _sae_error(target)
         if error is None:
             key = _shape_key(target)
             if key not in shape_errors:

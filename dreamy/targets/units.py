@@ -30,9 +30,10 @@ Example:
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -264,7 +265,48 @@ class ResolvedUnit:
         return self.part.project(one, f"{site} head {unit.index}")
 
 
+_shared_reads: list[dict[str, "SAEWeights | TargetError"]] = []  # one cache per open `sae_reads_shared` block
+
+
+@contextmanager
+def sae_reads_shared() -> Iterator[None]:
+    """Within the block, each SAE path is read once, whatever number of features of it are resolved (a read that
+    fails fails alike each time, unread); `targets.check_targets` checks a whole SAE's features this way.
+
+    Example:
+        >>> import tempfile
+        >>> file = str(Path(tempfile.mkdtemp()) / "sae.pt")
+        >>> torch.save({"W_enc": torch.eye(4), "b_enc": torch.zeros(4)}, file)
+        >>> _sae_weights(file) is _sae_weights(file)
+        False
+        >>> with sae_reads_shared():
+        ...     _sae_weights(file) is _sae_weights(file)
+        True
+    """
+    _shared_reads.append({})
+    try:
+        yield
+    finally:
+        _shared_reads.pop()
+
+
 def _sae_weights(path: str) -> SAEWeights:
+    """The SAE at `path` (see `_read_sae`), read once per `sae_reads_shared` block."""
+    if not _shared_reads:
+        return _read_sae(path)
+    cache = _shared_reads[-1]
+    if path not in cache:
+        try:
+            cache[path] = _read_sae(path)
+        except TargetError as error:
+            cache[path] = error
+    found = cache[path]
+    if isinstance(found, TargetError):
+        raise TargetError(str(found))
+    return found
+
+
+def _read_sae(path: str) -> SAEWeights:
     """The encoder of the SAE at `path`: a folder in the SAELens layout (see `dreamy.targets.saelens`), or one
     tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder."""
     if is_sae_folder(path):

@@ -33,3 +33,22 @@ def test_prompt_positions_are_checked_against_the_prompt_length(tiny_lm):
                                   sequence_reduce="pos=-1"))
     assert list(failures) == ["model.layers.1.mlp.down_proj:3/pos=6"] and "pos=6 out of range" in failures[
         "model.layers.1.mlp.down_proj:3/pos=6"]
+
+
+def test_the_features_of_one_sae_read_its_file_once(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from dreamy.sae import save
+    from tests.sae.helpers import small_sae
+
+    save(small_sae("topk", d_in=4, d_sae=64), tmp_path / "sae")
+    reads = []
+    load_file = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: reads.append(a[0]) or load_file(*a, **k))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    specs = [f"0:sae={tmp_path}/sae#{i}" for i in range(65)] + [f"0:sae={tmp_path}/none#{i}" for i in range(3)]
+    failures = check_targets(net, specs, torch.zeros(2, 3))
+    assert len(reads) == 1  # was one per feature
+    assert [spec for spec, _ in failures] == specs[64:]
+    assert "SAE feature 64 out of range" in failures[0][1] and "valid 0..63" in failures[0][1]
+    assert all("does not exist" in error for _, error in failures[1:])
