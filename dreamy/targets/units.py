@@ -212,6 +212,17 @@ def _first(data: dict[str, Tensor], names: tuple[str, ...]) -> Tensor | None:
     return None
 
 
+def _pattern_error(unit: Unit | None, site: str, info: SiteInfo | None) -> str | None:
+    """Why `unit` cannot read the attention-pattern site `site` (None when it can, or `site` is no pattern): only
+    `head=H,key=J` names one weight; a bare feature index reads the flattened heads and keys (`:5` is head 0, key 5)
+    and the mean of every weight is 1/positions whatever the input."""
+    if info is None or info.basis != "pattern" or isinstance(unit, Head):
+        return None
+    what = "no unit (the mean of every weight, 1/positions whatever the input)" if unit is None else f"unit {unit}"
+    return (f"{what} does not fit site '{site}': it holds {info.heads} heads' attention weights, flattened; "
+            "use head=H,key=J (the weight from each query to key position J)")
+
+
 @dataclass
 class ResolvedUnit:
     """A unit with its file contents loaded: maps `[..., D]` activations to `[...]` values."""
@@ -226,6 +237,9 @@ class ResolvedUnit:
         model says about it (per-head layout, normalization; see `dreamy.targets.dialects`)."""
         size = features_last.shape[-1]
         unit = self.unit
+        refused = _pattern_error(unit, site, info)
+        if refused:
+            raise TargetError(refused)
         if unit is None:
             return features_last.mean(dim=-1)
         if isinstance(unit, Neuron):
@@ -382,6 +396,9 @@ class UnitGroup:
     def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
         """The group's units read off `features_last` (`[..., D]`), `[..., n]`; `site` names the site in errors."""
         size = features_last.shape[-1]
+        refused = None if self.kind == "heads" else _pattern_error(self.units[0], site, info)
+        if refused:
+            raise TargetError(refused)
         if self.kind == "mean":
             return features_last.mean(dim=-1, keepdim=True)
         if self.kind == "neurons":
