@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
-from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
+from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, fixed_position_error, resolve_module
 from dreamy.targets.spec import Site, Target
 from dreamy.targets.units import Neuron, SAEFeature, _sae_weights, sae_reads_shared
 
@@ -173,3 +173,17 @@ def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: st
     if not bool(torch.isfinite(scores).all()):
         return f"target '{target}' scores {scores.flatten()[0].item()} on an example input; is a direction or SAE file broken?"
     return None
+
+
+def fixed_position_errors(targets: Sequence[str | Target], fixed: int, length: int,
+                          sequence_reduce: str = "pos=-1") -> list[tuple[str, str]]:
+    """`(spec, error)` for each target of a prompt search that would score every prompt the same: it reads one
+    of the first `fixed` positions (start token, prefix) of prompts of `length` positions, which no prompt
+    changes (see `probe.fixed_position_error`), in the order given.
+
+    Example:
+        >>> [spec for spec, _ in fixed_position_errors(["logits:5/cls", "logits:5/pos=0", "logits:5", "logits:5/mean"], 1, 6)]
+        ['logits:5/cls', 'logits:5/pos=0']
+    """
+    found = [(str(spec), fixed_position_error(spec, fixed, length, sequence_reduce)) for spec in targets]
+    return [(spec, error) for spec, error in found if error is not None]

@@ -156,6 +156,35 @@ def _reduce_positions(values: Tensor, reduce: str | None, sequence_reduce: str, 
     raise TargetError(f"unknown reduction '{reduce}'")
 
 
+def fixed_position_error(target: "str | Target", fixed: int, length: int, sequence_reduce: str = "pos=-1") -> str | None:
+    """Why `target` scores every prompt the same (None when it does not): a term reads one position among the
+    first `fixed` of a `length`-position sequence (a prompt search's start token and prefix, which no prompt
+    changes in a causal model: `/cls`, `/pos=0`, the query position of an attention-pattern entry).
+
+    Example:
+        >>> fixed_position_error("logits:5/pos=-1", 1, 6) is None
+        True
+        >>> fixed_position_error("logits:5/cls", 1, 6)
+        "target 'logits:5/cls' reads position 0 (cls), the start token, which no prompt changes, so every prompt would score the same; read a position in or after the searched span (positions 1..5), e.g. /pos=-1 or /mean"
+    """
+    target = parse(target)
+    for term in target.terms:
+        reduce = term.reduce or sequence_reduce
+        position = None
+        if reduce == "cls":
+            position = 0
+        elif reduce == "center":
+            position = length // 2
+        elif reduce.startswith("pos="):
+            position = int(reduce[4:]) % length if -length <= int(reduce[4:]) < length else None
+        if position is not None and position < fixed:
+            where = "the start token" if position == 0 else f"a position of the prefix (0..{fixed - 1})"
+            return (f"target '{target}' reads position {position} ({reduce}), {where}, which no prompt changes, so every "
+                    f"prompt would score the same; read a position in or after the searched span (positions "
+                    f"{fixed}..{length - 1}), e.g. /pos=-1 or /mean")
+    return None
+
+
 class _Combination:
     """Targets as weighted sums of columns: `apply([..., n_columns]) -> [..., n_targets]`, where target j is
     `sum_k coefs[j][k] * values[..., columns[j][k]]`. One gather per term slot (a target's first term, second, ...),
@@ -519,6 +548,21 @@ class Probe:
             (2, 5, 3)
         """
         return self._scorer.stacked_maps(activations)
+
+    def refuse_fixed_positions(self, fixed: int, length: int) -> None:
+        """Raise `TargetError` (one line) for the first target that reads only positions no prompt changes: one of
+        the first `fixed` (start token and prefix) of a prompt of `length` positions (see `fixed_position_error`).
+
+        Example:
+            >>> Probe(nn.Linear(4, 4), ["logits:1/pos=0"], sequence_reduce="pos=-1").refuse_fixed_positions(1, 5)
+            Traceback (most recent call last):
+            ...
+            dreamy.targets.errors.TargetError: target 'logits:1/pos=0' reads position 0 (pos=0), the start token, which no prompt changes, so every prompt would score the same; read a position in or after the searched span (positions 1..4), e.g. /pos=-1 or /mean
+        """
+        for target in self.targets:
+            error = fixed_position_error(target, fixed, length, self.sequence_reduce)
+            if error is not None:
+                raise TargetError(error)
 
     def reads_last_position_only(self, j: int | None = None) -> bool:
         """True when target `j` (every target when `None`) reads a sequence only at its last position
