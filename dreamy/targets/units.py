@@ -322,7 +322,8 @@ def _sae_weights(path: str) -> SAEWeights:
 
 def _read_sae(path: str) -> SAEWeights:
     """The encoder of the SAE at `path`: a folder in the SAELens layout (see `dreamy.targets.saelens`), or one
-    tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder."""
+    tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder.
+    The weights file inside an SAELens folder is read as its folder (its cfg.json says how)."""
     if is_sae_folder(path):
         return read_sae_folder(path)
     if not Path(path).expanduser().exists():
