@@ -16,6 +16,6 @@ from dreamy.targets.units import Direction, Head, Neuron, SAEFeature, Unit, load
 
 __all__ = [
     "Direction", "Head", "Neuron", "Probe", "ProbeResult", "SAEFeature", "Site", "SpecError", "Target", "check_targets",
-    "fixed_position_errors", "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites", "load_unit", "parse",
-    "resolve_module", "score_map",
+    "fixed_position_errors", "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites",
+    "load_unit", "parse", "resolve_module", "score_map",
 ]
