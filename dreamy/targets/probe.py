@@ -29,7 +29,7 @@ from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.saelens import SiteInfo
 from dreamy.targets.spec import Site, Target, Term, parse
-from dreamy.targets.units import UnitGroup, group_units
+from dreamy.targets.units import Head, UnitGroup, group_units
 
 SITES_HINT = "run `dream sites MODEL` (or dreamy.targets.list_sites) to list sites"
 
@@ -576,8 +576,8 @@ class Probe:
         """
         targets = self.targets if j is None else [self.targets[j]]
         # an attention-pattern entry (`head=H,key=J`) also reads every key before the query: not last-position only
-        return all((term.reduce or self.sequence_reduce) == "pos=-1" and getattr(term.unit, "key", None) is None
-                   for target in targets for term in target.terms)
+        return all((term.reduce or self.sequence_reduce) == "pos=-1" and not (isinstance(term.unit, Head) and term.unit.key is not None)
+                   for target in targets for term in target.terms)  # a direction's `key` is a file entry, not a position
 
 
 def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:

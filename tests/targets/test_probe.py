@@ -278,6 +278,16 @@ def test_reads_last_position_only_follows_each_terms_reduction():
     assert Probe(net, ["0:1/pos=-1", "logits:2/pos=-1"]).reads_last_position_only()
 
 
+def test_a_direction_read_with_a_key_reads_the_last_position_only(tmp_path, llama):
+    """`dir=FILE#KEY` was taken for an attention-pattern entry (`head=H,key=J`) by its `key`: text maxima then
+    ranked whole windows only."""
+    torch.save({"v": torch.ones(64)}, tmp_path / "v.pt")
+    torch.save(torch.ones(64), tmp_path / "bare.pt")
+    probe = Probe(llama, [f"blocks.1.hook_resid_post:dir={tmp_path}/v.pt#v", f"blocks.1.hook_resid_post:dir={tmp_path}/bare.pt",
+                          "blocks.1.attn.hook_pattern:head=1,key=0"], sequence_reduce="pos=-1")
+    assert [probe.reads_last_position_only(j) for j in range(3)] == [True, True, False]
+
+
 class Meet(nn.Module):
     """Holds each forward until `parties` forwards (threads) are inside the model at once; then the forward of a
     batch of `last_rows` rows waits until the other one has passed `Passed` (or 2 s), so the other runs on first."""
