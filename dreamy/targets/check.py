@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
-from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, fixed_position_error, resolve_module
+from dreamy.targets.probe import (_output_tensor, _Scorer, capture_raw, features_last, fixed_position_error, resolve_module,
+                                  start_tokens_of)
 from dreamy.targets.spec import Site, Target
 from dreamy.targets.units import Neuron, SAEFeature, _sae_weights, sae_reads_shared
 
@@ -155,7 +156,7 @@ def _check(model: nn.Module, parsed: list[tuple[str, Target | None, str | None]]
         if error is None:
             key = _shape_key(target)
             if key not in shape_errors:
-                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens, info)
+                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens, info, start_tokens_of(model))
             error = shape_errors[key]
         if error is not None:
             failures.append((spec, error))
@@ -163,9 +164,9 @@ def _check(model: nn.Module, parsed: list[tuple[str, Target | None, str | None]]
 
 
 def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str,
-                 patch_tokens: int | None = None, info: dict | None = None) -> str | None:
+                 patch_tokens: int | None = None, info: dict | None = None, start_tokens: int = 0) -> str | None:
     try:
-        scores, _ = _Scorer([target], sequence_reduce, patch_tokens, info).score(tensors)
+        scores, _ = _Scorer([target], sequence_reduce, patch_tokens, info, start_tokens).score(tensors)
     except TargetError as error:
         return str(error).splitlines()[0]
     except (RuntimeError, ValueError, IndexError) as error:  # shapes that do not combine, odd activations

@@ -448,7 +448,7 @@ def test_many_features_of_one_sae_score_as_each_alone(tmp_path, llama, ids, arch
     result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
     z = sae.encode(result.activations[site])
     torch.testing.assert_close(result.scores[:, 2], z[:, -1, 23], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.scores[:, 6], z[:, :, 11].max(dim=1).values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 6], z[:, 1:, 11].max(dim=1).values, atol=1e-5, rtol=1e-5)  # not the start token
 
 
 def test_directions_of_one_file_and_of_several_score_as_each_alone(tmp_path, llama, ids):
@@ -468,7 +468,7 @@ def test_logits_and_logprobs_score_as_each_alone(llama, ids):
     result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
     logits = llama(input_ids=ids).logits
     torch.testing.assert_close(result.scores[:, 4], logits[:, -1].log_softmax(dim=-1)[:, 7], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[..., 7].mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[:, 1:, 7].mean(dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_attention_head_units_score_as_each_alone(tmp_path, llama, ids):
