@@ -40,6 +40,7 @@ from dreamy.models import LoadedModel
 from dreamy.sae.splice import edit_site
 from dreamy.targets import Probe, Target, features_last, parse
 from dreamy.targets.spec import Site
+from dreamy.targets.probe import reduce_features
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,7 @@ def reduce_positions(activation: Tensor, reduce: str, skip_start: bool = False) 
         >>> reduce_positions(values, "mean", skip_start=True).tolist(), reduce_positions(values, "pos=0").tolist()
         ([[6.0, 7.0, 8.0, 9.0]], [[0.0, 1.0, 2.0, 3.0]])
     """
-    if activation.ndim == 2:
-        return activation
-    flat = activation.flatten(1, -2)  # [B, P, D]
-    if reduce == "max":
-        first, last = _span(flat.shape[1], reduce, skip_start and activation.ndim == 3)
-        return flat[:, first:last].max(dim=1).values
-    weights = position_weights(activation.shape[1:-1], reduce, skip_start and activation.ndim == 3)
-    return torch.einsum("bpd,p->bd", flat, weights.flatten().to(flat))
+    return reduce_features(activation, reduce, start_tokens=int(skip_start))  # the rule a target's reduction follows
 
 
 def token_rows(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:

@@ -78,6 +78,7 @@ class SearchSetup:
             raise ValueError("no targets given; name at least one, e.g. 'logits:42'")
         probe = Probe(loaded.model, parsed, sequence_reduce="pos=-1")
         layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix, device=loaded.device)
+        probe.refuse_fixed_positions(layout.span[0], layout.length)  # the start token and prefix never change
         vocab = loaded.model.get_input_embeddings().weight.shape[0]
         allowed = allowed_tokens(loaded.tokenizer, ascii_only=config.ascii_only, vocab_size=vocab)
         sample = allowed.nonzero().flatten()[:8].to(loaded.device)

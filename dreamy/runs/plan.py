@@ -23,6 +23,7 @@ from dreamy.models import LoadedModel
 from dreamy.targets import check_targets, expand
 from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.probe import capture_raw
+from dreamy.targets.check import fixed_position_errors
 
 KINDS = ("image", "prompt")  # what a run dreams; its records' "kind"
 MODEL_KINDS = {"image": "vision", "prompt": "language"}  # the kind of model each needs (`LoadedModel.kind`)
@@ -139,6 +140,10 @@ def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) 
     failures = check_targets(loaded.model, specs, *args, sequence_reduce=reduce, **example)
     if config.kind != "prompt":
         return failures
+    from dreamy.language.layout import make_layout  # a reduction before the span: every prompt scores the same
+
+    layout = make_layout(loaded.tokenizer, config.n_tokens, config.prefix, config.suffix)
+    failures += fixed_position_errors([s for s in specs if str(s) not in {f for f, _ in failures}], layout.span[0], layout.length)
     # prompt searches feed embeddings (inputs_embeds), so a site on the way from token ids to them never runs there
     bad = {spec for spec, _ in failures}
     # each site as the module it is read at (`sae=DIR#i` without a site: the SAE's own; TransformerLens names)

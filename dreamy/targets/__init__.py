@@ -8,7 +8,7 @@ Example:
     torch.Size([2, 1])
 """
 
-from dreamy.targets.check import check_targets
+from dreamy.targets.check import check_targets, fixed_position_errors
 from dreamy.targets.errors import SpecError, TargetError
 from dreamy.targets.probe import Probe, ProbeResult, features_last, list_sites, resolve_module, score_map
 from dreamy.targets.spec import Site, Target, Term, class_index, expand, parse
@@ -16,6 +16,6 @@ from dreamy.targets.units import Direction, Head, Neuron, SAEFeature, Unit, load
 
 __all__ = [
     "Direction", "Head", "Neuron", "Probe", "ProbeResult", "SAEFeature", "Site", "SpecError", "Target", "check_targets",
-    "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites", "load_unit", "parse",
-    "resolve_module", "score_map",
+    "fixed_position_errors", "TargetError", "Term", "Unit", "class_index", "expand", "features_last", "list_sites",
+    "load_unit", "parse", "resolve_module", "score_map",
 ]

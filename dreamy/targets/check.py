@@ -3,8 +3,9 @@
 Every error that can be known up front is found here, so a run never starts (or records a failure
 hours later) for a target that cannot be scored: an unknown site, a unit out of range, a direction
 file that is unreadable, of the wrong size or not finite, an SAE that does not fit the site, terms
-whose shapes do not combine. Targets that differ only in a neuron index are scored once, so a range
-of 100,000 units costs one forward and one cheap index check each.
+whose shapes do not combine. Targets that differ only in a neuron or SAE feature index are scored once,
+so a range of 100,000 units costs one forward and one cheap index check each, and every feature of an SAE
+one read of its file.
 
 Example:
     >>> import torch
@@ -22,9 +23,10 @@ from torch import Tensor, nn
 
 from dreamy.targets.dialects import Reading, complete_sites, reading
 from dreamy.targets.errors import TargetError
-from dreamy.targets.probe import _output_tensor, _Scorer, capture_raw, features_last, resolve_module
+from dreamy.targets.probe import (_output_tensor, _Scorer, capture_raw, features_last, fixed_position_error, resolve_module,
+                                  start_tokens_of)
 from dreamy.targets.spec import Site, Target
-from dreamy.targets.units import Neuron
+from dreamy.targets.units import Neuron, SAEFeature, _sae_weights, sae_reads_shared
 
 
 def _site_tensors(model: nn.Module, targets: Sequence[Target], args: tuple, kwargs: dict
@@ -91,9 +93,33 @@ def _neuron_error(target: Target, tensors: dict[str, Tensor]) -> str | None:
     return None
 
 
+def _sae_error(target: Target) -> str | None:
+    """The error of reading an SAE the target names, or of a feature index out of its range (each SAE is read
+    once per `check_targets`, see `sae_reads_shared`)."""
+    for term in target.terms:
+        if isinstance(term.unit, SAEFeature):
+            try:
+                d_sae = _sae_weights(term.unit.path).d_sae
+            except TargetError as error:
+                return str(error).splitlines()[0]
+            if not 0 <= term.unit.index < d_sae:
+                return (f"SAE feature {term.unit.index} out of range for '{term.unit.path}' with {d_sae} features; "
+                        f"valid 0..{d_sae - 1}")
+    return None
+
+
+def _unit_kind(unit: object) -> object:
+    """What of a unit decides how it scores: a neuron's index and an SAE feature's index do not (checked apart)."""
+    if isinstance(unit, Neuron):
+        return "neuron"
+    if isinstance(unit, SAEFeature):
+        return ("sae", unit.path)
+    return unit
+
+
 def _shape_key(target: Target) -> tuple:
-    """Targets with equal keys score alike up to the neuron index (checked apart)."""
-    return tuple((term.site, term.reduce, "neuron" if isinstance(term.unit, Neuron) else term.unit) for term in target.terms)
+    """Targets with equal keys score alike up to the neuron or SAE feature index (checked apart)."""
+    return tuple((term.site, term.reduce, _unit_kind(term.unit)) for term in target.terms)
 
 
 def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any, sequence_reduce: str = "mean",
@@ -112,6 +138,12 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
             parsed.append((str(spec), complete_sites(spec), None))  # `sae=DIR#i`: the site its cfg names
         except TargetError as error:
             parsed.append((str(spec), None, str(error).splitlines()[0]))
+    with sae_reads_shared():  # N features of one SAE read it once
+        return _check(model, parsed, args, kwargs, sequence_reduce, patch_tokens)
+
+
+def _check(model: nn.Module, parsed: list[tuple[str, Target | None, str | None]], args: tuple, kwargs: dict,
+           sequence_reduce: str, patch_tokens: int | None) -> list[tuple[str, str]]:
     good = [target for _, target, _ in parsed if target is not None]
     tensors, site_errors, readings = _site_tensors(model, good, args, kwargs) if good else ({}, {}, {})
     info = {str(site): r.info for site, r in readings.items()}
@@ -120,11 +152,11 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
     for spec, target, error in parsed:
         if error is None:
             bad_sites = [site_errors[site] for site in target.sites if site in site_errors]
-            error = bad_sites[0] if bad_sites else _neuron_error(target, tensors)
+            error = bad_sites[0] if bad_sites else _neuron_error(target, tensors) or _sae_error(target)
         if error is None:
             key = _shape_key(target)
             if key not in shape_errors:
-                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens, info)
+                shape_errors[key] = _score_error(target, tensors, sequence_reduce, patch_tokens, info, start_tokens_of(model))
             error = shape_errors[key]
         if error is not None:
             failures.append((spec, error))
@@ -132,9 +164,9 @@ def check_targets(model: nn.Module, targets: Sequence[str | Target], *args: Any,
 
 
 def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: str,
-                 patch_tokens: int | None = None, info: dict | None = None) -> str | None:
+                 patch_tokens: int | None = None, info: dict | None = None, start_tokens: int = 0) -> str | None:
     try:
-        scores, _ = _Scorer([target], sequence_reduce, patch_tokens, info).score(tensors)
+        scores, _ = _Scorer([target], sequence_reduce, patch_tokens, info, start_tokens).score(tensors)
     except TargetError as error:
         return str(error).splitlines()[0]
     except (RuntimeError, ValueError, IndexError) as error:  # shapes that do not combine, odd activations
@@ -142,3 +174,17 @@ def _score_error(target: Target, tensors: dict[str, Tensor], sequence_reduce: st
     if not bool(torch.isfinite(scores).all()):
         return f"target '{target}' scores {scores.flatten()[0].item()} on an example input; is a direction or SAE file broken?"
     return None
+
+
+def fixed_position_errors(targets: Sequence[str | Target], fixed: int, length: int,
+                          sequence_reduce: str = "pos=-1") -> list[tuple[str, str]]:
+    """`(spec, error)` for each target of a prompt search that would score every prompt the same: it reads one
+    of the first `fixed` positions (start token, prefix) of prompts of `length` positions, which no prompt
+    changes (see `probe.fixed_position_error`), in the order given.
+
+    Example:
+        >>> [spec for spec, _ in fixed_position_errors(["logits:5/cls", "logits:5/pos=0", "logits:5", "logits:5/mean"], 1, 6)]
+        ['logits:5/cls', 'logits:5/pos=0']
+    """
+    found = [(str(spec), fixed_position_error(spec, fixed, length, sequence_reduce)) for spec in targets]
+    return [(spec, error) for spec, error in found if error is not None]

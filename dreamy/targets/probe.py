@@ -29,7 +29,7 @@ from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.errors import TargetError
 from dreamy.targets.saelens import SiteInfo
 from dreamy.targets.spec import Site, Target, Term, parse
-from dreamy.targets.units import UnitGroup, group_units
+from dreamy.targets.units import Head, UnitGroup, group_units
 
 SITES_HINT = "run `dream sites MODEL` (or dreamy.targets.list_sites) to list sites"
 
@@ -105,13 +105,45 @@ def _selects(reduce: str | None) -> bool:
     return reduce is not None and (reduce in SELECTING or reduce.startswith(("pos=", "tokens=")))
 
 
+def start_tokens_of(model: nn.Module) -> int:
+    """How many positions before a sequence proper `mean`, `sum` and `max` leave out of a `[B, T, D]` site of
+    `model`: 1 for a language model (token embeddings: every dreamy prompt, corpus window and example text
+    begins with the start token, whose activations no text changes), else 0.
+
+    Example:
+        >>> start_tokens_of(nn.Linear(4, 4)), start_tokens_of(nn.Sequential(nn.Embedding(10, 4)))
+        (0, 0)
+        >>> from dreamy.models import load
+        >>> start_tokens_of(load("tiny:lm").model)
+        1
+    """
+    embeddings = getattr(model, "get_input_embeddings", None)
+    return int(callable(embeddings) and isinstance(embeddings(), nn.Embedding))
+
+
+def reduce_features(values: Tensor, reduce: str, start_tokens: int = 0) -> Tensor:
+    """`[B, *positions, D]` features-last values -> `[B, D]` by `reduce`, as a target's reduction reads them
+    (the one rule the targets and `dreamy.directions` share): `mean`, `sum` and `max` over a token sequence
+    `[B, T, D]` leave out its first `start_tokens` positions (a language model's start token), `pos=N` indexes
+    every position. `[B, D]` passes unchanged.
+
+    Example:
+        >>> values = torch.arange(12.0).view(1, 3, 4)
+        >>> reduce_features(values, "mean", start_tokens=1).tolist(), reduce_features(values, "pos=0").tolist()
+        ([[6.0, 7.0, 8.0, 9.0]], [[0.0, 1.0, 2.0, 3.0]])
+    """
+    return _reduce_positions(values, reduce, reduce, Site("values"), start_tokens=start_tokens)
+
+
 def _reduce_positions(values: Tensor, reduce: str | None, sequence_reduce: str, site: Site,
-                      patch_tokens: int | None = None) -> Tensor:
+                      patch_tokens: int | None = None, start_tokens: int = 0) -> Tensor:
     """Reduce `[B, *positions, C]` to `[B, C]`, every column alike (`[B, C]` is returned as it is).
 
     With `patch_tokens` (a vision transformer's patch count), a `[B, T, C]` token map with T > patch_tokens
     holds T - patch_tokens prefix tokens (class, registers) first: `mean`/`max`/`sum` (and the default)
     read only the patch tokens, `tokens=i` is patch token i, `cls` is token 0; `pos=N` indexes all T.
+    With `start_tokens` (a language model's start token, see `start_tokens_of`), `mean`/`max`/`sum` of a
+    `[B, T, C]` map with T > start_tokens leave its first `start_tokens` positions out alike.
 
     Example:
         >>> _reduce_positions(torch.arange(12.0).reshape(1, 3, 4), "pos=-1", "mean", Site("x")).tolist()
@@ -126,6 +158,8 @@ def _reduce_positions(values: Tensor, reduce: str | None, sequence_reduce: str, 
             raise TargetError(f"reduction {reduce} reads a token site [B, tokens, D]; site '{site}' has positions "
                               f"{positions}; use mean, max or center")
     prefix = values.shape[1] - patch_tokens if len(positions) == 1 and patch_tokens and values.shape[1] > patch_tokens else 0
+    if not prefix and start_tokens and len(positions) == 1 and values.shape[1] > start_tokens:
+        prefix = start_tokens
     if reduce == "cls":
         if patch_tokens is not None and prefix == 0:
             raise TargetError(f"site '{site}' has no class token: its {values.shape[1]} tokens are all patch tokens; "
@@ -154,6 +188,35 @@ def _reduce_positions(values: Tensor, reduce: str | None, sequence_reduce: str, 
             raise TargetError(f"reduction pos={pos} out of range for site '{site}' with {flat.shape[1]} positions")
         return flat[:, pos]
     raise TargetError(f"unknown reduction '{reduce}'")
+
+
+def fixed_position_error(target: "str | Target", fixed: int, length: int, sequence_reduce: str = "pos=-1") -> str | None:
+    """Why `target` scores every prompt the same (None when it does not): a term reads one position among the
+    first `fixed` of a `length`-position sequence (a prompt search's start token and prefix, which no prompt
+    changes in a causal model: `/cls`, `/pos=0`, the query position of an attention-pattern entry).
+
+    Example:
+        >>> fixed_position_error("logits:5/pos=-1", 1, 6) is None
+        True
+        >>> fixed_position_error("logits:5/cls", 1, 6)
+        "target 'logits:5/cls' reads position 0 (cls), the start token, which no prompt changes, so every prompt would score the same; read a position in or after the searched span (positions 1..5), e.g. /pos=-1 or /mean"
+    """
+    target = parse(target)
+    for term in target.terms:
+        reduce = term.reduce or sequence_reduce
+        position = None
+        if reduce == "cls":
+            position = 0
+        elif reduce == "center":
+            position = length // 2
+        elif reduce.startswith("pos="):
+            position = int(reduce[4:]) % length if -length <= int(reduce[4:]) < length else None
+        if position is not None and position < fixed:
+            where = "the start token" if position == 0 else f"a position of the prefix (0..{fixed - 1})"
+            return (f"target '{target}' reads position {position} ({reduce}), {where}, which no prompt changes, so every "
+                    f"prompt would score the same; read a position in or after the searched span (positions "
+                    f"{fixed}..{length - 1}), e.g. /pos=-1 or /mean")
+    return None
 
 
 class _Combination:
@@ -202,10 +265,11 @@ class _Scorer:
     """
 
     def __init__(self, targets: Sequence[Target], sequence_reduce: str, patch_tokens: int | None = None,
-                 info: dict[str, SiteInfo] | None = None) -> None:
+                 info: dict[str, SiteInfo] | None = None, start_tokens: int = 0) -> None:
         self.targets = list(targets)
         self.sequence_reduce = sequence_reduce
         self.patch_tokens = patch_tokens
+        self.start_tokens = start_tokens
         self.info = info or {}  # what the model says about each site (per-head layout, ...), by site string
         terms = [term for target in self.targets for term in target.terms]
         self.sites: list[Site] = list(dict.fromkeys(term.site for term in terms))
@@ -276,7 +340,7 @@ class _Scorer:
                 reduce = _effective(blocks[0][0], self.sequence_reduce, features.ndim - 2)
                 if len(blocks) == 1 and _selects(reduce):
                     # one position read: read the units there alone (a `logprobs` site: its log-softmax there)
-                    one = _reduce_positions(features, reduce, self.sequence_reduce, site, self.patch_tokens)
+                    one = _reduce_positions(features, reduce, self.sequence_reduce, site, self.patch_tokens, self.start_tokens)
                     values = group.project(one.log_softmax(dim=-1) if site.is_logprobs else one, name, info)
                     out.append(self._pick(values, site, g, 0, len(group.units)))
                     continue
@@ -285,7 +349,7 @@ class _Scorer:
                 mapped = group.project(full, name, info)
                 for b, (reduce, _) in enumerate(blocks):
                     picked = self._pick(mapped, site, g, b, len(group.units))
-                    out.append(_reduce_positions(picked, reduce, self.sequence_reduce, site, self.patch_tokens))
+                    out.append(_reduce_positions(picked, reduce, self.sequence_reduce, site, self.patch_tokens, self.start_tokens))
         return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
     def _pick(self, values: Tensor, site: Site, g: int, b: int, width: int) -> Tensor:
@@ -398,7 +462,8 @@ class Probe:
     `sequence_reduce` is the default reduction for `[B, T, D]` activations (`"mean"`; the language
     side uses `"pos=-1"`, the activation at the last token). `patch_tokens`: a vision transformer's
     number of patch tokens; `[B, T, D]` sites with more tokens than that hold prefix tokens (class,
-    registers) first, which `mean`, `max`, `sum` and `tokens=i` skip and `cls` reads (see `_reduce`).
+    registers) first, which `mean`, `max`, `sum` and `tokens=i` skip and `cls` reads (see `_reduce`). On a
+    language model `mean`, `max` and `sum` leave out the start token (`start_tokens_of`, `reduce_features`).
 
     Threads: a call's hooks act only on forwards run by the thread that made the call, so several threads may
     probe one model at once (each call captures, and stops early, only its own forward). A forward that runs
@@ -422,7 +487,7 @@ class Probe:
         }
         self.reads_logits = any(site.is_logits for site in self.sites)
         self._scorer = _Scorer(self.targets, sequence_reduce, patch_tokens,
-                               {str(site): r.info for site, r in self.readings.items()})
+                               {str(site): r.info for site, r in self.readings.items()}, start_tokens_of(model))
 
     def __repr__(self) -> str:
         return f"Probe({[str(t) for t in self.targets]})"
@@ -520,6 +585,21 @@ class Probe:
         """
         return self._scorer.stacked_maps(activations)
 
+    def refuse_fixed_positions(self, fixed: int, length: int) -> None:
+        """Raise `TargetError` (one line) for the first target that reads only positions no prompt changes: one of
+        the first `fixed` (start token and prefix) of a prompt of `length` positions (see `fixed_position_error`).
+
+        Example:
+            >>> Probe(nn.Linear(4, 4), ["logits:1/pos=0"], sequence_reduce="pos=-1").refuse_fixed_positions(1, 5)
+            Traceback (most recent call last):
+            ...
+            dreamy.targets.errors.TargetError: target 'logits:1/pos=0' reads position 0 (pos=0), the start token, which no prompt changes, so every prompt would score the same; read a position in or after the searched span (positions 1..4), e.g. /pos=-1 or /mean
+        """
+        for target in self.targets:
+            error = fixed_position_error(target, fixed, length, self.sequence_reduce)
+            if error is not None:
+                raise TargetError(error)
+
     def reads_last_position_only(self, j: int | None = None) -> bool:
         """True when target `j` (every target when `None`) reads a sequence only at its last position
         (`pos=-1`, given or the probe's default), so earlier positions' outputs are never needed (an attention
@@ -532,8 +612,8 @@ class Probe:
         """
         targets = self.targets if j is None else [self.targets[j]]
         # an attention-pattern entry (`head=H,key=J`) also reads every key before the query: not last-position only
-        return all((term.reduce or self.sequence_reduce) == "pos=-1" and getattr(term.unit, "key", None) is None
-                   for target in targets for term in target.terms)
+        return all((term.reduce or self.sequence_reduce) == "pos=-1" and not (isinstance(term.unit, Head) and term.unit.key is not None)
+                   for target in targets for term in target.terms)  # a direction's `key` is a file entry, not a position
 
 
 def score_map(target: "str | Target", activations: dict[str, Tensor]) -> Tensor:

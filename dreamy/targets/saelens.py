@@ -210,15 +210,25 @@ def metadata_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _folder_of(path: str | os.PathLike) -> Path:
+    """`path` as a folder: the weights file inside an SAELens folder (`DIR/sae_weights.safetensors` beside a
+    `cfg.json`) is its folder, whose cfg says how to read it (normalization, architecture, site)."""
+    path = Path(path).expanduser()
+    if path.name == WEIGHTS_NAME and path.is_file() and (path.parent / CFG_NAME).is_file():
+        return path.parent
+    return path
+
+
 def is_sae_folder(path: str | os.PathLike) -> bool:
-    """True when `path` is a folder (an SAE in the SAELens layout, or meant to be one).
+    """True when `path` is a folder (an SAE in the SAELens layout, or meant to be one), or the weights file
+    inside an SAELens folder (read with the folder's `cfg.json`).
 
     Example:
         >>> import tempfile
         >>> is_sae_folder(tempfile.mkdtemp()), is_sae_folder("no/such/file.pt")
         (True, False)
     """
-    return Path(path).expanduser().is_dir()
+    return _folder_of(path).is_dir()
 
 
 def _positive_int(cfg: dict[str, Any], key: str, path: Path, low: int = 1, high: int | None = None,
@@ -336,7 +346,9 @@ def read_sae_folder(path: str | os.PathLike) -> SAEWeights:
         ...
         dreamy.targets.errors.TargetError: SAE folder '/no/such/folder' does not exist
     """
-    folder = Path(path).expanduser()
+    folder = _folder_of(path)
+    if folder.is_file():
+        raise TargetError(f"SAE '{path}' is a file, not a folder in the SAELens layout ({CFG_NAME} + {WEIGHTS_NAME})")
     if not folder.is_dir():
         raise TargetError(f"SAE folder '{path}' does not exist")
     cfg = _read_cfg(folder)
@@ -620,7 +632,10 @@ def sae_site_spec(path: str | os.PathLike) -> str:
         >>> sae_site_spec(folder)
         'blocks.9.hook_resid_post'
     """
-    folder = Path(path).expanduser()
+    folder = _folder_of(path)
+    if folder.is_file():
+        raise TargetError(f"SAE '{path}' is a file, not an SAELens folder with a {CFG_NAME} that names the site; name "
+                          f"the site: 'SITE:sae={path}#i'")
     if not folder.is_dir():
         raise TargetError(f"SAE folder '{path}' does not exist; a target without a site ('sae=DIR#i') reads the site "
                           "from an SAELens folder's cfg.json")

@@ -30,9 +30,10 @@ Example:
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -211,6 +212,17 @@ def _first(data: dict[str, Tensor], names: tuple[str, ...]) -> Tensor | None:
     return None
 
 
+def _pattern_error(unit: Unit | None, site: str, info: SiteInfo | None) -> str | None:
+    """Why `unit` cannot read the attention-pattern site `site` (None when it can, or `site` is no pattern): only
+    `head=H,key=J` names one weight; a bare feature index reads the flattened heads and keys (`:5` is head 0, key 5)
+    and the mean of every weight is 1/positions whatever the input."""
+    if info is None or info.basis != "pattern" or isinstance(unit, Head):
+        return None
+    what = "no unit (the mean of every weight, 1/positions whatever the input)" if unit is None else f"unit {unit}"
+    return (f"{what} does not fit site '{site}': it holds {info.heads} heads' attention weights, flattened; "
+            "use head=H,key=J (the weight from each query to key position J)")
+
+
 @dataclass
 class ResolvedUnit:
     """A unit with its file contents loaded: maps `[..., D]` activations to `[...]` values."""
@@ -225,6 +237,9 @@ class ResolvedUnit:
         model says about it (per-head layout, normalization; see `dreamy.targets.dialects`)."""
         size = features_last.shape[-1]
         unit = self.unit
+        refused = _pattern_error(unit, site, info)
+        if refused:
+            raise TargetError(refused)
         if unit is None:
             return features_last.mean(dim=-1)
         if isinstance(unit, Neuron):
@@ -264,9 +279,51 @@ class ResolvedUnit:
         return self.part.project(one, f"{site} head {unit.index}")
 
 
+_shared_reads: list[dict[str, "SAEWeights | TargetError"]] = []  # one cache per open `sae_reads_shared` block
+
+
+@contextmanager
+def sae_reads_shared() -> Iterator[None]:
+    """Within the block, each SAE path is read once, whatever number of features of it are resolved (a read that
+    fails fails alike each time, unread); `targets.check_targets` checks a whole SAE's features this way.
+
+    Example:
+        >>> import tempfile
+        >>> file = str(Path(tempfile.mkdtemp()) / "sae.pt")
+        >>> torch.save({"W_enc": torch.eye(4), "b_enc": torch.zeros(4)}, file)
+        >>> _sae_weights(file) is _sae_weights(file)
+        False
+        >>> with sae_reads_shared():
+        ...     _sae_weights(file) is _sae_weights(file)
+        True
+    """
+    _shared_reads.append({})
+    try:
+        yield
+    finally:
+        _shared_reads.pop()
+
+
 def _sae_weights(path: str) -> SAEWeights:
+    """The SAE at `path` (see `_read_sae`), read once per `sae_reads_shared` block."""
+    if not _shared_reads:
+        return _read_sae(path)
+    cache = _shared_reads[-1]
+    if path not in cache:
+        try:
+            cache[path] = _read_sae(path)
+        except TargetError as error:
+            cache[path] = error
+    found = cache[path]
+    if isinstance(found, TargetError):
+        raise TargetError(str(found))
+    return found
+
+
+def _read_sae(path: str) -> SAEWeights:
     """The encoder of the SAE at `path`: a folder in the SAELens layout (see `dreamy.targets.saelens`), or one
-    tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder."""
+    tensor file holding `W_enc`/`b_enc` (and `b_dec`, `threshold`: a JumpReLU), read as an SAE with no decoder.
+    The weights file inside an SAELens folder is read as its folder (its cfg.json says how)."""
     if is_sae_folder(path):
         return read_sae_folder(path)
     if not Path(path).expanduser().exists():
@@ -340,6 +397,9 @@ class UnitGroup:
     def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
         """The group's units read off `features_last` (`[..., D]`), `[..., n]`; `site` names the site in errors."""
         size = features_last.shape[-1]
+        refused = None if self.kind == "heads" else _pattern_error(self.units[0], site, info)
+        if refused:
+            raise TargetError(refused)
         if self.kind == "mean":
             return features_last.mean(dim=-1, keepdim=True)
         if self.kind == "neurons":

@@ -96,3 +96,24 @@ def test_examples_from_files_and_the_kind_of_model(tmp_path, tiny_lm, tiny_cnn):
     with pytest.raises(ValueError, match="takes no images"):
         site_features(tiny_lm, "model.layers.0", torch.rand(2, 3, 8, 8))
     assert length_batches([[1], [1, 2], [3]], 1) == [[0], [2], [1]]
+
+
+def test_a_targets_mean_and_a_directions_mean_are_one_average(tmp_path, tiny_lm):
+    """`SITE:dir=FILE/mean` averaged the start token in, the direction's own `mean` left it out: one rule now."""
+    from dreamy.language.layout import start_token
+    from dreamy.targets import Probe
+
+    site, text = "model.layers.1", "The cat sat on the mat."
+    vector = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    torch.save(vector, tmp_path / "v.pt")
+    ids = torch.tensor([[start_token(tiny_lm.tokenizer)] + tiny_lm.tokenizer(text, add_special_tokens=False).input_ids])
+    for reduce in ("mean", "sum", "max"):
+        own = site_features(tiny_lm, site, [text], reduce=reduce)[0] @ vector if reduce != "max" else None
+        spec = f"{site}:dir={tmp_path}/v.pt/{reduce}"
+        through_spec = Probe(tiny_lm.model, [spec], sequence_reduce="pos=-1")(input_ids=ids).scores[0, 0]
+        features = Probe(tiny_lm.model, [site])(input_ids=ids, keep_activations=True).activations[site][0]
+        projected = features[1:] @ vector  # the start token left out
+        expected = {"mean": projected.mean(), "sum": projected.sum(), "max": projected.max()}[reduce]
+        torch.testing.assert_close(through_spec, expected, atol=1e-4, rtol=1e-4)
+        if own is not None:
+            torch.testing.assert_close(through_spec, own, atol=1e-4, rtol=1e-4)

@@ -128,3 +128,17 @@ def test_epo_and_gcg_dream_attention_targets(tiny_lm):
         again = Probe(tiny_lm.model, [spec], sequence_reduce="pos=-1")(input_ids=ids).scores[0, 0]
         assert float(again) == pytest.approx(result.best.activation, abs=1e-4)
     assert 0 <= dreamed.best.activation <= 1
+
+
+def test_a_pattern_site_read_without_head_and_key_is_refused(tmp_path):
+    """`hook_pattern:5` read head 0, key 5 of the flattened weights (and the bare site a constant 1/positions)."""
+    model = tiny_hf("llama", "sdpa")
+    torch.save(torch.ones(4 * 7), tmp_path / "v.pt")
+    specs = ["blocks.1.attn.hook_pattern:5", "blocks.1.attn.hook_pattern", f"blocks.1.attn.hook_pattern:dir={tmp_path}/v.pt",
+             "blocks.1.attn.hook_pattern:head=0,key=5"]
+    errors = dict(check_targets(model, specs, IDS))
+    assert list(errors) == specs[:3]
+    assert all("use head=H,key=J" in error and "\n" not in error for error in errors.values())
+    assert "unit 5 does not fit site 'blocks.1.attn.hook_pattern'" in errors[specs[0]]
+    with pytest.raises(TargetError, match="use head=H,key=J"):
+        Probe(model, specs[:1])(input_ids=IDS)

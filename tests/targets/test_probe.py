@@ -278,6 +278,16 @@ def test_reads_last_position_only_follows_each_terms_reduction():
     assert Probe(net, ["0:1/pos=-1", "logits:2/pos=-1"]).reads_last_position_only()
 
 
+def test_a_direction_read_with_a_key_reads_the_last_position_only(tmp_path, llama):
+    """`dir=FILE#KEY` was taken for an attention-pattern entry (`head=H,key=J`) by its `key`: text maxima then
+    ranked whole windows only."""
+    torch.save({"v": torch.ones(64)}, tmp_path / "v.pt")
+    torch.save(torch.ones(64), tmp_path / "bare.pt")
+    probe = Probe(llama, [f"blocks.1.hook_resid_post:dir={tmp_path}/v.pt#v", f"blocks.1.hook_resid_post:dir={tmp_path}/bare.pt",
+                          "blocks.1.attn.hook_pattern:head=1,key=0"], sequence_reduce="pos=-1")
+    assert [probe.reads_last_position_only(j) for j in range(3)] == [True, True, False]
+
+
 class Meet(nn.Module):
     """Holds each forward until `parties` forwards (threads) are inside the model at once; then the forward of a
     batch of `last_rows` rows waits until the other one has passed `Passed` (or 2 s), so the other runs on first."""
@@ -438,7 +448,7 @@ def test_many_features_of_one_sae_score_as_each_alone(tmp_path, llama, ids, arch
     result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
     z = sae.encode(result.activations[site])
     torch.testing.assert_close(result.scores[:, 2], z[:, -1, 23], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.scores[:, 6], z[:, :, 11].max(dim=1).values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 6], z[:, 1:, 11].max(dim=1).values, atol=1e-5, rtol=1e-5)  # not the start token
 
 
 def test_directions_of_one_file_and_of_several_score_as_each_alone(tmp_path, llama, ids):
@@ -458,7 +468,7 @@ def test_logits_and_logprobs_score_as_each_alone(llama, ids):
     result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
     logits = llama(input_ids=ids).logits
     torch.testing.assert_close(result.scores[:, 4], logits[:, -1].log_softmax(dim=-1)[:, 7], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[..., 7].mean(dim=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.scores[:, 5], logits.log_softmax(dim=-1)[:, 1:, 7].mean(dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_attention_head_units_score_as_each_alone(tmp_path, llama, ids):

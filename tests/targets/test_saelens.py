@@ -144,3 +144,21 @@ def test_a_per_head_sae_reads_its_head_of_a_wider_site(tmp_path):
     assert torch.allclose(scores, (x[:, 2:4] @ w_enc + b_enc).clamp(min=0), atol=1e-6)
     with pytest.raises(TargetError, match="reads head 1 .* site '0' has 5 features"):
         Probe(net, [f"0:sae={folder}#0"])(torch.zeros(1, 5))
+
+
+def test_the_weights_file_of_a_folder_is_read_with_its_cfg(tmp_path):
+    """`sae=DIR/sae_weights.safetensors#i` read the file bare, ignoring the cfg's layer_norm beside it."""
+    sae = small_sae("relu", normalize_activations="layer_norm")
+    save(sae, tmp_path / "sae")
+    net = _net()
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(3))
+    file = tmp_path / "sae" / "sae_weights.safetensors"
+    through_file = Probe(net, [f"0:sae={file}#{i}" for i in range(6)])(x).scores
+    assert torch.allclose(through_file, sae.encode(net[0](x)), atol=1e-5)
+    assert torch.allclose(through_file, Probe(net, [f"0:sae={tmp_path}/sae#{i}" for i in range(6)])(x).scores)
+
+
+def test_a_file_given_without_a_site_is_named_a_file(tmp_path):
+    torch.save({"W_enc": torch.eye(4), "b_enc": torch.zeros(4)}, tmp_path / "sae.pt")
+    with pytest.raises(TargetError, match=r"SAE '.*sae.pt' is a file, not an SAELens folder .* name the site: 'SITE:sae="):
+        Probe(_net(), [f"sae={tmp_path}/sae.pt#1"])

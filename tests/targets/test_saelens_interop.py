@@ -249,7 +249,7 @@ def test_a_layer_norm_sae_for_blocks_9_resid_post_scores_saelens_encode_through_
     ids = lm.tokenizer(SMOLLM2_TEXT[:1], return_tensors="pt").input_ids
     features, positions = range(0, 64, 4), range(ids.shape[1])
     specs = [f"sae={folder}#{i}/pos={p}" for i in features for p in positions]
-    assert unusable_targets(lm, specs[:3], EPOConfig(n_tokens=4)) == []  # what `dream prompt --target` checks first
+    assert unusable_targets(lm, specs[1:4], EPOConfig(n_tokens=4)) == []  # what `dream prompt --target` checks first (pos=0, the start token, is refused)
     with torch.no_grad():
         scores = Probe(lm.model, specs)(input_ids=ids).scores[0].reshape(len(features), len(positions))
         x = Probe(lm.model, ["model.layers.9"])(input_ids=ids, keep_activations=True).activations["model.layers.9"][0]
