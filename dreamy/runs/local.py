@@ -9,10 +9,12 @@ its records, durably: `store.ResultsStore` appends them to the folder's record l
 `resume=True` skips them; the gallery follows, rewritten as often as its cost allows and at the end. With Ray, each worker loads the model once; a worker that dies
 loses only the batch it was running, which a resumed run completes.
 
-Before any dreaming, every target is checked against the model (`plan.unusable_targets`): a target that
-cannot be scored is recorded with its error at once and never dreamed. results.json records the run (model,
-kind, settings, seed); resuming it with anything else is refused (`store.OutDirError`). One run writes into a
-folder at a time (`store.run_lock`). `batch_targets="auto"` sizes the batches to the device from a measured
+A run is three steps, each check made once: `claim` (before the model loads: a seeded search's corpus, the
+output folder taken, `store.run_lock`, and checked under its lock), `prepare` (the model's kind, every target,
+`plan.unusable_targets`, the memory, the pack: a `plan.PreparedRun`) and `execute` (the dreaming);
+`dream_targets` is `execute(prepare(...))`, its settings a `RunOptions`. A target that cannot be scored is
+recorded with its error at once and never dreamed. results.json records the run (model, kind, settings,
+seed); resuming it with anything else is refused (`store.OutDirError`). One run writes into a folder at a time. `batch_targets="auto"` sizes the batches to the device from a measured
 per-target footprint (`runs.sizing.auto_pack`); a batch that runs out of memory is dreamed in halves and later
 batches are cut to the size that fit (`batch.PackLimit`), so no target is lost to it. Ctrl-C or SIGTERM stops the run: finished batches are kept, the
 interrupted one is not recorded.
@@ -46,7 +48,7 @@ from dreamy.runs.options import RunOptions, run_options
 from dreamy.runs.plan import (Claim, PreparedRun, batch_config, check_image_memory, check_model, plan_batches,
                               unusable_targets)
 from dreamy.runs.sizing import PROBE_PACK, PackChoice, auto_pack
-from dreamy.runs.store import ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
+from dreamy.runs.store import OutDirError, ResultsStore, clear_outputs, prepare_out_dir, run_info_of, run_lock
 from dreamy.targets import expand
 
 
@@ -115,7 +117,8 @@ def claim(model: str, config: Config, options: RunOptions) -> Claim:
     """Everything a run of `config` on model `model` (its name) checks before the model is loaded: a prompt
     search seeded from dataset windows (`init` "maxima" or "mixed") needs a corpus (`options.maxima`), and the
     output folder is taken (`store.run_lock`, held by the claim) and checked under its lock
-    (`store.prepare_out_dir`: the resume/overwrite rules). Refused: `ValueError` (`store.OutDirError` for the
+    (`store.prepare_out_dir`: the resume/overwrite rules; a folder the lock cannot make or write in is refused
+    with their reason). Refused: `ValueError` (`store.OutDirError` for the
     folder). Give the claim to `prepare`, which then checks none of it again; `with claim(...)` holds the folder
     until the block ends (e.g. for passes after the run), else `execute` releases it when the run ends.
 
@@ -132,7 +135,11 @@ def claim(model: str, config: Config, options: RunOptions) -> Claim:
     taken = Claim(model, config, options, run_info_of(model, config, describe=options.describe))
     if options.out_dir is None:
         return taken
-    taken.folder = taken.lock.enter_context(run_lock(options.out_dir))
+    try:
+        taken.folder = taken.lock.enter_context(run_lock(options.out_dir))
+    except OSError as error:  # the folder cannot be made or written: its rules say why, in one line
+        prepare_out_dir(options.out_dir, taken.run, resume=options.resume, overwrite=options.overwrite)
+        raise OutDirError(f"output folder {options.out_dir} cannot be used: {error}") from error
     try:
         prepare_out_dir(options.out_dir, taken.run, resume=options.resume, overwrite=options.overwrite)
     except BaseException:
