@@ -193,10 +193,10 @@ def run(args: argparse.Namespace) -> int:
     steering = steer_config_of(args)
     out = Path(args.out)
     seeded = args.command == "prompt" and args.maxima is not None
-    options = RunOptions(out_dir=args.out, resume=args.resume, overwrite=args.overwrite, batch_targets=args.batch_targets,
-                         describe=getattr(args, "describe", True), use_ray=args.ray is not None,
-                         ray_address=args.ray or None, workers=args.workers, progress=not args.quiet,
-                         maxima=MaximaScan(args.maxima) if seeded else None)
+    options = RunOptions(out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
+                         batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
+                         use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
+                         progress=not args.quiet, maxima=MaximaScan(args.maxima) if seeded else None)
     try:
         claimed = claim(args.model, config, options)
     except ValueError as error:  # OutDirError too

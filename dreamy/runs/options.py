@@ -90,8 +90,9 @@ class RunOptions(Config):
     maxima: MaximaScan | None = None
 
     def check(self) -> None:
-        """Refuse values out of range: an empty folder name, packs below 1 or neither a number nor "auto", workers below 1, flags that
-        are not booleans, a hook that cannot be called, a scan that is not a `MaximaScan`."""
+        """Refuse values out of range: an empty folder name, packs below 1 or neither a number nor "auto",
+        workers below 1, flags that are not booleans, a hook that cannot be called, a scan that is not a
+        `MaximaScan`."""
         if self.out_dir is not None and str(self.out_dir).strip() == "":
             raise ConfigError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
         for name in ("resume", "overwrite", "describe", "use_ray", "progress"):

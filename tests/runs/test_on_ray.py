@@ -1,6 +1,6 @@
 """Ray across GPUs: one GPU per worker on a CUDA device, one worker per GPU by default, results streamed back."""
 
-import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +9,6 @@ from dreamy.runs.on_ray import default_workers, worker_device, worker_options
 from dreamy.runs.options import RunOptions
 from dreamy.runs.plan import Claim, PreparedRun
 from dreamy.vision import DreamConfig
-from tests.fixtures import cached
 
 
 def test_a_cuda_run_asks_one_gpu_per_worker_and_one_worker_per_gpu():
@@ -60,7 +59,7 @@ def test_workers_placed_one_per_gpu_stream_their_batches_back(gpu_ray, monkeypat
             assert ray_runner.options["num_gpus"] == 1
 
     todo = [(k, [f"head:{k}"]) for k in range(4)]
-    on_cuda = dataclasses.replace(cached("tiny:cnn"), device=torch.device("cuda"))  # only its name and device are read
+    on_cuda = SimpleNamespace(name="tiny:cnn", device=torch.device("cuda"))  # the driver reads only these
     options = RunOptions(use_ray=True, describe=False, progress=False, on_batch=on_batch)
     prepared = PreparedRun(on_cuda, Claim("tiny:cnn", DreamConfig(steps=1), options, {}), [specs for _, specs in todo])
     on_ray.run_on_ray(prepared, todo, writer)
