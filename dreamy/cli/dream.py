@@ -28,17 +28,11 @@ import torch
 from dreamy.cli.arguments import MAX_SEED, UsageError, check_resume_overwrite, check_seed
 from dreamy.cli.parser import DEFAULT_MODELS, REGULARIZER_FLAGS
 from dreamy.core.config import Config, ConfigError
-from dreamy.core.memory import available_bytes
 from dreamy.targets import TargetError, expand
 
 DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8:10", "_blocks.8:12"]
 
 MIN_IMAGE_SIDE = 16
-# Image memory estimate: bytes per input value (3 x H x W per image) that a forward + backward keeps
-# (activations of every layer, the parametrization, Adam's state); measured EfficientNet-Lite0 needs
-# about a third of this, so the estimate refuses only sizes that cannot fit.
-BYTES_PER_INPUT_VALUE = 1200
-
 
 
 def init_of(args: argparse.Namespace) -> str:
@@ -119,16 +113,6 @@ def steer_config_of(args: argparse.Namespace) -> Any:
         raise UsageError(f"--steer: {error}") from error
 
 
-def _check_image_memory(args: argparse.Namespace, n_targets: int, size: tuple[int, int], device: torch.device) -> None:
-    """Refuse an image batch whose estimated memory exceeds what the device has free."""
-    images = min(args.batch_targets, n_targets) * args.per_target
-    need = images * 3 * size[0] * size[1] * BYTES_PER_INPUT_VALUE
-    free = available_bytes(device)
-    if free is not None and need > free:
-        raise UsageError(f"{images} image(s) of {size[0]}x{size[1]} need about {need / 2**30:.1f} GiB but "
-                         f"{free / 2**30:.1f} GiB is free; lower --size, --batch-targets or --per-target")
-
-
 def _check_dataset(args: argparse.Namespace) -> None:
     from dreamy.datasets import DatasetError, open_images, open_text
 
@@ -164,8 +148,6 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
                          "the default) or use --device cuda")
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
-    if args.command == "prompt" and init_of(args) not in (None, "random") and args.maxima is None:
-        raise UsageError(f"--init {args.init} starts from dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     if getattr(args, "labels", False) and args.maxima is None:
         raise UsageError("--labels searches labels on dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
     for judge in getattr(args, "judge", []):
@@ -191,12 +173,18 @@ def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `dream image|prompt` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
+    """Run `dream image|prompt` with parsed `args`; returns the exit code (bad arguments raise `UsageError`).
+
+    The run is checked once: the arguments here, then `runs.local.claim` before the model loads (a seeded
+    search's corpus; the output folder, taken and held until the gallery is done) and `runs.local.prepare`
+    once it has loaded (model, targets, pack, memory); a target it finds unusable is refused here."""
     from dreamy.models import load
-    from dreamy.runs import dream_targets, plan_batches, unusable_targets
+    from dreamy.runs import plan_batches
     from dreamy.runs.enrich import EnrichSteps, MaximaStep, enrich
     from dreamy.runs.labeling import LabelStep
-    from dreamy.runs.store import OutDirError, prepare_out_dir, run_info_of, run_lock
+    from dreamy.runs.local import claim, execute, prepare
+    from dreamy.runs.options import MaximaScan, RunOptions
+    from dreamy.runs.store import OutDirError
 
     device = _check_arguments(args)
     specs = _targets(args)
@@ -205,36 +193,29 @@ def run(args: argparse.Namespace) -> int:
     config = config_of(args)
     steering = steer_config_of(args)
     out = Path(args.out)
+    seeded = args.command == "prompt" and args.maxima is not None
+    options = RunOptions(out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
+                         batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
+                         use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
+                         progress=not args.quiet, maxima=MaximaScan(args.maxima) if seeded else None)
     try:
-        prepare_out_dir(args.out, run_info_of(args.model, config, describe=getattr(args, "describe", True)),
-                        resume=args.resume, overwrite=args.overwrite)
-    except OutDirError as error:
+        claimed = claim(args.model, config, options)
+    except ValueError as error:  # OutDirError too
         raise UsageError(str(error)) from error
-    loaded = load(args.model, device)
-    if args.command == "image" and args.batch_targets != "auto":  # auto sizes the batches to the memory
-        _check_image_memory(args, len(specs), tuple(config.image_size or loaded.preprocess.size), device)
-    bad = unusable_targets(loaded, specs, config)
-    if bad:
-        more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
-        raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
-    batch_targets = args.batch_targets
-    if batch_targets == "auto":
-        from dreamy.runs.local import auto_batch_targets
-
-        try:
-            choice = auto_batch_targets(loaded, specs, config)
-        except ValueError as error:
-            raise UsageError(f"--batch-targets auto: {error}") from error
-        batch_targets = choice.pack
-        if not args.quiet:
-            print(f"dream: {choice.summary()}", file=sys.stderr)
-    judges = _load_judges(args, loaded, device)
     try:
-        with run_lock(out):  # one run per folder, for the dreams, the judges and the maxima alike
-            records = dream_targets(loaded, specs, config, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                                    batch_targets=batch_targets, describe=getattr(args, "describe", True),
-                                    use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
-                                    progress=not args.quiet, maxima=args.maxima)
+        with claimed:  # one run per folder, for the dreams, the judges and the maxima alike
+            loaded = load(args.model, device)
+            try:
+                prepared = prepare(loaded, specs, config, options, claimed)
+            except ValueError as error:
+                raise UsageError(str(error).splitlines()[0]) from error
+            if prepared.unusable:
+                more = f" (and {len(prepared.unusable) - 1} more bad target(s))" if len(prepared.unusable) > 1 else ""
+                raise UsageError(f"target {prepared.unusable[0][0]}: {prepared.unusable[0][1]}{more}")
+            if prepared.choice is not None and not args.quiet:
+                print(f"dream: {prepared.choice.summary()}", file=sys.stderr)
+            judges = _load_judges(args, loaded, device)
+            records = execute(prepared)
             enrich(out, loaded, EnrichSteps(maxima=MaximaStep(args.maxima), describe=getattr(args, "describe", True),
                                             labels=LabelStep(args.maxima) if getattr(args, "labels", False) else None,
                                             judges=tuple(judges), steering=steering, progress=not args.quiet))

@@ -152,7 +152,7 @@ def _target_output(loaded: LoadedModel, config: Config, result: Any, record: dic
 
 def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, progress: bool = False,
                 describe: bool = True, starts: dict[str, Any] | None = None,
-                limit: PackLimit | None = None) -> BatchOutput:
+                limit: PackLimit | None = None, model_checked: bool = False) -> BatchOutput:
     """Dream one batch of targets, packed, on an already loaded model, as `config` says (a `DreamConfig` dreams
     images with `vision.dream`, an `EPOConfig` or `GCGConfig` prompts). One bad target must not sink the
     batch: if the packed run fails, its targets are retried one by one; a target whose output fails is retried
@@ -163,8 +163,10 @@ def dream_batch(loaded: LoadedModel, specs: Sequence[str], config: Config, *, pr
     that runs out of memory (`core.memory.is_oom`) is dreamed in halves, recursively, and lowers `limit` (a
     `PackLimit` shared by a run's batches) so later batches are cut before they run; one target that runs out of
     memory alone becomes an error record. The model runs in eval mode with no parameter requiring grad
-    (`core.frozen`) and is restored afterwards."""
-    check_model(loaded, config)
+    (`core.frozen`) and is restored afterwards. The model is checked against the config first
+    (`plan.check_model`) unless the run did it once for all its batches (`model_checked`)."""
+    if not model_checked:
+        check_model(loaded, config)
     with frozen(loaded.model):
         return _dream_batch(loaded, specs, config, progress, describe, starts, limit or PackLimit())
 

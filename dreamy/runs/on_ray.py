@@ -16,10 +16,11 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from dreamy.core import stepping
 from dreamy.core.config import Config
+from dreamy.runs.plan import PreparedRun, batch_config
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class RayRunner:
                 self.limit = PackLimit()  # this worker's device: a pack that ran out of memory lowers it
 
             def run(self, specs: list[str], config: Config, describe: bool, starts: dict | None):
-                return dream_batch(self.loaded, specs, config, describe=describe, starts=starts, limit=self.limit)
+                return dream_batch(self.loaded, specs, config, describe=describe, starts=starts, limit=self.limit,
+                                   model_checked=True)  # the driver checked the model once for the run
 
             def gpu_ids(self) -> list:
                 return [str(gpu) for gpu in ray.get_gpu_ids()]
@@ -102,13 +104,13 @@ class RayRunner:
         self.workers = [Worker.remote(model, worker_device(device)) for _ in range(workers)]
 
 
-def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, writer: Any, *, address: str | None,
-               workers: int | None, device: str, describe: bool, progress: bool,
-               on_batch: Callable[[Any, int], None] | None, starts: dict[str, Any] | None = None,
-               shown: str = "") -> None:
-    """Run `todo` batches (index, specs) of `config`'s run on `workers` Ray actors that each load `model` by name,
-    writing each result through `writer` as it arrives (batch k runs with seed `config.seed + k`). `workers=None`
-    starts `default_workers` (one per GPU of the cluster on a CUDA device); `shown` follows the progress bar's name.
+def run_on_ray(prepared: PreparedRun, todo: list[tuple[int, list[str]]], writer: Any,
+               starts: dict[str, Any] | None = None) -> None:
+    """Run the `todo` batches (index, specs) of a prepared run (`runs.local.prepare`) on Ray actors that each load
+    its model by name, writing each result through `writer` as it arrives (batch k runs with seed
+    `config.seed + k`). The run's options give the cluster (`ray_address`; none: a local one) and the number of
+    workers (`workers`; None: `default_workers`, one per GPU of the cluster on a CUDA device); `starts` holds
+    a seeded search's windows per target.
 
     Example:
         >>> callable(run_on_ray)
@@ -116,8 +118,8 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
     """
     import ray
 
-    from dreamy.runs.plan import batch_config
-
+    config, options = prepared.config, prepared.options
+    address, workers, device = options.ray_address, options.workers, str(prepared.loaded.device)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
@@ -127,7 +129,7 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
     if workers is None:
         gpus = ray.cluster_resources().get("GPU", 0) if str(device).startswith("cuda") else None
         workers = default_workers(device, gpus)
-    runner = RayRunner(model, workers, device)
+    runner = RayRunner(prepared.loaded.name, workers, device)
     queue = list(todo)
     running: dict[Any, tuple[int, int, list[str]]] = {}  # object ref -> (worker, batch index, specs)
     alive = set(range(len(runner.workers)))
@@ -136,11 +138,13 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
         if queue and worker in alive:
             k, specs = queue.pop(0)
             mine = {spec: starts[spec] for spec in specs} if starts else None
-            running[runner.workers[worker].run.remote(specs, batch_config(config, k), describe, mine)] = (worker, k, specs)
+            running[runner.workers[worker].run.remote(specs, batch_config(config, k), options.describe, mine)] = \
+                (worker, k, specs)
 
     for worker in sorted(alive):
         hand_out(worker)
-    with stepping.progress(len(todo), f"{config.kind} batches on {workers} Ray workers{shown}", enabled=progress) as bar:
+    with stepping.progress(len(todo), f"{config.kind} batches on {workers} Ray workers{prepared.shown}",
+                           enabled=options.progress) as bar:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             ref = ready[0]
@@ -157,8 +161,8 @@ def run_on_ray(model: str, todo: list[tuple[int, list[str]]], config: Config, wr
                 continue
             writer.write(output)
             bar.update(1)
-            if on_batch:
-                on_batch(runner, k)
+            if options.on_batch:
+                options.on_batch(runner, k)
             hand_out(worker)
             for other in sorted(alive):  # a worker freed by a lost batch picks up work too
                 if other not in {w for w, _, _ in running.values()}:

@@ -14,12 +14,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from dreamy.core.config import Config
+from dreamy.core.memory import available_bytes
 from dreamy.models import LoadedModel
+from dreamy.runs.options import RunOptions
+from dreamy.runs.store import ResultsStore
 from dreamy.targets import check_targets, expand
 from dreamy.targets.dialects import complete_sites, reading
 from dreamy.targets.probe import capture_raw
@@ -27,6 +33,10 @@ from dreamy.targets.check import fixed_position_errors
 
 KINDS = ("image", "prompt")  # what a run dreams; its records' "kind"
 MODEL_KINDS = {"image": "vision", "prompt": "language"}  # the kind of model each needs (`LoadedModel.kind`)
+# Image memory estimate: bytes per input value (3 x H x W per image) that a forward + backward keeps
+# (activations of every layer, the parametrization, Adam's state); measured EfficientNet-Lite0 needs
+# about a third of this, so the estimate refuses only sizes that cannot fit.
+BYTES_PER_INPUT_VALUE = 1200
 
 
 def plan_batches(specs: Sequence[str], batch_targets: int) -> list[list[str]]:
@@ -92,10 +102,35 @@ def check_model(loaded: LoadedModel, config: Config) -> None:
                              "set image_size=, --size)")
 
 
-def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
+def check_image_memory(loaded: LoadedModel, config: Config, pack: int) -> None:
+    """Refuse (`ValueError`) an image run whose packs of `pack` targets (`n_per_target` images each) need, by
+    the estimate `BYTES_PER_INPUT_VALUE`, more memory than `loaded`'s device has free. Other runs pass.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.vision import DreamConfig
+        >>> check_image_memory(load("tiny:cnn"), DreamConfig(image_size=(10**5, 10**5)), 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: 1 image(s) of 100000x100000 need about 33527.6 GiB but ... GiB is free; lower --size, --batch-targets or --per-target (image_size, batch_targets, n_per_target)
+    """
+    if config.kind != "image":
+        return
+    height, width = config.image_size or (loaded.preprocess.size if loaded.preprocess else (224, 224))
+    images = pack * config.n_per_target
+    need = images * 3 * height * width * BYTES_PER_INPUT_VALUE
+    free = available_bytes(loaded.device)
+    if free is not None and need > free:
+        raise ValueError(f"{images} image(s) of {height}x{width} need about {need / 2**30:.1f} GiB but "
+                         f"{free / 2**30:.1f} GiB is free; lower --size, --batch-targets or --per-target "
+                         "(image_size, batch_targets, n_per_target)")
+
+
+def example_input(loaded: LoadedModel, config: Config, *, model_checked: bool = False) -> dict[str, Any]:
     """Keyword arguments of one forward shaped like the run's: two images at the model's input size, or
     two prompts of the run's full length (prefix, span, suffix), so checks see the real positions. A prompt
     longer than the model's context (`max_position_embeddings`) is refused (`ValueError`) before any forward.
+    The model is checked against the config first (`check_model`) unless the caller did (`model_checked`).
 
     Example:
         >>> from dreamy.models import load
@@ -103,7 +138,8 @@ def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
         >>> tuple(example_input(load("tiny:lm"), EPOConfig(n_tokens=4))["input_ids"].shape)
         (2, 5)
     """
-    check_model(loaded, config)
+    if not model_checked:
+        check_model(loaded, config)
     if config.kind == "image":
         from dreamy.vision.render import patch_tokens
 
@@ -123,10 +159,12 @@ def example_input(loaded: LoadedModel, config: Config) -> dict[str, Any]:
     return {"input_ids": layout.full(span), "sequence_reduce": "pos=-1"}
 
 
-def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) -> list[tuple[str, str]]:
+def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config, *,
+                     model_checked: bool = False) -> list[tuple[str, str]]:
     """`(spec, error)` for every target that cannot be scored on `loaded` in a run of `config` (see
     `targets.check_targets`), in the order given. For prompt runs the targets are also checked on a forward fed
-    embeddings, as the searches feed them, so a site they skip (the input embedding) is refused here too.
+    embeddings, as the searches feed them, so a site they skip (the input embedding) is refused here too. A
+    model of the wrong kind raises `ValueError` (`check_model`, skipped when the caller did it: `model_checked`).
 
     Example:
         >>> from dreamy.models import load
@@ -134,7 +172,7 @@ def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) 
         >>> unusable_targets(load("tiny:cnn"), ["head:1", "head:10"], DreamConfig())
         [('head:10', "unit 10 out of range for site 'head' with 10 features; valid units are 0..9")]
     """
-    example = example_input(loaded, config)
+    example = example_input(loaded, config, model_checked=model_checked)
     args = example.pop("args", ())
     reduce = example.pop("sequence_reduce")
     failures = check_targets(loaded.model, specs, *args, sequence_reduce=reduce, **example)
@@ -164,3 +202,100 @@ def unusable_targets(loaded: LoadedModel, specs: Sequence[str], config: Config) 
                                    "the embeddings at the first layer's input instead, e.g. model.layers.0@in"))
     order = {str(spec): i for i, spec in enumerate(specs)}
     return sorted(failures, key=lambda failure: order.get(failure[0], len(order)))
+
+
+@dataclass
+class Claim:
+    """What a run checked before its model was loaded (`runs.local.claim`): the model name, the config, the
+    options and the run's record (`store.run_info_of`), with the output folder's lock held (`store.run_lock`;
+    `folder` None when the run writes nothing). `release()` lets the folder go; as a context manager the claim
+    holds it until the block ends, whatever a run inside the block does.
+
+    Example:
+        >>> from dreamy.vision import DreamConfig
+        >>> with Claim("tiny:cnn", DreamConfig(), RunOptions(), {}) as claim:
+        ...     claim.folder is None, claim.held
+        (True, True)
+    """
+
+    model: str
+    config: Config
+    options: RunOptions
+    run: dict[str, Any]
+    folder: Path | None = None
+    lock: ExitStack = field(default_factory=ExitStack, repr=False)
+    held: bool = False  # inside a `with` block: the block, not the run, releases the folder
+
+    def release(self) -> None:
+        """Let the folder go (its record log is folded into results.json, see `store.run_lock`); idempotent."""
+        self.lock.close()
+
+    def __enter__(self) -> "Claim":
+        self.held = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held = False
+        self.release()
+
+
+@dataclass
+class PreparedRun:
+    """A run checked and planned (`runs.local.prepare`), ready for `runs.local.execute`: the loaded model, the
+    config and options, its claim (the folder held), the batches (`planned`, batch k always the same), the
+    targets a resumed run has finished (`done`), the unusable targets with their errors (`unusable`: recorded,
+    never dreamed), the auto pack's `sizing.PackChoice` (`choice`, None for a given number) and the folder's
+    store, once opened (`store`). As a context manager the folder stays held until the block ends.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> from dreamy.vision import DreamConfig
+        >>> claim = Claim("tiny:cnn", DreamConfig(), RunOptions(), {})
+        >>> PreparedRun(load("tiny:cnn"), claim, [["head:1"]]).shown
+        ''
+    """
+
+    loaded: LoadedModel
+    claim: Claim
+    planned: list[list[str]]
+    done: set[str] = field(default_factory=set)
+    unusable: list[tuple[str, str]] = field(default_factory=list)
+    choice: Any = None
+    store: ResultsStore | None = None
+    executed: bool = False
+
+    @property
+    def config(self) -> Config:
+        """The method's config."""
+        return self.claim.config
+
+    @property
+    def options(self) -> RunOptions:
+        """The run's options."""
+        return self.claim.options
+
+    @property
+    def shown(self) -> str:
+        """What follows the progress bar's name: the auto pack's choice, or nothing."""
+        return f" ({self.choice.summary()})" if self.choice is not None else ""
+
+    def todo(self) -> list[tuple[int, list[str]]]:
+        """`(k, targets)` of every batch with a target still to dream (not done, not unusable), in order.
+
+        Example:
+            >>> from dreamy.models import load
+            >>> from dreamy.vision import DreamConfig
+            >>> claim = Claim("tiny:cnn", DreamConfig(), RunOptions(), {})
+            >>> PreparedRun(load("tiny:cnn"), claim, [["head:1", "head:2"], ["head:3"]], done={"head:3"}).todo()
+            [(0, ['head:1', 'head:2'])]
+        """
+        skip = self.done | {spec for spec, _ in self.unusable}
+        todo = [(k, [spec for spec in part if spec not in skip]) for k, part in enumerate(self.planned)]
+        return [(k, part) for k, part in todo if part]
+
+    def __enter__(self) -> "PreparedRun":
+        self.claim.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.claim.__exit__(*exc)

@@ -40,7 +40,7 @@ def test_image_run_writes_results_gallery_and_pngs(tmp_path):
 def test_prompt_run_escapes_dreamed_text(tmp_path, monkeypatch):
     import dreamy.runs.batch as batches
 
-    def fake_batch(loaded, specs, config, progress=False, describe=True, starts=None, limit=None):
+    def fake_batch(loaded, specs, config, progress=False, describe=True, starts=None, limit=None, model_checked=False):
         return batches.BatchOutput([{"target": s, "model": "tiny:lm", "method": "epo", "activation": 1.0, "frontier": [
             {"text": "<script>alert(1)</script>", "tokens": ["<script>", "alert(1)", "</script>"],
              "token_attribution": [1.0, -0.5, 0.2], "activation": 1.0, "xentropy": 4.0, "token_ids": [1, 2, 3]}]}
@@ -233,7 +233,8 @@ def test_a_seeded_prompt_run_compares_with_windows_of_its_own_length(tmp_path, c
     base = ["prompt", "--model", "tiny:lm", "--target", "model.layers.1.mlp.down_proj@in:7", "--target", "logits:5",
             "--iters", "2", "--tokens", "4", "--population", "4", "--children", "4", "--quiet"]
     assert main(base + ["--init", "mixed", "--out", str(tmp_path / "no")]) == 2
-    assert "--init mixed starts from dataset windows: add --maxima" in capsys.readouterr().err
+    assert "init='mixed' starts from dataset windows: give a corpus" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()  # refused before the folder was taken
     out = tmp_path / "run"
     assert main(base + ["--init", "mixed", "--maxima", str(corpus), "--out", str(out)]) == 0
     for record in records(out):
@@ -336,3 +337,15 @@ def test_the_prompt_flags_build_the_epo_config_with_its_activation_slots_and_wei
     assert config_of(build_parser().parse_args(base)).fluency_weight_range == (0.1, 30.0)  # the library's
     config = config_of(build_parser().parse_args(base + ["--fluency-weight-range", "0.1,10"]))
     assert config.fluency_weight_range == (0.1, 10.0)
+
+
+def test_a_dream_run_checks_each_thing_once_and_takes_its_folder_once(tmp_path, monkeypatch):
+    from tests.runs.test_local import spy_on_checks
+
+    counts, taken = spy_on_checks(monkeypatch)
+    assert main(["image", "--model", "tiny:cnn", "--target", "head:0-3", "--steps", "1", "--batch-targets", "2",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert {name: len(calls) for name, calls in counts.items()} == {
+        "check_model": 1, "unusable_targets": 1, "prepare_out_dir": 1, "check_out_folder": 1,
+        "check_image_memory": 1, "auto_pack": 0}
+    assert taken[0] is True and taken.count(True) == 1  # the later passes share the run's hold on the folder

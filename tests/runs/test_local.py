@@ -320,3 +320,174 @@ def test_a_prompt_search_whose_best_activation_is_not_finite_is_an_error_record(
     (record,) = dream_targets(cached("tiny:lm"), ["logits:1"], PROMPT, out_dir=tmp_path, progress=False)
     assert "best activation is not finite (nan)" in record["error"] and record["activation"] is None
     assert json.loads((tmp_path / "results.json").read_text())["records"][0]["activation"] is None
+
+
+def spy(monkeypatch, name, *modules):
+    """Count the calls of function `name` wherever `modules` bind it (the same function under each name)."""
+    calls = []
+    real = getattr(modules[0], name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for module in modules:
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def spy_on_checks(monkeypatch):
+    """Spies on every up-front check of a run and on the folder lock (each time it is really taken)."""
+    from contextlib import contextmanager
+
+    import dreamy.core.folders as folders
+    import dreamy.runs.batch as batches
+    import dreamy.runs.local as local
+    import dreamy.runs.plan as plan
+    import dreamy.runs.sizing as sizing
+    import dreamy.runs.store as store
+
+    counts = {"check_model": spy(monkeypatch, "check_model", plan, local, batches),
+              "unusable_targets": spy(monkeypatch, "unusable_targets", plan, local),
+              "prepare_out_dir": spy(monkeypatch, "prepare_out_dir", store, local),
+              "check_out_folder": spy(monkeypatch, "check_out_folder", folders, store),
+              "check_image_memory": spy(monkeypatch, "check_image_memory", plan, local),
+              "auto_pack": spy(monkeypatch, "auto_pack", sizing, local)}
+    taken = []
+    real_lock = store.folder_lock
+
+    @contextmanager
+    def lock(folder, command=""):
+        with real_lock(folder, command) as outer:
+            taken.append(outer)  # False: a re-entrant no-op
+            yield outer
+
+    monkeypatch.setattr(store, "folder_lock", lock)
+    return counts, taken
+
+
+@pytest.mark.parametrize("batch_targets", [2, "auto"])
+def test_each_up_front_check_of_a_run_runs_once_and_the_lock_is_taken_once(tmp_path, monkeypatch, batch_targets):
+    counts, taken = spy_on_checks(monkeypatch)
+    records = dream_targets(cached("tiny:cnn"), ["head:0-3", "head:99"], DreamConfig(steps=1), out_dir=tmp_path,
+                            batch_targets=batch_targets, progress=False)
+    assert sorted(r["target"] for r in records if "error" not in r) == [f"head:{i}" for i in range(4)]
+    assert "error" in {r["target"]: r for r in records}["head:99"]
+    ran = {name: len(calls) for name, calls in counts.items()}
+    auto = batch_targets == "auto"
+    assert ran == {"check_model": 1, "unusable_targets": 1, "prepare_out_dir": 1, "check_out_folder": 1,
+                   "check_image_memory": 0 if auto else 1, "auto_pack": 1 if auto else 0}
+    assert counts["unusable_targets"][0][1] == [f"head:{i}" for i in range(4)] + ["head:99"]  # every target at once
+    assert taken == [True]
+
+
+def test_a_resumed_run_checks_only_the_targets_left(tmp_path, monkeypatch):
+    dream_targets(cached("tiny:cnn"), ["head:0-1"], IMAGE, out_dir=tmp_path, batch_targets=1, progress=False)
+    counts, taken = spy_on_checks(monkeypatch)
+    again = dream_targets(cached("tiny:cnn"), ["head:0-2"], IMAGE, out_dir=tmp_path, batch_targets=1, resume=True,
+                          progress=False)
+    assert [r["target"] for r in again] == ["head:2"] and taken == [True]
+    assert [calls[0][1] for calls in [counts["unusable_targets"]]] == [["head:2"]]
+    assert len(counts["check_model"]) == len(counts["prepare_out_dir"]) == 1
+
+
+def test_prepare_and_execute_are_the_run_in_two_steps(tmp_path):
+    from dreamy.core.folders import LOCK_NAME
+    from dreamy.runs import RunOptions, execute, prepare
+
+    options = RunOptions(out_dir=tmp_path / "run", batch_targets=2, progress=False)
+    prepared = prepare(cached("tiny:cnn"), ["head:0-2", "head:99"], IMAGE, options)
+    assert (tmp_path / "run" / LOCK_NAME).exists()  # the folder is held from prepare on
+    assert prepared.planned == [["head:0", "head:1"], ["head:2", "head:99"]]
+    assert [spec for spec, _ in prepared.unusable] == ["head:99"]
+    assert prepared.todo() == [(0, ["head:0", "head:1"]), (1, ["head:2"])]
+    records = execute(prepared)
+    assert len(records) == 4 and not (tmp_path / "run" / LOCK_NAME).exists()  # ... until execute ends
+    with pytest.raises(ValueError, match="prepare the run again"):
+        execute(prepared)
+    again = dream_targets(cached("tiny:cnn"), ["head:0-2", "head:99"], IMAGE, out_dir=tmp_path / "again",
+                          batch_targets=2, progress=False)
+    assert [r.get("activation") for r in again] == [r.get("activation") for r in records]
+
+
+def test_a_prepared_run_in_a_with_block_holds_its_folder_until_the_block_ends(tmp_path):
+    from dreamy.core.folders import LOCK_NAME
+    from dreamy.runs import RunOptions, execute, prepare
+    from dreamy.runs.store import OutDirError
+
+    options = RunOptions(out_dir=tmp_path, progress=False)
+    with prepare(cached("tiny:cnn"), ["head:1"], IMAGE, options) as prepared:
+        execute(prepared)
+        assert (tmp_path / LOCK_NAME).exists()  # still held: passes after the run share it
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(OutDirError, match="not empty"):  # refused: the folder is let go at once
+        prepare(cached("tiny:cnn"), ["head:1"], IMAGE, options)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_refused_prepare_lets_the_folder_go_and_writes_nothing(tmp_path):
+    from dreamy.language import EPOConfig
+    from dreamy.runs import RunOptions, prepare
+
+    with pytest.raises(ValueError, match="needs a language model"):
+        prepare(cached("tiny:cnn"), ["head:1"], EPOConfig(), RunOptions(out_dir=tmp_path / "o"))
+    with pytest.raises(ValueError, match="init='mixed' starts from dataset windows: give a corpus"):
+        prepare(cached("tiny:lm"), ["logits:1"], EPOConfig(init="mixed"), RunOptions(out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"batch_targets": 0}, "batch_targets must be >= 1, got 0"),
+    ({"batch_targets": "all"}, "batch_targets must be a number of targets or 'auto', got 'all'"),
+    ({"workers": 0}, "workers must be >= 1"),
+    ({"resume": "yes"}, "resume must be True or False"),
+    ({"on_batch": 3}, "on_batch must be callable"),
+    ({"batch_target": 2}, "did you mean 'batch_targets'"),
+    ({"maxima_scan": {"k": 2}}, "without a corpus"),
+    ({"maxima": "fortunes", "maxima_scan": {"k": 0}}, "MaximaScan.k must be >= 1"),
+    ({"maxima": "fortunes", "maxima_scan": {"windows": 8}}, "did you mean 'window'"),
+])
+def test_run_options_are_checked_when_built(settings, words):
+    from dreamy.core.config import ConfigError
+    from dreamy.runs.options import run_options
+
+    with pytest.raises(ConfigError, match=words):
+        run_options(**settings)
+
+
+def test_a_seeded_run_scans_the_corpus_with_its_maxima_scan(monkeypatch, tmp_path):
+    import dreamy.runs.local as local
+
+    class Scanned(Exception):
+        pass
+
+    def matched_windows(loaded, specs, config, corpus, **scan):
+        seen.append((specs, corpus, scan))
+        raise Scanned  # what happens next is the searches' business
+
+    seen = []
+    monkeypatch.setattr(local, "matched_windows", matched_windows)
+    with pytest.raises(Scanned):
+        dream_targets(cached("tiny:lm"), ["logits:1-2"], EPOConfig(init="mixed", **PROMPT_SETTINGS), progress=False,
+                      describe=False, maxima="toy.txt", maxima_scan={"k": 3, "cache_dir": None})
+    ((specs, corpus, scan),) = seen  # one scan for every target
+    assert specs == ["logits:1", "logits:2"] and corpus == "toy.txt"
+    assert scan == {"progress": False, "k": 3, "window": 64, "max_words": None, "xent_windows": 128, "cache_dir": None}
+
+
+def test_no_function_of_runs_takes_more_than_eight_parameters():
+    import ast
+    from pathlib import Path
+
+    import dreamy.runs
+
+    too_many = []
+    for path in sorted(Path(dreamy.runs.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                given = node.args
+                count = (len(given.posonlyargs) + len(given.args) + len(given.kwonlyargs) + (given.vararg is not None)
+                         + (given.kwarg is not None))
+                if count > 8:
+                    too_many.append(f"{path.name}:{node.lineno} {getattr(node, 'name', 'lambda')} ({count})")
+    assert not too_many, too_many

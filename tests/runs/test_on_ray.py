@@ -1,8 +1,13 @@
 """Ray across GPUs: one GPU per worker on a CUDA device, one worker per GPU by default, results streamed back."""
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from dreamy.runs.on_ray import default_workers, worker_device, worker_options
+from dreamy.runs.options import RunOptions
+from dreamy.runs.plan import Claim, PreparedRun
 from dreamy.vision import DreamConfig
 
 
@@ -54,8 +59,10 @@ def test_workers_placed_one_per_gpu_stream_their_batches_back(gpu_ray, monkeypat
             assert ray_runner.options["num_gpus"] == 1
 
     todo = [(k, [f"head:{k}"]) for k in range(4)]
-    on_ray.run_on_ray("tiny:cnn", todo, DreamConfig(steps=1), writer, address=None, workers=None, device="cuda",
-                      describe=False, progress=False, on_batch=on_batch)
+    on_cuda = SimpleNamespace(name="tiny:cnn", device=torch.device("cuda"))  # the driver reads only these
+    options = RunOptions(use_ray=True, describe=False, progress=False, on_batch=on_batch)
+    prepared = PreparedRun(on_cuda, Claim("tiny:cnn", DreamConfig(steps=1), options, {}), [specs for _, specs in todo])
+    on_ray.run_on_ray(prepared, todo, writer)
     assert made == [(2, "cuda", {"num_cpus": 1, "max_restarts": 0, "num_gpus": 1})]  # one worker per GPU
     assert sorted(r["target"] for r in writer.records) == [f"head:{k}" for k in range(4)]
     assert sorted(k for k, _ in seen) == [0, 1, 2, 3] and [n for _, n in seen] == [1, 2, 3, 4]
