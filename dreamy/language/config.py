@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -75,9 +76,10 @@ class PromptConfig(Config):
             set_field(self, "init", None)  # one spelling of the default, so runs fingerprint alike
         if self.init is not None and not isinstance(self.init, str):
             try:
-                ids = tuple(int(t) for t in self.init)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{type(self).__name__}.init must be None, a text or token ids, got {self.init!r}") from None
+                ids = tuple(operator.index(t) for t in self.init)  # whole numbers only: 3.5 is not token 3
+            except TypeError:
+                raise ConfigError(f"{type(self).__name__}.init must be None, a text or token ids (whole numbers), "
+                                  f"got {self.init!r}") from None
             set_field(self, "init", ids)
 
     @property
