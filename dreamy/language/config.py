@@ -33,7 +33,8 @@ class PromptConfig(Config):
 
     - `init`: None or "random" (random allowed tokens), "maxima" (the target's dataset windows of the prompt's
       length, one per member, given as `starts`), "mixed" (windows for half the members, random tokens for the
-      rest), a start text, or token ids of the span.
+      rest), a start text, or token ids of the span (whole numbers). Every start passes the token filters its
+      children must pass (`proposals.initial_members`): a text or ids that cannot is refused when the search starts.
     - `minutes`: a wall-clock budget per search (a packed batch of targets shares it); `plateau`: stop once no
       target's frontier has moved for this many iterations. A stopped search says why (`settings["stopped"]`).
     - `chunk_size`: rows per forward when scoring (default: the scorer's own); `scoring`: "auto" (packed KV

@@ -8,7 +8,9 @@ keep its best, second best, ... distinct prompts, not copies of one.
 Every `restart_every` iterations the population collapses onto the best prompt seen so far under a fluency
 weight drawn at random (really at random: a fresh draw from the seeded generator each restart), and each
 slot's new gradient is again computed with its own fluency weight. Token rankings (from the gradients) of
-members that survive unchanged are reused. The result's
+members that survive unchanged are reused. Starts pass the token filters children must pass; a target whose
+children all fail them for `search.STALL_ITERS` iterations starts afresh from random prompts (`StallWatch`), and
+its settings say how many iterations moved its population (`iterations_moved`). The result's
 Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed
 into shared batches.
 
