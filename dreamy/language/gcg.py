@@ -2,7 +2,9 @@
 
 Each iteration ranks replacement tokens per position by the one-hot gradient of the objective
 (`activation - fluency_weight * cross-entropy`), scores a batch of single- (or n-) token swaps, and
-moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span.
+moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span. The start
+passes the token filters its children must pass; a prompt whose children all fail them for `search.STALL_ITERS`
+iterations is replaced by a random one (`StallWatch`), and `settings["iterations_moved"]` counts the moves.
 
 `gcg_many` searches many targets in lockstep: one gradient pass for all their prompts, one scoring
 call for all their children (packed side by side on their parents' KV caches, see `SearchSetup`).
