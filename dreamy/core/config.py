@@ -30,6 +30,7 @@ import math
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 C = TypeVar("C", bound="Config")
+SEED_LIMIT = 2 ** 64  # torch generators take seeds below this
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,9 @@ class Config:
 
     def __post_init__(self) -> None:
         self.check()
+        seed = getattr(self, "seed", None)
+        if isinstance(seed, int) and not 0 <= seed < SEED_LIMIT:
+            raise _fail(self, "seed", "must be in [0, 2**64) (the generators' seed range)")
 
     def check(self) -> None:
         """Raise `ConfigError` for a value out of range (subclasses)."""

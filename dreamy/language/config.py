@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -32,7 +33,8 @@ class PromptConfig(Config):
 
     - `init`: None or "random" (random allowed tokens), "maxima" (the target's dataset windows of the prompt's
       length, one per member, given as `starts`), "mixed" (windows for half the members, random tokens for the
-      rest), a start text, or token ids of the span.
+      rest), a start text, or token ids of the span (whole numbers). Every start passes the token filters its
+      children must pass (`proposals.initial_members`): a text or ids that cannot is refused when the search starts.
     - `minutes`: a wall-clock budget per search (a packed batch of targets shares it); `plateau`: stop once no
       target's frontier has moved for this many iterations. A stopped search says why (`settings["stopped"]`).
     - `chunk_size`: rows per forward when scoring (default: the scorer's own); `scoring`: "auto" (packed KV
@@ -75,9 +77,10 @@ class PromptConfig(Config):
             set_field(self, "init", None)  # one spelling of the default, so runs fingerprint alike
         if self.init is not None and not isinstance(self.init, str):
             try:
-                ids = tuple(int(t) for t in self.init)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{type(self).__name__}.init must be None, a text or token ids, got {self.init!r}") from None
+                ids = tuple(operator.index(t) for t in self.init)  # whole numbers only: 3.5 is not token 3
+            except TypeError:
+                raise ConfigError(f"{type(self).__name__}.init must be None, a text or token ids (whole numbers), "
+                                  f"got {self.init!r}") from None
             set_field(self, "init", ids)
 
     @property

@@ -8,7 +8,9 @@ keep its best, second best, ... distinct prompts, not copies of one.
 Every `restart_every` iterations the population collapses onto the best prompt seen so far under a fluency
 weight drawn at random (really at random: a fresh draw from the seeded generator each restart), and each
 slot's new gradient is again computed with its own fluency weight. Token rankings (from the gradients) of
-members that survive unchanged are reused. The result's
+members that survive unchanged are reused. Starts pass the token filters children must pass; a target whose
+children all fail them for `search.STALL_ITERS` iterations starts afresh from random prompts (`StallWatch`), and
+its settings say how many iterations moved its population (`iterations_moved`). The result's
 Pareto frontier traces activation against fluency. `epo_many` runs many targets in lockstep, packed
 into shared batches.
 
@@ -34,10 +36,11 @@ from dreamy.core import stepping
 from dreamy.core.frozen import frozen
 from dreamy.language.config import EPOConfig
 from dreamy.language.frontier import pareto_indices
-from dreamy.language.proposals import initial_members, swap_children
+from dreamy.language.proposals import initial_members, random_spans, swap_children
 from dreamy.language.result import PromptResult, PromptResults
 from dreamy.language.states import ParentStates
-from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of, target_list
+from dreamy.language.search import (SearchSetup, StallWatch, StopRule, blocked_groups, history_rows, starts_of,
+                                    target_list)
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
@@ -128,7 +131,7 @@ def epo_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: EPO
         >>> len(epo_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, population=2, children=4, progress=False))
         1
     """
-    return _epo(loaded, list(targets), EPOConfig.build(config, **overrides), fluency_model, progress, starts)
+    return _epo(loaded, target_list(targets), EPOConfig.build(config, **overrides), fluency_model, progress, starts)
 
 
 class _Population:
@@ -181,7 +184,8 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     windows = starts_of(setup, starts, init)
     firsts = [initial_members(setup.tokenizer, setup.allowed, population, n_tokens, init=init, windows=windows[k],
-                              generator=gen) for k, gen in enumerate(gens)]  # on the host
+                              generator=gen, retokenize=setup.retokenize)
+              for k, gen in enumerate(gens)]  # on the host; every start passes the token filters
     start_ids = [[tuple(row) for row in first.tolist()] for first, _ in firsts]
     spans = torch.cat([first for first, _ in firsts]).to(loaded.device)
     scores = setup.score(spans, torch.arange(n_targets).repeat_interleave(population))
@@ -196,6 +200,7 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     started = time.perf_counter()
     stop = StopRule(config, [(host[0][k * population:(k + 1) * population], host[1][k * population:(k + 1) * population])
                              for k in range(n_targets)])
+    watch = StallWatch("epo", setup.targets)
     iteration = 0
     with stepping.progress(iters, "EPO" if n_targets == 1 else f"EPO x{n_targets} targets", enabled=progress) as bar:
         for iteration in range(1, iters + 1):
@@ -206,11 +211,18 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
             made = torch.cat([swap_children(pop.members, top, children=children, n_swaps=n_swaps,
                                             generator=pop.generator) for pop, top in zip(pops, tables)])
             made_ids = made.tolist()  # one transfer: token bookkeeping is host work
-            groups = filter_candidates(setup.tokenizer, [made_ids[g * children:(g + 1) * children]
-                                                         for g in range(n_targets * population)],
-                                       retokenize=setup.retokenize,
-                                       parents=[ids for pop in pops for ids in pop.ids])  # per (target, member)
+            made_groups = [made_ids[g * children:(g + 1) * children] for g in range(n_targets * population)]
+            parents = [ids for pop in pops for ids in pop.ids]
+            groups = filter_candidates(setup.tokenizer, made_groups, retokenize=setup.retokenize,
+                                       parents=parents)  # per (target, member)
+            blocked = blocked_groups(made_groups, groups, parents)
+            before = [list(pop.ids) for pop in pops]
             new_points = _select(setup, pops, groups, weights, weight_list, iteration)
+            afresh = [k for k, pop in enumerate(pops)
+                      if watch.update(k, iteration, moved=pop.ids != before[k],
+                                      blocked=all(blocked[k * population:(k + 1) * population]))]
+            if afresh:
+                _start_afresh(setup, [pops[k] for k in afresh], afresh, n_tokens, iteration)
             bar.update(1)
             if progress:  # the summary walks the whole history: only for a bar someone sees
                 mean_best = sum(max(r["activation"] for r in p.history) for p in pops) / n_targets
@@ -223,9 +235,29 @@ def _epo_frozen(loaded: LoadedModel, targets: list, config: EPOConfig, fluency_m
     results = PromptResults()
     for k, pop in enumerate(pops):
         settings = {**config.to_dict(), "fluency_weights": weights.tolist(), "restarts": pop.restarts,
-                    "loop_seconds": loop_seconds, "iterations_run": iteration, "stopped": stop.reason or "iters"}
+                    "loop_seconds": loop_seconds, "iterations_run": iteration, "iterations_moved": watch.moved[k],
+                    "fresh_starts": watch.fresh_starts[k], "stopped": stop.reason or "iters"}
         results.append(setup.result(pop.history, settings, seed, "epo", k))
     return results
+
+
+def _start_afresh(setup: SearchSetup, pops: list[_Population], targets: list[int], n_tokens: int,
+                  iteration: int) -> None:
+    """Replace every member of the stuck `pops` (of targets `targets`) by new random prompts that pass the token
+    filters, scored in one call and added to their histories (origin "random")."""
+    n = len(pops[0].ids)
+    drawn = [random_spans(setup.tokenizer, setup.allowed, n, n_tokens, generator=pop.generator,
+                          retokenize=setup.retokenize) for pop in pops]
+    device = pops[0].members.device
+    spans = torch.cat(drawn).to(device)
+    scores = setup.score(spans, torch.tensor(targets, device=device).repeat_interleave(n))
+    host = torch.stack([scores.activation, scores.xentropy]).tolist()
+    for i, (pop, fresh) in enumerate(zip(pops, drawn)):
+        rows = slice(i * n, (i + 1) * n)
+        pop.ids = [tuple(row) for row in fresh.tolist()]
+        pop.origins = ["random"] * n
+        pop.members, pop.act, pop.xent = spans[rows], scores.activation[rows].clone(), scores.xentropy[rows].clone()
+        pop.history += history_rows(setup, pop.ids, host[0][rows], host[1][rows], iteration, origins=pop.origins)
 
 
 def _select(setup: SearchSetup, pops: list[_Population], groups: list[list[tuple[int, ...]]], weights: Tensor,

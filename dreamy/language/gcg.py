@@ -2,7 +2,9 @@
 
 Each iteration ranks replacement tokens per position by the one-hot gradient of the objective
 (`activation - fluency_weight * cross-entropy`), scores a batch of single- (or n-) token swaps, and
-moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span.
+moves to the best of the batch. Optional fixed prefix/suffix text surrounds the optimized span. The start
+passes the token filters its children must pass; a prompt whose children all fail them for `search.STALL_ITERS`
+iterations is replaced by a random one (`StallWatch`), and `settings["iterations_moved"]` counts the moves.
 
 `gcg_many` searches many targets in lockstep: one gradient pass for all their prompts, one scoring
 call for all their children (packed side by side on their parents' KV caches, see `SearchSetup`).
@@ -26,9 +28,10 @@ from torch import nn
 from dreamy.core import stepping
 from dreamy.core.frozen import frozen
 from dreamy.language.config import GCGConfig
-from dreamy.language.proposals import initial_members, swap_children
+from dreamy.language.proposals import initial_members, random_spans, swap_children
 from dreamy.language.result import PromptResult, PromptResults
-from dreamy.language.search import SearchSetup, StopRule, history_rows, starts_of, target_list
+from dreamy.language.search import (SearchSetup, StallWatch, StopRule, blocked_groups, history_rows, starts_of,
+                                    target_list)
 from dreamy.language.tokens import filter_candidates
 from dreamy.models import LoadedModel
 from dreamy.targets import Target
@@ -62,7 +65,7 @@ def gcg_many(loaded: LoadedModel, targets: "Sequence[str | Target]", config: GCG
         >>> len(gcg_many(load("tiny:lm"), ["logits:3"], n_tokens=3, iters=1, children=8, progress=False))
         1
     """
-    return _gcg(loaded, list(targets), GCGConfig.build(config, **overrides), fluency_model, progress, starts)
+    return _gcg(loaded, target_list(targets), GCGConfig.build(config, **overrides), fluency_model, progress, starts)
 
 
 def _gcg(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_model: nn.Module | None,
@@ -80,8 +83,8 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
     n_targets = len(setup.targets)
     gens = [stepping.make_generator(seed) for _ in range(n_targets)]
     windows = starts_of(setup, starts, init)
-    firsts = [initial_members(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, windows=windows[k], generator=gen)
-              for k, gen in enumerate(gens)]  # one current prompt: "maxima" and "mixed" start from the best window
+    firsts = [initial_members(setup.tokenizer, setup.allowed, 1, n_tokens, init=init, windows=windows[k], generator=gen,
+                              retokenize=setup.retokenize) for k, gen in enumerate(gens)]  # one current prompt: "maxima" and "mixed" start from the best window
     origins = [origin for _, (origin,) in firsts]
     start = torch.cat([first for first, _ in firsts])
     current_ids = [tuple(row) for row in start.tolist()]  # host copy of the current prompts
@@ -92,6 +95,7 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
     histories = [history_rows(setup, start[k : k + 1].tolist(), act[k : k + 1], xent[k : k + 1], 0, origins=origins[k:k + 1])
                  for k in range(n_targets)]
     stop = StopRule(config, [(act[k:k + 1], xent[k:k + 1]) for k in range(n_targets)])
+    watch = StallWatch("gcg", setup.targets)
     iteration = 0
     fluency_weights = torch.full((n_targets,), float(fluency_weight))
     objective_of = lambda row: row["activation"] - fluency_weight * row["xentropy"]
@@ -101,9 +105,10 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
             made = torch.cat([swap_children(current[k : k + 1], top[k : k + 1], children=children, n_swaps=n_swaps,
                                             generator=gens[k]) for k in range(n_targets)])
             made_ids = made.tolist()  # one transfer: token bookkeeping is host work
-            groups = filter_candidates(setup.tokenizer, [made_ids[k * children:(k + 1) * children]
-                                                         for k in range(n_targets)], retokenize=setup.retokenize,
-                                       parents=current_ids)
+            made_groups = [made_ids[k * children:(k + 1) * children] for k in range(n_targets)]
+            groups = filter_candidates(setup.tokenizer, made_groups, retokenize=setup.retokenize, parents=current_ids)
+            blocked = blocked_groups(made_groups, groups, current_ids)
+            before = list(current_ids)
             flat = [span for group in groups for span in group]
             if flat:
                 owners = torch.tensor([k for k, group in enumerate(groups) for _ in group], device=current.device)
@@ -127,6 +132,20 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
                                                  origins=[origins[k]] * (hi - lo))
                     current_ids[k] = flat[int(host[2 * n + k])]
                 current = torch.where((picks >= 0)[:, None], spans[picks.clamp(min=0)], current)
+            afresh = [k for k in range(n_targets)
+                      if watch.update(k, iteration, moved=current_ids[k] != before[k], blocked=blocked[k])]
+            if afresh:  # stuck behind the token filters: new random prompts that pass them
+                drawn = torch.cat([random_spans(setup.tokenizer, setup.allowed, 1, n_tokens, generator=gens[k],
+                                                retokenize=setup.retokenize) for k in afresh])
+                fresh = setup.score(drawn.to(current.device), torch.tensor(afresh, device=current.device))
+                fresh_act, fresh_xent = torch.stack([fresh.activation, fresh.xentropy]).tolist()
+                for row, k in enumerate(afresh):
+                    current_ids[k] = tuple(drawn[row].tolist())
+                    origins[k] = "random"
+                    histories[k] += history_rows(setup, [current_ids[k]], fresh_act[row:row + 1],
+                                                 fresh_xent[row:row + 1], iteration, origins=["random"])
+                current = current.clone()
+                current[afresh] = drawn.to(current.device)
             bar.update(1)
             if progress:  # the best so far walks every history: only for a bar someone sees
                 bests = [max(history, key=objective_of) for history in histories]
@@ -137,4 +156,6 @@ def _gcg_frozen(loaded: LoadedModel, targets: list, config: GCGConfig, fluency_m
             if stop.update(new_points if flat else [([], [])] * n_targets, iteration < iters):
                 break
     settings = {**config.to_dict(), "iterations_run": iteration, "stopped": stop.reason or "iters"}
-    return PromptResults(setup.result(histories[k], settings, seed, "gcg", k) for k in range(n_targets))
+    return PromptResults(setup.result(histories[k], {**settings, "iterations_moved": watch.moved[k],
+                                                     "fresh_starts": watch.fresh_starts[k]}, seed, "gcg", k)
+                         for k in range(n_targets))

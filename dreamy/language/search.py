@@ -9,9 +9,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,8 @@ from dreamy.core.memory import run_chunked
 from dreamy.language.tokens import allowed_tokens, decode_each
 from dreamy.models import LoadedModel
 from dreamy.targets import Probe, Target, parse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -199,8 +202,19 @@ def target_list(targets: "str | Target | Sequence[str | Target]") -> list[str | 
     Example:
         >>> target_list("logits:3"), target_list(["logits:3", "logits:4"])
         (['logits:3'], ['logits:3', 'logits:4'])
+        >>> target_list(None)
+        Traceback (most recent call last):
+        ...
+        TypeError: the target must be a spec such as 'model.layers.1.mlp.down_proj:3' (or a Target, or a list of them), got None
     """
-    return [targets] if isinstance(targets, (str, Target)) else list(targets)
+    if isinstance(targets, (str, Target)):
+        return [targets]
+    listed = list(targets) if isinstance(targets, Iterable) and not isinstance(targets, Mapping) else None
+    bad = targets if listed is None else next((t for t in listed if not isinstance(t, (str, Target))), None)
+    if listed is None or bad is not None:
+        raise TypeError("the target must be a spec such as 'model.layers.1.mlp.down_proj:3' (or a Target, or a list "
+                        f"of them), got {bad!r}")
+    return listed
 
 
 def starts_of(setup: SearchSetup, starts: Mapping[str, Sequence[Sequence[int]]] | None,
@@ -260,6 +274,60 @@ class StopRule:
         elif self.deadline is not None and time.perf_counter() >= self.deadline:
             self.reason = "minutes"
         return self.reason is not None
+
+
+STALL_ITERS = 3  # iterations in a row without a child that passes the token filters before a target starts afresh
+
+
+def blocked_groups(made: Sequence[Sequence[Sequence[int]]], kept: Sequence[Sequence[Sequence[int]]],
+                   parents: Sequence[Sequence[int]]) -> list[bool]:
+    """Per group (the children `made` of one parent, `kept` of them after the token filters): True when some child
+    differs from its parent yet none survived the filters (a search blocked by them, not one converged).
+
+    Example:
+        >>> blocked_groups([[(1, 2), (3, 2)], [(5, 6)]], [[], []], [(1, 2), (5, 6)])
+        [True, False]
+    """
+    parent_of = [tuple(parent) for parent in parents]
+    return [not group and any(tuple(child) != parent_of[g] for child in made[g]) for g, group in enumerate(kept)]
+
+
+class StallWatch:
+    """Per target: how many iterations changed its population (`moved`), and whether its search is stuck, i.e.
+    for `STALL_ITERS` iterations in a row it made children that differ from their parents but none survived the
+    token filters. `update` then asks for a fresh (filtered) random start; a target stuck again with no move since
+    its last fresh start raises `RuntimeError` (one line, naming the target and the filters), never a silent run.
+
+    Example:
+        >>> watch = StallWatch("epo", ["logits:3"])
+        >>> [watch.update(0, i, moved=False, blocked=True) for i in (1, 2, 3)], watch.fresh_starts
+        ([False, False, True], [[3]])
+    """
+
+    def __init__(self, method: str, targets: Sequence[Any]) -> None:
+        self.method = method
+        self.targets = [str(t) for t in targets]
+        self.moved = [0] * len(self.targets)
+        self.blocked = [0] * len(self.targets)
+        self.fresh_starts: list[list[int]] = [[] for _ in self.targets]
+        self._moved_at_fresh = [0] * len(self.targets)
+
+    def update(self, k: int, iteration: int, *, moved: bool, blocked: bool) -> bool:
+        """Record target `k`'s iteration; True when it must start afresh from new random members."""
+        self.moved[k] += bool(moved)
+        self.blocked[k] = self.blocked[k] + 1 if blocked else 0
+        if self.blocked[k] < STALL_ITERS:
+            return False
+        self.blocked[k] = 0
+        if self.fresh_starts[k] and self._moved_at_fresh[k] == self.moved[k]:
+            raise RuntimeError(f"{self.method} on {self.targets[k]!r} is stuck: no child passed the token filters for "
+                               f"{STALL_ITERS} iterations, even after a fresh random start at iteration "
+                               f"{self.fresh_starts[k][-1]}; set retokenize=False or ascii_only=False, or change n_tokens")
+        self.fresh_starts[k].append(iteration)
+        self._moved_at_fresh[k] = self.moved[k]
+        log.warning("%s on %r: no child passed the token filters for %d iterations; starting afresh from random "
+                    "prompts at iteration %d", self.method, self.targets[k], STALL_ITERS, iteration)
+        return True
 
 
 def history_rows(setup: SearchSetup, spans: Sequence[Sequence[int]], activation: Sequence[float],

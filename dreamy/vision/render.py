@@ -117,11 +117,24 @@ def _model_and_preprocess(loaded: LoadedModel | nn.Module,
         if loaded.kind != "vision":
             raise ValueError(f"dream() needs a vision model; '{loaded.name}' is a {loaded.kind} model "
                              "(use dreamy.language for prompts)")
+        _check_float32(loaded.model)
         return loaded.model, preprocess or loaded.preprocess, loaded.device
     if not isinstance(loaded, nn.Module):
         raise TypeError(f"dream() takes a LoadedModel or a torch.nn.Module, got {type(loaded).__name__}")
+    _check_float32(loaded)
     tensors = list(loaded.parameters()) or list(loaded.buffers())
     return loaded, preprocess, tensors[0].device if tensors else torch.device("cpu")
+
+
+def _check_float32(model: nn.Module) -> None:
+    """Refuse a model whose floating-point weights are not float32 (the images are float32, and a half-precision
+    model on the CPU fails deep inside its first layer): one line that says how to convert it."""
+    other = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
+                  if t.is_floating_point() and t.dtype != torch.float32), None)
+    if other is not None:
+        name = str(other).removeprefix("torch.")
+        raise ValueError(f"dream() needs a float32 model, got {name} weights: convert it with model.float() "
+                         "(precision='bf16' runs a float32 model in bfloat16 on CUDA)")
 
 
 def _penalties(regularizers: Mapping[str | Penalty, float], param: ImageParametrization) -> list[tuple[str, Penalty, float]]:

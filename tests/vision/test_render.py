@@ -276,3 +276,14 @@ def test_bf16_dreams_stay_close_to_fp32_on_cuda(tiny_cnn):
     full, half = (dream(loaded, ["head:0", "head:1"], precision=p, **kwargs) for p in ("fp32", "bf16"))
     assert half.images.dtype == torch.float32 and half.settings["precision"] == "bf16"
     torch.testing.assert_close(half.activation, full.activation, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_refused_in_one_line_and_left_as_found(dtype):
+    from dreamy.models.tiny import tiny_cnn
+
+    half = tiny_cnn().to(dtype)
+    with pytest.raises(ValueError, match=f"dream\\(\\) needs a float32 model, got {str(dtype)[6:]} weights: convert "
+                                         "it with model.float\\(\\)"):
+        dream(half, "head:3", steps=1, progress=False)
+    assert half.head.weight.dtype == dtype
