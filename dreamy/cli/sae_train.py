@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from dreamy.cli.arguments import UsageError, check_seed, positive
+from dreamy.cli.flags import DEFAULT_MODELS
 
-DEFAULT_MODEL = "bundled:smollm2-135m"
+DEFAULT_MODEL = DEFAULT_MODELS["text"]  # a language model: what an SAE is trained on
 CORPUS_NAMES = ("fortunes", "bible-kjv", "bible")
 
 
