@@ -123,8 +123,9 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     kind = kind_of(args.model)
     if kind is not None and kind != wanted:
         other = "prompt" if args.command == "image" else "image"
+        example = DEFAULT_MODELS["image" if args.command == "image" else "text"]
         raise UsageError(f"--model {args.model} is a {kind} model; `{args.command}` needs a {wanted} model "
-                         f"(use `dream {other}`, or e.g. --model {DEFAULT_MODELS['image' if args.command == 'image' else 'text']})")
+                         f"(use `dream {other}`, or e.g. --model {example})")
     try:
         device = check_device(args.device)
     except ModelLoadError as error:

@@ -90,15 +90,18 @@ def field_help(config: type[Config], field: str) -> str:
 
 
 def shown(value: Any) -> str:
-    """A default as `--help` writes it: numbers in %g, a pair as LOW,HIGH, text quoted when empty.
+    """A default as `--help` writes it: whole numbers in full, others in %g, a pair as LOW,HIGH, text quoted when
+    empty.
 
     Example:
-        >>> shown(30.0), shown((0.1, 30.0)), shown(""), shown("fp32")
-        ('30', '0.1,30', "''", 'fp32')
+        >>> shown(1_000_000), shown(30.0), shown((0.1, 30.0)), shown(""), shown("fp32")
+        ('1000000', '30', '0.1,30', "''", 'fp32')
     """
     if isinstance(value, bool) or value is None:
         return str(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
         return "%g" % value
     if isinstance(value, tuple):
         return ",".join(shown(v) for v in value)

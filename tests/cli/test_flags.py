@@ -119,3 +119,14 @@ def test_what_the_run_reads_is_on_both_commands_parsers():
     for command in ("image", "prompt"):
         args = parse([command, "--out", "x"])
         assert {"describe", "labels", "steer", "judge", "maxima", "seed"} <= set(vars(args)), command
+
+
+def test_sae_train_flags_default_to_the_sae_config(monkeypatch):
+    from dreamy.sae.config import SAETrainConfig
+
+    flags = actions("sae-train")
+    for flag, field in flag_fields(sae_train.CONFIG_FLAGS).items():
+        assert flags[f"--{flag}"].default == library_default(SAETrainConfig, field), flag
+    features = next(f for f in dataclasses.fields(SAETrainConfig) if f.name == "features")
+    monkeypatch.setattr(features, "default", 1024)
+    assert actions("sae-train")["--features"].default == 1024 and "(default 1024)" in actions("sae-train")["--features"].help
