@@ -8,7 +8,8 @@
     dream direction --positive FILE|DIR --negative FILE|DIR --site SITE --out FILE.pt [...]
 
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m. One module
-per subcommand (`cli.sites`, `cli.dream`, `cli.sae_train`, `cli.export`, `cli.direction`); flags in `cli.parser`. A bad command line is one
+per subcommand (`cli.sites`, `cli.image` and `cli.prompt` with `cli.dream`, `cli.sae_train`, `cli.export`, `cli.direction`),
+each building its own flags (`cli.parser` assembles them). A bad command line is one
 line on stderr and exit code 2, before any model loads where it can be known then. Ctrl-C or SIGTERM stops
 the run (exit 130, from the first moment `main` runs: the handler is set before anything heavy is imported);
 finished targets (`sae-train`: the last SAE checkpoint) are saved and `--resume` completes the rest. This package

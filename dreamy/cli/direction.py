@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamy.cli.arguments import UsageError, check_seed, positive
-
-DEFAULT_MODELS = {"text": "bundled:smollm2-135m", "image": "bundled:efficientnet-lite0"}
+from dreamy.cli.flags import DEFAULT_MODELS
 METHODS = ("logistic", "mean_diff", "pca")
 
 

@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
+from dreamy.cli import image, prompt
 from dreamy.cli.arguments import MAX_SEED, UsageError, check_resume_overwrite, check_seed
-from dreamy.cli.parser import DEFAULT_MODELS, REGULARIZER_FLAGS
+from dreamy.cli.flags import DEFAULT_MODELS
+from dreamy.cli.prompt import init_of
 from dreamy.core.config import Config, ConfigError
 from dreamy.targets import TargetError, expand
 
@@ -35,40 +37,10 @@ DEMO_TARGETS = ["logits:285", "logits:1", "logits:130", "logits:948", "_blocks.8
 MIN_IMAGE_SIDE = 16
 
 
-def init_of(args: argparse.Namespace) -> str:
-    """Where a prompt search starts: `--init`, else "mixed" when `--maxima` gives windows to start from, else "random".
-
-    Example:
-        >>> init_of(argparse.Namespace(init=None, maxima="fortunes")), init_of(argparse.Namespace(init=None, maxima=None))
-        ('mixed', 'random')
-    """
-    if args.init is not None:
-        return args.init
-    return "mixed" if args.maxima else "random"
-
-
 def config_of(args: argparse.Namespace) -> Config:
-    """The method config the flags of `dream image|prompt` ask for (`UsageError` for a value it refuses)."""
-    try:
-        if args.command == "image":
-            from dreamy.vision import DreamConfig
-
-            regularizers = {name: getattr(args, name) for name in REGULARIZER_FLAGS if getattr(args, name)}
-            return DreamConfig(steps=args.steps, param=args.param, lr=args.lr, n_per_target=args.per_target,
-                               diversity=args.diversity, regularizers=regularizers,
-                               image_size=(args.size, args.size) if args.size else None, seed=args.seed,
-                               precision=getattr(args, "precision", "fp32"))
-        from dreamy.language import EPOConfig, GCGConfig
-
-        common = {"n_tokens": args.tokens, "iters": args.iters, "children": args.children, "prefix": args.prefix,
-                  "suffix": args.suffix, "seed": args.seed, "init": init_of(args), "minutes": args.minutes,
-                  "plateau": args.plateau, **({} if args.topk is None else {"topk": args.topk})}
-        if args.method == "epo":
-            weights = {} if args.fluency_weight_range is None else {"fluency_weight_range": args.fluency_weight_range}
-            return EPOConfig(population=args.population, activation_slots=args.activation_slots, **weights, **common)
-        return GCGConfig(**common)
-    except ConfigError as error:
-        raise UsageError(str(error)) from error
+    """The method config the flags of `dream image|prompt` ask for (`UsageError` naming the flag for a value it
+    refuses): `cli.image.config_of` or `cli.prompt.config_of`."""
+    return (image if args.command == "image" else prompt).config_of(args)
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
@@ -99,7 +71,7 @@ def steer_config_of(args: argparse.Namespace) -> Any:
         >>> steer_config_of(args).scale, len(steer_config_of(args).prompts)
         (2.0, 2)
     """
-    if args.command != "prompt" or not getattr(args, "steer", False):
+    if not args.steer:
         return None
     from dreamy.steering import NEUTRAL_PROMPTS, SteerConfig
 
@@ -135,22 +107,23 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     kind = kind_of(args.model)
     if kind is not None and kind != wanted:
         other = "prompt" if args.command == "image" else "image"
+        example = DEFAULT_MODELS["image" if args.command == "image" else "text"]
         raise UsageError(f"--model {args.model} is a {kind} model; `{args.command}` needs a {wanted} model "
-                         f"(use `dream {other}`, or e.g. --model {DEFAULT_MODELS[args.command]})")
+                         f"(use `dream {other}`, or e.g. --model {example})")
     try:
         device = check_device(args.device)
     except ModelLoadError as error:
         raise UsageError(f"--device: {error}") from error
     check_seed(args.seed)
     check_resume_overwrite(args)
-    if args.command == "image" and getattr(args, "precision", "fp32") == "bf16" and device.type != "cuda":
+    if args.command == "image" and args.precision == "bf16" and device.type != "cuda":
         raise UsageError(f"--precision bf16 autocasts on CUDA only, not on --device {args.device}; drop it (fp32 is "
                          "the default) or use --device cuda")
     if args.command == "image" and args.size is not None and args.size < MIN_IMAGE_SIDE:
         raise UsageError(f"--size must be >= {MIN_IMAGE_SIDE} pixels, got {args.size}")
-    if getattr(args, "labels", False) and args.maxima is None:
+    if args.labels and args.maxima is None:
         raise UsageError("--labels searches labels on dataset windows: add --maxima DATASET (e.g. --maxima fortunes)")
-    for judge in getattr(args, "judge", []):
+    for judge in args.judge:
         if kind_of(judge) != "vision":
             what = f"a {kind_of(judge)} model" if kind_of(judge) else "not a known model name"
             raise UsageError(f"--judge {judge} is {what}; a judge is an image classifier, e.g. --judge bundled:efficientnet-lite1")

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from dreamy.cli.arguments import UsageError, add_corpus_flags, check_seed, positive
+from dreamy.cli.flags import DEFAULT_MODELS, add_config_flags
 
-DEFAULT_MODEL = "bundled:smollm2-135m"
+# SAETrainConfig fields with a flag (help here; default and type from the config)
+CONFIG_FLAGS = ["features", "k", "tokens", "batch_tokens", "lr", "window", "heldout_tokens", "seed"]
+DEFAULT_MODEL = DEFAULT_MODELS["text"]  # a language model: what an SAE is trained on
 CORPUS_NAMES = ("fortunes", "bible-kjv", "bible")
 
 
@@ -42,23 +45,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         >>> add_parser(argparse.ArgumentParser().add_subparsers()).prog.endswith("sae-train")
         True
     """
+    from dreamy.sae.config import SAETrainConfig
+
     cmd = subparsers.add_parser("sae-train", help="train a TopK sparse autoencoder on a language model's site")
     cmd.add_argument("--model", default=DEFAULT_MODEL, help="language model name (default: %(default)s)")
     cmd.add_argument("--site", required=True, help="site to read, e.g. model.layers.9 (see `dream sites MODEL`)")
     cmd.add_argument("--corpus", action="append", default=[], help="text corpus: fortunes, bible-kjv, a text file/folder, a table "
                      "(datasets folder, .jsonl, .parquet, .csv) or hf:NAME[:SPLIT]; repeat to combine")
     add_corpus_flags(cmd)
-    cmd.add_argument("--features", type=positive(int), default=4096, help="SAE latents (default %(default)s)")
-    cmd.add_argument("--k", type=positive(int), default=32, help="active latents per token (default %(default)s)")
-    cmd.add_argument("--tokens", type=positive(int), default=1_000_000, help="training tokens (default %(default)s)")
+    library = SAETrainConfig()
+    whole = {"type": positive(int)}
+    add_config_flags(cmd, SAETrainConfig, CONFIG_FLAGS, options={
+        "features": {**whole, "help": "SAE latents"}, "k": {**whole, "help": "active latents per token"},
+        "tokens": {**whole, "help": "training tokens"}, "batch-tokens": {**whole, "help": "tokens per step"},
+        "lr": {"type": positive(float), "help": f"Adam learning rate (default: {library.lr_or_default:g} at "
+                                                f"{library.features} features, scaled by 1/sqrt(features/{library.features}))"},
+        "window": {**whole, "help": "tokens per text window"},
+        "heldout-tokens": {**whole, "help": "tokens held out of training for the figures"},
+        "seed": {"type": int, "help": "seed of the windows and the initialization"}})
     cmd.add_argument("--out", required=True, help="output folder (SAELens layout + metrics.json + checkpoint.pt)")
     cmd.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    cmd.add_argument("--seed", type=int, default=0)
-    cmd.add_argument("--batch-tokens", type=positive(int), default=2048, help="tokens per step (default %(default)s)")
-    cmd.add_argument("--lr", type=positive(float), default=None, help="Adam learning rate (default: 2e-3 at 4096 features)")
-    cmd.add_argument("--window", type=positive(int), default=64, help="tokens per text window (default %(default)s)")
-    cmd.add_argument("--heldout-tokens", type=positive(int), default=8192,
-                     help="tokens held out of training for the figures (default %(default)s)")
     cmd.add_argument("--device", default="cpu")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     return cmd

@@ -3,7 +3,7 @@ or with `--names transformerlens` the TransformerLens hook names it gives (`drea
 
 Example:
     >>> import argparse
-    >>> run(argparse.Namespace(model="tiny:cnn", device="cpu"))  # doctest: +ELLIPSIS
+    >>> run(argparse.Namespace(model="tiny:cnn", device="cpu", names="modules"))  # doctest: +ELLIPSIS
     conv1 ...
     0
     >>> run(argparse.Namespace(model="tiny:lm", device="cpu", names="transformerlens"))  # doctest: +ELLIPSIS
@@ -16,10 +16,28 @@ Example:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from dreamy.cli.arguments import UsageError
+from dreamy.cli.flags import DEFAULT_MODELS
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `sites` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`); returns it.
+
+    Example:
+        >>> add_parser(argparse.ArgumentParser().add_subparsers()).prog.endswith("sites")
+        True
+    """
+    cmd = subparsers.add_parser("sites", help="list a model's sites with their output shapes")
+    cmd.add_argument("model", nargs="?", default=DEFAULT_MODELS["image"])
+    cmd.add_argument("--device", default="cpu")
+    cmd.add_argument("--names", default="modules", choices=["modules", "transformerlens"],
+                     help="module paths (default), or the TransformerLens hook names a Llama-, Gemma-3-, GPT-2- or "
+                          "GPT-NeoX-style language model gives (blocks.L.hook_resid_post, ...)")
+    return cmd
 
 
 def _notes(name: str, shape: tuple[int, ...], heads: int | None) -> str:
@@ -36,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from dreamy.models import load
     from dreamy.targets import list_sites
 
-    names = getattr(args, "names", "modules")
     loaded = load(args.model, args.device)
-    if names == "transformerlens":
+    if args.names == "transformerlens":
         from dreamy.targets.dialects import family_of, list_sites_by_name, reading
         from dreamy.targets.spec import Site
 

@@ -43,6 +43,15 @@ class PromptConfig(Config):
 
     kind: ClassVar[str] = "prompt"
     renamed: ClassVar[Mapping[str, str]] = RENAMED
+    # what each field means, in a line (the command line's --help reads it)
+    field_help: ClassVar[Mapping[str, str]] = {
+        "n_tokens": "prompt length in tokens", "iters": "search iterations",
+        "children": "children per parent per iteration (EPO: per member)",
+        "topk": "replacement tokens drawn from per position", "prefix": "fixed text before the prompt",
+        "suffix": "fixed text after the prompt", "seed": "seed of every random draw",
+        "minutes": "wall-clock budget per search (a packed batch of targets shares it); a search that reaches it "
+                   "stops and says so",
+        "plateau": "stop a search once no target's frontier has moved for this many iterations"}
 
     n_tokens: int = 12
     iters: int = 100
@@ -103,6 +112,12 @@ class EPOConfig(PromptConfig):
         >>> EPOConfig(population=4, activation_slots=2).n_activation_slots
         2
     """
+
+    field_help: ClassVar[Mapping[str, str]] = {
+        "population": "EPO slots",
+        "activation_slots": "EPO slots with fluency weight 0 (by default one, none for a population of one), "
+                            "holding the frontier's high-activation end",
+        "fluency_weight_range": "EPO's fluency weights of the other slots, spread log-uniformly over LOW..HIGH"}
 
     n_tokens: int = 12
     children: int = 32

@@ -46,6 +46,13 @@ class DreamConfig(Config):
     """
 
     kind: ClassVar[str] = "image"
+    # what each field means, in a line (the command line's --help reads it)
+    field_help: ClassVar[Mapping[str, str]] = {
+        "param": "how the image is parametrized", "steps": "optimizer steps", "lr": "Adam's learning rate",
+        "image_size": "the dream's height and width in pixels (by default the model's input size)",
+        "n_per_target": "images per target", "diversity": "weight of the diversity term among a target's images",
+        "seed": "seed of every random draw",
+        "precision": "fp32, or bf16: each step under a bfloat16 autocast, CUDA only"}
 
     param: Any = "fourier"
     steps: int = 256
