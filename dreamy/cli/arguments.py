@@ -102,7 +102,7 @@ def check_seed(seed: int) -> None:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
 
 
-def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+def add_corpus_flags(parser: argparse.ArgumentParser, *, budget: bool = True) -> None:
     """Add `--text-column` and `--max-tokens` to a subcommand that takes a text corpus: the column of a table corpus
     (a `datasets` folder, .jsonl, .parquet, .csv or hf:NAME[:SPLIT]) that holds the text, and a budget of tokens
     (counted with the model's tokenizer) the corpus is cut to; `dreamy.datasets.open_text` and `token_stream` take
@@ -117,6 +117,8 @@ def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default="text", metavar="COLUMN",
                         help="the column holding the text in a table corpus (a datasets folder, .jsonl, .parquet, "
                              ".csv or hf:NAME[:SPLIT]) (default %(default)s)")
+    if not budget:  # a command that cannot cut the corpus by tokens before its model loads
+        return
     parser.add_argument("--max-tokens", type=positive(int), default=None, metavar="N",
                         help="use only the corpus' first N tokens (counted with the model's tokenizer; a hub dataset "
                              "streams no further); default: all of it")

@@ -94,7 +94,7 @@ def _check_dataset(args: argparse.Namespace) -> None:
         if args.command == "image":
             open_images(args.maxima, limit=1)
         else:
-            open_text(args.maxima, max_words=1)
+            open_text(args.maxima, max_words=1, text_column=args.text_column)
     except DatasetError as error:
         raise UsageError(f"--maxima: {str(error).splitlines()[0]}") from error
 
@@ -136,7 +136,7 @@ def _load_judges(args: argparse.Namespace, loaded: Any, device: torch.device) ->
     from dreamy.models import load
     from dreamy.vision.judges import JudgeError, check_judge
 
-    judges = [load(name, device) for name in dict.fromkeys(getattr(args, "judge", []))]
+    judges = [load(name, device) for name in dict.fromkeys(args.judge)]
     for judge in judges:
         try:
             check_judge(judge, len(loaded.class_names) if loaded.class_names else None)
@@ -166,11 +166,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_of(args)
     steering = steer_config_of(args)
     out = Path(args.out)
-    seeded = args.command == "prompt" and args.maxima is not None
+    maxima = args.maxima
+    if args.command == "prompt" and maxima is not None and args.text_column != "text":
+        from dreamy.datasets import open_text
+
+        maxima = open_text(maxima, text_column=args.text_column)  # a table's other column (checked above)
+    seeded = args.command == "prompt" and maxima is not None
     options = RunOptions(out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
-                         batch_targets=args.batch_targets, describe=getattr(args, "describe", True),
+                         batch_targets=args.batch_targets, describe=args.describe,
+                         describe_later=args.maxima is not None,  # the enrich pass below describes over the maxima
                          use_ray=args.ray is not None, ray_address=args.ray or None, workers=args.workers,
-                         progress=not args.quiet, maxima=MaximaScan(args.maxima) if seeded else None)
+                         progress=not args.quiet, maxima=MaximaScan(maxima) if seeded else None)
     try:
         claimed = claim(args.model, config, options)
     except ValueError as error:  # OutDirError too
@@ -189,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"dream: {prepared.choice.summary()}", file=sys.stderr)
             judges = _load_judges(args, loaded, device)
             records = execute(prepared)
-            enrich(out, loaded, EnrichSteps(maxima=MaximaStep(args.maxima), describe=getattr(args, "describe", True),
-                                            labels=LabelStep(args.maxima) if getattr(args, "labels", False) else None,
+            enrich(out, loaded, EnrichSteps(maxima=MaximaStep(maxima), describe=args.describe,
+                                            labels=LabelStep(maxima) if args.labels else None,
                                             judges=tuple(judges), steering=steering, progress=not args.quiet))
     except OutDirError as error:
         raise UsageError(str(error)) from error

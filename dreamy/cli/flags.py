@@ -223,5 +223,5 @@ def add_run_flags(parser: argparse.ArgumentParser, kind: str) -> None:
                              "else 2)")
     parser.add_argument("--maxima", default=None, metavar="DATASET",
                         help="also find dataset maxima (images: photos, fashion-mnist, a folder; text: fortunes, "
-                             "bible-kjv, a file)")
+                             "bible-kjv, a file, a table: a datasets folder, .jsonl, .parquet or .csv, or hf:NAME[:SPLIT])")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dreamy.cli.arguments import non_negative, positive
+from dreamy.cli.arguments import add_corpus_flags, non_negative, positive
 from dreamy.cli.flags import CLI_DEFAULTS, add_config_flags, add_run_flags, config_from_flags, library_default
 
 # EPOConfig / GCGConfig fields with a flag ("flag=field" where the flag is named otherwise); --init is a flag of
@@ -60,9 +60,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cmd.add_argument("--init", default=None, choices=["random", "maxima", "mixed"],
                      help="where the search starts: random tokens, the target's --maxima windows of the prompt's length "
                           "(one per member), or those for half the members and random tokens for the rest (default: "
-                          "mixed with --maxima, random without; benchmarks/prompt_vs_maxima: from random tokens 0 of 4 "
-                          "targets beat the corpus at matched length in 30 iterations, seeded 4 of 4; mixed at the "
-                          "defaults 23 of 24)")
+                          "mixed with --maxima, random without)")
+    add_corpus_flags(cmd, budget=False)
     cmd.add_argument("--labels", action="store_true",
                      help="also search a one-token label per target (token-space gradient descent with the model "
                           "as the judge, on windows of the --maxima corpus) and show it with its held-out accuracy")

@@ -287,7 +287,7 @@ def _dream(prepared: PreparedRun, writer: _Writer) -> None:
     with stepping.progress(len(todo), f"{config.kind} batches{prepared.shown}", enabled=options.progress) as bar:
         for k, part in todo:
             writer.write(batch.dream_batch(loaded, part, batch_config(config, k), progress=options.progress,
-                                           describe=options.describe, starts=starts, limit=limit,
+                                           describe=options.describe_now, starts=starts, limit=limit,
                                            model_checked=True))
             if options.on_batch:
                 options.on_batch(None, k)

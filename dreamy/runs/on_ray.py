@@ -138,7 +138,7 @@ def run_on_ray(prepared: PreparedRun, todo: list[tuple[int, list[str]]], writer:
         if queue and worker in alive:
             k, specs = queue.pop(0)
             mine = {spec: starts[spec] for spec in specs} if starts else None
-            running[runner.workers[worker].run.remote(specs, batch_config(config, k), options.describe, mine)] = \
+            running[runner.workers[worker].run.remote(specs, batch_config(config, k), options.describe_now, mine)] = \
                 (worker, k, specs)
 
     for worker in sorted(alive):

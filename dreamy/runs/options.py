@@ -13,7 +13,7 @@ Example:
     >>> RunOptions.build(batch_target=4)
     Traceback (most recent call last):
     ...
-    dreamy.core.config.ConfigError: unknown RunOptions setting 'batch_target'; did you mean 'batch_targets'? (RunOptions settings: out_dir, resume, overwrite, batch_targets, describe, use_ray, ray_address, workers, progress, on_batch, maxima)
+    dreamy.core.config.ConfigError: unknown RunOptions setting 'batch_target'; did you mean 'batch_targets'? (RunOptions settings: out_dir, resume, overwrite, batch_targets, describe, describe_later, use_ray, ray_address, workers, progress, on_batch, maxima)
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ class RunOptions(Config):
     `out_dir` needs `resume` (the same run only) or `overwrite`. `batch_targets` targets share one packed
     optimization ("auto": as many as the device's free memory holds, `runs.sizing.auto_pack`). `use_ray` (or a
     `ray_address`) shards the batches over `workers` Ray actors (None: one per GPU on CUDA, else 2).
-    `describe=False` skips the output-side descriptions of prompt records. `on_batch(runner, k)` is called after
+    `describe=False` skips the output-side descriptions of prompt records; `describe_later` leaves them to the
+    `runs.enrich.enrich` pass that follows the run (it describes every finished prompt record that has none, over
+    the maxima windows it attaches), so a run with `--maxima` describes each record once. `on_batch(runner, k)` is called after
     batch k is written (tests, monitoring). `maxima` is the corpus scan a seeded prompt search needs.
 
     Example:
@@ -82,6 +84,7 @@ class RunOptions(Config):
     overwrite: bool = False
     batch_targets: int | str = 8
     describe: bool = True
+    describe_later: bool = False
     use_ray: bool = False
     ray_address: str | None = None
     workers: int | None = None
@@ -95,7 +98,7 @@ class RunOptions(Config):
         `MaximaScan`."""
         if self.out_dir is not None and str(self.out_dir).strip() == "":
             raise ConfigError("--out is empty (out_dir=''); name an output folder, e.g. --out dreams/")
-        for name in ("resume", "overwrite", "describe", "use_ray", "progress"):
+        for name in ("resume", "overwrite", "describe", "describe_later", "use_ray", "progress"):
             check_bool(self, name)
         if self.batch_targets != "auto":
             if not isinstance(self.batch_targets, int) or isinstance(self.batch_targets, bool):
@@ -107,6 +110,16 @@ class RunOptions(Config):
         if self.maxima is not None and not isinstance(self.maxima, MaximaScan):
             raise ConfigError(f"RunOptions.maxima must be a MaximaScan, e.g. MaximaScan('fortunes'), got "
                               f"{self.maxima!r}")
+
+    @property
+    def describe_now(self) -> bool:
+        """Whether the batches describe their prompt records themselves (`describe`, and not `describe_later`).
+
+        Example:
+            >>> RunOptions().describe_now, RunOptions(describe_later=True).describe_now
+            (True, False)
+        """
+        return self.describe and not self.describe_later
 
     @property
     def on_ray(self) -> bool:
