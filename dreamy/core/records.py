@@ -57,6 +57,7 @@ class MaximaItem(TypedDict, total=False):
     token_ids: list[int]
     token_activations: list[float]
     xentropy: float
+    classes: list[int]  # images: the ImageNet classes its photo shows (`datasets.images.image_classes`); absent: unlabelled set
 
 
 class Description(TypedDict, total=False):

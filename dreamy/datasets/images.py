@@ -32,6 +32,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
                   "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
                   "cell", "stereo_motorcycle")  # skimage.data.cat() is chelsea again
+PHOTO_CLASSES: dict[str, tuple[int, ...]] = {  # ImageNet classes clearly shown in each bundled photo (by eye)
+    "skimage astronaut": (812,),  # the space shuttle model
+    "skimage camera": (872,),  # tripod
+    "skimage chelsea": (281, 282, 285),  # tabby, tiger cat, Egyptian cat
+    "skimage clock": (892,),  # wall clock
+    "skimage coffee": (967, 968),  # espresso, cup
+    "sklearn china": (698, 975),  # palace, lakeside
+}  # every other photo shows no ImageNet class clearly (textures, micrographs, text, a dahlia, a motorbike)
 IMAGE_SETS = ("photos", "fashion-mnist", "fashion-mnist:train", "fashion-mnist:all", "folder:PATH")
 
 
@@ -163,6 +171,33 @@ def sample_photos() -> ImageSet:
         return f"{label} {crop}" if crop == "full" else f"{label} {crop} ({left},{top},{side}px)"
 
     return ImageSet("photos", len(entries), image_at, source_at)
+
+
+def image_classes(dataset: str, source: str) -> tuple[int, ...] | None:
+    """The ImageNet classes that image `source` (an `ImageSet.source`) of set `dataset` clearly shows, from
+    `PHOTO_CLASSES`: a tuple, empty when it shows none, for the sample photos (also a `photos[:N]` subset);
+    None for a set that does not label its images with ImageNet classes (Fashion-MNIST, folders).
+
+    Example:
+        >>> image_classes("photos", "skimage coffee half r1c1 (120,100,200px)"), image_classes("photos", "skimage moon full")
+        ((967, 968), ())
+    """
+    if dataset != "photos" and not dataset.startswith("photos[:"):
+        return None
+    return next((classes for photo, classes in PHOTO_CLASSES.items() if source.startswith(photo + " ")), ())
+
+
+def set_classes(dataset: str) -> frozenset[int] | None:
+    """Every ImageNet class that some image of set `dataset` shows (see `image_classes`); None for a set that does
+    not label its images with ImageNet classes.
+
+    Example:
+        >>> 285 in set_classes("photos"), 1 in set_classes("photos"), set_classes("fashion-mnist")
+        (True, False, None)
+    """
+    if image_classes(dataset, "") is None:
+        return None
+    return frozenset(c for classes in PHOTO_CLASSES.values() for c in classes)
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import Tensor
 from dreamy.core.files import fingerprint, safe_name
 from dreamy.core.frozen import frozen
 from dreamy.datasets import ImageSet, open_images
+from dreamy.datasets.images import image_classes
 from dreamy.maxima.records import Example, Maxima, MaximaResults, canonical_target, default_cache_dir, entry_dir, load_cached_maxima, save_maxima
 from dreamy.maxima.topk import scan, summarize
 from dreamy.models import LoadedModel
@@ -110,6 +111,24 @@ def image_maxima(
             save_maxima(maxima, cache)
         found[target] = maxima
     return MaximaResults({canonical_target(t): found[canonical_target(t)] for t in targets})
+
+
+def label_classes(items: list[dict[str, Any]], dataset: str, loaded: LoadedModel) -> list[dict[str, Any]]:
+    """Give each gallery item (`Maxima.gallery_items`) of image set `dataset` its `classes`: the ImageNet classes
+    its photo shows, when the set labels them and `loaded` is a 1000-class (ImageNet) classifier; else unchanged.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> label_classes([{"label": "skimage coffee full"}], "photos", load("tiny:cnn"))  # 10 classes: not ImageNet
+        [{'label': 'skimage coffee full'}]
+    """
+    if len(loaded.class_names or ()) != 1000:
+        return items
+    for item in items:
+        classes = image_classes(dataset, str(item.get("label", "")))
+        if classes is not None:
+            item["classes"] = list(classes)
+    return items
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from dreamy.core.records import record_kind
+from dreamy.datasets.images import set_classes
+from dreamy.models.loading import imagenet_class_names
 from dreamy.report.html import anchor, esc, figure, fmt
 from dreamy.targets import Neuron, TargetError, class_index, parse
 
@@ -115,18 +117,52 @@ def comparison(record: dict[str, Any]) -> str:
     """' · dream / best dataset example = r' when an image record has both numbers (the page never shows it on a
     prompt card: a prompt's `maxima` are longer context windows, its card states the verdict at matched length).
 
+    A class dream (`logits:N`) whose maxima carry `classes` (a set that labels its images) is compared only with
+    the best example showing class N; when none does, the card says so in place of the ratio. A class dream whose
+    set is unlabelled keeps the plain comparison and says the set is unlabelled for classes.
+
     Example:
         >>> "dream 3 vs best dataset example 2 (1.5x)" in comparison({"activation": 3.0, "maxima": [{"activation": 2.0}]})
+        True
+        >>> "hold no goldfish" in comparison({"target": "logits:1", "activation": 3.0,
+        ...                                   "maxima": [{"activation": 2.0, "classes": [967]}]})
         True
     """
     maxima = record.get("maxima") or []
     dream = record.get("activation")
     if not maxima or not isinstance(dream, (int, float)):
         return ""
+    index = _class_of(record.get("target", ""))
+    labelled = index is not None and all("classes" in m for m in maxima)
+    if labelled:
+        name = _class_name(int(index))
+        showing = [m for m in maxima if index in m["classes"]]
+        if not showing:
+            held = set_classes(str(record.get("maxima_dataset", "photos")))
+            why = (f"none of these crops shows {name}" if held and index in held
+                   else f"the photos hold no {name}")
+            return (f' · <span>{esc(why)}: the crops shown are the most activating, not examples '
+                    'of the class</span>')
+        maxima = showing
     best = max(m["activation"] for m in maxima)
     verdict = "beats" if dream > best else "short"
     ratio = f" ({dream / best:.2g}x)" if best > 0 else ""
-    return f' · <span class="{verdict}">dream {fmt(dream)} vs best dataset example {fmt(best)}{ratio}</span>'
+    example = f"best crop of a photo with {esc(_class_name(int(index)))}" if labelled else "best dataset example"
+    note = " · set unlabelled for classes" if index is not None and not labelled else ""
+    return f' · <span class="{verdict}">dream {fmt(dream)} vs {example} {fmt(best)}{ratio}</span>{note}'
+
+
+def _class_of(spec: Any) -> int | None:
+    try:
+        return class_index(str(spec))
+    except TargetError:
+        return None
+
+
+def _class_name(index: int) -> str:
+    """The ImageNet name of class `index` (labelled maxima are ImageNet classes), else 'class N'."""
+    names = imagenet_class_names()
+    return names[index] if 0 <= index < len(names) else f"class {index}"
 
 
 def judge_verdicts(record: dict[str, Any]) -> str:

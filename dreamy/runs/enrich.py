@@ -190,6 +190,7 @@ def maxima_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], step: Maxi
         ['photos[:4]']
     """
     from dreamy import maxima
+    from dreamy.maxima.images import label_classes
 
     kind = record_kind(run) or ("image" if loaded.kind == "vision" else "prompt")
     layout = prompt_layout(run)
@@ -220,6 +221,8 @@ def maxima_of(loaded: LoadedModel, records: Sequence[dict[str, Any]], step: Maxi
         if entry is None or "error" in record:
             continue
         items = entry.gallery_items()
+        if kind == "image":
+            items = label_classes(items, entry.dataset, loaded)
         for j, item in enumerate(items):
             if "image" in item:
                 name = f"maxima/{safe_name(record['target'])}_{j}.png"

@@ -149,3 +149,18 @@ def test_a_file_corpus_is_named_by_its_path_and_text(tmp_path):
     first = open_text(str(path)).name
     path.write_text("alpha gamma")
     assert first.startswith(f"file:{path}#") and open_text(str(path)).name != first  # an edit is another corpus
+
+
+def test_the_photos_carry_the_imagenet_classes_they_show_and_other_sets_none(tmp_path):
+    from dreamy.datasets.images import PHOTO_CLASSES, image_classes, set_classes
+
+    photos = open_images("photos")
+    sources = [photos.source(i) for i in range(len(photos))]
+    assert all(any(s.startswith(photo + " ") for s in sources) for photo in PHOTO_CLASSES)  # no stale photo name
+    chelsea = [s for s in sources if s.startswith("skimage chelsea ")]
+    assert len(chelsea) == 10 and all(285 in image_classes("photos", s) for s in chelsea)
+    assert image_classes("photos[:20]", "skimage coffee half r0c0 (0,0,200px)") == (967, 968)
+    assert image_classes("photos", "skimage moon full") == ()
+    assert 1 not in set_classes("photos") and 948 not in set_classes("photos")  # no goldfish, no Granny Smith
+    assert image_classes("fashion-mnist", "fashion-mnist test #0 (Ankle boot)") is None
+    assert image_classes(f"folder:{tmp_path}", "a.png") is None and set_classes("fashion-mnist:train") is None

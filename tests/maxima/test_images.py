@@ -63,3 +63,18 @@ def test_cached_entries_are_reused_until_refresh_or_a_larger_k(tiny_cnn, tmp_pat
 def test_a_language_model_is_refused_with_a_clear_error(tiny_lm):
     with pytest.raises(ValueError, match="vision model"):
         image_maxima(tiny_lm, ["model.layers.0.mlp.down_proj:1"], "photos", cache_dir=None)
+
+
+def test_maxima_items_of_the_photos_carry_their_classes_for_an_imagenet_classifier_only(tiny_cnn, tmp_path):
+    import dataclasses
+
+    from dreamy.runs.enrich import MaximaStep, maxima_of
+
+    imagenet_like = dataclasses.replace(tiny_cnn, class_names=[f"c{i}" for i in range(1000)])
+    step = MaximaStep("photos", {"k": 12, "cache_dir": tmp_path / "cache"})
+    records = [{"kind": "image", "target": "head:3"}]
+    items = maxima_of(imagenet_like, records, step, tmp_path / "a", {"kind": "image"}, progress=False)[0]["maxima"]
+    assert all(isinstance(item["classes"], list) for item in items)
+    assert all((285 in item["classes"]) == item["label"].startswith("skimage chelsea ") for item in items)
+    plain = maxima_of(tiny_cnn, records, step, tmp_path / "b", {"kind": "image"}, progress=False)[0]["maxima"]
+    assert not any("classes" in item for item in plain)  # a 10-class model's classes are not ImageNet's

@@ -180,3 +180,35 @@ def test_long_prompts_and_tokens_wrap_inside_their_card():
     assert ".tok{font-family:monospace;white-space:pre-wrap;overflow-wrap:anywhere" in page
     target_rule = page[page.index(".target{"):]
     assert "overflow-x:auto" in target_rule[:target_rule.index("}")]
+
+
+def _class_card(target, maxima):
+    return render_index([{"kind": "image", "target": target, "activation": 3.0, "images": ["a.png"],
+                          "maxima": maxima, "maxima_dataset": "photos"}])
+
+
+def test_a_class_dream_on_photos_that_hold_no_such_class_says_so_in_place_of_the_ratio():
+    page = _class_card("logits:1", [{"image": "m0.png", "activation": 2.0, "label": "skimage coffee full", "classes": [967, 968]},
+                                    {"image": "m1.png", "activation": 1.0, "label": "skimage moon full", "classes": []}])
+    assert "the photos hold no goldfish: the crops shown are the most activating, not examples of the class" in page
+    assert "vs best" not in page and "x)</span>" not in page
+
+
+def test_a_cat_dream_is_compared_with_the_best_crop_of_a_cat_photo_only():
+    page = _class_card("logits:285", [{"image": "m0.png", "activation": 9.0, "label": "skimage coffee full", "classes": [967, 968]},
+                                      {"image": "m1.png", "activation": 2.0, "label": "skimage chelsea half r1c1", "classes": [281, 282, 285]},
+                                      {"image": "m2.png", "activation": 1.0, "label": "skimage chelsea full", "classes": [281, 282, 285]}])
+    assert 'class="beats">dream 3 vs best crop of a photo with Egyptian cat 2 (1.5x)' in page
+    assert "vs best dataset example 9" not in page
+
+
+def test_a_class_the_photos_hold_but_no_shown_crop_shows_is_not_called_absent():
+    page = _class_card("logits:285", [{"image": "m0.png", "activation": 9.0, "label": "skimage coffee full", "classes": [967]}])
+    assert "none of these crops shows Egyptian cat" in page and "hold no" not in page
+
+
+def test_an_unlabelled_set_keeps_the_comparison_and_says_it_is_unlabelled_but_channels_do_not():
+    maxima = [{"image": "m.png", "activation": 2.0, "label": "fashion-mnist test #0 (Ankle boot)"}]
+    page = _class_card("logits:1", maxima)
+    assert 'dream 3 vs best dataset example 2 (1.5x)</span> · set unlabelled for classes' in page
+    assert "unlabelled" not in _class_card("conv3:0", maxima)
