@@ -48,6 +48,7 @@ demo: $(STAMP)
 	@echo "open demo-gallery/index.html"
 
 test: $(STAMP)
+	$(PY) -m ruff check dreamy tests benchmarks
 	$(PY) -m pytest -q -p no:cacheprovider
 
 benchmarks: $(STAMP)

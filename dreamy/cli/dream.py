@@ -28,7 +28,6 @@ import torch
 from dreamy.cli import image, prompt
 from dreamy.cli.arguments import MAX_SEED, UsageError, check_resume_overwrite, check_seed
 from dreamy.cli.flags import DEFAULT_MODELS
-from dreamy.cli.prompt import init_of
 from dreamy.core.config import Config, ConfigError
 from dreamy.targets import TargetError, expand
 

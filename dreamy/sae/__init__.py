@@ -9,13 +9,11 @@ SAELens folder layout, measure it, and describe what a feature does to the outpu
 A folder written here is a target unit too: `model.layers.9:sae=sae-l9#12`.
 
 Example:
-    >>> import tempfile
+    >>> import tempfile, torch
     >>> sae = SAE.initialized(8, 16, 4, generator=torch.Generator().manual_seed(0))
     >>> load(save(sae, tempfile.mkdtemp())).d_sae
     16
 """
-
-import torch
 
 from dreamy.sae.config import SAETrainConfig
 from dreamy.sae.describe import OutputTokens, TokenScore, output_direction, token_change, vocab_projection

@@ -8,6 +8,8 @@ from PIL import Image
 
 from dreamy import cli
 from dreamy.directions import site_features
+import subprocess
+import sys
 
 GOOD = ["I loved it.", "What a joy.", "Great fun.", "So good.", "Very nice.", "A delight.", "Truly great.", "Wonderful."]
 BAD = ["I hated it.", "What a bore.", "Awful mess.", "So bad.", "Very vile.", "A disaster.", "Truly awful.", "Dreadful."]
@@ -99,8 +101,6 @@ def test_bad_arguments_are_one_line_and_exit_2(texts, tmp_path, capsys, extra, m
 
 # ---- issue 41: nothing of a user's is overwritten ----------------------------------------------------------
 
-import subprocess
-import sys
 
 DREAM = [sys.executable, "-m", "dreamy"]
 

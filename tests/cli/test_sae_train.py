@@ -8,6 +8,12 @@ import torch
 from dreamy import cli
 from dreamy.sae import load
 from dreamy.targets import Probe
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 TEXT = " ".join(f"The cat {i} sat on the mat and the dog ran in park {i % 7}." for i in range(150))
 
@@ -77,12 +83,6 @@ def test_an_existing_run_needs_resume(corpus, tmp_path, capsys):
 
 # ---- issue 19: checked before training, never a NaN model, one line for every bad input ---------------------
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 DREAM = [sys.executable, "-m", "dreamy"]
 

@@ -15,6 +15,8 @@ from dreamy.sae import save
 from dreamy.sae.neuronpedia import DREAMED, neuronpedia_sources, write_neuronpedia
 from dreamy.targets import Probe
 from tests.sae.helpers import small_sae
+import subprocess
+import sys
 
 CORPUS = TextCorpus("toy", " ".join(f"the cat {i % 7} sat on mat {i % 5}, and so on." for i in range(300)))
 NEURON = "model.layers.1.mlp.down_proj@in:5"
@@ -193,8 +195,6 @@ def test_dream_export_writes_the_folder_and_refuses_what_it_cannot_read(tiny_lm,
 
 # ---- issue 41: one export folder never holds two runs; a run still writing is not exported ------------------
 
-import subprocess
-import sys
 
 DREAM = [sys.executable, "-m", "dreamy"]
 

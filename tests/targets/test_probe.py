@@ -420,7 +420,7 @@ def ids():
 def test_many_neurons_of_one_site_score_as_each_alone(llama, ids):
     site = "model.layers.1.mlp.down_proj@in"
     specs = [f"{site}:{i}" for i in (5, 0, 63, 5, 17)] + [f"{site}:3/mean", f"{site}:9/max", f"{site}:2/pos=1",
-                                                          f"model.layers.0:4", site]
+                                                          "model.layers.0:4", site]
     result = _assert_many_equal_one_at_a_time(llama, specs, input_ids=ids, sequence_reduce="pos=-1")
     down_in = result.activations[site]
     torch.testing.assert_close(result.scores[:, 2], down_in[:, -1, 63])
