@@ -475,6 +475,26 @@ class SiteInfo:
     basis: str | None = None
 
 
+def placed_like(x: Tensor, tensors: dict[str, Tensor | None], placed: dict[tuple, dict[str, Tensor | None]]
+                ) -> dict[str, Tensor | None]:
+    """`tensors` on `x`'s device and dtype (`"columns"`, an index tensor, on its device only), made once per device
+    and dtype and kept in `placed`, so a scorer called every step copies nothing.
+
+    Example:
+        >>> placed = {}
+        >>> out = placed_like(torch.zeros(2, dtype=torch.float64), {"w": torch.ones(3), "columns": torch.arange(2)}, placed)
+        >>> out["w"].dtype, out["columns"].dtype, len(placed)
+        (torch.float64, torch.int64, 1)
+    """
+    key = (x.device, x.dtype)
+    if key not in placed:
+        with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
+            placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
+                           for name, t in tensors.items()}
+    return placed[key]
+
+
+
 class FeatureEncoder:
     """Latents `indices` of one SAE as a function of the site's activation: `[..., width] -> [..., n]`, one encode
     for all of them (one matmul; a TopK SAE's full pre-activation, since its top k is chosen among every latent).
@@ -516,12 +536,7 @@ class FeatureEncoder:
 
     def _on(self, x: Tensor) -> dict[str, Tensor | None]:
         """The tensors on `x`'s device and dtype, made once per device and dtype (not copied at every call)."""
-        key = (x.device, x.dtype)
-        if key not in self._placed:
-            with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
-                self._placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
-                                     for name, t in self._tensors.items()}
-        return self._placed[key]
+        return placed_like(x, self._tensors, self._placed)
 
     def _input(self, x: Tensor, site: str, info: SiteInfo | None) -> Tensor:
         size = x.shape[-1]

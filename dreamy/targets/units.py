@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from dreamy.targets.errors import TargetError
-from dreamy.targets.saelens import FeatureEncoder, SAEWeights, SiteInfo, features_encoder, is_sae_folder, read_sae_folder
+from dreamy.targets.saelens import (FeatureEncoder, SAEWeights, SiteInfo, features_encoder, is_sae_folder, placed_like,
+                                    read_sae_folder)
 
 _SAFE_PATH = re.compile(r"^[\w./~]+$")
 _REDUCE_SUFFIX = re.compile(r"/(mean|max|sum|center|pos=-?\d+)$")
@@ -387,12 +388,7 @@ class UnitGroup:
         self._plans: dict[tuple, tuple] = {}
 
     def _on(self, x: Tensor) -> dict[str, Tensor | None]:
-        key = (x.device, x.dtype)
-        if key not in self._placed:
-            with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
-                self._placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
-                                     for name, t in self._tensors.items()}
-        return self._placed[key]
+        return placed_like(x, self._tensors, self._placed)
 
     def project(self, features_last: Tensor, site: str, info: SiteInfo | None = None) -> Tensor:
         """The group's units read off `features_last` (`[..., D]`), `[..., n]`; `site` names the site in errors."""
