@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dreamy.cli import direction, export, sae_train
+from dreamy.cli import dashboard, direction, export, sae_train
 from dreamy.cli.arguments import UsageError, non_negative, pack_size, positive, weight_range
 
 DEFAULT_MODELS = {"image": "bundled:efficientnet-lite0", "prompt": "bundled:smollm2-135m"}
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sae_train.add_parser(sub)
     export.add_parser(sub)
     direction.add_parser(sub)
+    dashboard.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""`dream dashboard`: one scan for every feature of an SAE, records and gallery written, resumable."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dreamy.cli import main
+from dreamy.datasets import TextCorpus
+from dreamy.maxima import text_maxima
+from dreamy.maxima.records import canonical_target
+
+DREAM = [sys.executable, "-m", "dreamy"]
+SITE = "model.layers.1.mlp.down_proj"
+TEXT = ("The cat sat on the mat. The dog ran in the park and the bird sang in the tree. "
+        "Paris is the capital of France. Rome is in Italy. The sun is hot and the moon is bright. ") * 3
+
+
+def _sae_with_dead_features(tmp_path):
+    """A tiny SAE of 8 features on the residual width of tiny:lm; features 6 and 7 can never fire (b_enc -1e6)."""
+    from dreamy.sae.files import save
+    from dreamy.sae.model import SAE
+    from tests.sae.helpers import small_sae
+
+    weights = small_sae("relu", d_in=64, d_sae=8, seed=5).weights()
+    weights.b_enc[6:] = -1e6
+    return save(SAE(weights), tmp_path / "sae")
+
+
+def _corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_dashboard_of_every_feature_in_one_scan_equals_text_maxima_alone(tmp_path, tiny_lm):
+    folder = _sae_with_dead_features(tmp_path)
+    corpus = _corpus_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["dashboard", "--model", "tiny:lm", "--target", f"{SITE}:sae={folder}#all", "--corpus", str(corpus),
+            "--out", str(out), "--k", "3", "--window", "8", "--quiet"]
+    done = subprocess.run(DREAM + args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((out / "results.json").read_text())
+    records = saved["records"]
+    specs = [canonical_target(f"{SITE}:sae={folder}#{i}") for i in range(8)]
+    assert [r["target"] for r in records] == specs and saved["run"]["kind"] == "dashboard"
+    assert all(r["kind"] == "dashboard" for r in records)
+    dead = [r["target"] for r in records if r["dead"]]
+    assert dead == specs[6:] and "2 dead target(s)" in done.stderr
+    assert all(r["density"] == 0 and r["statistics"]["fired"] == 0 for r in records[6:])
+    assert all(len(r["logit_tops"]["promoted"]) == 10 for r in records)
+    live = records[0]
+    assert live["density"] > 0 and live["statistics"]["histogram"]["counts"] and live["samples"]
+    assert all(len(e["context_activations"]) == 8 for e in live["maxima"])
+    page = (out / "index.html").read_text()
+    assert "dreamy dashboards" in page and "never fires" in page and 'data-score-density' in page
+    # the same values as text_maxima of that one feature alone, scan only
+    alone = text_maxima(tiny_lm, [specs[0]], TextCorpus("c", TEXT), k=3, window=8, rescore=False, xent_windows=0,
+                        cache_dir=None, progress=False)[specs[0]]
+    assert [e["token_ids"] for e in live["maxima"]] == [e.token_ids for e in alone.examples]
+    assert [e["activation"] for e in live["maxima"]] == pytest.approx([e.activation for e in alone.examples], rel=1e-5)
+    assert [v for e in live["maxima"] for v in e["context_activations"]] == pytest.approx(
+        [v for e in alone.examples for v in e.context_activations], rel=1e-4, abs=1e-5)
+    mine, plain = dict(live["statistics"]), dict(alone.stats["tokens"])
+    assert mine.pop("histogram") == plain.pop("histogram")
+    assert mine == pytest.approx(plain, rel=1e-5)
+
+    # --resume on the finished run does nothing again; without it the folder is refused
+    again = subprocess.run(DREAM + args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    refused = subprocess.run(DREAM + args, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_an_interrupted_scan_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    import dreamy.maxima.topk as topk
+
+    folder = _sae_with_dead_features(tmp_path)
+    corpus = _corpus_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["dashboard", "--model", "tiny:lm", "--target", f"{SITE}:sae={folder}#0-3", "--corpus", str(corpus),
+            "--out", str(out), "--k", "2", "--window", "8", "--quiet"]
+    real_scan = topk.scan
+    seen = []
+
+    def interrupted(score_batch, *a, **kw):  # the scan's batches: the second one is interrupted
+        def scoring(items):
+            seen.append(list(items))
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+            return score_batch(items)
+        return real_scan(scoring, *a, **{**kw, "batch_size": 4})
+
+    monkeypatch.setattr("dreamy.maxima.text.scan", interrupted)
+    assert main(args) == 130
+    assert list((out / ".scan").rglob(".scan-*.pt"))  # the checkpoint the interrupt saved
+    first = len(seen)
+    assert main(args + ["--resume"]) == 0
+    assert seen[first][0] == 4  # the resumed scan starts after the batch that was saved
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert len(records) == 4 and all(r["kind"] == "dashboard" for r in records)
+
+
+def test_bad_inputs_are_refused_before_the_model_loads(tmp_path):
+    corpus = _corpus_file(tmp_path)
+    base = ["dashboard", "--model", "tiny:lm", "--corpus", str(corpus), "--out", str(tmp_path / "o")]
+    assert main(base + ["--target", f"sae={tmp_path / 'missing'}#all"]) == 2
+    assert main(["dashboard", "--model", "tiny:lm", "--target", "logits:1", "--corpus", str(tmp_path / "t.jsonl"),
+                 "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "t.jsonl").write_text('{"body": "hello there"}\n')
+    assert main(["dashboard", "--model", "tiny:lm", "--target", "logits:1", "--corpus", str(tmp_path / "t.jsonl"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
