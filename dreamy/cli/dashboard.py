@@ -102,6 +102,21 @@ def _check_arguments(args: argparse.Namespace) -> Any:
     return device
 
 
+def _check_targets(loaded: Any, specs: list[str], window: int) -> None:
+    """Refuse (`UsageError`) the first target the model cannot score, checked on one forward of two windows."""
+    import torch
+
+    from dreamy.language.layout import make_layout
+    from dreamy.targets import check_targets
+
+    layout = make_layout(loaded.tokenizer, window, device=loaded.device)
+    rows = layout.full(torch.zeros(2, window, dtype=torch.long, device=loaded.device))
+    bad = check_targets(loaded.model, specs, input_ids=rows, sequence_reduce="pos=-1")
+    if bad:
+        more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
+        raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
+
+
 def run_info_of(args: argparse.Namespace, specs: list[str]) -> dict[str, Any]:
     """The run a dashboard folder records: model, corpus and its column, token budget, k, window and targets.
 
@@ -190,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model, device)
     if loaded.tokenizer is None:
         raise UsageError(f"--model {args.model} has no tokenizer; `dashboard` needs a language model")
+    _check_targets(loaded, specs, args.window)
     try:
         with run_lock(out, "dream dashboard"):
             if args.overwrite:

@@ -114,3 +114,18 @@ def test_bad_inputs_are_refused_before_the_model_loads(tmp_path):
     assert main(["dashboard", "--model", "tiny:lm", "--target", "logits:1", "--corpus", str(tmp_path / "t.jsonl"),
                  "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_a_table_corpus_with_its_column_and_a_token_budget(tmp_path, capsys):
+    table = tmp_path / "docs.jsonl"
+    table.write_text("".join(json.dumps({"id": i, "body": line}) + "\n" for i, line in enumerate(TEXT.split(". "))))
+    out = tmp_path / "out"
+    args = ["dashboard", "--model", "tiny:lm", "--target", f"{SITE}@in:0-2", "--corpus", str(table),
+            "--text-column", "body", "--max-tokens", "48", "--out", str(out), "--k", "2", "--window", "8", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert len(records) == 3 and all(r["settings"]["n_tokens"] <= 48 and r["statistics"]["tokens"] <= 48 for r in records)
+    assert all("{" not in "".join(e["tokens"]) for r in records for e in r["maxima"])  # the column's text, not JSON
+    assert "logit_tops" not in records[0]  # neurons have no decoder row
+    assert main(args[:-1] + ["--target", f"{SITE}@in:99999", "--overwrite"]) == 2
+    assert "out of range" in capsys.readouterr().err
