@@ -129,3 +129,27 @@ def test_a_table_corpus_with_its_column_and_a_token_budget(tmp_path, capsys):
     assert "logit_tops" not in records[0]  # neurons have no decoder row
     assert main(args[:-1] + ["--target", f"{SITE}@in:99999", "--overwrite"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_a_dashboard_folder_exports_for_neuronpedia_with_its_dead_features_skipped(tmp_path, capsys):
+    folder = _sae_with_dead_features(tmp_path)
+    out, export = tmp_path / "out", tmp_path / "np"
+    assert main(["dashboard", "--model", "tiny:lm", "--target", f"{SITE}:sae={folder}#all", "--corpus",
+                 str(_corpus_file(tmp_path)), "--out", str(out), "--k", "3", "--window", "8", "--quiet"]) == 0
+    records = {r["target"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    capsys.readouterr()
+    assert main(["export", "--neuronpedia", str(export), str(out)]) == 0, capsys.readouterr().err
+    assert "6 feature(s) and 2 dead one(s)" in capsys.readouterr().out
+    (source,) = [p for p in export.iterdir() if p.is_dir()]
+    assert json.loads((source / "skipped_indexes.json").read_text())["skipped_indexes"] == [6, 7]
+    features = json.loads((source / "batch-0.json").read_text())["features"]
+    assert [f["feature_index"] for f in features] == list(range(6))
+    for feature in features:
+        record = records[canonical_target(f"{SITE}:sae={folder}#{feature['feature_index']}")]
+        assert feature["frac_nonzero"] == round(record["density"], 3)
+        assert sum(feature["freq_hist_data_bar_heights"]) == record["statistics"]["fired"]
+        assert len(feature["pos_str"]) == 10 and feature["n_tokens_in_prompt"] == 8
+        top = feature["activations"][0]
+        assert top["tokens"] == record["maxima"][0]["tokens"] and top["bin_max"] == round(record["activation"], 3)
+        assert top["values"][top["qualifying_token_index"]] == pytest.approx(record["activation"], abs=1e-3)
+        assert len(feature["activations"]) == len(record["maxima"]) + len(record["samples"])
