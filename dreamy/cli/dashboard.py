@@ -215,8 +215,10 @@ def run(args: argparse.Namespace) -> int:
             if not (out / "results.json").exists():
                 store.compact()  # the run is named from the start: an interrupted scan resumes with --resume
             scan_cache = out / SCAN_FOLDER
-            if args.resume and (scan_cache.exists()) and not args.quiet:
-                print("dashboard: resuming the scan from its checkpoint in " + str(scan_cache), file=sys.stderr)
+            if args.resume and not args.quiet:
+                checkpoints = list(scan_cache.rglob(".scan-*.pt")) if scan_cache.is_dir() else []
+                print(f"dashboard: resuming the scan from its checkpoint {checkpoints[0]}" if checkpoints else
+                      "dashboard: no scan checkpoint to resume from; scanning from the start", file=sys.stderr)
             corpus = (open_text(args.corpus, text_column=args.text_column) if args.max_tokens is None else
                       limit_tokens(args.corpus, loaded.tokenizer, args.max_tokens, text_column=args.text_column))
             found = text_maxima(loaded, specs, corpus, k=args.k, window=args.window, rescore=False, xent_windows=0,

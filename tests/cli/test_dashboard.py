@@ -98,7 +98,9 @@ def test_an_interrupted_scan_resumes_from_its_checkpoint(tmp_path, monkeypatch, 
     assert main(args) == 130
     assert list((out / ".scan").rglob(".scan-*.pt"))  # the checkpoint the interrupt saved
     first = len(seen)
-    assert main(args + ["--resume"]) == 0
+    capsys.readouterr()
+    assert main(args[:-1] + ["--resume"]) == 0
+    assert "resuming the scan from its checkpoint" in capsys.readouterr().err
     assert seen[first][0] == 4  # the resumed scan starts after the batch that was saved
     records = json.loads((out / "results.json").read_text())["records"]
     assert len(records) == 4 and all(r["kind"] == "dashboard" for r in records)
