@@ -163,17 +163,31 @@ def _logit_tops(loaded: Any, specs: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _example(example: Any) -> dict[str, Any]:
+    """A scanned example as a record's dict: its tokens, ids and the value at each (`context_activations`), without
+    the copies a scan example carries (its text, `token_activations`: the same values) that 4,096 features would
+    repeat in every record."""
+    item = asdict(example)
+    for key in ("text", "token_activations", "xentropy"):
+        item.pop(key, None)
+    return item
+
+
 def dashboard_records(loaded: Any, found: Any, specs: list[str]) -> list[dict[str, Any]]:
-    """One "dashboard" record per target of `found` (`text_maxima(..., rescore=False)`), in the order of `specs`."""
+    """One "dashboard" record per target of `found` (`text_maxima(..., rescore=False)`), in the order of `specs`;
+    a dead target's record keeps its statistics, not its examples (windows where it is 0 everywhere)."""
     tops = _logit_tops(loaded, specs)
     records = []
     for spec in specs:
         maxima = found[spec]
         tokens = dict(maxima.stats.get("tokens") or {})
+        dead = tokens.get("fired", 1) == 0
         records.append({"kind": "dashboard", "target": spec, "model": loaded.name, "method": "scan",
-                        "activation": maxima.best_activation, "maxima": [asdict(e) for e in maxima.examples],
-                        "maxima_dataset": maxima.dataset, "samples": [asdict(e) for e in maxima.samples],
-                        "density": tokens.get("density"), "statistics": tokens, "dead": tokens.get("fired", 1) == 0,
+                        "activation": maxima.best_activation,
+                        "maxima": [] if dead else [_example(e) for e in maxima.examples],
+                        "maxima_dataset": maxima.dataset,
+                        "samples": [] if dead else [_example(e) for e in maxima.samples],
+                        "density": tokens.get("density"), "statistics": tokens, "dead": dead,
                         "settings": {key: maxima.settings.get(key) for key in ("k", "window", "n_tokens")},
                         **tops.get(spec, {})})
     return records

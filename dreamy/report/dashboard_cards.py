@@ -10,7 +10,7 @@ activation columns whose heads sort the rows and cards (`prompt_cards.SORT_SCRIP
 Example:
     >>> record = {"kind": "dashboard", "target": "m.layers.0:3", "activation": 2.0, "density": 0.25, "dead": False,
     ...           "statistics": {"max": 2.0, "histogram": {"log10_edges": [0.0, 0.05], "counts": [3]}},
-    ...           "maxima": [{"tokens": ["<a>", "b"], "token_activations": [0.0, 2.0], "activation": 2.0, "index": 1}]}
+    ...           "maxima": [{"tokens": ["<a>", "b"], "context_activations": [0.0, 2.0], "activation": 2.0, "index": 1}]}
     >>> "&lt;a&gt;" in dashboard_card(record), 'data-score-density="0.25"' in dashboard_index([record])
     (True, True)
 """
@@ -44,10 +44,16 @@ def _histogram(statistics: dict[str, Any]) -> str:
             f'<div class="hist">{bars}</div></div>')
 
 
+def _values(example: dict[str, Any]) -> list[float]:
+    """The value at each token of an example (its scanned context's; None, no value there, as 0)."""
+    values = example.get("context_activations") or example.get("token_activations") or []
+    return [v or 0.0 for v in values]
+
+
 def _examples(examples: Sequence[dict[str, Any]]) -> str:
     return ("<table><tr><th>activation</th><th>window (shaded by the value at each token)</th></tr>"
             + "".join(f"<tr><td>{fmt(e.get('activation'))}</td>"
-                      f"<td>{_shaded_tokens(e.get('tokens') or [e.get('text') or ''], [v or 0.0 for v in e.get('token_activations') or []])}</td></tr>"
+                      f"<td>{_shaded_tokens(e.get('tokens') or [e.get('text') or ''], _values(e))}</td></tr>"
                       for e in examples) + "</table>")
 
 
