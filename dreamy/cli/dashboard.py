@@ -10,7 +10,8 @@ needs `--resume`, for the same run only, or `--overwrite`). Then ONE scan of the
 (`maxima.text_maxima(rescore=False)`: the top-`k` tokens' scanned windows with every token's value in that
 context, the density, the histogram of the firing values, quantile samples and random windows, in the same
 pass), the logit tops of the SAE features (`sae.logit_tops`, one matmul per SAE), and one record per target
-(kind "dashboard", `core.records.DashboardRecord`) in results.json with the gallery (index.html). Dead targets
+(kind "dashboard", `core.records.DashboardRecord`) in results.json with the gallery (index.html, the sortable
+index, and one page per target under cards/: `report.dashboard_cards`). Dead targets
 (never > 0 on the scanned tokens) are flagged in their records (`"dead": true`) and named at the end.
 
 Resuming: `--resume` on a finished run skips it (nothing is scanned again). An interrupted scan keeps its state
@@ -193,9 +194,23 @@ def dashboard_records(loaded: Any, found: Any, specs: list[str]) -> list[dict[st
     return records
 
 
+def _clear_cards(out: Path, records: list[dict[str, Any]]) -> None:
+    """Remove the card pages an earlier dashboard run in `out` wrote (its records name them), then their folder
+    when that left it empty; the user's files stay."""
+    from dreamy.report.dashboard_cards import CARDS_FOLDER, card_page
+
+    for record in records:
+        if record.get("kind") == "dashboard" and isinstance(record.get("target"), str):
+            (out / card_page(record)).unlink(missing_ok=True)
+    try:
+        (out / CARDS_FOLDER).rmdir()
+    except OSError:
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `dream dashboard` with parsed `args`; returns the exit code (bad arguments raise `UsageError`)."""
-    from dreamy.report.page import write_index
+    from dreamy.report.dashboard_cards import write_dashboard_gallery
     from dreamy.runs.store import OutDirError, ResultsStore, clear_outputs, prepare_out_dir, run_lock
 
     device = _check_arguments(args)
@@ -223,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with run_lock(out, "dream dashboard"):
             if args.overwrite:
+                _clear_cards(out, ResultsStore(out).records)
                 clear_outputs(out)
                 shutil.rmtree(out / SCAN_FOLDER, ignore_errors=True)
             store = ResultsStore(out, info)
@@ -240,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             records = dashboard_records(loaded, found, specs)
             store.add_many(records)
             store.compact()
-            index = write_index(out, store.records, f"dreamy dashboards: {loaded.name} on {corpus.name}")
+            index = write_dashboard_gallery(out, store.records, f"dreamy dashboards: {loaded.name} on {corpus.name}")
     except OutDirError as error:
         raise UsageError(str(error)) from error
     dead = [r["target"] for r in records if r["dead"]]

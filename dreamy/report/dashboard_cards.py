@@ -5,7 +5,9 @@ bars), its logit tops (an SAE feature's promoted and suppressed tokens), the top
 target's value at every token of its scanned window, and, folded, the quantile-band and random samples. A dead
 target (never > 0) says so. The index (`dashboard_index`) has one row per target, with density and max
 activation columns whose heads sort the rows and cards (`prompt_cards.SORT_SCRIPT`), and each row's top tokens
-(the tokens where the best example peaks) for the browser's find. All record text is escaped.
+(the tokens where the best example peaks) for the browser's find. `write_dashboard_gallery` writes the index
+as index.html and every card as a page of its own (4,096 cards on one page do not open). All record text is
+escaped.
 
 Example:
     >>> record = {"kind": "dashboard", "target": "m.layers.0:3", "activation": 2.0, "density": 0.25, "dead": False,
@@ -17,11 +19,13 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
+from dreamy.core.files import safe_name, write_atomic
 from dreamy.core.records import record_kind
-from dreamy.report.html import anchor, esc, fmt, short_target
-from dreamy.report.prompt_cards import SORT_SCRIPT, _shaded_tokens, _tokens
+from dreamy.report.html import STYLE as PAGE_STYLE, anchor, esc, fmt, short_target
+from dreamy.report.prompt_cards import SORT_SCRIPT, STYLE as PROMPT_STYLE, _shaded_tokens, _tokens
 
 STYLE = """
 .hist{display:flex;align-items:flex-end;gap:1px;height:60px;border-bottom:1px solid #999;margin:4px 0}
@@ -29,6 +33,7 @@ STYLE = """
 .dead{color:#888;font-style:italic}
 """
 HIST_HEIGHT = 60  # pixels of the tallest histogram bar
+CARDS_FOLDER = "cards"  # a dashboard run's card pages, one per target (`write_dashboard_gallery`)
 
 
 def _histogram(statistics: dict[str, Any]) -> str:
@@ -102,8 +107,47 @@ def _peak_tokens(record: dict[str, Any], limit: int = 3) -> list[str]:
     return peaks
 
 
-def dashboard_index(records: Sequence[dict[str, Any]]) -> str:
+def card_page(record: dict[str, Any]) -> str:
+    """The file name of a dashboard target's own card page, under the run's folder: `cards/<safe name>.html`.
+
+    Example:
+        >>> card_page({"target": "sae=x#3"})
+        'cards/sae_x_3-f471d62c.html'
+    """
+    return f"{CARDS_FOLDER}/{safe_name(str(record['target']))}.html"
+
+
+def write_dashboard_gallery(directory: str | Path, records: Sequence[dict[str, Any]], title: str) -> Path:
+    """Write a dashboard run's gallery: `index.html` holds the index only (one row per target, sortable, its link
+    to the target's card) and each target's card is a page of its own (`card_page`), so that 4,096 features
+    open at once; returns the index's path.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> _ = write_dashboard_gallery(out, [{"kind": "dashboard", "target": "x:1", "dead": True}], "t")
+        >>> sorted(p.name for p in (out / "cards").iterdir()), 'href="cards/x_1-' in (out / "index.html").read_text()
+        (['x_1-0b788078.html'], True)
+    """
+    folder = Path(directory)
+    (folder / CARDS_FOLDER).mkdir(parents=True, exist_ok=True)
+    style = f"<style>{PAGE_STYLE}{PROMPT_STYLE}{STYLE}</style>"
+    for record in records:
+        target = str(record["target"])
+        head = (f'<h2 title="{esc(target)}">{esc(short_target(target))}</h2><div class="label">model '
+                f'{esc(record.get("model", "?"))} · <a href="../index.html">index</a></div>')
+        write_atomic(folder / card_page(record),
+                     f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(short_target(target))}</title>{style}"
+                     f"</head><body>{head}{dashboard_card(record)}</body></html>")
+    path = folder / "index.html"
+    write_atomic(path, f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>{style}</head>"
+                       f"<body><h1>{esc(title)}</h1>{dashboard_index(records, pages=True)}</body></html>")
+    return path
+
+
+def dashboard_index(records: Sequence[dict[str, Any]], pages: bool = False) -> str:
     """A table with one row per dashboard target, sortable by density and max activation; '' when there are none.
+    Each row links to the target's card below it on the page, or with `pages` to its own page (`card_page`).
 
     Example:
         >>> dashboard_index([{"kind": "prompt", "target": "x:1"}])
@@ -119,7 +163,8 @@ def dashboard_index(records: Sequence[dict[str, Any]]) -> str:
         data = "".join(f' data-score-{name}="{value}"' for name, value in (("density", record.get("density")),
                                                                            ("max", statistics.get("max")))
                        if value is not None)
-        link = f'<a href="#{target_id}" title="{esc(record["target"])}">{esc(short_target(str(record["target"])))}</a>'
+        href = esc(card_page(record)) if pages else f"#{target_id}"
+        link = f'<a href="{href}" title="{esc(record["target"])}">{esc(short_target(str(record["target"])))}</a>'
         peaks = " ".join(esc(repr(t)) for t in _peak_tokens(record))
         rows.append(f'<tr data-target="{target_id}"{data}><td>{link}</td><td>{fmt(record.get("density"))}</td>'
                     f'<td>{fmt(statistics.get("max"))}</td><td>{"dead" if record.get("dead") else ""}</td>'

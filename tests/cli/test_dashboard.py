@@ -57,7 +57,9 @@ def test_dashboard_of_every_feature_in_one_scan_equals_text_maxima_alone(tmp_pat
     assert live["density"] > 0 and live["statistics"]["histogram"]["counts"] and live["samples"]
     assert all(len(e["context_activations"]) == 8 and "token_activations" not in e for e in live["maxima"])
     page = (out / "index.html").read_text()
-    assert "dreamy dashboards" in page and "never fires" in page and 'data-score-density' in page
+    assert "dreamy dashboards" in page and 'data-score-density' in page and page.count('href="cards/') == 8
+    cards = sorted((out / "cards").iterdir())
+    assert len(cards) == 8 and sum("never fires" in card.read_text() for card in cards) == 2
     # the same values as text_maxima of that one feature alone, scan only
     alone = text_maxima(tiny_lm, [specs[0]], TextCorpus("c", TEXT), k=3, window=8, rescore=False, xent_windows=0,
                         cache_dir=None, progress=False)[specs[0]]
@@ -132,6 +134,12 @@ def test_a_table_corpus_with_its_column_and_a_token_budget(tmp_path, capsys):
     assert "logit_tops" not in records[0]  # neurons have no decoder row
     assert main(args[:-1] + ["--target", f"{SITE}@in:99999", "--overwrite"]) == 2
     assert "out of range" in capsys.readouterr().err
+    (out / "cards" / "mine.txt").write_text("the user's")
+    other = ["dashboard", "--model", "tiny:lm", "--target", "logits:1", "--corpus", str(table), "--text-column", "body",
+             "--out", str(out), "--k", "2", "--window", "8", "--quiet", "--overwrite"]
+    assert main(other) == 0  # the old run's cards go, the user's file stays
+    names = sorted(p.name for p in (out / "cards").iterdir())
+    assert len(names) == 2 and names[0].startswith("logits_1-") and names[1] == "mine.txt"
 
 
 def test_a_dashboard_folder_exports_for_neuronpedia_with_its_dead_features_skipped(tmp_path, capsys):
