@@ -134,6 +134,9 @@ def test_a_table_corpus_with_its_column_and_a_token_budget(tmp_path, capsys):
     assert "logit_tops" not in records[0]  # neurons have no decoder row
     assert main(args[:-1] + ["--target", f"{SITE}@in:99999", "--overwrite"]) == 2
     assert "out of range" in capsys.readouterr().err
+    folder = _sae_with_dead_features(tmp_path)  # 8 features: the 9th is refused though the first eight are fine
+    assert main(args[:-1] + ["--target", f"{SITE}:sae={folder}#0-8", "--overwrite"]) == 2
+    assert "out of range" in capsys.readouterr().err
     (out / "cards" / "mine.txt").write_text("the user's")
     other = ["dashboard", "--model", "tiny:lm", "--target", "logits:1", "--corpus", str(table), "--text-column", "body",
              "--out", str(out), "--k", "2", "--window", "8", "--quiet", "--overwrite"]
