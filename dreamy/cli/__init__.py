@@ -5,6 +5,7 @@
     dream prompt [--model M] --target SPEC [...] --out DIR [--method epo|gcg] [--iters N] [--resume] [--ray [ADDR]]
     dream sae-train --site SITE --corpus NAME --out DIR [...]
     dream export --neuronpedia OUT RUN_DIR [...]
+    dream dashboard --target SPEC [...] --corpus PATH --out DIR [--k N] [--max-tokens N] [--resume]
     dream direction --positive FILE|DIR --negative FILE|DIR --site SITE --out FILE.pt [...]
 
 Without `--model`, `image` uses bundled:efficientnet-lite0 and `prompt` bundled:smollm2-135m. One module
@@ -74,6 +75,7 @@ INTERRUPTED = {
     "sites": "dream: interrupted",
     "sae-train": "dream: interrupted; the SAE checkpoint (checkpoint.pt in --out) keeps the training up to its last "
                  "save (rerun with --resume to continue)",
+    "dashboard": "dream: interrupted; the scan's checkpoint (.scan in --out) keeps its progress (rerun with --resume)",
 }
 INTERRUPTED_RUN = "dream: interrupted; finished targets are saved (rerun with --resume)"
 
@@ -100,7 +102,7 @@ def _run(argv: Sequence[str] | None, state: dict[str, str | None]) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="dream: %(message)s")
     try:
-        from dreamy.cli import direction, dream, export, sae_train, sites
+        from dreamy.cli import dashboard, direction, dream, export, sae_train, sites
         from dreamy.cli.parser import build_parser
 
         args = build_parser().parse_args(argv)
@@ -113,6 +115,8 @@ def _run(argv: Sequence[str] | None, state: dict[str, str | None]) -> int:
             return export.run(args)
         if args.command == "direction":
             return direction.run(args)
+        if args.command == "dashboard":
+            return dashboard.run(args)
         return dream.run(args)
     except UsageError as error:
         print(f"dream: error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The `dream export` command: a prompt run's features and neurons in another tool's format.
+"""The `dream export` command: a prompt run's (or a `dream dashboard` folder's) features and neurons in another
+tool's format.
 
     dream export --neuronpedia OUT RUN_DIR [--dataset NAME] [--windows N] [--window N] [--model-id ID]
         [--sae-set NAME] [--device D] [--seed N]
@@ -6,7 +7,8 @@
 `--neuronpedia OUT` writes the JSON Neuronpedia imports (`dreamy.sae.neuronpedia`): one folder per source (an SAE,
 or one site's neurons) under OUT. The statistics (density, histograms, correlations) are computed on `--windows`
 random windows of `--dataset` (default: the data set of the run's maxima, with their window length); without
-one, on the run's maxima windows. Everything knowable before the model loads is checked first (one line, exit 2):
+one, on the run's maxima windows. A `dream dashboard` folder exports the values its scan recorded (density,
+histogram, examples; its dead features in skipped_indexes.json; `sae.neuronpedia.dashboard_sources`). Everything knowable before the model loads is checked first (one line, exit 2):
 a RUN_DIR a run is still writing (its lock held) is unfinished, and OUT must be new, empty or an earlier export
 of the same run (replaced whole; the user's files or another run's export are refused). The run folder's lock is
 held while it is read, and OUT's while it is written.
@@ -39,7 +41,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         True
     """
     cmd = subparsers.add_parser("export", help="export a prompt run's features and neurons (Neuronpedia JSON)")
-    cmd.add_argument("run_dir", metavar="RUN_DIR", help="a `dream prompt` output folder (its results.json)")
+    cmd.add_argument("run_dir", metavar="RUN_DIR", help="a `dream prompt` or `dream dashboard` output folder (its results.json)")
     cmd.add_argument("--neuronpedia", required=True, metavar="OUT", help="write Neuronpedia's batch JSON files under OUT")
     cmd.add_argument("--dataset", default=None, help="text for the statistics: fortunes, bible-kjv or a file (default: "
                                                      "the run's --maxima data set)")
@@ -148,6 +150,8 @@ def _export(args: argparse.Namespace, held: ExitStack) -> int:
     except OutDirError as error:
         raise UsageError(_run_dir_problem(args.run_dir, error)) from error
     run_info = store.run or {}
+    if run_info.get("kind") == "dashboard":
+        return _export_dashboard(args, held, store, {"run_dir": str(run_dir), **run_info})
     if run_info.get("kind") not in (None, "prompt") or any(r.get("kind") == "image" for r in store.records):
         raise UsageError(f"{args.run_dir} is an image run; Neuronpedia export reads prompt runs (features and neurons of "
                          "language models)")
@@ -197,6 +201,35 @@ def _export(args: argparse.Namespace, held: ExitStack) -> int:
     n_features = sum(len(s.features) for s in sources)
     print(f"{n_features} feature(s) of {len(sources)} source(s) written for Neuronpedia: "
           + (", ".join(str(f) for f in folders) or "nothing"))
+    for item in skipped:
+        print(f"not exported: {item['target']}: {item['reason']}")
+    return 0 if sources else 1
+
+
+def _export_dashboard(args: argparse.Namespace, held: ExitStack, store: Any, run: dict[str, Any]) -> int:
+    """`dream export` of a `dream dashboard` folder: its records' own statistics and examples (no corpus read)."""
+    from dreamy.models import check_device, load
+    from dreamy.sae.neuronpedia import dashboard_sources, write_neuronpedia
+
+    try:
+        device = check_device(args.device)
+    except ValueError as error:
+        raise UsageError(f"--device: {error}") from error
+    _check_export_folder(args.neuronpedia, run)
+    loaded = load(run["model"], device)
+    sources, skipped = dashboard_sources(loaded, store.records, model_id=args.model_id, sae_set=args.sae_set)
+    _hold(held, Path(args.neuronpedia), args.neuronpedia, "--neuronpedia")
+    _check_export_folder(args.neuronpedia, run)
+    try:
+        folders = write_neuronpedia(args.neuronpedia, sources, skipped, run=run)
+    except OSError as error:
+        print(f"dream: error: cannot write the export into --neuronpedia {args.neuronpedia} "
+              f"({error.strerror or error})", file=sys.stderr)
+        return 1
+    n_features = sum(len(s.features) for s in sources)
+    n_dead = sum(len(s.skipped_indexes) for s in sources)
+    print(f"{n_features} feature(s) and {n_dead} dead one(s) (skipped_indexes.json) of {len(sources)} source(s) "
+          "written for Neuronpedia: " + (", ".join(str(f) for f in folders) or "nothing"))
     for item in skipped:
         print(f"not exported: {item['target']}: {item['reason']}")
     return 0 if sources else 1

@@ -126,9 +126,22 @@ class PromptRecord(_Record, total=False):
     steering_error: str
 
 
+class DashboardRecord(_Record, total=False):
+    """A target's dashboard without dreams (`dream dashboard`, `cli.dashboard.dashboard_records`), kind "dashboard":
+    one corpus scan's values (`maxima.text_maxima(rescore=False)`), each a `maxima.records.Example` as a dict."""
+
+    samples: list[dict[str, Any]]  # examples from quantile bands of the firing values and random windows (`group`)
+    density: float | None  # share of the scanned tokens where the value is > 0
+    statistics: dict[str, Any]  # `maxima.stats` summary: tokens, fired, density, mean, max, histogram (log10 edges, counts)
+    dead: bool  # never > 0 on any scanned token
+    logit_tops: dict[str, Any]  # an SAE feature's VocabProj (`sae.logit_tops`): method, promoted, suppressed
+    logit_tops_error: str
+
+
 #: every key a record of each kind may hold
 RECORD_KEYS = {"image": frozenset(ImageRecord.__annotations__) | frozenset(_Record.__annotations__),
-               "prompt": frozenset(PromptRecord.__annotations__) | frozenset(_Record.__annotations__)}
+               "prompt": frozenset(PromptRecord.__annotations__) | frozenset(_Record.__annotations__),
+               "dashboard": frozenset(DashboardRecord.__annotations__) | frozenset(_Record.__annotations__)}
 
 
 class PromptShape(NamedTuple):
@@ -180,5 +193,5 @@ def prompt_layout(run_or_record: Mapping[str, Any] | None) -> PromptShape | None
     return PromptShape(n_tokens, settings.get("prefix") or "", settings.get("suffix") or "")
 
 
-__all__ = ["KINDS", "RECORD_KEYS", "Description", "ImageRecord", "JudgeEntry", "MaximaItem", "PromptShape",
+__all__ = ["KINDS", "RECORD_KEYS", "DashboardRecord", "Description", "ImageRecord", "JudgeEntry", "MaximaItem", "PromptShape",
            "PromptPoint", "PromptRecord", "RunInfo", "prompt_layout", "record_kind"]

@@ -1,5 +1,6 @@
 """A run's gallery page: one `index.html` with the prompt index and layer sheets at the top, then every target's
-card (image cards: `report.image_cards`; prompt feature dashboards: `report.prompt_cards`).
+card (image cards: `report.image_cards`; prompt feature dashboards: `report.prompt_cards`; dashboards without dreams,
+`dream dashboard`: `report.dashboard_cards`).
 
 Example:
     >>> import tempfile, pathlib
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 
 from dreamy.core.files import write_atomic
 from dreamy.core.records import record_kind
+from dreamy.report.dashboard_cards import STYLE as DASHBOARD_STYLE, dashboard_card, dashboard_index
 from dreamy.report.html import STYLE, anchor, esc, fmt, short_target
 from dreamy.report.image_cards import comparison, image_section, judge_verdicts, layer_sheets
 from dreamy.report.prompt_cards import STYLE as PROMPT_STYLE, feature_index, prompt_card
@@ -46,11 +48,13 @@ def render_index(records: Sequence[dict[str, Any]], title: str = "dreamy gallery
             body = f'<div class="error">failed: {esc(record["error"])}</div>'
         elif is_image:
             body = image_section(record)
+        elif record_kind(record) == "dashboard":
+            body = dashboard_card(record)
         else:
             body = prompt_card(record)
         sections.append(f'<div class="target" id="{esc(anchor(str(record["target"])))}">{head}{body}</div>')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}{PROMPT_STYLE}</style></head>"
-            f"<body><h1>{esc(title)}</h1><p>{len(records)} target(s)</p>{feature_index(records)}{layer_sheets(records)}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}{PROMPT_STYLE}{DASHBOARD_STYLE}</style></head>"
+            f"<body><h1>{esc(title)}</h1><p>{len(records)} target(s)</p>{feature_index(records)}{dashboard_index(records)}{layer_sheets(records)}"
             f"{''.join(sections)}</body></html>")
 
 

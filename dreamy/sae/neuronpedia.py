@@ -1,4 +1,5 @@
-"""Neuronpedia export: a prompt run's features and neurons as the JSON Neuronpedia imports.
+"""Neuronpedia export: a prompt run's (or a `dream dashboard` run's, `dashboard_sources`) features and neurons as
+the JSON Neuronpedia imports.
 
 The format is the one SAEDashboard's Neuronpedia runner writes (sae-dashboard 0.8): for each source (one SAE, or
 one site's neurons, at one layer of one model) a folder `OUT/<model_id>_<sae_set>_<site>/` with `batch-<i>.json`
@@ -61,6 +62,13 @@ HISTOGRAM_BINS = 50
 MAX_EXAMPLES = 20
 MAX_DREAMED = 10
 _EXPORT_FILE = r"batch-\d+\.json|skipped_indexes\.json|dreamy\.json"  # what a source folder holds
+# a feature's keys, in the order SAEDashboard writes them
+_FEATURE_FIELDS = ("feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+             "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
+             "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson", "neg_str",
+             "neg_values", "pos_str", "pos_values", "frac_nonzero", "freq_hist_data_bar_values",
+             "freq_hist_data_bar_heights", "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
+             "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "activations", "vector")
 _LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|h|layer)\.(\d+)(?:\.|@|$|\[)")
 
 
@@ -74,6 +82,7 @@ class NeuronpediaSource:
     site: str
     features: list[dict[str, Any]] = field(default_factory=list)
     dreamed: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    skipped_indexes: list[int] = field(default_factory=list)  # dead features: in skipped_indexes.json, not in a batch
 
     @property
     def folder_name(self) -> str:
@@ -342,15 +351,109 @@ def neuronpedia_sources(loaded: LoadedModel, records: Sequence[dict[str, Any]], 
                        "dataset": dataset, "decoder_weights_dist": [],
                        "activations": _examples(record) + dreamed, "vector": []}
             feature["correlated_features_indices"] = [members[i][2].index for i in feature["correlated_features_indices"]]
-            order = ("feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
-                     "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
-                     "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson", "neg_str",
-                     "neg_values", "pos_str", "pos_values", "frac_nonzero", "freq_hist_data_bar_values",
-                     "freq_hist_data_bar_heights", "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
-                     "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "activations", "vector")
-            source.features.append({name: feature[name] for name in order})
+            source.features.append({name: feature[name] for name in _FEATURE_FIELDS})
             first = len(feature["activations"]) - len(dreamed)
             source.dreamed[unit.index] = [{"activation_index": first + i, **note} for i, note in enumerate(notes)]
+        sources.append(source)
+    return sources, skipped
+
+
+def _site_width(loaded: LoadedModel, site: str) -> int:
+    """The number of values per token at `site` (one forward of two start tokens)."""
+    from dreamy.language.layout import start_token
+
+    probe = Probe(loaded.model, [site])
+    ids = torch.full((1, 2), start_token(loaded.tokenizer), dtype=torch.long, device=loaded.device)
+    with torch.no_grad():
+        result = probe(input_ids=ids, keep_activations=True)
+    return int(result.activations[str(probe.targets[0].terms[0].site)].shape[-1])
+
+
+def _log_histogram(statistics: dict[str, Any]) -> tuple[list[float], list[int]]:
+    """A dashboard's log-binned histogram of firing values as bar centres (geometric, between each bin's edges)
+    and counts."""
+    histogram = statistics.get("histogram") or {}
+    edges, counts = histogram.get("log10_edges") or [], histogram.get("counts") or []
+    return _round([10 ** ((edges[i] + edges[i + 1]) / 2) for i in range(min(len(counts), len(edges) - 1))]), \
+        [int(c) for c in counts[:max(len(edges) - 1, 0)]]
+
+
+def _scanned(item: dict[str, Any], bin_min: Any, bin_max: Any) -> dict[str, Any] | None:
+    """A dashboard example (its scanned window, the value at each token) as an activation record."""
+    tokens, values = item.get("tokens") or [], item.get("context_activations") or item.get("token_activations") or []
+    if not tokens or len(tokens) != len(values):
+        return None
+    index, start = item.get("index"), item.get("context_start")
+    at = index - start if isinstance(index, int) and isinstance(start, int) and 0 <= index - start < len(tokens) \
+        else len(tokens) - 1
+    return {"bin_min": bin_min, "bin_max": bin_max, "bin_contains": -1, "tokens": list(tokens),
+            "values": _round([0.0 if v is None else v for v in values]), "qualifying_token_index": at}
+
+
+def _dashboard_activations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The top examples (`bin_min` -1, `bin_max` the example's value), then each sample group's examples (`bin_min`
+    and `bin_max` the lowest and highest value of the group)."""
+    out = [_scanned(item, -1, _round(item.get("activation", 0.0))) for item in (record.get("maxima") or [])[:MAX_EXAMPLES]]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in record.get("samples") or []:
+        groups.setdefault(str(item.get("group")), []).append(item)
+    for items in groups.values():
+        values = [float(i.get("activation") or 0.0) for i in items]
+        out += [_scanned(item, _round(min(values)), _round(max(values))) for item in items]
+    return [a for a in out if a is not None]
+
+
+def dashboard_sources(loaded: LoadedModel, records: Sequence[dict[str, Any]], *, model_id: str | None = None,
+                      sae_set: str | None = None) -> tuple[list[NeuronpediaSource], list[dict[str, str]]]:
+    """The Neuronpedia sources of a `dream dashboard` run's records (kind "dashboard") and the records left out,
+    from the values its scan recorded (nothing is scanned again): `frac_nonzero` is the record's density over
+    every scanned token, `freq_hist_*` its log-binned histogram of firing values (bar centres between the bin
+    edges), `activations` its top examples then its quantile and random samples, each its scanned window with the
+    value at every token; logit fields and alignment as `neuronpedia_sources` computes them. A dead feature (never
+    > 0) goes to the source's `skipped_indexes`, as SAEDashboard lists them, not into a batch. The correlation
+    fields are empty: the scan keeps no feature's values beside another's.
+
+    Example:
+        >>> from dreamy.models import load
+        >>> record = {"kind": "dashboard", "target": "model.layers.1.mlp.down_proj@in:5", "dead": True}
+        >>> sources, skipped = dashboard_sources(load("tiny:lm"), [record])
+        >>> [(s.sae_set, s.skipped_indexes, s.features) for s in sources], skipped
+        ([('mlp.down_proj-in-neurons', [5], [])], [])
+    """
+    groups: dict[tuple[str, int, str, str], list[tuple[dict[str, Any], str, Any]]] = {}
+    skipped: list[dict[str, str]] = []
+    for record in records:
+        try:
+            if record.get("kind") != "dashboard":
+                raise ValueError("only dashboard records are exported from a dashboard run")
+            key, target, unit = _source_of(loaded, record, model_id, sae_set)
+        except (ValueError, TargetError) as error:
+            skipped.append({"target": str(record.get("target")), "reason": str(error).splitlines()[0]})
+            continue
+        groups.setdefault(key, []).append((record, str(target), unit))
+    sources = []
+    for (mid, layer, set_name, site), members in groups.items():
+        source = NeuronpediaSource(mid, layer, set_name, site)
+        width = None
+        for record, spec, unit in members:
+            if record.get("dead"):
+                source.skipped_indexes.append(unit.index)
+                continue
+            if width is None:
+                width = _site_width(loaded, site)
+            statistics = record.get("statistics") or {}
+            settings = record.get("settings") or {}
+            window = int(settings.get("window") or 0)
+            bars, heights = _log_histogram(statistics)
+            feature = {"feature_index": unit.index, **_alignment(_direction_row(unit, width)),
+                       "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
+                       "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
+                       **_logit_fields(loaded, spec), "frac_nonzero": _round(record.get("density") or 0.0),
+                       "freq_hist_data_bar_values": bars, "freq_hist_data_bar_heights": heights,
+                       "n_prompts_total": int(statistics.get("tokens", 0)) // window if window else 0,
+                       "n_tokens_in_prompt": window, "dataset": record.get("maxima_dataset"),
+                       "decoder_weights_dist": [], "activations": _dashboard_activations(record), "vector": []}
+            source.features.append({name: feature[name] for name in _FEATURE_FIELDS})
         sources.append(source)
     return sources, skipped
 
@@ -448,7 +551,7 @@ def write_neuronpedia(out_dir: str | os.PathLike, sources: Sequence[NeuronpediaS
             write_json_atomic(folder / f"batch-{i}.json", batch)
         write_json_atomic(folder / "skipped_indexes.json", {"model_id": source.model_id, "layer": str(source.layer),
                                                             "sae_set": source.sae_set, "log_sparsity": -6,
-                                                            "skipped_indexes": []})
+                                                            "skipped_indexes": sorted(source.skipped_indexes)})
         write_json_atomic(folder / "dreamy.json", {
             "site": source.site, "run": run or {}, "dreamed_marker": {"bin_min": DREAMED, "bin_contains": DREAMED},
             "dreamed": {str(k): v for k, v in sorted(source.dreamed.items())}, "not_exported": list(skipped)})

@@ -401,9 +401,32 @@ def class_index(spec: "str | Target") -> int | None:
     return parse(spec).class_index
 
 
+_ALL_FEATURES = re.compile(r"(sae=(?:'[^']*'|\"[^\"]*\"|[^\s#+]+))#all(?=$|[\s/+,])")
+
+
+def _sae_width(path: str) -> int:
+    """The number of features (`d_sae`) of the SAE at `path`: its folder's cfg.json, else its weights' `b_enc`."""
+    import json
+    from pathlib import Path
+
+    from dreamy.targets.saelens import CFG_NAME, is_sae_folder
+
+    if is_sae_folder(path):
+        try:
+            d_sae = json.loads((Path(path).expanduser() / CFG_NAME).read_text()).get("d_sae")
+        except (OSError, ValueError, AttributeError):
+            d_sae = None
+        if isinstance(d_sae, int) and not isinstance(d_sae, bool) and d_sae > 0:
+            return d_sae
+    from dreamy.targets.units import _sae_weights
+
+    return int(_sae_weights(path).b_enc.shape[0])
+
+
 def expand(spec: "str | Target") -> list[Target]:
     """Expand a unit range (`layer4.1:0-63`, or SAE features `blocks.6:sae=sae-l6#0-31`) into one target per
-    unit; other specs give one target.
+    unit; `sae=DIR#all` (with or without a site) is every feature of that SAE (`d_sae` read from its cfg.json or
+    its weights, no model loaded); other specs give one target.
 
     Example:
         >>> [str(t) for t in expand("conv2:0-2")], [str(t) for t in expand("l9:sae=sae-l9#3-4")]
@@ -411,9 +434,15 @@ def expand(spec: "str | Target") -> list[Target]:
     """
     if isinstance(spec, Target):
         return [spec]
+    every = isinstance(spec, str) and _ALL_FEATURES.search(spec) is not None
+    if every:  # parsed as the range 0-0 to find the SAE's path, then widened to its d_sae features
+        spec = _ALL_FEATURES.sub(r"\1#0-0", spec, count=1)
     target, unit_range = _Parser(spec).target(allow_range=True)
     if unit_range is None:
         return [target]
     low, high = unit_range
+    unit = target.terms[0].unit
+    if every and isinstance(unit, SAEFeature):
+        low, high = 0, _sae_width(unit.path) - 1
     term = target.terms[0]
     return [Target((replace(term, unit=replace(term.unit, index=i)),)) for i in range(low, high + 1)]

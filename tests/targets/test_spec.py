@@ -275,3 +275,22 @@ def test_a_range_of_sae_features_expands_like_a_range_of_neurons():
         parse("x:sae=dir#0-2")
     with pytest.raises(SpecError, match="empty unit range"):
         expand("x:sae=dir#5-2")
+
+
+def test_expand_all_features_of_an_sae_from_its_folder_or_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from dreamy.sae.files import save
+    from dreamy.sae.model import SAE
+    from tests.sae.helpers import small_sae
+
+    folder = save(SAE(small_sae("relu", d_in=64, d_sae=6, seed=5).weights()), tmp_path / "sae")
+    with_site = expand(f"model.layers.1:sae={folder}#all")
+    assert [str(t) for t in with_site] == [str(parse(f"model.layers.1:sae={folder}#{i}")) for i in range(6)]
+    assert [str(t) for t in expand(f"sae='{folder}'#all/max")] == [f"sae='{folder}'#{i}/max" for i in range(6)]
+    save_file({"W_enc": torch.zeros(4, 3), "b_enc": torch.zeros(3)}, str(tmp_path / "one.safetensors"))
+    assert len(expand(f"a:sae={tmp_path / 'one.safetensors'}#all")) == 3
+    assert [str(t) for t in expand("a:dir=d.pt#all")] == ["a:dir=d.pt#all"]  # a direction's key named 'all'
+    with pytest.raises(ValueError, match="does not exist"):
+        expand(f"a:sae={tmp_path / 'missing'}#all")
