@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamy.cli import direction, export, image, main, prompt, sae_train, sites
+from dreamy.cli import dashboard, direction, export, image, main, prompt, sae_train, sites
 from dreamy.cli.arguments import UsageError
 from dreamy.cli.flags import (CLI_DEFAULTS, DEFAULT_MODELS, add_config_flags, config_from_flags, flag_fields,
                               library_default, shown)
@@ -104,7 +104,7 @@ def test_one_default_model_table():
 
 def test_every_subcommand_builds_its_own_parser():
     commands = {"sites": sites, "image": image, "prompt": prompt, "sae-train": sae_train, "export": export,
-                "direction": direction}
+                "direction": direction, "dashboard": dashboard}
     for name, module in commands.items():
         parser = module.add_parser(argparse.ArgumentParser(prog="dream").add_subparsers())
         assert parser.prog.endswith(name)
