@@ -364,8 +364,8 @@ class _Scorer:
         scores = self._combination.apply(readings)
         key = ("terms", readings.device)
         if key not in self._placed:
-            with torch.inference_mode(False):
-                self._placed[key] = self._term_order.to(readings.device)
+            with torch.inference_mode(False):  # a copy: `.to` of a tensor made under inference_mode returns it as is
+                self._placed[key] = self._term_order.to(readings.device, copy=True)
         in_order = readings.index_select(1, self._placed[key])
         return scores, list(in_order.split(self._term_sizes, dim=1))
 

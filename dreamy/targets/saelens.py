@@ -489,8 +489,11 @@ def placed_like(x: Tensor, tensors: dict[str, Tensor | None], placed: dict[tuple
     key = (x.device, x.dtype)
     if key not in placed:
         with torch.inference_mode(False):  # normal tensors: gradient passes may save them for backward
-            placed[key] = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
-                           for name, t in tensors.items()}
+            moved = {name: None if t is None else t.to(x.device) if name == "columns" else t.to(x)
+                     for name, t in tensors.items()}
+            # `.to` returns the tensor itself when nothing changes: one made under inference_mode stays an
+            # inference tensor, which a gradient pass cannot save, so it is copied
+            placed[key] = {name: t.clone() if t is not None and t.is_inference() else t for name, t in moved.items()}
     return placed[key]
 
 
