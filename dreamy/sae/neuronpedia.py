@@ -40,7 +40,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -120,6 +120,25 @@ def model_id_of(name: str) -> str:
     """
     return name.split(":", 1)[-1].rsplit("/", 1)[-1]
 
+
+
+def _grouped(loaded: LoadedModel, records: Sequence[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool],
+             refusal: str, model_id: str | None, sae_set: str | None
+             ) -> tuple[dict[tuple[str, int, str, str], list[tuple[dict[str, Any], str, Any]]], list[dict[str, str]]]:
+    """The `wanted` records grouped by Neuronpedia source (model, layer, set, site) as (record, target, unit),
+    and the others skipped with their reason (`refusal` for a record of another kind)."""
+    groups: dict[tuple[str, int, str, str], list[tuple[dict[str, Any], str, Any]]] = {}
+    skipped: list[dict[str, str]] = []
+    for record in records:
+        try:
+            if not wanted(record):
+                raise ValueError(refusal)
+            key, target, unit = _source_of(loaded, record, model_id, sae_set)
+        except (ValueError, TargetError) as error:
+            skipped.append({"target": str(record.get("target")), "reason": str(error).splitlines()[0]})
+            continue
+        groups.setdefault(key, []).append((record, str(target), unit))
+    return groups, skipped
 
 def _source_of(loaded: LoadedModel, record: dict[str, Any], model_id: str | None, sae_set: str | None
                ) -> tuple[tuple[str, int, str, str], Any, Any]:
@@ -320,17 +339,8 @@ def neuronpedia_sources(loaded: LoadedModel, records: Sequence[dict[str, Any]], 
     on; without it, the records' maxima windows. `model_id` and `sae_set` override the names read from each
     SAE's `neuronpedia_id` (else the model's name, the SAE folder's name, or the site's for neurons).
     """
-    groups: dict[tuple[str, int, str, str], list[tuple[dict[str, Any], str, Any]]] = {}
-    skipped: list[dict[str, str]] = []
-    for record in records:
-        try:
-            if record.get("kind", "prompt") != "prompt":
-                raise ValueError("only prompt records are exported")
-            key, target, unit = _source_of(loaded, record, model_id, sae_set)
-        except (ValueError, TargetError) as error:
-            skipped.append({"target": str(record.get("target")), "reason": str(error).splitlines()[0]})
-            continue
-        groups.setdefault(key, []).append((record, str(target), unit))
+    groups, skipped = _grouped(loaded, records, lambda r: r.get("kind", "prompt") == "prompt",
+                               "only prompt records are exported", model_id, sae_set)
     sources = []
     for (mid, layer, set_name, site), members in groups.items():
         windows, dataset = _windows(loaded, [m[0] for m in members], corpus, n_windows, window, seed, max_words)
@@ -420,17 +430,8 @@ def dashboard_sources(loaded: LoadedModel, records: Sequence[dict[str, Any]], *,
         >>> [(s.sae_set, s.skipped_indexes, s.features) for s in sources], skipped
         ([('mlp.down_proj-in-neurons', [5], [])], [])
     """
-    groups: dict[tuple[str, int, str, str], list[tuple[dict[str, Any], str, Any]]] = {}
-    skipped: list[dict[str, str]] = []
-    for record in records:
-        try:
-            if record.get("kind") != "dashboard":
-                raise ValueError("only dashboard records are exported from a dashboard run")
-            key, target, unit = _source_of(loaded, record, model_id, sae_set)
-        except (ValueError, TargetError) as error:
-            skipped.append({"target": str(record.get("target")), "reason": str(error).splitlines()[0]})
-            continue
-        groups.setdefault(key, []).append((record, str(target), unit))
+    groups, skipped = _grouped(loaded, records, lambda r: r.get("kind") == "dashboard",
+                               "only dashboard records are exported from a dashboard run", model_id, sae_set)
     sources = []
     for (mid, layer, set_name, site), members in groups.items():
         source = NeuronpediaSource(mid, layer, set_name, site)
