@@ -104,28 +104,6 @@ def _check_arguments(args: argparse.Namespace) -> Any:
     return device
 
 
-def _representatives(specs: list[str]) -> list[str]:
-    """The targets to check: of the features of one SAE read at one site the one with the highest index (the others
-    read the same site through the same file, with smaller indices), every other target itself. Checking the
-    4,096 features of an SAE one by one reads its file 4,096 times (minutes).
-
-    Example:
-        >>> _representatives(["a:sae=s#0", "a:sae=s#5", "a:sae=s#2", "a:3", "b:sae=s#1"])
-        ['a:sae=s#5', 'a:3', 'b:sae=s#1']
-    """
-    from dreamy.targets import parse
-
-    chosen: dict[Any, tuple[int, str]] = {}
-    for spec in specs:
-        found = _sae_feature(spec)
-        terms = parse(spec).terms
-        key = (str(terms[0].site), found[0], terms[0].reduce) if found is not None else spec
-        index = found[1] if found is not None else 0
-        if key not in chosen or index > chosen[key][0]:
-            chosen[key] = (index, str(parse(spec)) if found is not None else spec)
-    return [spec for _, spec in chosen.values()]
-
-
 def _check_targets(loaded: Any, specs: list[str], window: int) -> None:
     """Refuse (`UsageError`) the first target the model cannot score, checked on one forward of two windows."""
     import torch
@@ -135,7 +113,7 @@ def _check_targets(loaded: Any, specs: list[str], window: int) -> None:
 
     layout = make_layout(loaded.tokenizer, window, device=loaded.device)
     rows = layout.full(torch.zeros(2, window, dtype=torch.long, device=loaded.device))
-    bad = check_targets(loaded.model, _representatives(specs), input_ids=rows, sequence_reduce="pos=-1")
+    bad = check_targets(loaded.model, specs, input_ids=rows, sequence_reduce="pos=-1")  # an SAE is read once
     if bad:
         more = f" (and {len(bad) - 1} more bad target(s))" if len(bad) > 1 else ""
         raise UsageError(f"target {bad[0][0]}: {bad[0][1]}{more}")
